@@ -1,0 +1,60 @@
+//! `sv-sandbox [OPTIONS] COMMAND...`: run COMMAND inside the nested-KVM sandbox (an L1 Linux
+//! with a real /dev/kvm), with our binaries on PATH and the guest kit at `$KIT` (/kit).
+//! The words of COMMAND are joined with spaces and run by `sh`, as `ssh` does. The console
+//! streams to stderr; the exit status is COMMAND's. Usually started as `scripts/sandbox.sh`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use integration_tests::{Mode, Sandbox};
+
+#[derive(Parser)]
+#[command(
+    name = "sv-sandbox",
+    about = "Run a command inside the nested-KVM sandbox"
+)]
+struct Args {
+    /// Give up (and kill L1) after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// L1 memory in MiB.
+    #[arg(long, default_value_t = 3072)]
+    memory: u32,
+    /// L1 vCPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Copy this host program (and its libraries) into L1; repeatable.
+    #[arg(long = "host-tool", value_name = "NAME")]
+    host_tools: Vec<String>,
+    /// Run on the host instead (only sensible when its /dev/kvm is hardware-backed).
+    #[arg(long)]
+    direct: bool,
+    /// Keep the job directory (target/sandbox-jobs/...) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// The command to run in L1.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn main() -> Result<ExitCode> {
+    let args = Args::parse();
+    let mode = if args.direct {
+        Mode::Direct
+    } else {
+        Mode::Sandbox
+    };
+    let mut sandbox = Sandbox::new()?
+        .mode(mode)
+        .timeout(Duration::from_secs(args.timeout))
+        .memory_mib(args.memory)
+        .cpus(args.cpus)
+        .keep_job_dir(args.keep);
+    for tool in &args.host_tools {
+        sandbox = sandbox.host_tool(tool);
+    }
+    let out = sandbox.run(&args.command.join(" "))?;
+    Ok(ExitCode::from(u8::try_from(out.status).unwrap_or(1)))
+}
