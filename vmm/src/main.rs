@@ -1,1 +1,96 @@
-fn main() {}
+//! `splitvisor`: boot a Linux guest under KVM.
+//!
+//! Exit status: 0 the guest powered off; 1 an error (bad configuration, missing files, KVM
+//! failure); 2 a bad command line; 3 the guest reset/rebooted; 4 a vCPU crashed; 5 stopped by
+//! SIGTERM/SIGINT/SIGHUP.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use vmm::config::{MemoryConfig, SerialConfig, VmConfig};
+use vmm::exit::EXIT_ERROR;
+use vmm::vm::Vm;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "splitvisor",
+    version,
+    about = "A KVM VMM whose virtio devices are vhost-user processes"
+)]
+struct Args {
+    /// JSON config file (the same schema as these options; options given here override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kernel: a bzImage, or an ELF vmlinux (PVH entry when it has the note).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initramfs (cpio, optionally compressed).
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 panic=1"].
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-254) [default: 1].
+    #[arg(long, value_name = "N")]
+    cpus: Option<u8>,
+    /// Guest RAM: SIZE[,hugepages=on][,mergeable=on], e.g. 512M or 2G,hugepages=on [default: 512M].
+    #[arg(long, value_name = "SIZE[,OPTS]")]
+    memory: Option<MemoryConfig>,
+    /// Serial console: stdio, pty, socket=PATH, file=PATH or off [default: stdio].
+    #[arg(long, value_name = "MODE")]
+    serial: Option<SerialConfig>,
+    /// VM name (used in logs).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+fn config_from(args: Args) -> anyhow::Result<VmConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("malformed config file {}", path.display()))?
+        }
+        None => VmConfig::default(),
+    };
+    cfg.kernel = args.kernel.or(cfg.kernel);
+    cfg.initramfs = args.initramfs.or(cfg.initramfs);
+    cfg.cmdline = args.cmdline.or(cfg.cmdline);
+    cfg.cpus = args.cpus.unwrap_or(cfg.cpus);
+    cfg.memory = args.memory.unwrap_or(cfg.memory);
+    cfg.serial = args.serial.unwrap_or(cfg.serial);
+    cfg.name = args.name.unwrap_or(cfg.name);
+    Ok(cfg)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let result = config_from(args).and_then(|cfg| Ok(Vm::start(&cfg)?));
+    match result {
+        Ok(vm) => {
+            let exit = vm.wait();
+            if let vmm::exit::VmExit::Crash(why) = &exit {
+                eprintln!("splitvisor: the guest crashed: {why}");
+            }
+            // vCPU threads are still running: end the process without unwinding into them
+            std::process::exit(exit.status());
+        }
+        Err(e) => {
+            eprintln!("splitvisor: error: {e:#}");
+            ExitCode::from(EXIT_ERROR as u8)
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! ACPI tables: RSDP → XSDT → FADT (hardware-reduced, with sleep and reset registers) → DSDT
+//! (`\_S5`), and the MADT (one local APIC per vCPU, the IOAPIC).
+//!
+//! Hardware-reduced ACPI keeps the platform small (no PM1 blocks, no legacy PIC/PIT use by the
+//! guest) while still giving Linux a clean power-off (a write of SLP_TYP=5|SLP_EN to the sleep
+//! control register) and a reset register, both handled by [`crate::devices::acpi_pm`].
+
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::devices::acpi_pm::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
+use crate::devices::serial::{COM1_BASE, COM1_IRQ};
+use crate::layout::{ACPI_END, ACPI_START, APIC_START, IOAPIC_START};
+
+const OEM_ID: [u8; 6] = *b"SPLTVR";
+/// FADT IA-PC boot architecture flags: no VGA, no CMOS RTC (bit 8042 left clear: no PS/2
+/// controller to probe; the reset path through port 0x64 still works without the driver).
+const IAPC_BOOT_ARCH_NO_VGA: u16 = 1 << 2;
+const IAPC_BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("the ACPI tables ({0} bytes) do not fit below 1 MiB")]
+    TooLarge(u64),
+    #[error("cannot write the ACPI tables to guest memory")]
+    Write(#[source] vm_memory::GuestMemoryError),
+}
+
+fn bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    table.to_aml_bytes(&mut v);
+    v
+}
+
+fn io_gas(port: u16) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        port as u64,
+    )
+}
+
+/// COM1 as an ACPI device (PNP0501): its `_CRS` is what makes Linux register GSI 4 for the
+/// UART when there is no legacy PIC to pre-allocate ISA IRQs.
+fn com1_device() -> Vec<u8> {
+    let irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let io = aml::IO::new(COM1_BASE, COM1_BASE, 1, 8);
+    let crs = aml::ResourceTemplate::new(vec![&irq, &io]);
+    let hid = aml::EISAName::new("PNP0501");
+    let hid_name = aml::Name::new("_HID".into(), &hid);
+    let uid_name = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    bytes(&aml::Device::new(
+        "_SB_.COM1".into(),
+        vec![&hid_name, &uid_name, &crs_name],
+    ))
+}
+
+fn dsdt() -> Vec<u8> {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"SVDSDT  ", 1);
+    // Name (_S5, Package () { 5 }): SLP_TYP 5 for the soft-off state.
+    let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8]));
+    dsdt.append_slice(&bytes(&s5));
+    dsdt.append_slice(&com1_device());
+    dsdt.as_slice().to_vec()
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut fadt = FADTBuilder::new(OEM_ID, *b"SVFADT  ", 1)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.iapc_boot_arch = (IAPC_BOOT_ARCH_NO_VGA | IAPC_BOOT_ARCH_NO_CMOS_RTC).into();
+    fadt.reset_reg = io_gas(RESET_PORT);
+    fadt.reset_value = RESET_VALUE;
+    fadt.sleep_control_reg = io_gas(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_gas(SLEEP_STATUS_PORT);
+    fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"SPLITVSR").into();
+    bytes(&fadt.finalize())
+}
+
+fn madt(cpus: u8) -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        *b"SVMADT  ",
+        1,
+        LocalInterruptController::Address(APIC_START as u32),
+    );
+    for id in 0..cpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(0, IOAPIC_START as u32, 0));
+    bytes(&madt)
+}
+
+/// Write the tables at [`ACPI_START`]; returns the RSDP's guest address.
+pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, AcpiError> {
+    let align = |a: u64| (a + 15) & !15;
+    let rsdp_addr = ACPI_START;
+    let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
+    let dsdt = dsdt();
+    let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
+    let fadt = fadt(dsdt_addr);
+    let madt_addr = align(fadt_addr + fadt.len() as u64);
+    let madt = madt(cpus);
+    let xsdt_addr = align(madt_addr + madt.len() as u64);
+    let mut xsdt = XSDT::new(OEM_ID, *b"SVXSDT  ", 1);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt = bytes(&xsdt);
+    let end = xsdt_addr + xsdt.len() as u64;
+    if end > ACPI_END {
+        return Err(AcpiError::TooLarge(end - ACPI_START));
+    }
+    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    for (addr, data) in [
+        (rsdp_addr, &rsdp),
+        (dsdt_addr, &dsdt),
+        (fadt_addr, &fadt),
+        (madt_addr, &madt),
+        (xsdt_addr, &xsdt),
+    ] {
+        mem.write_slice(data, GuestAddress(addr))
+            .map_err(AcpiError::Write)?;
+    }
+    Ok(rsdp_addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    #[test]
+    fn tables_have_valid_checksums_and_lengths() {
+        for t in [dsdt(), fadt(0x1234), madt(4)] {
+            assert!(checksum_ok(&t), "bad checksum in {:?}", &t[..4]);
+            assert_eq!(
+                u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
+                t.len()
+            );
+        }
+        // 4 local APICs (8 bytes each) + 1 IOAPIC (12) after the 44-byte header
+        assert_eq!(madt(4).len(), 44 + 4 * 8 + 12);
+        // the DSDT carries \_S5 with SLP_TYP 5, and COM1
+        let d = dsdt();
+        assert!(d.windows(4).any(|w| w == b"_S5_"));
+        assert!(d.windows(4).any(|w| w == b"COM1"));
+    }
+}

@@ -1,0 +1,335 @@
+//! The VM configuration: one set of serde types for the JSON config file (`--config`), the
+//! command line (each option is parsed into these same types) and, later, the API.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Limits checked by [`VmConfig::validate`].
+pub const MIN_MEMORY: u64 = 64 << 20;
+pub const MAX_CPUS: u8 = 254;
+/// Used when the config gives no command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 512M)"
+    )]
+    InvalidSize(String),
+    #[error("invalid --memory option {0:?}: expected size[,hugepages=on|off][,mergeable=on|off]")]
+    InvalidMemoryOption(String),
+    #[error("invalid on/off value {value:?} for {key}")]
+    InvalidSwitch { key: String, value: String },
+    #[error("invalid --serial {0:?}: expected stdio, pty, socket=PATH, file=PATH or off")]
+    InvalidSerial(String),
+    #[error("no kernel given: use --kernel PATH or \"kernel\" in the config file")]
+    NoKernel,
+    #[error("--cpus {0} is out of range: a VM has 1 to {MAX_CPUS} vCPUs")]
+    CpuCount(u8),
+    #[error("--memory {0} is too small: a Linux guest needs at least {min} MiB", min = MIN_MEMORY >> 20)]
+    MemoryTooSmall(ByteSize),
+    #[error("--memory {size} with hugepages=on is not a multiple of the 2 MiB huge page size")]
+    HugepageAlignment { size: ByteSize },
+}
+
+/// A size in bytes, written as `512M`, `2G`, `1048576` …
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "String")]
+pub struct ByteSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeRepr> for ByteSize {
+    type Error = ConfigError;
+    fn try_from(r: SizeRepr) -> Result<Self, ConfigError> {
+        match r {
+            SizeRepr::Bytes(b) => Ok(ByteSize(b)),
+            SizeRepr::Text(s) => s.parse(),
+        }
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::InvalidSize(s.to_string());
+        let t = s.trim();
+        let (num, shift) = match t.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => {
+                let shift = match c.to_ascii_uppercase() {
+                    'K' => 10,
+                    'M' => 20,
+                    'G' => 30,
+                    'T' => 40,
+                    _ => return Err(bad()),
+                };
+                (&t[..i], shift)
+            }
+            _ => (t, 0),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        n.checked_mul(1u64 << shift).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<ByteSize> for String {
+    fn from(b: ByteSize) -> String {
+        b.to_string()
+    }
+}
+
+/// Guest RAM: always a shared memfd, optionally hugetlbfs-backed or KSM-mergeable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    pub size: ByteSize,
+    #[serde(default)]
+    pub hugepages: bool,
+    #[serde(default)]
+    pub mergeable: bool,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            size: ByteSize(512 << 20),
+            hugepages: false,
+            mergeable: false,
+        }
+    }
+}
+
+fn parse_switch(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(ConfigError::InvalidSwitch {
+            key: key.to_string(),
+            value: value.to_string(),
+        }),
+    }
+}
+
+impl FromStr for MemoryConfig {
+    type Err = ConfigError;
+    /// `SIZE[,hugepages=on][,mergeable=on]`
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let mut parts = s.split(',');
+        let size = parts.next().unwrap_or_default().parse()?;
+        let mut mem = MemoryConfig {
+            size,
+            ..MemoryConfig::default()
+        };
+        for opt in parts {
+            match opt.split_once('=') {
+                Some(("hugepages", v)) => mem.hugepages = parse_switch("hugepages", v)?,
+                Some(("mergeable", v)) => mem.mergeable = parse_switch("mergeable", v)?,
+                _ => return Err(ConfigError::InvalidMemoryOption(s.to_string())),
+            }
+        }
+        Ok(mem)
+    }
+}
+
+/// Where the 8250 serial console (COM1, ttyS0) goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SerialConfig {
+    /// Our stdin/stdout (raw mode when stdin is a terminal).
+    #[default]
+    Stdio,
+    /// A new pseudo-terminal; its path is printed on stderr.
+    Pty,
+    /// A Unix socket server; one client at a time gets the console.
+    Socket(PathBuf),
+    /// Output appended to a file, no input.
+    File(PathBuf),
+    Off,
+}
+
+impl FromStr for SerialConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.split_once('=') {
+            None if s == "stdio" => Ok(SerialConfig::Stdio),
+            None if s == "pty" => Ok(SerialConfig::Pty),
+            None if s == "off" => Ok(SerialConfig::Off),
+            Some(("socket", p)) if !p.is_empty() => Ok(SerialConfig::Socket(p.into())),
+            Some(("file", p)) if !p.is_empty() => Ok(SerialConfig::File(p.into())),
+            _ => Err(ConfigError::InvalidSerial(s.to_string())),
+        }
+    }
+}
+
+impl TryFrom<String> for SerialConfig {
+    type Error = ConfigError;
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl From<SerialConfig> for String {
+    fn from(s: SerialConfig) -> String {
+        match s {
+            SerialConfig::Stdio => "stdio".into(),
+            SerialConfig::Pty => "pty".into(),
+            SerialConfig::Off => "off".into(),
+            SerialConfig::Socket(p) => format!("socket={}", p.display()),
+            SerialConfig::File(p) => format!("file={}", p.display()),
+        }
+    }
+}
+
+/// Everything that defines a VM. The JSON config file is this struct.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default = "default_cpus")]
+    pub cpus: u8,
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    #[serde(default)]
+    pub serial: SerialConfig,
+}
+
+fn default_name() -> String {
+    "splitvisor".into()
+}
+fn default_cpus() -> u8 {
+    1
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            name: default_name(),
+            kernel: None,
+            initramfs: None,
+            cmdline: None,
+            cpus: default_cpus(),
+            memory: MemoryConfig::default(),
+            serial: SerialConfig::default(),
+        }
+    }
+}
+
+impl VmConfig {
+    /// Checks that need no host access (files and host memory are checked when used).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.is_none() {
+            return Err(ConfigError::NoKernel);
+        }
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(ConfigError::CpuCount(self.cpus));
+        }
+        if self.memory.size.0 < MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall(self.memory.size));
+        }
+        if self.memory.hugepages && !self.memory.size.0.is_multiple_of(2 << 20) {
+            return Err(ConfigError::HugepageAlignment {
+                size: self.memory.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The kernel command line the guest gets.
+    pub fn effective_cmdline(&self) -> &str {
+        self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!("512M".parse::<ByteSize>(), Ok(ByteSize(512 << 20)));
+        assert_eq!("2g".parse::<ByteSize>(), Ok(ByteSize(2 << 30)));
+        assert_eq!("4096".parse::<ByteSize>(), Ok(ByteSize(4096)));
+        assert!("12Q".parse::<ByteSize>().is_err());
+        assert!("M".parse::<ByteSize>().is_err());
+        assert!("99999999999T".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(1 << 30).to_string(), "1G");
+        assert_eq!(ByteSize(1536 << 20).to_string(), "1536M");
+    }
+
+    #[test]
+    fn memory_option() {
+        let m: MemoryConfig = "1G,hugepages=on,mergeable=off".parse().unwrap();
+        assert_eq!(m.size, ByteSize(1 << 30));
+        assert!(m.hugepages && !m.mergeable);
+        assert!("1G,huge=on".parse::<MemoryConfig>().is_err());
+        assert!("1G,hugepages=maybe".parse::<MemoryConfig>().is_err());
+    }
+
+    #[test]
+    fn serial_option_round_trips() {
+        for s in ["stdio", "pty", "off", "socket=/run/x.sock", "file=/tmp/log"] {
+            let c: SerialConfig = s.parse().unwrap();
+            assert_eq!(String::from(c), s);
+        }
+        assert!("socket=".parse::<SerialConfig>().is_err());
+        assert!("tcp=1".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn json_config_is_the_same_schema() {
+        let json = r#"{"kernel": "/k", "cpus": 2, "memory": {"size": "1G", "mergeable": true},
+                       "serial": "file=/tmp/console.log", "cmdline": "console=ttyS0"}"#;
+        let c: VmConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(c.cpus, 2);
+        assert_eq!(c.memory.size, ByteSize(1 << 30));
+        assert!(c.memory.mergeable);
+        assert_eq!(c.serial, SerialConfig::File("/tmp/console.log".into()));
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "cpu": 2}"#).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut c = VmConfig {
+            kernel: Some("/k".into()),
+            ..VmConfig::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        c.cpus = 0;
+        assert_eq!(c.validate(), Err(ConfigError::CpuCount(0)));
+        c.cpus = 1;
+        c.memory.size = ByteSize(16 << 20);
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::MemoryTooSmall(ByteSize(16 << 20)))
+        );
+        c.kernel = None;
+        assert_eq!(c.validate(), Err(ConfigError::NoKernel));
+    }
+}

@@ -1,0 +1,62 @@
+//! How a VM ends, and the exit status `splitvisor` reports for it.
+
+use std::sync::{Condvar, Mutex};
+
+/// Why the VM stopped. The first reason reported wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off (ACPI S5): exit status 0.
+    PowerOff,
+    /// The guest reset or rebooted (ACPI reset register, i8042 reset, triple fault): 3.
+    Reset,
+    /// A vCPU failed (KVM internal error, failed entry, guest crash event): 4.
+    Crash(String),
+    /// Stopped by SIGTERM, SIGINT or SIGHUP: 5.
+    Signal(i32),
+}
+
+/// Exit statuses of `splitvisor`; 1 is any setup or vmm error, 2 a bad command line.
+pub const EXIT_ERROR: i32 = 1;
+
+impl VmExit {
+    pub fn status(&self) -> i32 {
+        match self {
+            VmExit::PowerOff => 0,
+            VmExit::Reset => 3,
+            VmExit::Crash(_) => 4,
+            VmExit::Signal(_) => 5,
+        }
+    }
+}
+
+/// Shared by vCPU threads, devices and the signal thread; the main thread waits on it.
+#[derive(Default)]
+pub struct ExitHandle {
+    reason: Mutex<Option<VmExit>>,
+    cond: Condvar,
+}
+
+impl ExitHandle {
+    pub fn request(&self, exit: VmExit) {
+        let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if reason.is_none() {
+            tracing::info!(?exit, "VM exit requested");
+            *reason = Some(exit);
+            self.cond.notify_all();
+        }
+    }
+
+    pub fn requested(&self) -> bool {
+        self.reason.lock().map(|r| r.is_some()).unwrap_or(true)
+    }
+
+    pub fn wait(&self) -> VmExit {
+        let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(exit) = reason.clone() {
+                return exit;
+            }
+            reason = self.cond.wait(reason).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! splitvisor, the vmm: KVM, guest memory, boot, the legacy platform devices and vCPU threads.
+//! See docs/architecture.md for the process split and the boot path.
+
+pub mod boot;
+pub mod config;
+pub mod cpu;
+pub mod devices;
+pub mod exit;
+pub mod layout;
+pub mod memory;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;

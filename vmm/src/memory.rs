@@ -1,0 +1,164 @@
+//! Guest RAM: one memfd, mapped `MAP_SHARED` so vhost-user backends can map the same pages.
+//! Split around the 32-bit hole (see [`crate::layout`]); optionally hugetlbfs-backed
+//! (`MFD_HUGETLB`) and KSM-mergeable (`MADV_MERGEABLE`).
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::config::MemoryConfig;
+use crate::layout::ram_ranges;
+
+const HUGE_PAGE_SIZE: u64 = 2 << 20;
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+const FREE_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot create the guest memory memfd")]
+    Memfd(#[source] std::io::Error),
+    #[error("cannot size the guest memory memfd to {0} bytes")]
+    Size(u64, #[source] std::io::Error),
+    #[error("cannot map guest memory")]
+    Map(#[source] vm_memory::mmap::FromRangesError),
+    #[error("--memory {want} MiB is more than this host's {host} MiB of RAM")]
+    TooLarge { want: u64, host: u64 },
+    #[error(
+        "hugepages=on needs {need} free 2 MiB huge pages but {free} are free: raise {NR_HUGEPAGES}"
+    )]
+    NoHugepages { need: u64, free: u64 },
+    #[error("madvise(MADV_MERGEABLE) failed (is KSM built into the host kernel?)")]
+    Mergeable(#[source] std::io::Error),
+}
+
+/// The guest's RAM and the memfd behind it.
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+    size: u64,
+}
+
+impl GuestRam {
+    pub fn new(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> {
+        let size = cfg.size.0;
+        check_host_memory(size)?;
+        if cfg.hugepages {
+            check_free_hugepages(size)?;
+        }
+        let mut flags = libc::MFD_CLOEXEC;
+        if cfg.hugepages {
+            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+        }
+        // SAFETY: memfd_create with a valid NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"splitvisor-guest-ram".as_ptr(), flags) };
+        if fd < 0 {
+            return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a freshly created descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size).map_err(|e| MemoryError::Size(size, e))?;
+
+        let mut ranges = Vec::new();
+        let mut file_offset = 0;
+        for (start, len) in ram_ranges(size) {
+            let f = file.try_clone().map_err(MemoryError::Memfd)?;
+            ranges.push((
+                GuestAddress(start),
+                len as usize,
+                Some(FileOffset::new(f, file_offset)),
+            ));
+            file_offset += len;
+        }
+        let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(MemoryError::Map)?;
+        let ram = GuestRam { mem, size };
+        if cfg.mergeable {
+            ram.madvise_mergeable()?;
+        }
+        Ok(ram)
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// End of RAM below the 32-bit hole.
+    pub fn low_ram_end(&self) -> u64 {
+        self.mem
+            .iter()
+            .map(|r| r.start_addr().0 + r.len())
+            .filter(|end| *end <= crate::layout::MEM_32BIT_GAP_START)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `(slot, guest address, size, host address)` for each region, for KVM registration.
+    pub fn regions(&self) -> Vec<(u32, u64, u64, u64)> {
+        self.mem
+            .iter()
+            .enumerate()
+            .map(|(slot, r)| {
+                let host = self
+                    .mem
+                    .get_host_address(r.start_addr())
+                    .map(|p| p as u64)
+                    .unwrap_or(0);
+                (slot as u32, r.start_addr().0, r.len(), host)
+            })
+            .collect()
+    }
+
+    fn madvise_mergeable(&self) -> Result<(), MemoryError> {
+        for (_, _, len, host) in self.regions() {
+            // SAFETY: [host, host+len) is a mapping owned by `self.mem`; MADV_MERGEABLE only
+            // changes how the kernel may share its pages, never their contents.
+            let ret = unsafe {
+                libc::madvise(
+                    host as *mut libc::c_void,
+                    len as usize,
+                    libc::MADV_MERGEABLE,
+                )
+            };
+            if ret != 0 {
+                return Err(MemoryError::Mergeable(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn meminfo_kib(key: &str) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    info.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn check_host_memory(size: u64) -> Result<(), MemoryError> {
+    if let Some(total_kib) = meminfo_kib("MemTotal:") {
+        let host = total_kib >> 10;
+        if size >> 20 > host {
+            return Err(MemoryError::TooLarge {
+                want: size >> 20,
+                host,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_free_hugepages(size: u64) -> Result<(), MemoryError> {
+    let need = size.div_ceil(HUGE_PAGE_SIZE);
+    let free = std::fs::read_to_string(FREE_HUGEPAGES)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if free < need {
+        return Err(MemoryError::NoHugepages { need, free });
+    }
+    Ok(())
+}

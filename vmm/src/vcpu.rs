@@ -1,0 +1,74 @@
+//! One thread per vCPU: run it and route its exits (port I/O to the legacy devices, system
+//! events to the VM's exit).
+
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::devices::LegacyDevices;
+use crate::exit::VmExit;
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+pub fn spawn(
+    id: u8,
+    vcpu: VcpuFd,
+    devices: Arc<LegacyDevices>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || run(id, vcpu, devices))
+}
+
+fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<LegacyDevices>) {
+    let exit = devices.exit.clone();
+    while !exit.requested() {
+        let event = match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                devices.pio_read(port, data);
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                devices.pio_write(port, data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                tracing::trace!(addr, "read from unmapped MMIO");
+                data.fill(0xff);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, _)) => {
+                tracing::trace!(addr, "write to unmapped MMIO");
+                None
+            }
+            Ok(VcpuExit::Hlt) => None,
+            Ok(VcpuExit::Shutdown) => Some(VmExit::Reset), // triple fault
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reset),
+                KVM_SYSTEM_EVENT_CRASH => {
+                    Some(VmExit::Crash(format!("vCPU {id}: guest crash event")))
+                }
+                other => Some(VmExit::Crash(format!(
+                    "vCPU {id}: unknown system event {other}"
+                ))),
+            },
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmExit::Crash(format!(
+                "vCPU {id}: KVM failed to enter the guest (reason {reason:#x}, cpu {cpu})"
+            ))),
+            Ok(VcpuExit::InternalError) => {
+                Some(VmExit::Crash(format!("vCPU {id}: KVM internal error")))
+            }
+            Ok(other) => Some(VmExit::Crash(format!(
+                "vCPU {id}: unexpected exit {other:?}"
+            ))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(VmExit::Crash(format!("vCPU {id}: KVM_RUN failed: {e}"))),
+        };
+        if let Some(event) = event {
+            exit.request(event);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Putting a VM together: KVM VM with in-kernel irqchip and PIT, shared-memfd RAM, the loaded
+//! guest, the console, and one thread per vCPU; then waiting for the guest to end.
+
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, BootError};
+use crate::config::{ConfigError, VmConfig};
+use crate::cpu::{self, CpuError};
+use crate::devices::serial::{Console, SerialError, COM1_IRQ};
+use crate::devices::LegacyDevices;
+use crate::exit::{ExitHandle, VmExit};
+use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::memory::{GuestRam, MemoryError};
+use crate::{signals, vcpu};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open /dev/kvm (is KVM available and accessible?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("--cpus {want} is more than this host's KVM allows ({max})")]
+    TooManyCpus { want: u8, max: usize },
+    #[error("KVM: cannot {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A running VM. Dropping it is not how it stops: [`Vm::wait`] returns how the guest ended
+/// and the process then exits (vCPU threads are not joined).
+pub struct Vm {
+    _vm: VmFd,
+    _ram: GuestRam,
+    console: Arc<Console>,
+    exit: Arc<ExitHandle>,
+}
+
+impl Vm {
+    /// Build the VM from `cfg` and start its vCPUs.
+    pub fn start(cfg: &VmConfig) -> Result<Vm, VmError> {
+        cfg.validate()?;
+        signals::block().map_err(VmError::Thread)?;
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let max = kvm.get_max_vcpus();
+        if usize::from(cfg.cpus) > max {
+            return Err(VmError::TooManyCpus {
+                want: cfg.cpus,
+                max,
+            });
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("set the identity map address"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("create the in-kernel irqchip"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("create the in-kernel PIT"))?;
+
+        let ram = GuestRam::new(&cfg.memory)?;
+        for (slot, guest, size, host) in ram.regions() {
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: guest,
+                memory_size: size,
+                userspace_addr: host,
+            };
+            // SAFETY: the region is a live MAP_SHARED mapping of `size` bytes owned by `ram`,
+            // which the returned Vm keeps for as long as the VM runs.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(kvm_err("register guest memory"))?;
+        }
+        tracing::info!(size = ram.size(), "guest memory registered");
+
+        let entry = boot::load(&ram, cfg)?;
+
+        let exit = Arc::new(ExitHandle::default());
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
+        vm.register_irqfd(&irq, COM1_IRQ)
+            .map_err(kvm_err("register the serial irqfd"))?;
+        let console = Console::new(&cfg.serial, irq)?;
+        let devices = Arc::new(LegacyDevices {
+            serial: console.clone(),
+            exit: exit.clone(),
+        });
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("read the supported CPUID"))?;
+        let mut vcpus = Vec::new();
+        for id in 0..cfg.cpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create a vCPU"))?;
+            let boot_entry = (id == 0).then_some(entry);
+            cpu::configure(&vcpu, &supported, id, cfg.cpus, ram.memory(), boot_entry)?;
+            vcpus.push(vcpu);
+        }
+        signals::spawn_handler(exit.clone()).map_err(VmError::Thread)?;
+        for (id, vcpu) in vcpus.into_iter().enumerate() {
+            vcpu::spawn(id as u8, vcpu, devices.clone()).map_err(VmError::Thread)?;
+        }
+        tracing::info!(name = %cfg.name, cpus = cfg.cpus, "VM started");
+        Ok(Vm {
+            _vm: vm,
+            _ram: ram,
+            console,
+            exit,
+        })
+    }
+
+    /// Block until the guest powers off, resets, crashes or a stop signal arrives.
+    pub fn wait(&self) -> VmExit {
+        let exit = self.exit.wait();
+        self.console.restore_terminal();
+        exit
+    }
+}
