@@ -88,6 +88,7 @@ pub struct Sandbox {
     cpus: u32,
     timeout: Duration,
     host_tools: Vec<String>,
+    host_dirs: Vec<PathBuf>,
     echo: bool,
     keep: bool,
 }
@@ -120,6 +121,7 @@ impl Sandbox {
             cpus: 2,
             timeout,
             host_tools: Vec::new(),
+            host_dirs: Vec::new(),
             echo: true,
             keep: std::env::var_os("SPLITVISOR_KEEP_JOBS").is_some(),
         })
@@ -144,6 +146,11 @@ impl Sandbox {
     /// Copy a host program (with its shared libraries) into the job, on PATH inside L1.
     pub fn host_tool(mut self, name: &str) -> Self {
         self.host_tools.push(name.to_string());
+        self
+    }
+    /// Share a host directory (read-only) at the same path inside L1, e.g. QEMU's firmware.
+    pub fn host_dir(mut self, path: &Path) -> Self {
+        self.host_dirs.push(path.to_path_buf());
         self
     }
     /// Echo the console to stderr as it arrives (default on).
@@ -190,7 +197,16 @@ impl Sandbox {
         };
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("hostbin")).map_err(io)?;
-        std::fs::write(dir.join("run.sh"), format!("set -u\n{script}\n")).map_err(io)?;
+        let mut prologue = String::from("set -u\n");
+        if self.mode == Mode::Sandbox {
+            for (i, host_dir) in self.host_dirs.iter().enumerate() {
+                let p = host_dir.display();
+                prologue.push_str(&format!(
+                    "mkdir -p '{p}' && mount -t 9p -o trans=virtio,version=9p2000.L,ro hostdir{i} '{p}'\n"
+                ));
+            }
+        }
+        std::fs::write(dir.join("run.sh"), format!("{prologue}{script}\n")).map_err(io)?;
         // on the host the tools are on PATH already
         if self.mode == Mode::Sandbox {
             for tool in &self.host_tools {
@@ -222,6 +238,12 @@ impl Sandbox {
             .args(["-virtfs", &share(self.kit.root(), "kit", true)])
             .args(["-virtfs", &share(&self.bin_dir, "svbin", true)])
             .args(["-virtfs", &share(job_dir, "job", false)])
+            .args(self.host_dirs.iter().enumerate().flat_map(|(i, d)| {
+                [
+                    "-virtfs".to_string(),
+                    share(d, &format!("hostdir{i}"), true),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -7,7 +7,7 @@ use std::os::fd::FromRawFd;
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::config::MemoryConfig;
+use crate::config::{ByteSize, MemoryConfig};
 use crate::layout::ram_ranges;
 
 const HUGE_PAGE_SIZE: u64 = 2 << 20;
@@ -22,8 +22,8 @@ pub enum MemoryError {
     Size(u64, #[source] std::io::Error),
     #[error("cannot map guest memory")]
     Map(#[source] vm_memory::mmap::FromRangesError),
-    #[error("--memory {want} MiB is more than this host's {host} MiB of RAM")]
-    TooLarge { want: u64, host: u64 },
+    #[error("--memory {want} is more than this host's {host_mib} MiB of RAM")]
+    TooLarge { want: ByteSize, host_mib: u64 },
     #[error(
         "hugepages=on needs {need} free 2 MiB huge pages but {free} are free: raise {NR_HUGEPAGES}"
     )]
@@ -140,11 +140,11 @@ fn meminfo_kib(key: &str) -> Option<u64> {
 
 fn check_host_memory(size: u64) -> Result<(), MemoryError> {
     if let Some(total_kib) = meminfo_kib("MemTotal:") {
-        let host = total_kib >> 10;
-        if size >> 20 > host {
+        let host_mib = total_kib >> 10;
+        if size >> 20 > host_mib {
             return Err(MemoryError::TooLarge {
-                want: size >> 20,
-                host,
+                want: ByteSize(size),
+                host_mib,
             });
         }
     }

@@ -61,7 +61,10 @@ pub struct Vm {
 impl Vm {
     /// Build the VM from `cfg` and start its vCPUs.
     pub fn start(cfg: &VmConfig) -> Result<Vm, VmError> {
+        // every check of the user's input comes before KVM is touched
         cfg.validate()?;
+        boot::check_inputs(cfg)?;
+        let ram = GuestRam::new(&cfg.memory)?;
         signals::block().map_err(VmError::Thread)?;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let max = kvm.get_max_vcpus();
@@ -84,7 +87,6 @@ impl Vm {
         })
         .map_err(kvm_err("create the in-kernel PIT"))?;
 
-        let ram = GuestRam::new(&cfg.memory)?;
         for (slot, guest, size, host) in ram.regions() {
             let region = kvm_userspace_memory_region {
                 slot,

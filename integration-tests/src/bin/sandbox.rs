@@ -28,6 +28,9 @@ struct Args {
     /// Copy this host program (and its libraries) into L1; repeatable.
     #[arg(long = "host-tool", value_name = "NAME")]
     host_tools: Vec<String>,
+    /// Share this host directory read-only at the same path in L1; repeatable.
+    #[arg(long = "host-dir", value_name = "PATH")]
+    host_dirs: Vec<std::path::PathBuf>,
     /// Run on the host instead (only sensible when its /dev/kvm is hardware-backed).
     #[arg(long)]
     direct: bool,
@@ -54,6 +57,9 @@ fn main() -> Result<ExitCode> {
         .keep_job_dir(args.keep);
     for tool in &args.host_tools {
         sandbox = sandbox.host_tool(tool);
+    }
+    for dir in &args.host_dirs {
+        sandbox = sandbox.host_dir(dir);
     }
     let out = sandbox.run(&args.command.join(" "))?;
     Ok(ExitCode::from(u8::try_from(out.status).unwrap_or(1)))

@@ -4,6 +4,7 @@
 
 pub mod acpi;
 pub mod params;
+mod reset_vector;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -51,6 +52,8 @@ pub enum BootError {
     CmdlineTooLong(usize),
     #[error("invalid kernel command line: {0}")]
     Cmdline(String),
+    #[error("cannot write the reset vector to guest memory")]
+    ResetVector(#[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
@@ -77,6 +80,26 @@ fn detect_format(path: &Path, file: &mut File) -> Result<KernelFormat, BootError
     } else {
         Err(BootError::NotAKernel(path.to_path_buf()))
     }
+}
+
+/// Check that the kernel is a readable kernel and the initramfs a readable file, before any
+/// resource is allocated for the VM.
+pub fn check_inputs(cfg: &VmConfig) -> Result<(), BootError> {
+    let kernel_path = cfg.kernel.clone().unwrap_or_default();
+    let mut kernel = File::open(&kernel_path).map_err(|source| BootError::KernelRead {
+        path: kernel_path.clone(),
+        source,
+    })?;
+    detect_format(&kernel_path, &mut kernel)?;
+    if let Some(path) = &cfg.initramfs {
+        let read_err = |source| BootError::InitramfsRead {
+            path: path.clone(),
+            source,
+        };
+        let mut f = File::open(path).map_err(read_err)?;
+        f.read(&mut [0u8; 1]).map_err(read_err)?;
+    }
+    Ok(())
 }
 
 /// Load everything into guest memory and return where the boot vCPU starts.
@@ -123,6 +146,7 @@ pub fn load(ram: &GuestRam, cfg: &VmConfig) -> Result<EntryPoint, BootError> {
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
 
     let rsdp = acpi::write_tables(mem, cfg.cpus)?;
+    reset_vector::write(mem).map_err(BootError::ResetVector)?;
     let layout = BootLayout {
         low_ram_end: ram.low_ram_end(),
         ram_size: ram.size(),

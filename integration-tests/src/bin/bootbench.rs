@@ -1,0 +1,178 @@
+//! `sv-bootbench`: boot time and peak RSS of VMMs, side by side.
+//!
+//! Each `--case NAME=COMMAND` is a shell command that boots a guest whose console (stdout)
+//! prints `--marker` once booted. Runs are interleaved (A, B, A, B, ...) so that both cases
+//! see the same machine conditions. Per run it measures the time from spawn to the marker and
+//! the process's peak RSS (VmHWM, sampled until it exits). Prints one line per run and a
+//! summary of medians; `--json` prints the summary as JSON.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "sv-bootbench",
+    about = "Boot time and peak RSS of VMMs, interleaved runs"
+)]
+struct Args {
+    /// NAME=COMMAND (run with `sh -c 'exec COMMAND'`); repeat for each VMM.
+    #[arg(long = "case", required = true)]
+    cases: Vec<String>,
+    /// Runs per case.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Console text that marks a booted guest.
+    #[arg(long, default_value = "SPLITVISOR-GUEST-READY")]
+    marker: String,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+struct Run {
+    boot: Duration,
+    peak_rss_kib: u64,
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn run_once(command: &str, marker: &str, timeout: Duration) -> Result<Run> {
+    let start = Instant::now();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the case's command")?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    // read the console on a thread; the main thread samples RSS until the process exits
+    let marker = marker.to_string();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut booted = None;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if booted.is_none() && String::from_utf8_lossy(&seen).contains(&marker) {
+                booted = Some(start.elapsed());
+            }
+        }
+        booted
+    });
+    let mut peak = 0;
+    loop {
+        if let Some(kib) = vm_hwm_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("run timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let boot = reader
+        .join()
+        .ok()
+        .flatten()
+        .context("the guest never printed the marker")?;
+    Ok(Run {
+        boot,
+        peak_rss_kib: peak,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cases: Vec<(String, String)> = args
+        .cases
+        .iter()
+        .map(|c| {
+            c.split_once('=')
+                .map(|(n, cmd)| (n.to_string(), cmd.to_string()))
+                .context("--case must be NAME=COMMAND")
+        })
+        .collect::<Result<_>>()?;
+    let mut results: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
+    for i in 0..args.runs {
+        for (c, (name, cmd)) in cases.iter().enumerate() {
+            let run = run_once(cmd, &args.marker, Duration::from_secs(args.timeout))
+                .with_context(|| format!("case {name}, run {}", i + 1))?;
+            println!(
+                "run {:>2} {name:<12} boot {:>8.1} ms  peak RSS {:>7} KiB",
+                i + 1,
+                run.boot.as_secs_f64() * 1000.0,
+                run.peak_rss_kib
+            );
+            results[c].push(run);
+        }
+    }
+    let summary: Vec<(String, f64, f64)> = cases
+        .iter()
+        .zip(&results)
+        .map(|((name, _), runs)| {
+            let boot = median(runs.iter().map(|r| r.boot.as_secs_f64() * 1000.0).collect());
+            let rss = median(runs.iter().map(|r| r.peak_rss_kib as f64).collect());
+            (name.clone(), boot, rss)
+        })
+        .collect();
+    if args.json {
+        let items: Vec<String> = summary
+            .iter()
+            .map(|(n, b, r)| {
+                format!(
+                    "{{\"case\":\"{n}\",\"median_boot_ms\":{b:.1},\"median_peak_rss_kib\":{r:.0}}}"
+                )
+            })
+            .collect();
+        println!("[{}]", items.join(","));
+    } else {
+        println!(
+            "\n{:<12} {:>18} {:>22}",
+            "case", "median boot (ms)", "median peak RSS (KiB)"
+        );
+        for (n, b, r) in &summary {
+            println!("{n:<12} {b:>18.1} {r:>22.0}");
+        }
+        if let [(a, ab, ar), (b, bb, br)] = &summary[..] {
+            println!(
+                "\n{a}/{b}: boot time ratio {:.2}, peak RSS ratio {:.2}",
+                ab / bb,
+                ar / br
+            );
+        }
+    }
+    Ok(())
+}
