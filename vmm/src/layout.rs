@@ -33,6 +33,9 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MEM_32BIT_GAP_START: u64 = 0xc000_0000;
 pub const MEM_32BIT_GAP_SIZE: u64 = 1 << 30;
 pub const RAM_64BIT_START: u64 = MEM_32BIT_GAP_START + MEM_32BIT_GAP_SIZE;
+/// Where the vmm places PCI BARs: the 32-bit hole below the IOAPIC.
+pub const PCI_MMIO_START: u64 = MEM_32BIT_GAP_START;
+pub const PCI_MMIO_END: u64 = 0xfec0_0000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM needs three pages for the TSS and one for the identity map, inside the hole.

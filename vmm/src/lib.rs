@@ -8,6 +8,7 @@ pub mod devices;
 pub mod exit;
 pub mod layout;
 pub mod memory;
+pub mod pci;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

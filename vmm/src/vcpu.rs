@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::devices::LegacyDevices;
+use crate::devices::Devices;
 use crate::exit::VmExit;
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -15,14 +15,14 @@ const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 pub fn spawn(
     id: u8,
     vcpu: VcpuFd,
-    devices: Arc<LegacyDevices>,
+    devices: Arc<Devices>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || run(id, vcpu, devices))
 }
 
-fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<LegacyDevices>) {
+fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>) {
     let exit = devices.exit.clone();
     while !exit.requested() {
         let event = match vcpu.run() {
@@ -35,12 +35,11 @@ fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<LegacyDevices>) {
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                tracing::trace!(addr, "read from unmapped MMIO");
-                data.fill(0xff);
+                devices.mmio_read(addr, data);
                 None
             }
-            Ok(VcpuExit::MmioWrite(addr, _)) => {
-                tracing::trace!(addr, "write to unmapped MMIO");
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                devices.mmio_write(addr, data);
                 None
             }
             Ok(VcpuExit::Hlt) => None,

@@ -13,10 +13,11 @@ use crate::boot::{self, BootError};
 use crate::config::{ConfigError, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::devices::serial::{Console, SerialError, COM1_IRQ};
-use crate::devices::LegacyDevices;
+use crate::devices::Devices;
 use crate::exit::{ExitHandle, VmExit};
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
+use crate::pci::bus::PciBus;
 use crate::{signals, vcpu};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +110,9 @@ impl Vm {
         vm.register_irqfd(&irq, COM1_IRQ)
             .map_err(kvm_err("register the serial irqfd"))?;
         let console = Console::new(&cfg.serial, irq)?;
-        let devices = Arc::new(LegacyDevices {
+        let devices = Arc::new(Devices {
             serial: console.clone(),
+            pci: PciBus::new(),
             exit: exit.clone(),
         });
 

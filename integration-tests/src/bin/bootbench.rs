@@ -31,6 +31,10 @@ struct Args {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Guest RAM in MiB: mappings at least this large count as guest memory, and the RSS
+    /// without them is reported as the VMM's own overhead.
+    #[arg(long, default_value_t = 512)]
+    guest_mem_mib: u64,
     #[arg(long)]
     json: bool,
 }
@@ -38,6 +42,28 @@ struct Args {
 struct Run {
     boot: Duration,
     peak_rss_kib: u64,
+    peak_overhead_kib: u64,
+}
+
+/// RSS of the process outside its guest-RAM mappings (those of at least `guest_kib`), in KiB.
+fn overhead_kib(pid: u32, guest_kib: u64) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut total, mut guest, mut size) = (0, 0, 0);
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("Size:") => size = words.next()?.parse().ok()?,
+            Some("Rss:") => {
+                let rss: u64 = words.next()?.parse().ok()?;
+                total += rss;
+                if size >= guest_kib {
+                    guest += rss;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(total - guest)
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
@@ -49,7 +75,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn run_once(command: &str, marker: &str, timeout: Duration) -> Result<Run> {
+fn run_once(command: &str, marker: &str, timeout: Duration, guest_kib: u64) -> Result<Run> {
     let start = Instant::now();
     let mut child = Command::new("sh")
         .arg("-c")
@@ -79,9 +105,13 @@ fn run_once(command: &str, marker: &str, timeout: Duration) -> Result<Run> {
         booted
     });
     let mut peak = 0;
+    let mut peak_overhead = 0;
     loop {
         if let Some(kib) = vm_hwm_kib(pid) {
             peak = peak.max(kib);
+        }
+        if let Some(kib) = overhead_kib(pid, guest_kib) {
+            peak_overhead = peak_overhead.max(kib);
         }
         if child.try_wait()?.is_some() {
             break;
@@ -101,6 +131,7 @@ fn run_once(command: &str, marker: &str, timeout: Duration) -> Result<Run> {
     Ok(Run {
         boot,
         peak_rss_kib: peak,
+        peak_overhead_kib: peak_overhead,
     })
 }
 
@@ -128,49 +159,56 @@ fn main() -> Result<()> {
     let mut results: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
     for i in 0..args.runs {
         for (c, (name, cmd)) in cases.iter().enumerate() {
-            let run = run_once(cmd, &args.marker, Duration::from_secs(args.timeout))
+            let timeout = Duration::from_secs(args.timeout);
+            let run = run_once(cmd, &args.marker, timeout, args.guest_mem_mib << 10)
                 .with_context(|| format!("case {name}, run {}", i + 1))?;
             println!(
-                "run {:>2} {name:<12} boot {:>8.1} ms  peak RSS {:>7} KiB",
+                "run {:>2} {name:<14} boot {:>8.1} ms  peak RSS {:>7} KiB  VMM overhead {:>6} KiB",
                 i + 1,
                 run.boot.as_secs_f64() * 1000.0,
-                run.peak_rss_kib
+                run.peak_rss_kib,
+                run.peak_overhead_kib
             );
             results[c].push(run);
         }
     }
-    let summary: Vec<(String, f64, f64)> = cases
+    let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    let summary: Vec<[f64; 3]> = results
         .iter()
-        .zip(&results)
-        .map(|((name, _), runs)| {
-            let boot = median(runs.iter().map(|r| r.boot.as_secs_f64() * 1000.0).collect());
-            let rss = median(runs.iter().map(|r| r.peak_rss_kib as f64).collect());
-            (name.clone(), boot, rss)
+        .map(|runs| {
+            [
+                med(runs, |r| r.boot.as_secs_f64() * 1000.0),
+                med(runs, |r| r.peak_rss_kib as f64),
+                med(runs, |r| r.peak_overhead_kib as f64),
+            ]
         })
         .collect();
     if args.json {
-        let items: Vec<String> = summary
+        let items: Vec<String> = cases
             .iter()
-            .map(|(n, b, r)| {
-                format!(
-                    "{{\"case\":\"{n}\",\"median_boot_ms\":{b:.1},\"median_peak_rss_kib\":{r:.0}}}"
-                )
+            .zip(&summary)
+            .map(|((n, _), [b, r, o])| {
+                format!("{{\"case\":\"{n}\",\"median_boot_ms\":{b:.1},\"median_peak_rss_kib\":{r:.0},\"median_vmm_overhead_kib\":{o:.0}}}")
             })
             .collect();
         println!("[{}]", items.join(","));
-    } else {
-        println!(
-            "\n{:<12} {:>18} {:>22}",
-            "case", "median boot (ms)", "median peak RSS (KiB)"
-        );
-        for (n, b, r) in &summary {
-            println!("{n:<12} {b:>18.1} {r:>22.0}");
-        }
-        if let [(a, ab, ar), (b, bb, br)] = &summary[..] {
+        return Ok(());
+    }
+    println!(
+        "\n{:<14} {:>17} {:>21} {:>24}",
+        "case", "median boot (ms)", "median peak RSS (KiB)", "median VMM overhead (KiB)"
+    );
+    for ((n, _), [b, r, o]) in cases.iter().zip(&summary) {
+        println!("{n:<14} {b:>17.1} {r:>21.0} {o:>24.0}");
+    }
+    // cases come in pairs (ours, theirs): print their ratios
+    for (pair, sums) in cases.chunks(2).zip(summary.chunks(2)) {
+        if let ([(a, _), (b, _)], [x, y]) = (pair, sums) {
             println!(
-                "\n{a}/{b}: boot time ratio {:.2}, peak RSS ratio {:.2}",
-                ab / bb,
-                ar / br
+                "{a} / {b}: boot time {:.2}, peak RSS {:.2}, VMM overhead {:.2}",
+                x[0] / y[0],
+                x[1] / y[1],
+                x[2] / y[2]
             );
         }
     }

@@ -18,7 +18,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::acpi_pm::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ};
-use crate::layout::{ACPI_END, ACPI_START, APIC_START, IOAPIC_START};
+use crate::layout::{ACPI_END, ACPI_START, APIC_START, IOAPIC_START, PCI_MMIO_END, PCI_MMIO_START};
+use crate::pci::bus::CONFIG_ADDRESS_PORT;
 
 const OEM_ID: [u8; 6] = *b"SPLTVR";
 /// FADT IA-PC boot architecture flags: no VGA, no CMOS RTC (bit 8042 left clear: no PS/2
@@ -66,12 +67,43 @@ fn com1_device() -> Vec<u8> {
     ))
 }
 
+/// The PCI host bridge `_SB_.PCI0` (PNP0A08): bus 0, config mechanism #1 ports, the I/O space
+/// and the 32-bit MMIO window where the vmm places device BARs.
+fn pci_host_bridge() -> Vec<u8> {
+    let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let cfg_io = aml::IO::new(CONFIG_ADDRESS_PORT, CONFIG_ADDRESS_PORT, 1, 8);
+    let io_low = aml::AddressSpace::new_io(0u16, 0x0cf7u16, None);
+    let io_high = aml::AddressSpace::new_io(0x0d00u16, 0xffffu16, None);
+    let mmio = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO_START as u32,
+        (PCI_MMIO_END - 1) as u32,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_io, &io_low, &io_high, &mmio]);
+    let hid = aml::EISAName::new("PNP0A08");
+    let cid = aml::EISAName::new("PNP0A03");
+    let names = [
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_CID".into(), &cid),
+        aml::Name::new("_ADR".into(), &aml::ZERO),
+        aml::Name::new("_SEG".into(), &aml::ZERO),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_BBN".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &crs),
+    ];
+    let children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
+    bytes(&aml::Device::new("_SB_.PCI0".into(), children))
+}
+
 fn dsdt() -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"SVDSDT  ", 1);
     // Name (_S5, Package () { 5 }): SLP_TYP 5 for the soft-off state.
     let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8]));
     dsdt.append_slice(&bytes(&s5));
     dsdt.append_slice(&com1_device());
+    dsdt.append_slice(&pci_host_bridge());
     dsdt.as_slice().to_vec()
 }
 
@@ -161,5 +193,6 @@ mod tests {
         let d = dsdt();
         assert!(d.windows(4).any(|w| w == b"_S5_"));
         assert!(d.windows(4).any(|w| w == b"COM1"));
+        assert!(d.windows(4).any(|w| w == b"PCI0"));
     }
 }

@@ -1,5 +1,6 @@
-//! Devices the vmm emulates itself: the legacy platform (serial, i8042, ACPI PM registers).
-//! Port I/O from vCPU exits is dispatched here; unknown ports read as all-ones.
+//! Devices the vmm emulates itself: the legacy platform (serial, i8042, ACPI PM registers) and
+//! the PCI bus. Port and MMIO exits of the vCPUs are dispatched here; unknown ports and
+//! addresses read as all-ones and ignore writes.
 
 pub mod acpi_pm;
 pub mod i8042;
@@ -9,15 +10,33 @@ mod terminal;
 use std::sync::Arc;
 
 use crate::exit::ExitHandle;
+use crate::pci::bus::PciBus;
 
-/// The port-I/O devices of the VM.
-pub struct LegacyDevices {
+/// Every device the vCPUs can reach through exits.
+pub struct Devices {
     pub serial: Arc<serial::Console>,
+    pub pci: PciBus,
     pub exit: Arc<ExitHandle>,
 }
 
-impl LegacyDevices {
+impl Devices {
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if !self.pci.mmio_read(addr, data) {
+            tracing::trace!(addr, "read from unmapped MMIO");
+            data.fill(0xff);
+        }
+    }
+
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if !self.pci.mmio_write(addr, data) {
+            tracing::trace!(addr, "write to unmapped MMIO");
+        }
+    }
+
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if self.pci.pio_read(port, data) {
+            return;
+        }
         match port {
             serial::COM1_BASE..=serial::COM1_END => {
                 data.fill(0);
@@ -30,6 +49,9 @@ impl LegacyDevices {
     }
 
     pub fn pio_write(&self, port: u16, data: &[u8]) {
+        if self.pci.pio_write(port, data) {
+            return;
+        }
         let Some(&value) = data.first() else { return };
         match port {
             serial::COM1_BASE..=serial::COM1_END => {

@@ -1,0 +1,196 @@
+//! PCI bus 0: the configuration mechanism #1 ports (0xcf8 address, 0xcfc data) and dispatch
+//! of MMIO accesses to device BARs.
+
+use std::sync::{Arc, Mutex};
+
+use super::PciDevice;
+
+pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;
+pub const CONFIG_DATA_PORT: u16 = 0xcfc;
+/// Slots on bus 0.
+pub const MAX_SLOTS: usize = 32;
+const ENABLE: u32 = 1 << 31;
+
+pub type SharedDevice = Arc<Mutex<dyn PciDevice>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("PCI bus 0 is full ({MAX_SLOTS} slots)")]
+    Full,
+}
+
+pub struct PciBus {
+    /// Device `n` is in slot `n` (function 0); slot 0 is the host bridge.
+    devices: Vec<SharedDevice>,
+    config_address: Mutex<u32>,
+}
+
+fn lock(d: &SharedDevice) -> std::sync::MutexGuard<'_, dyn PciDevice + 'static> {
+    d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PciBus {
+    pub fn new() -> PciBus {
+        PciBus {
+            devices: vec![Arc::new(Mutex::new(super::HostBridge::new()))],
+            config_address: Mutex::new(0),
+        }
+    }
+
+    /// Plug a device into the next free slot; returns the slot.
+    pub fn add(&mut self, device: SharedDevice) -> Result<usize, BusError> {
+        if self.devices.len() >= MAX_SLOTS {
+            return Err(BusError::Full);
+        }
+        self.devices.push(device);
+        Ok(self.devices.len() - 1)
+    }
+
+    /// The device addressed by the config address register, and the register offset.
+    fn target(&self) -> Option<(&SharedDevice, usize)> {
+        let a = *self
+            .config_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (bus, slot, func) = ((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7);
+        if a & ENABLE == 0 || bus != 0 || func != 0 {
+            return None;
+        }
+        self.devices
+            .get(slot as usize)
+            .map(|d| (d, (a & 0xfc) as usize))
+    }
+
+    /// Port reads in 0xcf8..=0xcff; false if the port is not ours.
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
+        match port {
+            CONFIG_ADDRESS_PORT..=0xcfb => {
+                let a = *self
+                    .config_address
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                read_bytes(a, usize::from(port - CONFIG_ADDRESS_PORT), data);
+            }
+            CONFIG_DATA_PORT..=0xcff => match self.target() {
+                Some((dev, reg)) => {
+                    let v = lock(dev).config().read(reg);
+                    read_bytes(v, usize::from(port - CONFIG_DATA_PORT), data);
+                }
+                None => data.fill(0xff),
+            },
+            _ => return false,
+        }
+        true
+    }
+
+    pub fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        match port {
+            CONFIG_ADDRESS_PORT..=0xcfb => {
+                let mut a = self
+                    .config_address
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let shift = usize::from(port - CONFIG_ADDRESS_PORT) * 8;
+                for (i, b) in data.iter().enumerate() {
+                    let s = shift + i * 8;
+                    if s < 32 {
+                        *a = (*a & !(0xff << s)) | (u32::from(*b) << s);
+                    }
+                }
+            }
+            CONFIG_DATA_PORT..=0xcff => {
+                if let Some((dev, reg)) = self.target() {
+                    let offset = reg + usize::from(port - CONFIG_DATA_PORT);
+                    let mut d = lock(dev);
+                    d.config_mut().write(offset, data);
+                    d.config_written(offset);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn find_bar(&self, addr: u64) -> Option<(&SharedDevice, usize, u64)> {
+        self.devices.iter().find_map(|dev| {
+            let d = lock(dev);
+            if !d.config().memory_enabled() {
+                return None;
+            }
+            d.bars().into_iter().find_map(|(index, size)| {
+                let base = d.config().bar_addr(index);
+                (addr >= base && addr - base < size).then_some((dev, index, addr - base))
+            })
+        })
+    }
+
+    /// MMIO reads; false if no BAR decodes `addr`.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find_bar(addr) {
+            Some((dev, bar, offset)) => {
+                lock(dev).bar_read(bar, offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find_bar(addr) {
+            Some((dev, bar, offset)) => {
+                lock(dev).bar_write(bar, offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Default for PciBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn read_bytes(value: u32, byte: usize, data: &mut [u8]) {
+    let bytes = value.to_le_bytes();
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = bytes.get(byte + i).copied().unwrap_or(0xff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn select(bus: &PciBus, slot: u32, reg: u32) {
+        bus.pio_write(
+            CONFIG_ADDRESS_PORT,
+            &(ENABLE | slot << 11 | reg).to_le_bytes(),
+        );
+    }
+
+    #[test]
+    fn type1_probe_and_host_bridge() {
+        let bus = PciBus::new();
+        // the kernel's pci_check_type1(): the address register reads back
+        bus.pio_write(0xcfb, &[1]);
+        bus.pio_write(CONFIG_ADDRESS_PORT, &ENABLE.to_le_bytes());
+        let mut d = [0u8; 4];
+        bus.pio_read(CONFIG_ADDRESS_PORT, &mut d);
+        assert_eq!(u32::from_le_bytes(d), ENABLE);
+        select(&bus, 0, 0);
+        bus.pio_read(CONFIG_DATA_PORT, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0d57_8086);
+        // class word at 0x0a: host bridge
+        select(&bus, 0, 8);
+        let mut w = [0u8; 2];
+        bus.pio_read(CONFIG_DATA_PORT + 2, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x0600);
+        // an empty slot reads as all-ones
+        select(&bus, 7, 0);
+        bus.pio_read(CONFIG_DATA_PORT, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        assert!(!bus.pio_read(0x3f8, &mut d));
+    }
+}
