@@ -25,6 +25,8 @@ pub enum ConfigError {
     InvalidSwitch { key: String, value: String },
     #[error("invalid --serial {0:?}: expected stdio, pty, socket=PATH, file=PATH or off")]
     InvalidSerial(String),
+    #[error("invalid --device {0:?}: expected vhost-user,type=blk|net|balloon|<virtio id>,socket=PATH[,queues=N][,queue_size=N]")]
+    InvalidDevice(String),
     #[error("no kernel given: use --kernel PATH or \"kernel\" in the config file")]
     NoKernel,
     #[error("--cpus {0} is out of range: a VM has 1 to {MAX_CPUS} vCPUs")]
@@ -199,6 +201,64 @@ impl From<SerialConfig> for String {
     }
 }
 
+/// A virtio device served by a vhost-user backend process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Virtio device type: 1 net, 2 blk, 5 balloon, or any other virtio id.
+    #[serde(rename = "type")]
+    pub virtio_type: u32,
+    pub socket: PathBuf,
+    /// Request queues (blk) or queue pairs (net).
+    #[serde(default = "default_queues")]
+    pub queues: u16,
+    #[serde(default = "default_queue_size")]
+    pub queue_size: u16,
+}
+
+fn default_queues() -> u16 {
+    1
+}
+fn default_queue_size() -> u16 {
+    256
+}
+
+impl FromStr for DeviceConfig {
+    type Err = ConfigError;
+    /// `vhost-user,type=blk|net|balloon|<id>,socket=PATH[,queues=N][,queue_size=N]`
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::InvalidDevice(s.to_string());
+        let mut parts = s.split(',');
+        if parts.next() != Some("vhost-user") {
+            return Err(bad());
+        }
+        let (mut virtio_type, mut socket) = (None, None);
+        let (mut queues, mut queue_size) = (default_queues(), default_queue_size());
+        for opt in parts {
+            match opt.split_once('=').ok_or_else(bad)? {
+                ("type", "net") => virtio_type = Some(1),
+                ("type", "blk") => virtio_type = Some(2),
+                ("type", "balloon") => virtio_type = Some(5),
+                ("type", id) => virtio_type = Some(id.parse().map_err(|_| bad())?),
+                ("socket", p) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+                ("queues", n) => queues = n.parse().map_err(|_| bad())?,
+                ("queue_size", n) => queue_size = n.parse().map_err(|_| bad())?,
+                _ => return Err(bad()),
+            }
+        }
+        let ok = queues >= 1 && queue_size.is_power_of_two() && queue_size <= 32768;
+        match (virtio_type, socket) {
+            (Some(virtio_type), Some(socket)) if ok => Ok(DeviceConfig {
+                virtio_type,
+                socket,
+                queues,
+                queue_size,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// Everything that defines a VM. The JSON config file is this struct.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +276,8 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     #[serde(default)]
     pub serial: SerialConfig,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
 }
 
 fn default_name() -> String {
@@ -235,6 +297,7 @@ impl Default for VmConfig {
             cpus: default_cpus(),
             memory: MemoryConfig::default(),
             serial: SerialConfig::default(),
+            devices: Vec::new(),
         }
     }
 }
@@ -312,6 +375,29 @@ mod tests {
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "cpu": 2}"#).is_err());
+    }
+
+    #[test]
+    fn device_option() {
+        let d: DeviceConfig = "vhost-user,type=blk,socket=/run/b.sock,queues=2"
+            .parse()
+            .unwrap();
+        assert_eq!((d.virtio_type, d.queues, d.queue_size), (2, 2, 256));
+        assert_eq!(d.socket, PathBuf::from("/run/b.sock"));
+        let d: DeviceConfig = "vhost-user,type=26,socket=/s,queue_size=1024"
+            .parse()
+            .unwrap();
+        assert_eq!((d.virtio_type, d.queue_size), (26, 1024));
+        for bad in [
+            "vfio,type=blk,socket=/s",
+            "vhost-user,type=blk",
+            "vhost-user,socket=/s",
+            "vhost-user,type=blk,socket=/s,queue_size=100",
+            "vhost-user,type=blk,socket=/s,queues=0",
+            "vhost-user,type=disk,socket=/s",
+        ] {
+            assert!(bad.parse::<DeviceConfig>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use vmm::config::{MemoryConfig, SerialConfig, VmConfig};
+use vmm::config::{DeviceConfig, MemoryConfig, SerialConfig, VmConfig};
 use vmm::exit::EXIT_ERROR;
 use vmm::vm::Vm;
 
@@ -41,6 +41,10 @@ struct Args {
     /// Serial console: stdio, pty, socket=PATH, file=PATH or off [default: stdio].
     #[arg(long, value_name = "MODE")]
     serial: Option<SerialConfig>,
+    /// A vhost-user device: vhost-user,type=blk|net|balloon|<virtio id>,socket=PATH[,queues=N][,queue_size=N].
+    /// Repeatable; adds to the config file's devices.
+    #[arg(long = "device", value_name = "DEVICE")]
+    devices: Vec<DeviceConfig>,
     /// VM name (used in logs).
     #[arg(long)]
     name: Option<String>,
@@ -63,6 +67,7 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     cfg.memory = args.memory.unwrap_or(cfg.memory);
     cfg.serial = args.serial.unwrap_or(cfg.serial);
     cfg.name = args.name.unwrap_or(cfg.name);
+    cfg.devices.extend(args.devices);
     Ok(cfg)
 }
 

@@ -1,7 +1,7 @@
 //! Putting a VM together: KVM VM with in-kernel irqchip and PIT, shared-memfd RAM, the loaded
 //! guest, the console, and one thread per vCPU; then waiting for the guest to end.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -15,9 +15,13 @@ use crate::cpu::{self, CpuError};
 use crate::devices::serial::{Console, SerialError, COM1_IRQ};
 use crate::devices::Devices;
 use crate::exit::{ExitHandle, VmExit};
+use crate::irq_routing::IrqRouter;
+use crate::layout::PCI_MMIO_START;
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::bus::PciBus;
+use crate::vhost_user::VhostUserDevice;
+use crate::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::{signals, vcpu};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,16 @@ pub enum VmError {
     Cpu(#[from] CpuError),
     #[error(transparent)]
     Serial(#[from] SerialError),
+    #[error(transparent)]
+    Frontend(#[from] crate::vhost_user::FrontendError),
+    #[error("device {device}: {source}")]
+    Transport {
+        device: String,
+        #[source]
+        source: crate::virtio::pci::TransportError,
+    },
+    #[error(transparent)]
+    Bus(#[from] crate::pci::bus::BusError),
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
 }
@@ -50,10 +64,19 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+fn type_name(virtio_type: u32) -> &'static str {
+    match virtio_type {
+        crate::virtio::TYPE_NET => "net",
+        crate::virtio::TYPE_BLOCK => "blk",
+        crate::virtio::TYPE_BALLOON => "balloon",
+        _ => "virtio",
+    }
+}
+
 /// A running VM. Dropping it is not how it stops: [`Vm::wait`] returns how the guest ended
 /// and the process then exits (vCPU threads are not joined).
 pub struct Vm {
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     _ram: GuestRam,
     console: Arc<Console>,
     exit: Arc<ExitHandle>,
@@ -110,9 +133,31 @@ impl Vm {
         vm.register_irqfd(&irq, COM1_IRQ)
             .map_err(kvm_err("register the serial irqfd"))?;
         let console = Console::new(&cfg.serial, irq)?;
+        let vm = Arc::new(vm);
+        let router = Arc::new(IrqRouter::new(vm.clone()));
+        let mut pci = PciBus::new();
+        for (i, dev) in cfg.devices.iter().enumerate() {
+            let name = format!("{}{i}", type_name(dev.virtio_type));
+            let backend = VhostUserDevice::connect(
+                &name,
+                &dev.socket,
+                dev.virtio_type,
+                dev.queues,
+                dev.queue_size,
+                ram.memory().clone(),
+            )?;
+            let bar = PCI_MMIO_START + i as u64 * BAR_SIZE;
+            let transport = VirtioPciDevice::new(&name, Box::new(backend), router.clone(), bar)
+                .map_err(|source| VmError::Transport {
+                    device: name.clone(),
+                    source,
+                })?;
+            let slot = pci.add(Arc::new(Mutex::new(transport)))?;
+            tracing::info!(device = %name, slot, bar, "virtio-pci device added");
+        }
         let devices = Arc::new(Devices {
             serial: console.clone(),
-            pci: PciBus::new(),
+            pci,
             exit: exit.clone(),
         });
 

@@ -1,0 +1,51 @@
+//! Virtio devices as the vmm sees them: a transport ([`pci`]) in front of a device whose
+//! queues are served elsewhere (a vhost-user backend process). The vmm only knows a device's
+//! type, queue sizes, features and config space; it never touches the rings.
+
+pub mod msix;
+pub mod pci;
+
+use vmm_sys_util::eventfd::EventFd;
+
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+pub const STATUS_DRIVER: u8 = 2;
+pub const STATUS_DRIVER_OK: u8 = 4;
+pub const STATUS_FEATURES_OK: u8 = 8;
+pub const STATUS_DEVICE_NEEDS_RESET: u8 = 0x40;
+pub const STATUS_FAILED: u8 = 0x80;
+
+pub const F_VERSION_1: u64 = 1 << 32;
+/// Transport features the vmm's transport does not implement: ACCESS_PLATFORM (33),
+/// SR_IOV (37), NOTIFICATION_DATA (38), NOTIF_CONFIG_DATA (39), RING_RESET (40).
+pub const F_TRANSPORT_UNSUPPORTED: u64 = (1 << 33) | (1 << 37) | (1 << 38) | (1 << 39) | (1 << 40);
+
+/// Virtio device types the command line names.
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BALLOON: u32 = 5;
+
+/// One virtqueue as the driver set it up.
+pub struct QueueSetup<'a> {
+    pub index: usize,
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub kick: &'a EventFd,
+    pub call: &'a EventFd,
+}
+
+/// The device behind a virtio transport.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Features offered to the driver.
+    fn features(&self) -> u64;
+    fn read_config(&mut self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set DRIVER_OK: start serving `queues` with `features`.
+    fn activate(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), String>;
+    /// The driver reset the device: stop every queue.
+    fn reset(&mut self);
+}
