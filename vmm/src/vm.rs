@@ -20,7 +20,7 @@ use crate::layout::PCI_MMIO_START;
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::bus::PciBus;
-use crate::vhost_user::VhostUserDevice;
+use crate::vhost_user::{monitor, VhostUserDevice};
 use crate::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::{signals, vcpu};
 
@@ -146,13 +146,17 @@ impl Vm {
                 dev.queue_size,
                 ram.memory().clone(),
             )?;
+            let fd = backend.socket_fd();
             let bar = PCI_MMIO_START + i as u64 * BAR_SIZE;
             let transport = VirtioPciDevice::new(&name, Box::new(backend), router.clone(), bar)
                 .map_err(|source| VmError::Transport {
                     device: name.clone(),
                     source,
                 })?;
-            let slot = pci.add(Arc::new(Mutex::new(transport)))?;
+            let transport = Arc::new(Mutex::new(transport));
+            let slot = pci.add(transport.clone())?;
+            monitor::spawn(name.clone(), dev.socket.clone(), fd, transport)
+                .map_err(VmError::Thread)?;
             tracing::info!(device = %name, slot, bar, "virtio-pci device added");
         }
         let devices = Arc::new(Devices {

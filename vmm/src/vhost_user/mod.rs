@@ -3,6 +3,9 @@
 //! queue count, config space, memory table, rings); the vmm knows only a device's type, queue
 //! count and config size.
 
+pub mod monitor;
+
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -125,6 +128,11 @@ impl VhostUserDevice {
             mem,
             active: Vec::new(),
         })
+    }
+
+    /// The connection to the backend, for [`monitor`].
+    pub fn socket_fd(&self) -> RawFd {
+        self.frontend.as_raw_fd()
     }
 
     fn host_addr(&self, gpa: u64, what: &str) -> Result<u64, String> {

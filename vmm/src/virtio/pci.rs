@@ -261,7 +261,15 @@ impl VirtioPciDevice {
             q.used = 0;
         }
         self.update_routes();
-        tracing::info!(device = %self.name, "device reset by the driver");
+        let c = &self.counters;
+        tracing::info!(
+            device = %self.name,
+            bar_exits = c.bar_exits.load(Ordering::Relaxed),
+            notify_exits = c.notify_exits.load(Ordering::Relaxed),
+            config_reads = c.config_reads.load(Ordering::Relaxed),
+            activations = c.activations.load(Ordering::Relaxed),
+            "device reset by the driver"
+        );
     }
 
     fn set_status(&mut self, v: u8) {
