@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             if let vmm::exit::VmExit::Crash(why) = &exit {
                 eprintln!("splitvisor: the guest crashed: {why}");
             }
-            // vCPU threads are still running: end the process without unwinding into them
+            // the vCPU threads have stopped; exit with the status that says how the guest ended
             std::process::exit(exit.status());
         }
         Err(e) => {

@@ -31,6 +31,19 @@ pub fn block() -> std::io::Result<()> {
     Ok(())
 }
 
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN` (its handler does nothing: the
+/// interrupted `KVM_RUN` returns EINTR and the thread sees that the VM is stopping).
+pub fn vcpu_kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+pub fn install_vcpu_kick_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(vcpu_kick_signal(), kick_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
 /// Start the thread that turns a stop signal into a VM exit.
 pub fn spawn_handler(exit: Arc<ExitHandle>) -> std::io::Result<()> {
     std::thread::Builder::new()

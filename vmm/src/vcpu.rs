@@ -12,6 +12,28 @@ const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 
+/// Kick every vCPU thread out of `KVM_RUN` until it has seen the exit and ended (bounded:
+/// a thread that does not end within `limit` is left behind, and the process exits anyway).
+pub fn stop_all(threads: Vec<std::thread::JoinHandle<()>>, limit: std::time::Duration) {
+    use vmm_sys_util::signal::Killable;
+    let start = std::time::Instant::now();
+    let mut running = threads;
+    while !running.is_empty() && start.elapsed() < limit {
+        let (done, rest): (Vec<_>, Vec<_>) = running.into_iter().partition(|t| t.is_finished());
+        for t in done {
+            let _ = t.join();
+        }
+        for t in &rest {
+            let _ = t.kill(crate::signals::vcpu_kick_signal());
+        }
+        running = rest;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    if !running.is_empty() {
+        tracing::warn!(count = running.len(), "vCPU threads did not stop in time");
+    }
+}
+
 pub fn spawn(
     id: u8,
     vcpu: VcpuFd,

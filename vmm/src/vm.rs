@@ -73,13 +73,14 @@ fn type_name(virtio_type: u32) -> &'static str {
     }
 }
 
-/// A running VM. Dropping it is not how it stops: [`Vm::wait`] returns how the guest ended
-/// and the process then exits (vCPU threads are not joined).
+/// A running VM. [`Vm::wait`] returns how the guest ended once the vCPU threads have stopped;
+/// the process then exits.
 pub struct Vm {
     _vm: Arc<VmFd>,
     _ram: GuestRam,
     console: Arc<Console>,
     exit: Arc<ExitHandle>,
+    vcpu_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Vm {
@@ -178,8 +179,11 @@ impl Vm {
             vcpus.push(vcpu);
         }
         signals::spawn_handler(exit.clone()).map_err(VmError::Thread)?;
+        signals::install_vcpu_kick_handler().map_err(VmError::Thread)?;
+        let mut vcpu_threads = Vec::new();
         for (id, vcpu) in vcpus.into_iter().enumerate() {
-            vcpu::spawn(id as u8, vcpu, devices.clone()).map_err(VmError::Thread)?;
+            vcpu_threads
+                .push(vcpu::spawn(id as u8, vcpu, devices.clone()).map_err(VmError::Thread)?);
         }
         tracing::info!(name = %cfg.name, cpus = cfg.cpus, "VM started");
         Ok(Vm {
@@ -187,12 +191,17 @@ impl Vm {
             _ram: ram,
             console,
             exit,
+            vcpu_threads: Mutex::new(vcpu_threads),
         })
     }
 
-    /// Block until the guest powers off, resets, crashes or a stop signal arrives.
+    /// Block until the guest powers off, resets, crashes or a stop signal arrives; then stop
+    /// the vCPU threads (bounded) and restore the terminal.
     pub fn wait(&self) -> VmExit {
         let exit = self.exit.wait();
+        let threads =
+            std::mem::take(&mut *self.vcpu_threads.lock().unwrap_or_else(|e| e.into_inner()));
+        vcpu::stop_all(threads, std::time::Duration::from_secs(2));
         self.console.restore_terminal();
         exit
     }
