@@ -21,6 +21,12 @@ fio --name=verify --filename=/dev/vda --offset=8M --size=16M --bs=4k --rw=randwr
     --terse-version=3 > /tmp/fio.out 2>&1
 echo "GUEST-FIO-STATUS $?"
 echo "GUEST-VDA-STAT $(cat /sys/block/vda/stat)"
+dev=$(basename "$(readlink -f /sys/block/vda/device/..)")
+echo 1 > "/sys/bus/pci/devices/$dev/remove"
+echo "GUEST-AFTER-REMOVE $(ls /sys/block | grep -c vda)"
+echo 1 > /sys/bus/pci/rescan
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "GUEST-AFTER-RESCAN-MD5 $(head -c 1048576 /dev/vda | md5sum | cut -d' ' -f1)"
 "#;
 
 const JOB: &str = r#"
@@ -167,6 +173,23 @@ fn the_data_path_does_not_exit_to_the_vmm() {
         counter("bar_exits") < requests / 10,
         "{} BAR exits for {requests} requests: {line}",
         counter("bar_exits")
+    );
+}
+
+#[test]
+fn pci_remove_and_rescan_leave_the_device_working() {
+    let log = blk_log();
+    let l1 = job().file("l1.txt").unwrap_or_default();
+    assert_eq!(
+        value(&log, "GUEST-AFTER-REMOVE"),
+        Some("0"),
+        "vda gone after remove: {log}"
+    );
+    let wrote = value(&l1, "L1-WROTE-MD5").expect("L1 pattern checksum");
+    assert_eq!(value(&log, "GUEST-AFTER-RESCAN-MD5"), Some(wrote), "{log}");
+    assert!(
+        log.contains("activations=2"),
+        "the rescanned device was activated again: {log}"
     );
 }
 

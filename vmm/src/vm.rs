@@ -20,8 +20,9 @@ use crate::layout::PCI_MMIO_START;
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::bus::PciBus;
-use crate::vhost_user::{monitor, VhostUserDevice};
+use crate::vhost_user::{monitor, AbsentDevice, VhostUserDevice};
 use crate::virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use crate::virtio::VirtioDevice;
 use crate::{signals, vcpu};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +47,6 @@ pub enum VmError {
     Cpu(#[from] CpuError),
     #[error(transparent)]
     Serial(#[from] SerialError),
-    #[error(transparent)]
-    Frontend(#[from] crate::vhost_user::FrontendError),
     #[error("device {device}: {source}")]
     Transport {
         device: String,
@@ -139,25 +138,45 @@ impl Vm {
         let mut pci = PciBus::new();
         for (i, dev) in cfg.devices.iter().enumerate() {
             let name = format!("{}{i}", type_name(dev.virtio_type));
-            let backend = VhostUserDevice::connect(
+            let (backend, fd): (Box<dyn VirtioDevice>, _) = match VhostUserDevice::connect(
                 &name,
                 &dev.socket,
                 dev.virtio_type,
                 dev.queues,
                 dev.queue_size,
                 ram.memory().clone(),
-            )?;
-            let fd = backend.socket_fd();
+            ) {
+                Ok(b) => {
+                    let fd = b.socket_fd();
+                    (Box::new(b), Some(fd))
+                }
+                Err(e) => {
+                    // the VM runs without this device; the guest sees it as needing a reset
+                    eprintln!("splitvisor: error: {e}");
+                    tracing::error!(device = %name, error = %e, "device has no backend");
+                    let absent = AbsentDevice {
+                        device_type: dev.virtio_type,
+                    };
+                    (Box::new(absent), None)
+                }
+            };
             let bar = PCI_MMIO_START + i as u64 * BAR_SIZE;
-            let transport = VirtioPciDevice::new(&name, Box::new(backend), router.clone(), bar)
-                .map_err(|source| VmError::Transport {
-                    device: name.clone(),
-                    source,
+            let mut transport =
+                VirtioPciDevice::new(&name, backend, router.clone(), bar).map_err(|source| {
+                    VmError::Transport {
+                        device: name.clone(),
+                        source,
+                    }
                 })?;
+            if fd.is_none() {
+                transport.needs_reset();
+            }
             let transport = Arc::new(Mutex::new(transport));
             let slot = pci.add(transport.clone())?;
-            monitor::spawn(name.clone(), dev.socket.clone(), fd, transport)
-                .map_err(VmError::Thread)?;
+            if let Some(fd) = fd {
+                monitor::spawn(name.clone(), dev.socket.clone(), fd, transport)
+                    .map_err(VmError::Thread)?;
+            }
             tracing::info!(device = %name, slot, bar, "virtio-pci device added");
         }
         let devices = Arc::new(Devices {

@@ -14,7 +14,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::virtio::{QueueSetup, VirtioDevice, TYPE_BALLOON, TYPE_BLOCK, TYPE_NET};
+use crate::virtio::{QueueSetup, VirtioDevice, F_VERSION_1, TYPE_BALLOON, TYPE_BLOCK, TYPE_NET};
 
 /// How long to wait for a backend's socket to appear.
 pub const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -24,6 +24,14 @@ const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub enum FrontendError {
     #[error("device {device}: the backend socket {socket} did not appear within {SOCKET_WAIT:?}")]
     NoSocket { device: String, socket: PathBuf },
+    #[error(
+        "device {device}: the backend on {socket} does not offer {feature}, which splitvisor needs"
+    )]
+    MissingFeature {
+        device: String,
+        socket: PathBuf,
+        feature: &'static str,
+    },
     #[error("device {device}: vhost-user {step} failed on {socket}: {source}")]
     Protocol {
         device: String,
@@ -41,6 +49,33 @@ pub fn type_defaults(device_type: u32) -> (u16, u32) {
         TYPE_BALLOON => (3, 8), // inflate, deflate, stats; num_pages, actual
         _ => (1, 0),
     }
+}
+
+/// Stands in for a device whose backend could not be reached at start: it offers no features
+/// (not even VIRTIO_F_VERSION_1), so the guest's driver rejects it cleanly, and it reports
+/// DEVICE_NEEDS_RESET. The VM and its other devices run normally.
+pub struct AbsentDevice {
+    pub device_type: u32,
+}
+
+impl VirtioDevice for AbsentDevice {
+    fn device_type(&self) -> u32 {
+        self.device_type
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![1]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(&mut self, _features: u64, _queues: &[QueueSetup]) -> Result<(), String> {
+        Err("the device has no backend".into())
+    }
+    fn reset(&mut self) {}
 }
 
 pub struct VhostUserDevice {
@@ -98,6 +133,13 @@ impl VhostUserDevice {
         let mut frontend = Frontend::connect(socket, count as u64).map_err(err("connect"))?;
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
+        if backend_features & F_VERSION_1 == 0 {
+            return Err(FrontendError::MissingFeature {
+                device: name.into(),
+                socket: socket.into(),
+                feature: "VIRTIO_F_VERSION_1",
+            });
+        }
         let mut protocol = VhostUserProtocolFeatures::empty();
         if backend_features & F_PROTOCOL_FEATURES != 0 {
             let offered = frontend

@@ -184,7 +184,7 @@ impl VirtioPciDevice {
             .vm()
             .register_irqfd(&config_evt, config_gsi)
             .map_err(kvm("the config-change irqfd"))?;
-        let features = (device.features() | F_VERSION_1) & !F_TRANSPORT_UNSUPPORTED;
+        let features = device.features() & !F_TRANSPORT_UNSUPPORTED;
         Ok(VirtioPciDevice {
             name: name.to_string(),
             config,
