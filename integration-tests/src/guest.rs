@@ -4,7 +4,8 @@
 /// Shell functions for job scripts (prepend to the script).
 ///
 /// - `boot_case NAME TIMEOUT ARGS...`: run `splitvisor ARGS...` with stdin from /dev/null,
-///   console and logs to `$JOB/NAME.log`, exit status (or `timeout`) to `$JOB/NAME.rc`.
+///   console and logs to `$JOB/NAME.log`, exit status (or `timeout`, or `unkillable`) to
+///   `$JOB/NAME.rc`. Nothing here waits without a bound.
 /// - `wait_for PATTERN FILE TIMEOUT`: poll FILE until it contains PATTERN (status 1 on timeout).
 /// - `b64 TEXT`: TEXT base64-encoded on one line, for `sv.cmd64=`.
 pub const GUEST_SH: &str = r#"
@@ -24,8 +25,19 @@ finish_case() { # finish_case NAME PID TIMEOUT
     done
     if kill -0 "$2" 2>/dev/null; then
         kill -9 "$2"
-        wait "$2"
-        echo timeout >"$JOB/$1.rc"
+        # never wait unbounded: a process stuck in the kernel does not die even from SIGKILL
+        _i=0
+        while kill -0 "$2" 2>/dev/null && [ "$_i" -lt 100 ]; do
+            sleep 0.1
+            _i=$((_i + 1))
+        done
+        if kill -0 "$2" 2>/dev/null; then
+            echo "SANDBOX-WARN $1: pid $2 survived SIGKILL: $(grep State /proc/$2/status)"
+            echo unkillable >"$JOB/$1.rc"
+        else
+            wait "$2"
+            echo timeout >"$JOB/$1.rc"
+        fi
     else
         wait "$2"
         echo $? >"$JOB/$1.rc"

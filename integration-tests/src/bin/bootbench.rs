@@ -118,8 +118,14 @@ fn run_once(command: &str, marker: &str, timeout: Duration, guest_kib: u64) -> R
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
-            let _ = child.wait();
-            bail!("run timed out after {timeout:?}");
+            // bounded: a process stuck in the kernel survives SIGKILL
+            for _ in 0..100 {
+                if child.try_wait()?.is_some() {
+                    bail!("run timed out after {timeout:?}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bail!("run timed out after {timeout:?}, and pid {pid} survived SIGKILL");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
