@@ -54,11 +54,11 @@ dd if=/dev/zero of=/tmp/disk2.img bs=1M count=16 2>/dev/null
 qsd /tmp/disk2.img /tmp/blk2.sock
 QSD=$!
 splitvisor --kernel $L2_KERNEL --initramfs $L2_INITRD --memory 256M --cmdline "console=ttyS0 quiet" \
-    --device vhost-user,type=blk,socket=/tmp/blk2.sock </dev/null >"$JOB/kill.log" 2>&1 &
+    --device vhost-user,type=blk,socket=/tmp/blk2.sock </dev/null >"$JOB/kill.log" 2>"$JOB/kill.err" &
 VMM=$!
 wait_for SPLITVISOR-GUEST-READY "$JOB/kill.log" 200
 kill -9 $QSD
-wait_for disconnected "$JOB/kill.log" 30
+wait_for disconnected "$JOB/kill.err" 30
 sleep 2
 kill -0 $VMM 2>/dev/null && echo "VMM-ALIVE-AFTER-BACKEND-KILL" >> "$JOB/l1.txt"
 kill -TERM $VMM
@@ -197,10 +197,12 @@ fn pci_remove_and_rescan_leave_the_device_working() {
 fn killing_the_backend_leaves_the_vmm_running() {
     let l1 = job().file("l1.txt").unwrap_or_default();
     let log = job().file("kill.log").unwrap_or_default();
+    // the vmm's own messages go to stderr, apart from the guest console on stdout
+    let err = job().file("kill.err").unwrap_or_default();
     assert!(guest::ready(&log).is_some(), "guest did not boot:\n{log}");
     assert!(
-        log.contains("device blk0: the vhost-user backend on /tmp/blk2.sock disconnected"),
-        "{log}"
+        err.contains("device blk0: the vhost-user backend on /tmp/blk2.sock disconnected"),
+        "{err}"
     );
     assert!(l1.contains("VMM-ALIVE-AFTER-BACKEND-KILL"), "{l1}\n{log}");
     assert_eq!(
