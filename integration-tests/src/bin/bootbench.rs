@@ -163,19 +163,35 @@ fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let mut results: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
+    let mut failures = vec![0usize; cases.len()];
     for i in 0..args.runs {
         for (c, (name, cmd)) in cases.iter().enumerate() {
             let timeout = Duration::from_secs(args.timeout);
-            let run = run_once(cmd, &args.marker, timeout, args.guest_mem_mib << 10)
-                .with_context(|| format!("case {name}, run {}", i + 1))?;
-            println!(
-                "run {:>2} {name:<14} boot {:>8.1} ms  peak RSS {:>7} KiB  VMM overhead {:>6} KiB",
-                i + 1,
-                run.boot.as_secs_f64() * 1000.0,
-                run.peak_rss_kib,
-                run.peak_overhead_kib
-            );
-            results[c].push(run);
+            match run_once(cmd, &args.marker, timeout, args.guest_mem_mib << 10) {
+                Ok(run) => {
+                    println!(
+                        "run {:>2} {name:<14} boot {:>8.1} ms  peak RSS {:>7} KiB  VMM overhead {:>6} KiB",
+                        i + 1,
+                        run.boot.as_secs_f64() * 1000.0,
+                        run.peak_rss_kib,
+                        run.peak_overhead_kib
+                    );
+                    results[c].push(run);
+                }
+                Err(e) => {
+                    // a failed run is reported and counted, not averaged in
+                    println!("run {:>2} {name:<14} FAILED: {e:#}", i + 1);
+                    failures[c] += 1;
+                }
+            }
+        }
+    }
+    if results.iter().any(|r| r.is_empty()) {
+        bail!("a case has no successful run: {failures:?} failures");
+    }
+    for ((name, _), f) in cases.iter().zip(&failures) {
+        if *f > 0 {
+            println!("{name}: {f} of {} runs failed", args.runs);
         }
     }
     let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
