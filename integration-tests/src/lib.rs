@@ -14,4 +14,4 @@ pub mod sandbox;
 
 pub use kit::Kit;
 pub use mode::Mode;
-pub use sandbox::{JobOutput, Sandbox, SandboxError};
+pub use sandbox::{shared_job, JobOutput, Sandbox, SandboxError};

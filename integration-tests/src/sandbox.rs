@@ -426,3 +426,15 @@ fn copy_host_tool(name: &str, job: &Path) -> Result<(), SandboxError> {
     std::fs::set_permissions(&wpath, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
     Ok(())
 }
+
+/// The job of a test file, run once for all its tests (even when it fails: each test then
+/// fails with the reason instead of running the job again).
+pub fn shared_job(
+    cell: &'static std::sync::OnceLock<Result<JobOutput, String>>,
+    run: impl FnOnce() -> Result<JobOutput, SandboxError>,
+) -> &'static JobOutput {
+    match cell.get_or_init(|| run().map_err(|e| e.to_string())) {
+        Ok(out) => out,
+        Err(e) => panic!("the sandbox job could not run: {e}"),
+    }
+}

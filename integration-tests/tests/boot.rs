@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use integration_tests::guest::{self, GUEST_SH};
-use integration_tests::{JobOutput, Sandbox};
+use integration_tests::{shared_job, JobOutput, Sandbox};
 
 const JOB: &str = r#"
 CMD="console=ttyS0 quiet"
@@ -36,19 +36,10 @@ finish_case interactive $pid 60
 exec 3>&-
 "#;
 
-/// The L1 job, run once for all the tests here (even when it fails).
+/// The L1 job, run once for all the tests here.
 fn job() -> &'static JobOutput {
     static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
-    let out = OUT.get_or_init(|| {
-        let sandbox = Sandbox::new().map_err(|e| e.to_string())?;
-        sandbox
-            .run(&format!("{GUEST_SH}\n{JOB}"))
-            .map_err(|e| e.to_string())
-    });
-    match out {
-        Ok(out) => out,
-        Err(e) => panic!("the sandbox job could not run: {e}"),
-    }
+    shared_job(&OUT, || Sandbox::new()?.run(&format!("{GUEST_SH}\n{JOB}")))
 }
 
 struct Case {

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use integration_tests::guest::{self, GUEST_SH};
-use integration_tests::{JobOutput, Sandbox};
+use integration_tests::{shared_job, JobOutput, Sandbox};
 
 /// The guest: read the pattern L1 wrote at 0, write its own at 1 MiB, run a verifying fio job
 /// at 8 MiB, and report what it saw.
@@ -67,19 +67,12 @@ finish_case kill $VMM 30
 
 fn job() -> &'static JobOutput {
     static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
-    let out = OUT.get_or_init(|| {
+    shared_job(&OUT, || {
         let guest64 = base64(GUEST.as_bytes());
-        let sandbox = Sandbox::new()
-            .map_err(|e| e.to_string())?
-            .host_tool("qemu-storage-daemon");
-        sandbox
+        Sandbox::new()?
+            .host_tool("qemu-storage-daemon")
             .run(&format!("{GUEST_SH}\nGUEST64={guest64}\n{JOB}"))
-            .map_err(|e| e.to_string())
-    });
-    match out {
-        Ok(out) => out,
-        Err(e) => panic!("the sandbox job could not run: {e}"),
-    }
+    })
 }
 
 fn base64(data: &[u8]) -> String {

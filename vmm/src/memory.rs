@@ -5,6 +5,8 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::config::{ByteSize, MemoryConfig};
@@ -109,6 +111,27 @@ impl GuestRam {
                 (slot as u32, r.start_addr().0, r.len(), host)
             })
             .collect()
+    }
+
+    /// Register every region as a KVM memory slot.
+    ///
+    /// # Safety
+    /// The guest can write these mappings through `vm`: `self` must outlive every use of
+    /// `vm` (keep both in the same owner, drop the VM first).
+    pub unsafe fn register_with(&self, vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
+        for (slot, guest, size, host) in self.regions() {
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: guest,
+                memory_size: size,
+                userspace_addr: host,
+            };
+            // SAFETY: `region` describes a live MAP_SHARED mapping of `size` bytes owned by
+            // `self`, which the caller keeps alive for as long as `vm` runs.
+            unsafe { vm.set_user_memory_region(region) }?;
+        }
+        Ok(())
     }
 
     fn madvise_mergeable(&self) -> Result<(), MemoryError> {

@@ -3,9 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -111,19 +109,9 @@ impl Vm {
         })
         .map_err(kvm_err("create the in-kernel PIT"))?;
 
-        for (slot, guest, size, host) in ram.regions() {
-            let region = kvm_userspace_memory_region {
-                slot,
-                flags: 0,
-                guest_phys_addr: guest,
-                memory_size: size,
-                userspace_addr: host,
-            };
-            // SAFETY: the region is a live MAP_SHARED mapping of `size` bytes owned by `ram`,
-            // which the returned Vm keeps for as long as the VM runs.
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(kvm_err("register guest memory"))?;
-        }
+        // SAFETY: `ram` goes into the returned Vm together with the VM, and the process exits
+        // (after stopping the vCPUs) without dropping either.
+        unsafe { ram.register_with(&vm) }.map_err(kvm_err("register guest memory"))?;
         tracing::info!(size = ram.size(), "guest memory registered");
 
         let entry = boot::load(&ram, cfg)?;

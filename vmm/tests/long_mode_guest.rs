@@ -3,7 +3,7 @@
 //! RAM, doing port and MMIO I/O. Needs no Linux, so it runs on the host's own /dev/kvm
 //! (including PVM, which emulates these few kernel-mode instructions).
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::boot::EntryPoint;
@@ -34,17 +34,8 @@ fn long_mode_code_does_port_and_mmio_io() {
         mergeable: false,
     })
     .unwrap();
-    for (slot, guest, size, host) in ram.regions() {
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: guest,
-            memory_size: size,
-            userspace_addr: host,
-        };
-        // SAFETY: `ram` maps `size` bytes at `host` and outlives the VM.
-        unsafe { vm.set_user_memory_region(region) }.unwrap();
-    }
+    // SAFETY: `ram` lives until the end of the test, after the last KVM_RUN.
+    unsafe { ram.register_with(&vm) }.unwrap();
     let mmio = MMIO_ADDR.to_le_bytes();
     #[rustfmt::skip]
     let code = [
