@@ -254,7 +254,7 @@ impl Sandbox {
                 source,
             },
         })?;
-        let console = self.collect(child, "L1")?;
+        let (_, console) = self.collect(child, "L1")?;
         let status = console
             .lines()
             .filter_map(|l| l.trim().strip_prefix("SANDBOX-EXIT "))
@@ -288,18 +288,16 @@ impl Sandbox {
                 what: "sh".into(),
                 source,
             })?;
-        let mut child = KillOnDrop(child);
-        let console = self.stream(&mut child, "host")?;
-        let status = child.0.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1);
-        Ok((status, console))
+        self.collect(child, "host")
     }
 
-    /// Stream the child's output until it exits, killing it at the timeout.
-    fn collect(&self, child: Child, tag: &str) -> Result<String, SandboxError> {
+    /// Stream the child's output until it exits (killing it at the timeout); returns its exit
+    /// status and everything it printed.
+    fn collect(&self, child: Child, tag: &str) -> Result<(i32, String), SandboxError> {
         let mut child = KillOnDrop(child);
         let console = self.stream(&mut child, tag)?;
-        let _ = child.0.wait();
-        Ok(console)
+        let status = child.0.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1);
+        Ok((status, console))
     }
 
     fn stream(&self, child: &mut KillOnDrop, tag: &str) -> Result<String, SandboxError> {

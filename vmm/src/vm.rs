@@ -85,7 +85,7 @@ impl Vm {
     pub fn start(cfg: &VmConfig) -> Result<Vm, VmError> {
         // every check of the user's input comes before KVM is touched
         cfg.validate()?;
-        boot::check_inputs(cfg)?;
+        let kernel = boot::check_inputs(cfg)?;
         let ram = GuestRam::new(&cfg.memory)?;
         signals::block().map_err(VmError::Thread)?;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
@@ -114,7 +114,7 @@ impl Vm {
         unsafe { ram.register_with(&vm) }.map_err(kvm_err("register guest memory"))?;
         tracing::info!(size = ram.size(), "guest memory registered");
 
-        let entry = boot::load(&ram, cfg)?;
+        let entry = boot::load(&ram, cfg, kernel)?;
 
         let exit = Arc::new(ExitHandle::default());
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;

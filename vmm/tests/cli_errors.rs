@@ -24,8 +24,11 @@ fn splitvisor(args: &[&str]) -> Outcome {
     }
 }
 
+/// A file of its own for each call: the tests run in parallel.
 fn tmp_file(name: &str, content: &[u8]) -> String {
-    let dir = std::env::temp_dir().join(format!("sv-cli-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sv-cli-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();

@@ -82,15 +82,22 @@ fn detect_format(path: &Path, file: &mut File) -> Result<KernelFormat, BootError
     }
 }
 
+/// The kernel image, opened and recognised by [`check_inputs`].
+pub struct Kernel {
+    path: PathBuf,
+    file: File,
+    format: KernelFormat,
+}
+
 /// Check that the kernel is a readable kernel and the initramfs a readable file, before any
-/// resource is allocated for the VM.
-pub fn check_inputs(cfg: &VmConfig) -> Result<(), BootError> {
-    let kernel_path = cfg.kernel.clone().unwrap_or_default();
-    let mut kernel = File::open(&kernel_path).map_err(|source| BootError::KernelRead {
-        path: kernel_path.clone(),
+/// resource is allocated for the VM. The opened kernel goes on to [`load`].
+pub fn check_inputs(cfg: &VmConfig) -> Result<Kernel, BootError> {
+    let path = cfg.kernel.clone().unwrap_or_default();
+    let mut file = File::open(&path).map_err(|source| BootError::KernelRead {
+        path: path.clone(),
         source,
     })?;
-    detect_format(&kernel_path, &mut kernel)?;
+    let format = detect_format(&path, &mut file)?;
     if let Some(path) = &cfg.initramfs {
         let read_err = |source| BootError::InitramfsRead {
             path: path.clone(),
@@ -99,18 +106,17 @@ pub fn check_inputs(cfg: &VmConfig) -> Result<(), BootError> {
         let mut f = File::open(path).map_err(read_err)?;
         f.read(&mut [0u8; 1]).map_err(read_err)?;
     }
-    Ok(())
+    Ok(Kernel { path, file, format })
 }
 
 /// Load everything into guest memory and return where the boot vCPU starts.
-pub fn load(ram: &GuestRam, cfg: &VmConfig) -> Result<EntryPoint, BootError> {
+pub fn load(ram: &GuestRam, cfg: &VmConfig, kernel: Kernel) -> Result<EntryPoint, BootError> {
     let mem = ram.memory();
-    let kernel_path = cfg.kernel.clone().unwrap_or_default();
-    let mut kernel = File::open(&kernel_path).map_err(|source| BootError::KernelRead {
-        path: kernel_path.clone(),
-        source,
-    })?;
-    let format = detect_format(&kernel_path, &mut kernel)?;
+    let Kernel {
+        path: kernel_path,
+        file: mut kernel,
+        format,
+    } = kernel;
     let load_err = |e: linux_loader::loader::Error| BootError::KernelLoad {
         path: kernel_path.clone(),
         detail: e.to_string(),

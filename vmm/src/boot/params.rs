@@ -78,12 +78,12 @@ pub fn write_zero_page(
     if map.len() > params.e820_table.len() {
         return Err(ParamsError::E820Full);
     }
+    params.e820_entries = map.len() as u8;
     for (i, (addr, size, kind)) in map.into_iter().enumerate() {
         params.e820_table[i].addr = addr;
         params.e820_table[i].size = size;
         params.e820_table[i].r#type = kind;
     }
-    params.e820_entries = e820_map(l).len() as u8;
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_START)),
         mem,

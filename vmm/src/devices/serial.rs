@@ -100,7 +100,7 @@ impl Console {
     /// Create the console for `cfg`, raising `irq` on interrupts, and start its input thread.
     pub fn new(cfg: &SerialConfig, irq: EventFd) -> Result<Arc<Console>, SerialError> {
         let mut input: Option<Box<dyn Read + Send>> = None;
-        let mut listener = None;
+        let mut socket = None;
         let mut saved_termios = None;
         let output = match cfg {
             SerialConfig::Stdio => {
@@ -126,14 +126,11 @@ impl Console {
                     })?,
             ),
             SerialConfig::Socket(path) => {
-                listener = Some(bind_socket(path)?);
-                Output::Socket(Arc::new(Mutex::new(None)))
+                let client: SocketClient = Arc::new(Mutex::new(None));
+                socket = Some((bind_socket(path)?, client.clone()));
+                Output::Socket(client)
             }
             SerialConfig::Off => Output::Sink,
-        };
-        let socket_client = match &output {
-            Output::Socket(c) => Some(c.clone()),
-            _ => None,
         };
         let console = Arc::new(Console {
             uart: Mutex::new(Serial::new(IrqLine(irq), output)),
@@ -143,7 +140,7 @@ impl Console {
             let c = console.clone();
             spawn("serial-input", move || c.pump(src))?;
         }
-        if let (Some(listener), Some(client)) = (listener, socket_client) {
+        if let Some((listener, client)) = socket {
             let c = console.clone();
             spawn("serial-socket", move || c.serve_socket(listener, client))?;
         }

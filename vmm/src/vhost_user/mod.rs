@@ -39,6 +39,27 @@ pub enum FrontendError {
         step: &'static str,
         source: vhost::Error,
     },
+    #[error("device {device}: the {what} address {gpa:#x} is outside guest memory")]
+    RingAddress {
+        device: String,
+        what: &'static str,
+        gpa: u64,
+    },
+}
+
+/// Maps a vhost error of `step` to [`FrontendError::Protocol`] naming the device and socket.
+fn protocol_err(
+    device: &str,
+    socket: &Path,
+    step: &'static str,
+) -> impl FnOnce(vhost::Error) -> FrontendError {
+    let (device, socket) = (device.to_string(), socket.to_path_buf());
+    move |source| FrontendError::Protocol {
+        device,
+        socket,
+        step,
+        source,
+    }
 }
 
 /// Per-type defaults: `(queues per --device queues=N unit, config space size)`.
@@ -119,15 +140,7 @@ impl VhostUserDevice {
                 socket: socket.into(),
             });
         }
-        let err = |step| {
-            let (device, socket) = (name.to_string(), socket.to_path_buf());
-            move |source| FrontendError::Protocol {
-                device,
-                socket,
-                step,
-                source,
-            }
-        };
+        let err = |step| protocol_err(name, socket, step);
         let (per_unit, config_size) = type_defaults(device_type);
         let mut count = usize::from(queues.max(1) * per_unit);
         let mut frontend = Frontend::connect(socket, count as u64).map_err(err("connect"))?;
@@ -177,23 +190,20 @@ impl VhostUserDevice {
         self.frontend.as_raw_fd()
     }
 
-    fn host_addr(&self, gpa: u64, what: &str) -> Result<u64, String> {
+    fn host_addr(&self, gpa: u64, what: &'static str) -> Result<u64, FrontendError> {
         self.mem
             .get_host_address(GuestAddress(gpa))
             .map(|p| p as u64)
-            .map_err(|_| format!("the {what} address {gpa:#x} is outside guest memory"))
+            .map_err(|_| FrontendError::RingAddress {
+                device: self.name.clone(),
+                what,
+                gpa,
+            })
     }
 
-    fn setup(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), String> {
-        let name = self.name.clone();
-        let socket = self.socket.display().to_string();
-        let err = |step: &str| {
-            let (name, socket) = (name.clone(), socket.clone());
-            let step = step.to_string();
-            move |e: vhost::Error| {
-                format!("device {name}: vhost-user {step} failed on {socket}: {e}")
-            }
-        };
+    fn setup(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), FrontendError> {
+        let (name, socket) = (self.name.clone(), self.socket.clone());
+        let err = |step| protocol_err(&name, &socket, step);
         self.frontend
             .set_features(features | (self.backend_features & F_PROTOCOL_FEATURES))
             .map_err(err("SET_FEATURES"))?;
@@ -295,7 +305,7 @@ impl VirtioDevice for VhostUserDevice {
 
     fn activate(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), String> {
         self.active.clear();
-        self.setup(features, queues)
+        self.setup(features, queues).map_err(|e| e.to_string())
     }
 
     fn reset(&mut self) {

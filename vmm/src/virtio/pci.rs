@@ -435,16 +435,13 @@ impl PciDevice for VirtioPciDevice {
             self.msix.set_control(control);
             self.update_routes();
         }
-        if self.config.bar_addr(0) != 0 && offset == 0x10 {
-            tracing::debug!(device = %self.name, bar = self.config.bar_addr(0), "BAR 0 written");
-        }
     }
 
     fn bar_read(&mut self, _bar: usize, off: u64, data: &mut [u8]) {
         self.counters.bar_exits.fetch_add(1, Ordering::Relaxed);
         data.fill(0);
         match off {
-            COMMON..0x38 => {
+            COMMON..COMMON_LEN => {
                 let v = self.common_read(off).to_le_bytes();
                 let n = data.len().min(4);
                 data[..n].copy_from_slice(&v[..n]);
@@ -453,7 +450,7 @@ impl PciDevice for VirtioPciDevice {
                 data[0] = self.isr;
                 self.isr = 0; // reading ISR acknowledges it
             }
-            DEVICE_CFG..0x3000 => {
+            DEVICE_CFG..NOTIFY => {
                 self.counters.config_reads.fetch_add(1, Ordering::Relaxed);
                 self.device.read_config(off - DEVICE_CFG, data);
             }
@@ -465,9 +462,9 @@ impl PciDevice for VirtioPciDevice {
     fn bar_write(&mut self, _bar: usize, off: u64, data: &[u8]) {
         self.counters.bar_exits.fetch_add(1, Ordering::Relaxed);
         match off {
-            COMMON..0x38 => self.common_write(off, to_u32(data)),
-            DEVICE_CFG..0x3000 => self.device.write_config(off - DEVICE_CFG, data),
-            NOTIFY..0x4000 => {
+            COMMON..COMMON_LEN => self.common_write(off, to_u32(data)),
+            DEVICE_CFG..NOTIFY => self.device.write_config(off - DEVICE_CFG, data),
+            NOTIFY..MSIX_TABLE => {
                 // only reached if the ioeventfd did not catch the write
                 self.counters.notify_exits.fetch_add(1, Ordering::Relaxed);
                 let q = ((off - NOTIFY) / u64::from(NOTIFY_MULTIPLIER)) as usize;
