@@ -4,6 +4,7 @@
 //! interactive. All cases run in one L1 job; each property is its own test.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use integration_tests::guest::{self, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
@@ -39,7 +40,12 @@ exec 3>&-
 /// The L1 job, run once for all the tests here.
 fn job() -> &'static JobOutput {
     static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
-    shared_job(&OUT, || Sandbox::new()?.run(&format!("{GUEST_SH}\n{JOB}")))
+    // the job takes ~150 s; well past that, L1 is frozen (see shared_job)
+    shared_job(&OUT, || {
+        Sandbox::new()?
+            .timeout(Duration::from_secs(480))
+            .run(&format!("{GUEST_SH}\n{JOB}"))
+    })
 }
 
 struct Case {

@@ -4,6 +4,7 @@
 //! backend leaves the vmm running.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use integration_tests::guest::{self, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
@@ -69,7 +70,9 @@ fn job() -> &'static JobOutput {
     static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
     shared_job(&OUT, || {
         let guest64 = base64(GUEST.as_bytes());
+        // the job takes ~110 s; well past that, L1 is frozen (see shared_job)
         Sandbox::new()?
+            .timeout(Duration::from_secs(480))
             .host_tool("qemu-storage-daemon")
             .run(&format!("{GUEST_SH}\nGUEST64={guest64}\n{JOB}"))
     })
