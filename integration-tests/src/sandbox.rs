@@ -43,8 +43,8 @@ pub enum SandboxError {
     },
     #[error("the sandbox did not finish within {0:?}; console tail:\n{1}")]
     Timeout(Duration, String),
-    #[error("L1 stopped without reporting the job's exit status; console tail:\n{0}")]
-    NoExitStatus(String),
+    #[error("L1 stopped (QEMU exit status {0}) without reporting the job's exit status; console tail:\n{1}")]
+    NoExitStatus(i32, String),
 }
 
 /// What a job left behind: its exit status, the console, and its job directory.
@@ -91,6 +91,7 @@ pub struct Sandbox {
     host_dirs: Vec<PathBuf>,
     echo: bool,
     keep: bool,
+    on_host: bool,
 }
 
 static JOB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -124,6 +125,7 @@ impl Sandbox {
             host_dirs: Vec::new(),
             echo: true,
             keep: std::env::var_os("SPLITVISOR_KEEP_JOBS").is_some(),
+            on_host: false,
         })
     }
 
@@ -153,6 +155,12 @@ impl Sandbox {
         self.host_dirs.push(path.to_path_buf());
         self
     }
+    /// Run the job on the host whatever the mode, without needing KVM (for jobs whose guests
+    /// run under QEMU TCG, e.g. interoperability tests with QEMU as the frontend).
+    pub fn on_host(mut self) -> Self {
+        self.on_host = true;
+        self
+    }
     /// Echo the console to stderr as it arrives (default on).
     pub fn echo(mut self, echo: bool) -> Self {
         self.echo = echo;
@@ -176,8 +184,14 @@ impl Sandbox {
             keep: self.keep,
         };
         let (status, console) = match self.mode {
+            _ if self.on_host => self.run_on_host(&job_dir)?,
             Mode::Sandbox => self.run_in_l1(&job_dir)?,
-            Mode::Direct => self.run_direct(&job_dir)?,
+            Mode::Direct => {
+                if !Path::new("/dev/kvm").exists() {
+                    return Err(SandboxError::NoKvm);
+                }
+                self.run_on_host(&job_dir)?
+            }
         };
         out.status = status;
         out.console = console;
@@ -198,7 +212,7 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("hostbin")).map_err(io)?;
         let mut prologue = String::from("set -u\n");
-        if self.mode == Mode::Sandbox {
+        if self.mode == Mode::Sandbox && !self.on_host {
             for (i, host_dir) in self.host_dirs.iter().enumerate() {
                 let p = host_dir.display();
                 prologue.push_str(&format!(
@@ -208,7 +222,7 @@ impl Sandbox {
         }
         std::fs::write(dir.join("run.sh"), format!("{prologue}{script}\n")).map_err(io)?;
         // on the host the tools are on PATH already
-        if self.mode == Mode::Sandbox {
+        if self.mode == Mode::Sandbox && !self.on_host {
             for tool in &self.host_tools {
                 copy_host_tool(tool, &dir)?;
             }
@@ -225,8 +239,9 @@ impl Sandbox {
                 if ro { ",readonly=on" } else { "" }
             )
         };
+        let accel = format!("tcg,thread={}", tcg_threads());
         let mut cmd = Command::new(&qemu);
-        cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-nodefaults"])
+        cmd.args(["-accel", &accel, "-cpu", "max", "-nodefaults"])
             .args(["-no-user-config", "-display", "none", "-serial", "stdio"])
             .args(["-no-reboot", "-smp", &self.cpus.to_string()])
             .args(["-m", &self.memory_mib.to_string()])
@@ -234,7 +249,7 @@ impl Sandbox {
             .arg(self.kit.path("l1/vmlinuz"))
             .arg("-initrd")
             .arg(self.kit.path("l1/initramfs.cpio.gz"))
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-append", "console=ttyS0 quiet panic=-1 nokaslr"])
             .args(["-virtfs", &share(self.kit.root(), "kit", true)])
             .args(["-virtfs", &share(&self.bin_dir, "svbin", true)])
             .args(["-virtfs", &share(job_dir, "job", false)])
@@ -247,6 +262,14 @@ impl Sandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // debugging a frozen L1: `info registers` on this monitor socket, and L1 runs without
+        // KASLR so that addresses match System.map
+        if let Some(monitor) = std::env::var_os("SPLITVISOR_SANDBOX_MONITOR") {
+            let mut arg = std::ffi::OsString::from("unix:");
+            arg.push(monitor);
+            arg.push(",server=on,wait=off");
+            cmd.arg("-monitor").arg(arg);
+        }
         let child = cmd.spawn().map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => SandboxError::MissingTool(qemu.clone()),
             _ => SandboxError::Spawn {
@@ -254,20 +277,17 @@ impl Sandbox {
                 source,
             },
         })?;
-        let (_, console) = self.collect(child, "L1")?;
+        let (qemu_status, console) = self.collect(child, "L1")?;
         let status = console
             .lines()
             .filter_map(|l| l.trim().strip_prefix("SANDBOX-EXIT "))
             .filter_map(|s| s.trim().parse().ok())
             .next_back()
-            .ok_or_else(|| SandboxError::NoExitStatus(tail(&console)))?;
+            .ok_or_else(|| SandboxError::NoExitStatus(qemu_status, tail(&console)))?;
         Ok((status, console))
     }
 
-    fn run_direct(&self, job_dir: &Path) -> Result<(i32, String), SandboxError> {
-        if !Path::new("/dev/kvm").exists() {
-            return Err(SandboxError::NoKvm);
-        }
+    fn run_on_host(&self, job_dir: &Path) -> Result<(i32, String), SandboxError> {
         let path = format!(
             "{}:{}:{}",
             self.bin_dir.display(),
@@ -375,6 +395,11 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// TCG's threading for L1: `SPLITVISOR_TCG_THREAD=single|multi`.
+fn tcg_threads() -> String {
+    std::env::var("SPLITVISOR_TCG_THREAD").unwrap_or_else(|_| "multi".into())
+}
+
 fn tail(console: &str) -> String {
     let lines: Vec<&str> = console.lines().collect();
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
@@ -428,19 +453,18 @@ fn copy_host_tool(name: &str, job: &Path) -> Result<(), SandboxError> {
 /// The job of a test file, run once for all its tests (even when it fails: each test then
 /// fails with the reason instead of running the job again).
 ///
-/// A job that times out is run once more: the nested sandbox (QEMU-TCG's emulated SVM) now and
-/// then freezes L1 altogether, which no script inside it can bound. A second timeout, or any
-/// other failure, fails the tests.
+/// A job whose L1 froze (timeout) or died without reporting the script's status is run once
+/// more: the nested sandbox (QEMU-TCG's emulated SVM) now and then freezes or resets L1
+/// altogether, which no script inside it can bound. A second such failure, or any other
+/// failure, fails the tests. A job that ran and failed is never retried.
 pub fn shared_job(
     cell: &'static std::sync::OnceLock<Result<JobOutput, String>>,
     run: impl Fn() -> Result<JobOutput, SandboxError>,
 ) -> &'static JobOutput {
     let result = cell.get_or_init(|| {
         match run() {
-            Err(SandboxError::Timeout(after, tail)) => {
-                eprintln!(
-                    "sandbox job timed out after {after:?}; running it once more. Tail:\n{tail}"
-                );
+            Err(e @ (SandboxError::Timeout(..) | SandboxError::NoExitStatus(..))) => {
+                eprintln!("sandbox job failed in L1 itself ({e}); running it once more");
                 run()
             }
             other => other,

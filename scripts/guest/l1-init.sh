@@ -3,6 +3,7 @@
 # QEMU TCG). Mounts the guest kit (/kit), our binaries (/sv-bin) and the job dir (/job) over
 # virtio-9p, runs /job/run.sh and reports its status:
 #   SANDBOX-L1-READY <uptime> kvm=yes|no
+#   SANDBOX-HEARTBEAT up=<uptime> <comm/state/wchan of running and blocked tasks>  (every 30 s)
 #   SANDBOX-EXIT <rc>
 export PATH=/sv-bin:/job/hostbin:/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
@@ -29,8 +30,24 @@ export KIT=/kit JOB=/job HOME=/tmp
 kvm=no
 [ -c /dev/kvm ] && kvm=yes
 echo "SANDBOX-L1-READY $(cut -d' ' -f1 /proc/uptime) kvm=$kvm"
+# the heartbeat tells a stalled job (its processes blocked, e.g. on 9p I/O) from a stopped L1
+heartbeat() {
+    while sleep 30; do
+        busy=""
+        for p in /proc/[0-9]*; do
+            read -r _ comm state _ <"$p/stat" 2>/dev/null || continue
+            case "$state" in
+                D | R) busy="$busy $comm/$state/$(cat "$p/wchan" 2>/dev/null)" ;;
+            esac
+        done
+        echo "SANDBOX-HEARTBEAT up=$(cut -d' ' -f1 /proc/uptime)$busy"
+    done
+}
+heartbeat &
+hb=$!
 cd /job && sh /job/run.sh
 rc=$?
+kill $hb
 sync
 echo "SANDBOX-EXIT $rc"
 poweroff -f
