@@ -1,4 +1,158 @@
-//! `splitvisor-blk`: the vhost-user blk device process.
+//! `splitvisor-blk`: a vhost-user-blk device process serving a raw image.
 //!
-//! Not built yet: issue #5 adds the device, its `splitvisor-blk` binary and its
-//! tests. The crate exists so the workspace shows the process split from the start.
+//! Layout (the vhost-device shape): `main.rs` parses the command line into a [`Config`];
+//! [`start_backend`] opens the image and runs the shared serve loop from `backends`;
+//! `vhu_blk.rs` is the vhost-user face (features, config space, queue loop); `blk.rs` executes
+//! requests that `request.rs` parsed and validated; `disk/` holds the image formats.
+
+pub mod blk;
+pub mod disk;
+pub mod request;
+pub mod stats;
+pub mod vhu_blk;
+pub mod virtio_blk;
+
+#[cfg(test)]
+mod test_util;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
+
+use crate::blk::{BlkDevice, MAX_SEGMENTS};
+use crate::disk::{Format, OpenError, OpenOptions};
+use crate::request::Limits;
+use crate::stats::Stats;
+use crate::vhu_blk::VhostUserBlk;
+use crate::virtio_blk::BlkConfig;
+
+/// Largest transfer of one data descriptor we advertise (SIZE_MAX).
+pub const SIZE_MAX: u32 = 1 << 20;
+
+/// What the backend serves and how.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub image: PathBuf,
+    pub format: Format,
+    pub readonly: bool,
+    pub direct: bool,
+    pub queues: usize,
+    pub queue_size: usize,
+    pub serial: String,
+    pub daemon: DaemonArgs,
+}
+
+/// Why the backend could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--queues must be between 1 and 64, not {0}")]
+    Queues(usize),
+    #[error("--queue-size must be a power of two between 2 and 32768, not {0}")]
+    QueueSize(usize),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Makes a fresh vhost-user face for each connection over the one open device.
+struct BlkFactory {
+    device: Arc<BlkDevice>,
+    config: BlkConfig,
+    queues: usize,
+    queue_size: usize,
+}
+
+impl BackendFactory for BlkFactory {
+    type Backend = Arc<VhostUserBlk>;
+
+    fn create(&mut self) -> std::io::Result<Self::Backend> {
+        Ok(Arc::new(VhostUserBlk::new(
+            self.device.clone(),
+            self.config.clone(),
+            self.queues,
+            self.queue_size,
+        )))
+    }
+
+    fn log_stats(&self) -> Box<dyn Fn() + Send> {
+        let stats = self.device.stats.clone();
+        Box::new(move || tracing::warn!("stats: {stats}"))
+    }
+
+    fn on_terminate(&self) -> Box<dyn Fn() + Send> {
+        let device = self.device.clone();
+        Box::new(move || {
+            if !device.readonly {
+                if let Err(e) = device.disk.flush() {
+                    tracing::error!("final flush of the image failed: {e}");
+                }
+            }
+            tracing::info!("stats at exit: {}", device.stats);
+        })
+    }
+}
+
+/// Open the image and serve it until a signal ends the process.
+pub fn start_backend(config: Config) -> Result<(), Error> {
+    if !(1..=64).contains(&config.queues) {
+        return Err(Error::Queues(config.queues));
+    }
+    if !(2..=32768).contains(&config.queue_size) || !config.queue_size.is_power_of_two() {
+        return Err(Error::QueueSize(config.queue_size));
+    }
+    let disk = disk::open(
+        &config.image,
+        &OpenOptions {
+            readonly: config.readonly,
+            direct: config.direct,
+            format: config.format,
+        },
+    )?;
+    let capacity = disk.capacity();
+    // a request is at most one header, one status and queue_size - 2 data descriptors
+    let seg_max = config.queue_size as u32 - 2;
+    let device = Arc::new(BlkDevice {
+        disk,
+        readonly: config.readonly,
+        serial: config.serial.as_bytes().to_vec(),
+        limits: Limits {
+            capacity_bytes: capacity,
+            max_request_bytes: u64::from(seg_max) * u64::from(SIZE_MAX),
+        },
+        stats: Arc::new(Stats::default()),
+    });
+    let blk_config = BlkConfig {
+        capacity: capacity >> virtio_blk::SECTOR_SHIFT,
+        size_max: SIZE_MAX,
+        seg_max,
+        blk_size: 512,
+        physical_block_exp: 3,
+        min_io_size: 1,
+        opt_io_size: 0,
+        num_queues: config.queues as u16,
+        max_discard_sectors: u32::MAX >> 9,
+        max_discard_seg: MAX_SEGMENTS,
+        discard_sector_alignment: 8,
+        max_write_zeroes_sectors: u32::MAX >> 9,
+        max_write_zeroes_seg: MAX_SEGMENTS,
+        write_zeroes_may_unmap: 1,
+    };
+    tracing::info!(
+        "serving {} ({} bytes{}) with {} queue(s) of {}",
+        config.image.display(),
+        capacity,
+        if config.readonly { ", read-only" } else { "" },
+        config.queues,
+        config.queue_size
+    );
+    let factory = BlkFactory {
+        device,
+        config: blk_config,
+        queues: config.queues,
+        queue_size: config.queue_size,
+    };
+    serve::serve("splitvisor-blk", &config.daemon, factory)?;
+    Ok(())
+}

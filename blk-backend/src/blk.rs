@@ -1,0 +1,265 @@
+//! The block device's behaviour: execute one request against the disk and answer the guest.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::disk::{Disk, GuestIovecs};
+use crate::request::{self, BadReason, DataBuf, Limits, Request, RequestKind, Segment};
+use crate::stats::Stats;
+use crate::virtio_blk::*;
+
+/// Most discard / write-zeroes segments accepted in one request.
+pub const MAX_SEGMENTS: u32 = 32;
+
+/// The device state shared by all queues.
+pub struct BlkDevice {
+    pub disk: Box<dyn Disk>,
+    pub readonly: bool,
+    pub serial: Vec<u8>,
+    pub limits: Limits,
+    pub stats: Arc<Stats>,
+}
+
+/// How a request ended: the status byte and how many bytes went to the guest besides it.
+struct Outcome {
+    status: u8,
+    written: u32,
+}
+
+impl Outcome {
+    fn ok(written: u32) -> Self {
+        Outcome {
+            status: VIRTIO_BLK_S_OK as u8,
+            written,
+        }
+    }
+    fn status(status: u32) -> Self {
+        Outcome {
+            status: status as u8,
+            written: 0,
+        }
+    }
+}
+
+impl BlkDevice {
+    /// Handle one chain; returns the used length to put in the used ring.
+    pub fn process<M>(&self, chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> u32
+    where
+        M: Deref<Target = GuestMemoryMmap> + Clone,
+    {
+        match request::parse(chain, &self.limits) {
+            Ok(req) => {
+                Stats::add(&self.stats.in_flight, 1);
+                let out = self.execute(&req, mem);
+                self.stats
+                    .in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.answer(mem, req.status, out)
+            }
+            Err(bad) => {
+                Stats::add(&self.stats.bad_requests, 1);
+                warn!("bad request from the guest: {}", bad.reason);
+                match bad.status {
+                    Some(status) => self.answer(mem, status, Outcome::status(VIRTIO_BLK_S_IOERR)),
+                    None => 0,
+                }
+            }
+        }
+    }
+
+    fn answer(&self, mem: &GuestMemoryMmap, status: GuestAddress, out: Outcome) -> u32 {
+        // parse() checked the status byte lies in guest memory
+        if mem.write_obj(out.status, status).is_err() {
+            return 0;
+        }
+        out.written + 1
+    }
+
+    fn execute(&self, req: &Request, mem: &GuestMemoryMmap) -> Outcome {
+        let s = &self.stats;
+        match req.kind {
+            RequestKind::In => {
+                Stats::add(&s.reads, 1);
+                let result = guest_iovecs(mem, &req.data)
+                    .and_then(|bufs| self.disk.read_at(&bufs, req.offset()));
+                self.io_result(result, req, || {
+                    Stats::add(&s.bytes_read, req.data_len);
+                    req.data_len as u32
+                })
+            }
+            RequestKind::Out => {
+                Stats::add(&s.writes, 1);
+                if self.readonly {
+                    return self.refuse_write();
+                }
+                let result = guest_iovecs(mem, &req.data)
+                    .and_then(|bufs| self.disk.write_at(&bufs, req.offset()));
+                self.io_result(result, req, || {
+                    Stats::add(&s.bytes_written, req.data_len);
+                    0
+                })
+            }
+            RequestKind::Flush => {
+                Stats::add(&s.flushes, 1);
+                if self.readonly {
+                    return Outcome::ok(0);
+                }
+                self.io_result(self.disk.flush(), req, || 0)
+            }
+            RequestKind::GetId => {
+                Stats::add(&s.get_ids, 1);
+                let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+                let n = self.serial.len().min(id.len());
+                id[..n].copy_from_slice(&self.serial[..n]);
+                let written = write_to_bufs(mem, &req.data, &id);
+                Outcome::ok(written)
+            }
+            RequestKind::Discard | RequestKind::WriteZeroes => {
+                let counter = if req.kind == RequestKind::Discard {
+                    &s.discards
+                } else {
+                    &s.write_zeroes
+                };
+                Stats::add(counter, 1);
+                if self.readonly {
+                    return self.refuse_write();
+                }
+                self.ranges(req, mem)
+            }
+            RequestKind::Unsupported(kind) => {
+                Stats::add(&s.unsupported, 1);
+                debug!("unsupported request type {kind}");
+                Outcome::status(VIRTIO_BLK_S_UNSUPP)
+            }
+        }
+    }
+
+    fn refuse_write(&self) -> Outcome {
+        Stats::add(&self.stats.readonly_refused, 1);
+        Outcome::status(VIRTIO_BLK_S_IOERR)
+    }
+
+    fn io_result(
+        &self,
+        result: std::io::Result<()>,
+        req: &Request,
+        on_ok: impl FnOnce() -> u32,
+    ) -> Outcome {
+        match result {
+            Ok(()) => Outcome::ok(on_ok()),
+            Err(e) => {
+                Stats::add(&self.stats.io_errors, 1);
+                warn!(
+                    "{:?} at sector {} ({} bytes) failed: {e}",
+                    req.kind, req.sector, req.data_len
+                );
+                Outcome::status(VIRTIO_BLK_S_IOERR)
+            }
+        }
+    }
+
+    /// Discard and write-zeroes: validate every segment, then apply them.
+    fn ranges(&self, req: &Request, mem: &GuestMemoryMmap) -> Outcome {
+        let bad = |reason: BadReason| {
+            Stats::add(&self.stats.bad_requests, 1);
+            warn!("bad {:?} request from the guest: {reason}", req.kind);
+            Outcome::status(VIRTIO_BLK_S_IOERR)
+        };
+        let segments = match read_segments(mem, &req.data, req.data_len) {
+            Some(s) => s,
+            None => return bad(BadReason::NotSectorMultiple(req.data_len)),
+        };
+        let discard = req.kind == RequestKind::Discard;
+        let allowed_flags = if discard { 0 } else { WRITE_ZEROES_FLAG_UNMAP };
+        for seg in &segments {
+            if seg.flags.to_native() & !allowed_flags != 0 {
+                Stats::add(&self.stats.unsupported, 1);
+                return Outcome::status(VIRTIO_BLK_S_UNSUPP);
+            }
+            let bytes = u64::from(seg.num_sectors.to_native()) << SECTOR_SHIFT;
+            if let Err(r) = request::check_range(seg.sector.to_native(), bytes, &self.limits) {
+                return bad(r);
+            }
+        }
+        for seg in &segments {
+            let offset = seg.sector.to_native() << SECTOR_SHIFT;
+            let len = u64::from(seg.num_sectors.to_native()) << SECTOR_SHIFT;
+            let unmap = seg.flags.to_native() & WRITE_ZEROES_FLAG_UNMAP != 0;
+            let result = if discard {
+                self.disk.discard(offset, len)
+            } else {
+                self.disk.write_zeroes(offset, len, unmap)
+            };
+            if let Err(e) = result {
+                Stats::add(&self.stats.io_errors, 1);
+                warn!("{:?} of {len} bytes at {offset} failed: {e}", req.kind);
+                return Outcome::status(VIRTIO_BLK_S_IOERR);
+            }
+        }
+        Outcome::ok(0)
+    }
+}
+
+/// The guest buffers as iovecs (a buffer may span memory regions: get_slices splits it).
+fn guest_iovecs<'a>(
+    mem: &'a GuestMemoryMmap,
+    data: &[DataBuf],
+) -> std::io::Result<GuestIovecs<'a>> {
+    let mut slices = Vec::with_capacity(data.len());
+    for d in data {
+        for s in GuestMemoryBackend::get_slices(mem, d.addr, d.len as usize) {
+            slices.push(s.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?);
+        }
+    }
+    Ok(GuestIovecs::new(slices))
+}
+
+/// Copy `bytes` into the guest buffers in order; returns how many fit.
+fn write_to_bufs(mem: &GuestMemoryMmap, data: &[DataBuf], mut bytes: &[u8]) -> u32 {
+    let mut written = 0u32;
+    for d in data {
+        if bytes.is_empty() {
+            break;
+        }
+        let n = bytes.len().min(d.len as usize);
+        if mem.write_slice(&bytes[..n], d.addr).is_err() {
+            break;
+        }
+        written += n as u32;
+        bytes = &bytes[n..];
+    }
+    written
+}
+
+/// The segments of a discard / write-zeroes request; `None` when the data is not a whole
+/// number of segments or carries too many.
+fn read_segments(mem: &GuestMemoryMmap, data: &[DataBuf], len: u64) -> Option<Vec<Segment>> {
+    let size = u64::from(SEGMENT_SIZE);
+    if len == 0 || !len.is_multiple_of(size) || len / size > u64::from(MAX_SEGMENTS) {
+        return None;
+    }
+    let mut raw = vec![0u8; len as usize];
+    let mut at = 0usize;
+    for d in data {
+        mem.read_slice(&mut raw[at..at + d.len as usize], d.addr)
+            .ok()?;
+        at += d.len as usize;
+    }
+    Some(
+        raw.chunks_exact(SEGMENT_SIZE as usize)
+            .map(|c| {
+                let mut seg = Segment::default();
+                vm_memory::ByteValued::as_mut_slice(&mut seg).copy_from_slice(c);
+                seg
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+#[path = "blk_tests.rs"]
+mod tests;

@@ -1,0 +1,78 @@
+//! Disk images behind the device: what a format must provide, and opening one by name.
+
+pub mod file_io;
+pub mod raw;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use file_io::GuestIovecs;
+
+/// An image as the device sees it: a byte range of `capacity()` bytes.
+pub trait Disk: Send + Sync {
+    /// Size in bytes (a multiple of 512).
+    fn capacity(&self) -> u64;
+    /// Fill `bufs` from `offset`.
+    fn read_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()>;
+    /// Store `bufs` at `offset`.
+    fn write_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()>;
+    /// Make everything written so far stable.
+    fn flush(&self) -> io::Result<()>;
+    /// Drop the data of a range (reads back as zeroes).
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Make a range read as zeroes; `unmap` allows deallocating it.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+}
+
+/// Image formats we open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Raw,
+    Auto,
+}
+
+/// How to open the image.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub readonly: bool,
+    /// O_DIRECT: bypass the host page cache.
+    pub direct: bool,
+    pub format: Format,
+}
+
+/// Why an image could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the image {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the image {0} is empty or smaller than one 512-byte sector")]
+    TooSmall(PathBuf),
+    #[error("{path} is a {found} image; this build serves raw images only")]
+    UnsupportedFormat { path: PathBuf, found: &'static str },
+}
+
+/// Open the image at `path`.
+pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Disk>, OpenError> {
+    if opts.format == Format::Auto && detect_qcow2(path)? {
+        return Err(OpenError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: "qcow2",
+        });
+    }
+    Ok(Box::new(raw::RawDisk::open(path, opts)?))
+}
+
+/// Whether the file starts with the qcow2 magic (read without O_DIRECT, whatever the options).
+fn detect_qcow2(path: &Path) -> Result<bool, OpenError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|source| OpenError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(file.read_exact(&mut magic).is_ok() && &magic == b"QFI\xfb")
+}

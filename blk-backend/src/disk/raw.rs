@@ -1,0 +1,83 @@
+//! Raw images: guest offset = file offset.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::file_io::{self, GuestIovecs};
+use super::{Disk, OpenError, OpenOptions};
+
+/// A raw image file.
+pub struct RawDisk {
+    file: File,
+    capacity: u64,
+}
+
+impl RawDisk {
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<RawDisk, OpenError> {
+        let err = |source| OpenError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(!opts.readonly);
+        if opts.direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let file = o.open(path).map_err(err)?;
+        let meta = file.metadata().map_err(err)?;
+        let len = if meta.file_type().is_file() {
+            meta.len()
+        } else {
+            // a block device: its size is where the end is
+            use std::io::Seek;
+            (&file).seek(io::SeekFrom::End(0)).map_err(err)?
+        };
+        let capacity = len & !511;
+        if capacity == 0 {
+            return Err(OpenError::TooSmall(path.to_path_buf()));
+        }
+        Ok(RawDisk { file, capacity })
+    }
+}
+
+impl Disk for RawDisk {
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn read_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
+        file_io::read_exact_at(&self.file, bufs, offset)
+    }
+
+    fn write_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
+        file_io::write_all_at(&self.file, bufs, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        file_io::punch_hole(&self.file, offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        if unmap && file_io::punch_hole(&self.file, offset, len).is_ok() {
+            return Ok(());
+        }
+        if file_io::zero_range(&self.file, offset, len).is_ok() {
+            return Ok(());
+        }
+        // file systems without ZERO_RANGE: write the zeroes
+        let zeroes = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeroes.len() as u64) as usize;
+            self.file.write_all_at(&zeroes[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! `splitvisor-blk`: command line → [`Config`] → [`start_backend`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use backends::serve::DaemonArgs;
+use blk_backend::disk::Format;
+use blk_backend::{start_backend, Config};
+use clap::Parser;
+
+/// vhost-user-blk backend serving a raw disk image.
+#[derive(Debug, Parser)]
+#[command(name = "splitvisor-blk", version)]
+struct Args {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// The disk image (a file or a block device).
+    #[arg(long, value_name = "PATH")]
+    image: PathBuf,
+    /// Image format; `auto` detects it from the file's header.
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
+    /// Serve the image read-only: the guest sees a read-only disk, writes fail.
+    #[arg(long)]
+    readonly: bool,
+    /// Bypass the host page cache (O_DIRECT).
+    #[arg(long)]
+    direct: bool,
+    /// Number of request queues (one worker thread each).
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
+    /// Descriptors per queue.
+    #[arg(long, default_value_t = 256)]
+    queue_size: usize,
+    /// Serial number reported to the guest (up to 20 bytes; /sys/block/vdX/serial).
+    #[arg(long, value_name = "ID", default_value = "")]
+    serial: String,
+}
+
+impl From<Args> for Config {
+    fn from(a: Args) -> Config {
+        Config {
+            image: a.image,
+            format: a.format,
+            readonly: a.readonly,
+            direct: a.direct,
+            queues: a.queues,
+            queue_size: a.queue_size,
+            serial: a.serial,
+            daemon: a.daemon,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    backends::logging::init();
+    // before any thread exists, so that only the signal thread receives them
+    if let Err(e) = backends::signals::block_signals() {
+        eprintln!("splitvisor-blk: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    match start_backend(args.into()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("splitvisor-blk: {}", backends::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
