@@ -8,6 +8,9 @@
 ///   `$JOB/NAME.rc`. Nothing here waits without a bound.
 /// - `wait_for PATTERN FILE TIMEOUT`: poll FILE until it contains PATTERN (status 1 on timeout).
 /// - `b64 TEXT`: TEXT base64-encoded on one line, for `sv.cmd64=`.
+/// - `start_blk NAME DIR IMAGE ARGS...`: start `splitvisor-blk` on socket `DIR/NAME.sock`
+///   (stderr to `$JOB/NAME-blk.err`), wait up to 30 s for its pidfile (else append
+///   `NO-PIDFILE NAME` to `$JOB/setup.txt`); its PID is in `$BLK_PID`.
 pub const GUEST_SH: &str = r#"
 wait_for() {
     _i=0
@@ -50,6 +53,14 @@ boot_case() {
     finish_case "$_name" $! "$_t"
 }
 b64() { printf '%s' "$1" | base64 | tr -d '\n'; }
+start_blk() {
+    _name=$1 _dir=$2 _img=$3
+    shift 3
+    splitvisor-blk --socket "$_dir/$_name.sock" --image "$_img" --pidfile "$_dir/$_name.pid" \
+        "$@" 2>"$JOB/$_name-blk.err" &
+    BLK_PID=$!
+    wait_for . "$_dir/$_name.pid" 30 || echo "NO-PIDFILE $_name" >>"$JOB/setup.txt"
+}
 L2_KERNEL=$KIT/l2/vmlinuz
 L2_ELF=$KIT/l2/vmlinux
 L2_INITRD=$KIT/l2/initramfs-min.cpio.gz
@@ -94,6 +105,54 @@ pub fn guest_exit(console: &str) -> Option<i32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
+/// Guest script lines that report `/dev/vda`'s serial and queue count, then run a verifying
+/// fio job (two jobs of `size_mib` MiB each, libaio, queue depth 8) and print
+/// `GUEST-FIO-STATUS <rc>` (and fio's output when it failed).
+pub fn vda_fio_verify(size_mib: u32) -> String {
+    format!(
+        r#"
+echo "GUEST-SERIAL $(cat /sys/block/vda/serial)"
+echo "GUEST-QUEUES $(ls /sys/block/vda/mq | wc -l)"
+echo "GUEST-SECTORS $(cat /sys/block/vda/size)"
+fio --name=verify --filename=/dev/vda --size={size_mib}M --offset_increment={size_mib}M \
+    --numjobs=2 --bs=4k --rw=randwrite --direct=1 --ioengine=libaio --iodepth=8 \
+    --verify=crc32c --do_verify=1 --group_reporting > /tmp/fio.out 2>&1
+rc=$?
+echo "GUEST-FIO-STATUS $rc"
+[ $rc -eq 0 ] || cat /tmp/fio.out
+"#
+    )
+}
+
+/// `data` in standard base64 (for `sv.cmd64=` built on the Rust side).
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The rest of the first line of `text` that contains `KEY ` (after it, trimmed).
+pub fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.split(&format!("{key} ")).nth(1))
+        .map(str::trim)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +170,17 @@ mod tests {
         );
         assert_eq!(guest_exit(log), Some(0));
         assert_eq!(ready("nothing here"), None);
+    }
+
+    #[test]
+    fn base64_encodes() {
+        assert_eq!(base64(b"reboot -f"), "cmVib290IC1m");
+        assert_eq!(base64(b"ab"), "YWI=");
+    }
+
+    #[test]
+    fn value_finds_the_first_marker() {
+        assert_eq!(value("x\nKEY 12 \nKEY 3", "KEY"), Some("12"));
+        assert_eq!(value("KEYS 1", "KEY"), None);
     }
 }

@@ -69,40 +69,13 @@ finish_case kill $VMM 30
 fn job() -> &'static JobOutput {
     static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
     shared_job(&OUT, || {
-        let guest64 = base64(GUEST.as_bytes());
+        let guest64 = guest::base64(GUEST.as_bytes());
         // the job takes ~110 s; well past that, L1 is frozen (see shared_job)
         Sandbox::new()?
             .timeout(Duration::from_secs(480))
             .host_tool("qemu-storage-daemon")
             .run(&format!("{GUEST_SH}\nGUEST64={guest64}\n{JOB}"))
     })
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.split(&format!("{key} ")).nth(1))
-        .map(str::trim)
 }
 
 fn blk_log() -> String {
@@ -114,10 +87,10 @@ fn guest_reads_what_l1_wrote_and_l1_reads_what_the_guest_wrote() {
     let l1 = job().file("l1.txt").unwrap_or_default();
     let log = blk_log();
     assert!(guest::ready(&log).is_some(), "guest did not boot:\n{log}");
-    let wrote = value(&l1, "L1-WROTE-MD5").expect("L1 pattern checksum");
-    assert_eq!(value(&log, "GUEST-READ-MD5"), Some(wrote), "{log}");
-    let guest_wrote = value(&log, "GUEST-WROTE-MD5").expect("guest pattern checksum");
-    assert_eq!(value(&l1, "L1-READ-MD5"), Some(guest_wrote), "{l1}");
+    let wrote = guest::value(&l1, "L1-WROTE-MD5").expect("L1 pattern checksum");
+    assert_eq!(guest::value(&log, "GUEST-READ-MD5"), Some(wrote), "{log}");
+    let guest_wrote = guest::value(&log, "GUEST-WROTE-MD5").expect("guest pattern checksum");
+    assert_eq!(guest::value(&l1, "L1-READ-MD5"), Some(guest_wrote), "{l1}");
     assert_eq!(
         job().file("blk.rc").unwrap_or_default().trim(),
         "0",
@@ -129,14 +102,14 @@ fn guest_reads_what_l1_wrote_and_l1_reads_what_the_guest_wrote() {
 fn fio_verify_passes_with_two_queues_and_two_vcpus() {
     let log = blk_log();
     assert_eq!(guest::ready(&log).map(|r| r.nproc), Some(2), "{log}");
-    assert_eq!(value(&log, "GUEST-QUEUES"), Some("2"), "{log}");
-    assert_eq!(value(&log, "GUEST-FIO-STATUS"), Some("0"), "{log}");
+    assert_eq!(guest::value(&log, "GUEST-QUEUES"), Some("2"), "{log}");
+    assert_eq!(guest::value(&log, "GUEST-FIO-STATUS"), Some("0"), "{log}");
 }
 
 #[test]
 fn the_data_path_does_not_exit_to_the_vmm() {
     let log = blk_log();
-    let stat = value(&log, "GUEST-VDA-STAT").expect("vda stats");
+    let stat = guest::value(&log, "GUEST-VDA-STAT").expect("vda stats");
     let fields: Vec<u64> = stat
         .split_whitespace()
         .filter_map(|f| f.parse().ok())
@@ -177,12 +150,16 @@ fn pci_remove_and_rescan_leave_the_device_working() {
     let log = blk_log();
     let l1 = job().file("l1.txt").unwrap_or_default();
     assert_eq!(
-        value(&log, "GUEST-AFTER-REMOVE"),
+        guest::value(&log, "GUEST-AFTER-REMOVE"),
         Some("0"),
         "vda gone after remove: {log}"
     );
-    let wrote = value(&l1, "L1-WROTE-MD5").expect("L1 pattern checksum");
-    assert_eq!(value(&log, "GUEST-AFTER-RESCAN-MD5"), Some(wrote), "{log}");
+    let wrote = guest::value(&l1, "L1-WROTE-MD5").expect("L1 pattern checksum");
+    assert_eq!(
+        guest::value(&log, "GUEST-AFTER-RESCAN-MD5"),
+        Some(wrote),
+        "{log}"
+    );
     assert!(
         log.contains("activations=2"),
         "the rescanned device was activated again: {log}"
@@ -206,10 +183,4 @@ fn killing_the_backend_leaves_the_vmm_running() {
         "5",
         "stopped by SIGTERM afterwards"
     );
-}
-
-#[test]
-fn base64_encodes() {
-    assert_eq!(base64(b"reboot -f"), "cmVib290IC1m");
-    assert_eq!(base64(b"ab"), "YWI=");
 }
