@@ -63,12 +63,13 @@ pub struct Segment {
 // SAFETY: plain old data with no padding (8 + 4 + 4 bytes); every bit pattern is valid.
 unsafe impl ByteValued for Segment {}
 
+/// `struct virtio_blk_outhdr`.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
-struct Header {
-    kind: Le32,
-    ioprio: Le32,
-    sector: Le64,
+pub struct Header {
+    pub kind: Le32,
+    pub ioprio: Le32,
+    pub sector: Le64,
 }
 
 // SAFETY: plain old data with no padding (4 + 4 + 8 bytes); every bit pattern is valid.

@@ -1,7 +1,9 @@
 //! Helpers for unit tests: guest memory, descriptors and request headers in it.
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap, Le32, Le64};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::request::Header;
 
 pub const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 pub const MIB: u64 = 1 << 20;
@@ -14,17 +16,6 @@ pub fn memory() -> GuestMemoryMmap {
 pub fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
 }
-
-#[derive(Clone, Copy, Default)]
-#[repr(C)]
-struct Header {
-    kind: Le32,
-    ioprio: Le32,
-    sector: Le64,
-}
-
-// SAFETY: plain old data with no padding; every bit pattern is valid.
-unsafe impl ByteValued for Header {}
 
 /// Write a request header at `at`.
 pub fn header(mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
