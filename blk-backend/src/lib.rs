@@ -1,4 +1,4 @@
-//! `splitvisor-blk`: a vhost-user-blk device process serving a raw image.
+//! `splitvisor-blk`: a vhost-user-blk device process serving a raw or qcow2 image.
 //!
 //! Layout (the vhost-device shape): `main.rs` parses the command line into a [`Config`];
 //! [`start_backend`] opens the image and runs the shared serve loop from `backends`;
@@ -85,8 +85,8 @@ impl BackendFactory for BlkFactory {
         let device = self.device.clone();
         Box::new(move || {
             if !device.readonly {
-                if let Err(e) = device.disk.flush() {
-                    tracing::error!("final flush of the image failed: {e}");
+                if let Err(e) = device.disk.close() {
+                    tracing::error!("closing the image failed: {e}");
                 }
             }
             tracing::info!("stats at exit: {}", device.stats);

@@ -8,7 +8,7 @@ use blk_backend::disk::Format;
 use blk_backend::{start_backend, Config};
 use clap::Parser;
 
-/// vhost-user-blk backend serving a raw disk image.
+/// vhost-user-blk backend serving a raw or qcow2 disk image.
 #[derive(Debug, Parser)]
 #[command(name = "splitvisor-blk", version)]
 struct Args {

@@ -277,7 +277,7 @@ impl Sandbox {
                 source,
             },
         })?;
-        let (qemu_status, console) = self.collect(child, "L1")?;
+        let (qemu_status, console) = self.collect(child, "L1", job_dir)?;
         let status = console
             .lines()
             .filter_map(|l| l.trim().strip_prefix("SANDBOX-EXIT "))
@@ -308,19 +308,33 @@ impl Sandbox {
                 what: "sh".into(),
                 source,
             })?;
-        self.collect(child, "host")
+        self.collect(child, "host", job_dir)
     }
 
     /// Stream the child's output until it exits (killing it at the timeout); returns its exit
     /// status and everything it printed.
-    fn collect(&self, child: Child, tag: &str) -> Result<(i32, String), SandboxError> {
+    fn collect(
+        &self,
+        child: Child,
+        tag: &str,
+        job_dir: &Path,
+    ) -> Result<(i32, String), SandboxError> {
         let mut child = KillOnDrop(child);
-        let console = self.stream(&mut child, tag)?;
+        let console = self.stream(&mut child, tag, job_dir)?;
         let status = child.0.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1);
         Ok((status, console))
     }
 
-    fn stream(&self, child: &mut KillOnDrop, tag: &str) -> Result<String, SandboxError> {
+    /// Also appends every line to `console.log` in the job directory (kept with
+    /// `SPLITVISOR_KEEP_JOBS=1`, for jobs that stalled and were retried).
+    fn stream(
+        &self,
+        child: &mut KillOnDrop,
+        tag: &str,
+        job_dir: &Path,
+    ) -> Result<String, SandboxError> {
+        use std::io::Write;
+        let mut log = std::fs::File::create(job_dir.join("console.log")).ok();
         let (tx, rx) = mpsc::channel::<String>();
         let mut readers = Vec::new();
         if let Some(out) = child.0.stdout.take() {
@@ -341,6 +355,9 @@ impl Sandbox {
                     }
                     console.push_str(&line);
                     console.push('\n');
+                    if let Some(f) = log.as_mut() {
+                        let _ = writeln!(f, "{line}");
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {

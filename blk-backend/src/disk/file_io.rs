@@ -18,6 +18,13 @@ pub struct GuestIovecs<'a> {
 }
 
 impl<'a> GuestIovecs<'a> {
+    /// A plain host buffer seen as guest buffers (for metadata and copy-on-write data).
+    pub fn from_buf(buf: &'a mut [u8]) -> GuestIovecs<'a> {
+        GuestIovecs {
+            slices: vec![VolatileSlice::from(buf)],
+        }
+    }
+
     pub fn new(slices: Vec<VolatileSlice<'a>>) -> Self {
         GuestIovecs { slices }
     }
@@ -32,6 +39,61 @@ impl<'a> GuestIovecs<'a> {
 
     pub fn slices(&self) -> &[VolatileSlice<'a>] {
         &self.slices
+    }
+
+    /// The bytes `offset .. offset + len` of these buffers.
+    pub fn sub(&self, mut offset: usize, mut len: usize) -> GuestIovecs<'a> {
+        let mut out = Vec::new();
+        for s in &self.slices {
+            if len == 0 {
+                break;
+            }
+            if offset >= s.len() {
+                offset -= s.len();
+                continue;
+            }
+            let n = (s.len() - offset).min(len);
+            if let Ok(part) = s.subslice(offset, n) {
+                out.push(part);
+            }
+            len -= n;
+            offset = 0;
+        }
+        GuestIovecs { slices: out }
+    }
+
+    /// Fill the buffers with zeroes.
+    pub fn fill_zero(&self) {
+        const ZEROES: [u8; 4096] = [0; 4096];
+        for s in &self.slices {
+            let mut at = 0;
+            while at < s.len() {
+                let n = (s.len() - at).min(ZEROES.len());
+                if let Ok(part) = s.subslice(at, n) {
+                    part.copy_from(&ZEROES[..n]);
+                }
+                at += n;
+            }
+        }
+    }
+
+    /// Copy `data` into the buffers (as much as fits).
+    pub fn copy_from(&self, mut data: &[u8]) {
+        for s in &self.slices {
+            let n = s.len().min(data.len());
+            s.copy_from(&data[..n]);
+            data = &data[n..];
+        }
+    }
+
+    /// Copy the buffers' bytes into `out` (as much as fits).
+    pub fn copy_to(&self, mut out: &mut [u8]) {
+        for s in &self.slices {
+            let n = s.len().min(out.len());
+            let (head, rest) = out.split_at_mut(n);
+            s.copy_to(head);
+            out = rest;
+        }
     }
 
     /// The iovecs covering the buffers from byte `skip` on.

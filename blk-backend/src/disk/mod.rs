@@ -1,6 +1,7 @@
 //! Disk images behind the device: what a format must provide, and opening one by name.
 
 pub mod file_io;
+pub mod qcow2;
 pub mod raw;
 
 use std::io;
@@ -22,12 +23,17 @@ pub trait Disk: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Make a range read as zeroes; `unmap` allows deallocating it.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// Clean shutdown: flush, and leave the image as tidy as a clean close should.
+    fn close(&self) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 /// Image formats we open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Raw,
+    Qcow2,
     Auto,
 }
 
@@ -51,19 +57,49 @@ pub enum OpenError {
     },
     #[error("the image {0} is empty or smaller than one 512-byte sector")]
     TooSmall(PathBuf),
-    #[error("{path} is a {found} image; this build serves raw images only")]
-    UnsupportedFormat { path: PathBuf, found: &'static str },
+    #[error("{path} is not a qcow2 image (no qcow2 magic)")]
+    NotQcow2 { path: PathBuf },
+    #[error("cannot serve the qcow2 image {path}")]
+    Qcow2 {
+        path: PathBuf,
+        #[source]
+        source: qcow2::Qcow2Error,
+    },
 }
 
 /// Open the image at `path`.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Disk>, OpenError> {
-    if opts.format == Format::Auto && detect_qcow2(path)? {
-        return Err(OpenError::UnsupportedFormat {
+    open_at_depth(path, opts, 0)
+}
+
+/// Open an image that is `depth` levels down a backing chain.
+pub fn open_at_depth(
+    path: &Path,
+    opts: &OpenOptions,
+    depth: u32,
+) -> Result<Box<dyn Disk>, OpenError> {
+    let is_qcow2 = detect_qcow2(path)?;
+    let format = match opts.format {
+        Format::Auto if is_qcow2 => Format::Qcow2,
+        Format::Auto => Format::Raw,
+        f => f,
+    };
+    match format {
+        Format::Qcow2 if !is_qcow2 => Err(OpenError::NotQcow2 {
             path: path.to_path_buf(),
-            found: "qcow2",
-        });
+        }),
+        Format::Qcow2 => {
+            let file = raw::open_file(path, opts)?;
+            let disk = qcow2::Qcow2Disk::open(file, path, opts, depth).map_err(|source| {
+                OpenError::Qcow2 {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            Ok(Box::new(disk))
+        }
+        _ => Ok(Box::new(raw::RawDisk::open(path, opts)?)),
     }
-    Ok(Box::new(raw::RawDisk::open(path, opts)?))
 }
 
 /// Whether the file starts with the qcow2 magic (read without O_DIRECT, whatever the options).

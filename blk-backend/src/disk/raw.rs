@@ -20,12 +20,7 @@ impl RawDisk {
             path: path.to_path_buf(),
             source,
         };
-        let mut o = std::fs::OpenOptions::new();
-        o.read(true).write(!opts.readonly);
-        if opts.direct {
-            o.custom_flags(libc::O_DIRECT);
-        }
-        let file = o.open(path).map_err(err)?;
+        let file = open_file(path, opts)?;
         let meta = file.metadata().map_err(err)?;
         let len = if meta.file_type().is_file() {
             meta.len()
@@ -40,6 +35,19 @@ impl RawDisk {
         }
         Ok(RawDisk { file, capacity })
     }
+}
+
+/// Open an image file with the options' access mode and caching.
+pub fn open_file(path: &Path, opts: &OpenOptions) -> Result<File, OpenError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(!opts.readonly);
+    if opts.direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).map_err(|source| OpenError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Disk for RawDisk {
