@@ -24,6 +24,14 @@ pub struct BlkDevice {
     pub stats: Arc<Stats>,
 }
 
+/// How [`BlkDevice::start`] left a request.
+pub enum Start {
+    /// Answered; the used length.
+    Done(u32),
+    /// For the caller to run on the image file, then [`BlkDevice::finish`].
+    Io(Request),
+}
+
 /// How a request ended: the status byte and how many bytes went to the guest besides it.
 struct Outcome {
     status: u8,
@@ -46,28 +54,101 @@ impl Outcome {
 }
 
 impl BlkDevice {
-    /// Handle one chain; returns the used length to put in the used ring.
+    /// Handle one chain synchronously; returns the used length to put in the used ring.
     pub fn process<M>(&self, chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> u32
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
+        match self.start(chain, mem, false) {
+            Start::Done(len) => len,
+            // unreachable with async_io false; answered as an I/O error if it ever happens
+            Start::Io(req) => self.finish(mem, &req, Err(std::io::Error::other("no engine"))),
+        }
+    }
+
+    /// Begin a request. With `async_io`, reads, writes and flushes that the caller can run
+    /// asynchronously on the image file come back as [`Start::Io`] (the caller does the I/O
+    /// and calls [`BlkDevice::finish`]); everything else is done here.
+    pub fn start<M>(
+        &self,
+        chain: DescriptorChain<M>,
+        mem: &GuestMemoryMmap,
+        async_io: bool,
+    ) -> Start
+    where
+        M: Deref<Target = GuestMemoryMmap> + Clone,
+    {
         match request::parse(chain, &self.limits) {
+            Ok(req) if async_io && self.can_run_async(&req) => {
+                let s = &self.stats;
+                Stats::add(
+                    match req.kind {
+                        RequestKind::In => &s.reads,
+                        RequestKind::Out => &s.writes,
+                        _ => &s.flushes,
+                    },
+                    1,
+                );
+                Stats::add(&s.in_flight, 1);
+                Start::Io(req)
+            }
             Ok(req) => {
                 Stats::add(&self.stats.in_flight, 1);
                 let out = self.execute(&req, mem);
                 self.stats
                     .in_flight
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                self.answer(mem, req.status, out)
+                Start::Done(self.answer(mem, req.status, out))
             }
             Err(bad) => {
                 Stats::add(&self.stats.bad_requests, 1);
                 warn!("bad request from the guest: {}", bad.reason);
-                match bad.status {
+                Start::Done(match bad.status {
                     Some(status) => self.answer(mem, status, Outcome::status(VIRTIO_BLK_S_IOERR)),
                     None => 0,
-                }
+                })
             }
+        }
+    }
+
+    fn can_run_async(&self, req: &Request) -> bool {
+        match req.kind {
+            RequestKind::In => true,
+            RequestKind::Out | RequestKind::Flush => !self.readonly,
+            _ => false,
+        }
+    }
+
+    /// Complete a request started with [`Start::Io`]; returns the used length.
+    pub fn finish(&self, mem: &GuestMemoryMmap, req: &Request, result: std::io::Result<()>) -> u32 {
+        self.stats
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let s = &self.stats;
+        let out = self.io_result(result, req, || match req.kind {
+            RequestKind::In => {
+                Stats::add(&s.bytes_read, req.data_len);
+                req.data_len as u32
+            }
+            RequestKind::Out => {
+                Stats::add(&s.bytes_written, req.data_len);
+                0
+            }
+            _ => 0,
+        });
+        self.answer(mem, req.status, out)
+    }
+
+    /// Redo an asynchronous request synchronously (after a short transfer).
+    pub fn redo_sync(&self, mem: &GuestMemoryMmap, req: &Request) -> std::io::Result<()> {
+        match req.kind {
+            RequestKind::In => {
+                guest_iovecs(mem, &req.data).and_then(|b| self.disk.read_at(&b, req.offset()))
+            }
+            RequestKind::Out => {
+                guest_iovecs(mem, &req.data).and_then(|b| self.disk.write_at(&b, req.offset()))
+            }
+            _ => self.disk.flush(),
         }
     }
 
@@ -205,7 +286,7 @@ impl BlkDevice {
 }
 
 /// The guest buffers as iovecs (a buffer may span memory regions: get_slices splits it).
-fn guest_iovecs<'a>(
+pub fn guest_iovecs<'a>(
     mem: &'a GuestMemoryMmap,
     data: &[DataBuf],
 ) -> std::io::Result<GuestIovecs<'a>> {

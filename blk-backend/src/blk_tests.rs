@@ -2,53 +2,12 @@
 //! data round trips, read-only refusal, serials, discard and write-zeroes, hostile chains.
 
 use super::*;
-use crate::disk::{raw::RawDisk, Format, OpenOptions};
-use crate::test_util::{desc, header, memory, MIB, WRITE};
-use std::path::PathBuf;
+use crate::test_util::{desc, device, header, memory, TempImage, MIB, WRITE};
 use std::sync::atomic::Ordering::Relaxed;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 
 const STATUS: u64 = 0x40_0000;
-
-struct TempImage(PathBuf);
-
-impl TempImage {
-    fn new(tag: &str, bytes: &[u8]) -> TempImage {
-        let path = std::env::temp_dir().join(format!("sv-blk-{tag}-{}.img", std::process::id()));
-        std::fs::write(&path, bytes).unwrap();
-        TempImage(path)
-    }
-    fn bytes(&self) -> Vec<u8> {
-        std::fs::read(&self.0).unwrap()
-    }
-}
-
-impl Drop for TempImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn device(image: &TempImage, readonly: bool) -> BlkDevice {
-    let opts = OpenOptions {
-        readonly,
-        direct: false,
-        format: Format::Raw,
-    };
-    let disk = RawDisk::open(&image.0, &opts).unwrap();
-    let capacity = disk.capacity();
-    BlkDevice {
-        disk: Box::new(disk),
-        readonly,
-        serial: b"SERIAL-42".to_vec(),
-        limits: Limits {
-            capacity_bytes: capacity,
-            max_request_bytes: MIB,
-        },
-        stats: Arc::new(Stats::default()),
-    }
-}
 
 /// Run one chain through the device; returns (used length, status byte).
 fn run(dev: &BlkDevice, mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> (u32, u8) {

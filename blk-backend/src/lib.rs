@@ -9,6 +9,7 @@ pub mod blk;
 pub mod disk;
 pub mod request;
 pub mod stats;
+pub mod uring;
 pub mod vhu_blk;
 pub mod virtio_blk;
 
@@ -19,6 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
+use vhost_user_backend::VringEpollHandler;
+use vmm_sys_util::epoll::EventSet;
 
 use crate::blk::{BlkDevice, MAX_SEGMENTS};
 use crate::disk::{Format, OpenError, OpenOptions};
@@ -40,6 +43,8 @@ pub struct Config {
     pub queues: usize,
     pub queue_size: usize,
     pub serial: String,
+    /// Asynchronous I/O with io_uring (raw images); off or unavailable: synchronous.
+    pub uring: bool,
     pub daemon: DaemonArgs,
 }
 
@@ -62,6 +67,7 @@ struct BlkFactory {
     config: BlkConfig,
     queues: usize,
     queue_size: usize,
+    uring: bool,
 }
 
 impl BackendFactory for BlkFactory {
@@ -73,7 +79,23 @@ impl BackendFactory for BlkFactory {
             self.config.clone(),
             self.queues,
             self.queue_size,
-        )))
+            self.uring,
+        )?))
+    }
+
+    fn attach(
+        &mut self,
+        backend: &Self::Backend,
+        workers: &[Arc<VringEpollHandler<Self::Backend>>],
+    ) -> std::io::Result<()> {
+        // each queue's io_uring completions wake that queue's worker thread
+        let event = u64::from(vhu_blk::completion_event(self.queues));
+        for (fd, worker) in backend.completion_fds().into_iter().zip(workers) {
+            if let Some(fd) = fd {
+                worker.register_listener(fd, EventSet::IN, event)?;
+            }
+        }
+        Ok(())
     }
 
     fn log_stats(&self) -> Box<dyn Fn() + Send> {
@@ -147,11 +169,16 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         config.queues,
         config.queue_size
     );
+    let uring = config.uring && uring::available();
+    if config.uring && !uring {
+        tracing::warn!("io_uring is unavailable here: serving requests synchronously");
+    }
     let factory = BlkFactory {
         device,
         config: blk_config,
         queues: config.queues,
         queue_size: config.queue_size,
+        uring,
     };
     serve::serve("splitvisor-blk", &config.daemon, factory)?;
     Ok(())

@@ -32,9 +32,19 @@ struct Args {
     /// Descriptors per queue.
     #[arg(long, default_value_t = 256)]
     queue_size: usize,
+    /// I/O engine for raw images: `uring` (asynchronous, many requests in flight per queue)
+    /// or `sync` (one request at a time per queue). qcow2 always runs synchronously.
+    #[arg(long, value_enum, default_value = "uring")]
+    io_engine: IoEngine,
     /// Serial number reported to the guest (up to 20 bytes; /sys/block/vdX/serial).
     #[arg(long, value_name = "ID", default_value = "")]
     serial: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IoEngine {
+    Uring,
+    Sync,
 }
 
 impl From<Args> for Config {
@@ -47,6 +57,7 @@ impl From<Args> for Config {
             queues: a.queues,
             queue_size: a.queue_size,
             serial: a.serial,
+            uring: a.io_engine == IoEngine::Uring,
             daemon: a.daemon,
         }
     }

@@ -3,7 +3,13 @@
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::request::Header;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::blk::BlkDevice;
+use crate::disk::{raw::RawDisk, Disk, Format, OpenOptions};
+use crate::request::{Header, Limits};
+use crate::stats::Stats;
 
 pub const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 pub const MIB: u64 = 1 << 20;
@@ -25,4 +31,45 @@ pub fn header(mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
         sector: sector.into(),
     };
     mem.write_obj(h, GuestAddress(at)).unwrap();
+}
+
+/// A raw image file in the temporary directory, removed on drop.
+pub struct TempImage(pub PathBuf);
+
+impl TempImage {
+    pub fn new(tag: &str, bytes: &[u8]) -> TempImage {
+        let path = std::env::temp_dir().join(format!("sv-blk-{tag}-{}.img", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        TempImage(path)
+    }
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap()
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A device serving `image` with the serial `SERIAL-42`.
+pub fn device(image: &TempImage, readonly: bool) -> BlkDevice {
+    let opts = OpenOptions {
+        readonly,
+        direct: false,
+        format: Format::Raw,
+    };
+    let disk = RawDisk::open(&image.0, &opts).unwrap();
+    let capacity = disk.capacity();
+    BlkDevice {
+        disk: Box::new(disk),
+        readonly,
+        serial: b"SERIAL-42".to_vec(),
+        limits: Limits {
+            capacity_bytes: capacity,
+            max_request_bytes: MIB,
+        },
+        stats: Arc::new(Stats::default()),
+    }
 }

@@ -1,9 +1,11 @@
 //! `impl VhostUserBackend` for the block device: features, config space, and the queue loop.
-//! One worker thread per queue (vhost-user-backend runs one epoll loop per thread).
+//! One worker thread per queue (vhost-user-backend runs one epoll loop per thread), each with
+//! its own io_uring for raw images.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tracing::warn;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -15,7 +17,9 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::blk::BlkDevice;
+use crate::blk::{BlkDevice, Start};
+use crate::request::Request;
+use crate::uring::UringQueue;
 use crate::virtio_blk::*;
 
 /// The vhost-user face of one block device, for one frontend connection.
@@ -26,45 +30,148 @@ pub struct VhostUserBlk {
     queue_size: usize,
     event_idx: AtomicBool,
     mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// Per queue: its io_uring (when the disk allows asynchronous I/O) and its vring (known
+    /// from the first event, needed to complete requests when the ring is stopped).
+    queues: Vec<Mutex<QueueState>>,
+}
+
+struct QueueState {
+    uring: Option<UringQueue>,
+    vring: Option<VringRwLock>,
+}
+
+/// The `device_event` of io_uring completions (above the queues and the exit event).
+pub fn completion_event(num_queues: usize) -> u16 {
+    num_queues as u16 + 1
 }
 
 impl VhostUserBlk {
+    /// `uring`: run raw-image I/O asynchronously with one io_uring per queue.
     pub fn new(
         device: Arc<BlkDevice>,
         config: BlkConfig,
         num_queues: usize,
         queue_size: usize,
-    ) -> Self {
-        VhostUserBlk {
+        uring: bool,
+    ) -> io::Result<Self> {
+        let async_ok = uring && device.disk.identity_file().is_some();
+        let queues = (0..num_queues)
+            .map(|_| {
+                let uring = if async_ok {
+                    Some(UringQueue::new(queue_size)?)
+                } else {
+                    None
+                };
+                Ok(Mutex::new(QueueState { uring, vring: None }))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(VhostUserBlk {
             device,
             config,
             num_queues,
             queue_size,
             event_idx: AtomicBool::new(false),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
-        }
+            queues,
+        })
     }
 
-    /// Serve every available chain of `vring`, then notify the guest if it wants to be.
-    fn process_queue(&self, vring: &VringRwLock) -> io::Result<()> {
-        let atomic = self
+    /// The completion eventfd of each queue's io_uring (by queue = worker thread).
+    pub fn completion_fds(&self) -> Vec<Option<RawFd>> {
+        self.queues
+            .iter()
+            .map(|q| {
+                q.lock()
+                    .ok()
+                    .and_then(|q| q.uring.as_ref().map(UringQueue::completion_fd))
+            })
+            .collect()
+    }
+
+    fn queue_state(&self, index: usize) -> io::Result<MutexGuard<'_, QueueState>> {
+        self.queues
+            .get(index)
+            .ok_or_else(|| io::Error::other(format!("no queue {index}")))?
+            .lock()
+            .map_err(|_| io::Error::other("queue lock poisoned"))
+    }
+
+    fn memory(&self) -> io::Result<GuestMemoryAtomic<GuestMemoryMmap>> {
+        Ok(self
             .mem
             .read()
             .map_err(|_| io::Error::other("memory lock poisoned"))?
-            .clone();
+            .clone())
+    }
+
+    /// Serve every available chain of `vring`: synchronously, or submitted to the queue's
+    /// io_uring; then notify the guest if it wants to be.
+    fn process_queue(&self, qs: &mut QueueState, vring: &VringRwLock) -> io::Result<()> {
+        let atomic = self.memory()?;
         let mem = atomic.memory();
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
         let mut used_any = false;
+        let file = self.device.disk.identity_file();
         while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
-            let len = self.device.process(chain, &mem);
+            let async_io = qs.uring.is_some();
+            let len = match self.device.start(chain, &mem, async_io) {
+                Start::Done(len) => len,
+                Start::Io(req) => match (qs.uring.as_mut(), file) {
+                    (Some(ring), Some(file)) => match ring.push(file, head, req, atomic.memory()) {
+                        Ok(()) => continue,
+                        Err(req) => self.run_inline(&mem, &req),
+                    },
+                    _ => self.run_inline(&mem, &req),
+                },
+            };
             if let Err(e) = queue.add_used(&*mem, head, len) {
                 warn!("cannot return descriptor {head} to the guest: {e}");
             }
             used_any = true;
         }
+        if let Some(ring) = qs.uring.as_mut() {
+            ring.submit()?;
+            // whatever completed meanwhile goes back in this same pass (one interrupt for
+            // both), as QEMU does after each submission
+            for c in ring.reap(&self.device, false)? {
+                if let Err(e) = queue.add_used(&*mem, c.head, c.len) {
+                    warn!("cannot return descriptor {} to the guest: {e}", c.head);
+                }
+                used_any = true;
+            }
+        }
         if used_any && queue.needs_notification(&*mem).unwrap_or(true) {
+            state.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    fn run_inline(&self, mem: &GuestMemoryMmap, req: &Request) -> u32 {
+        let result = self.device.redo_sync(mem, req);
+        self.device.finish(mem, req, result)
+    }
+
+    /// Return completed io_uring requests to the guest (`wait`: all of them, for a stop).
+    fn complete(&self, qs: &mut QueueState, wait: bool) -> io::Result<()> {
+        let (Some(ring), Some(vring)) = (qs.uring.as_mut(), qs.vring.as_ref()) else {
+            return Ok(());
+        };
+        let done = ring.reap(&self.device, wait)?;
+        if done.is_empty() {
+            return Ok(());
+        }
+        let atomic = self.memory()?;
+        let mem = atomic.memory();
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        for c in &done {
+            if let Err(e) = queue.add_used(&*mem, c.head, c.len) {
+                warn!("cannot return descriptor {} to the guest: {e}", c.head);
+            }
+        }
+        if queue.needs_notification(&*mem).unwrap_or(true) {
             state.signal_used_queue()?;
         }
         Ok(())
@@ -129,6 +236,12 @@ impl VhostUserBackend for VhostUserBlk {
         (0..self.num_queues).map(|q| 1u64 << q).collect()
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: every accepted request completes before the ring's base is reported
+        let mut qs = self.queue_state(queue_index as usize)?;
+        self.complete(&mut qs, true)
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
     }
@@ -145,18 +258,28 @@ impl VhostUserBackend for VhostUserBlk {
             return Ok(());
         }
         // one queue per thread: the thread's only vring is index 0
-        let Some(vring) = vrings.get(usize::from(device_event)) else {
-            warn!("queue {thread_id}: event for unknown vring {device_event}");
+        let Some(vring) = vrings.first() else {
             return Ok(());
         };
+        let mut qs = self.queue_state(thread_id)?;
+        if qs.vring.is_none() {
+            qs.vring = Some(vring.clone());
+        }
+        if device_event == completion_event(self.num_queues) {
+            return self.complete(&mut qs, false);
+        }
+        if device_event != 0 {
+            warn!("queue {thread_id}: event for unknown source {device_event}");
+            return Ok(());
+        }
         if !self.event_idx.load(Ordering::Relaxed) {
-            return self.process_queue(vring);
+            return self.process_queue(&mut qs, vring);
         }
         // with EVENT_IDX: drain, re-enable notifications, and drain again if the guest added
         // chains meanwhile
         loop {
             vring.disable_notification().map_err(io::Error::other)?;
-            self.process_queue(vring)?;
+            self.process_queue(&mut qs, vring)?;
             if !vring.enable_notification().map_err(io::Error::other)? {
                 return Ok(());
             }

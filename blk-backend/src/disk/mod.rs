@@ -23,6 +23,11 @@ pub trait Disk: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Make a range read as zeroes; `unmap` allows deallocating it.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// The file whose bytes are the disk's bytes at the same offsets (raw images), for
+    /// asynchronous I/O straight on it; `None` when offsets need translating.
+    fn identity_file(&self) -> Option<&std::fs::File> {
+        None
+    }
     /// Clean shutdown: flush, and leave the image as tidy as a clean close should.
     fn close(&self) -> io::Result<()> {
         self.flush()

@@ -67,6 +67,10 @@ impl Disk for RawDisk {
         self.file.sync_data()
     }
 
+    fn identity_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         file_io::punch_hole(&self.file, offset, len)
     }

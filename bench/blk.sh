@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# bench/blk.sh [SECONDS] [ROUNDS]: splitvisor-blk against qemu-storage-daemon's vhost-user-blk
+# export, side by side, driven by sv-blkbench (a vhost-user frontend with no VM: memfd memory,
+# split virtqueues, eventfd kicks and calls). Same 1 GiB image file, O_DIRECT on both backends
+# (QSD with aio=io_uring, its fastest). Each row runs ROUNDS times (default 3), alternating
+# ours and QSD so drift hits both, and reports the median of each and their ratio.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SECS="${1:-3}"
+ROUNDS="${2:-3}"
+cargo build --release --workspace --bins --quiet
+BIN=target/release
+command -v qemu-storage-daemon >/dev/null || { echo "qemu-storage-daemon missing: scripts/install-deps.sh" >&2; exit 1; }
+
+WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/sv-blkbench.XXXXXX")"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+IMG="$WORK/disk.img"
+echo "[bench] writing a 1 GiB image with random data in $WORK" >&2
+dd if=/dev/urandom of="$IMG" bs=1M count=1024 status=none
+
+wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "no socket $1" >&2; exit 1; }
+
+ROWS=(
+    "randread 4096 1" "randwrite 4096 1"
+    "randread 4096 32" "randwrite 4096 32"
+    "read 1048576 8" "write 1048576 8"
+)
+echo "| queues | pattern | bs | qd/queue | splitvisor-blk IOPS | qemu-storage-daemon IOPS | ratio |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for Q in 1 4; do
+    "$BIN/splitvisor-blk" --socket "$WORK/sv.sock" --image "$IMG" --direct --queues "$Q" &
+    PIDS+=($!)
+    qemu-storage-daemon \
+        --blockdev "driver=file,node-name=f,filename=$IMG,cache.direct=on,aio=io_uring" \
+        --blockdev driver=raw,node-name=d,file=f \
+        --export "type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path=$WORK/qsd.sock,writable=on,num-queues=$Q" &
+    PIDS+=($!)
+    wait_sock "$WORK/sv.sock"
+    wait_sock "$WORK/qsd.sock"
+    for row in "${ROWS[@]}"; do
+        read -r rw bs qd <<<"$row"
+        run() {
+            timeout 60 "$BIN/sv-blkbench" --socket "$1" --rw "$rw" --bs "$bs" --qd "$qd" \
+                --queues "$Q" --secs "$SECS" --json | sed -E 's/.*"iops":([0-9]+).*/\1/'
+        }
+        a=() b=()
+        for _ in $(seq "$ROUNDS"); do
+            a+=("$(run "$WORK/sv.sock")")
+            b+=("$(run "$WORK/qsd.sock")")
+        done
+        median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+        ours="$(median "${a[@]}")"
+        theirs="$(median "${b[@]}")"
+        ratio="$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+        echo "| $Q | $rw | $bs | $qd | $ours | $theirs | $ratio |"
+    done
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
+    rm -f "$WORK"/*.sock
+done

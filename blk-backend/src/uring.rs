@@ -1,0 +1,266 @@
+//! Asynchronous request execution with io_uring, one ring per queue: reads, writes and
+//! flushes of raw images are submitted in a batch per kick and completed when the ring's
+//! eventfd (watched by the queue's worker thread) fires, so one queue keeps many requests in
+//! flight. Requests complete out of order, as virtio allows.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use io_uring::{opcode, types, IoUring};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::blk::BlkDevice;
+use crate::request::{Request, RequestKind};
+
+type MemGuard = <GuestMemoryAtomic<GuestMemoryMmap> as GuestAddressSpace>::T;
+
+/// One request the kernel is working on.
+struct InFlight {
+    head: u16,
+    req: Request,
+    /// Kept alive (with the memory they point into) until the completion.
+    iovecs: Vec<libc::iovec>,
+    mem: MemGuard,
+    expected: usize,
+}
+
+/// A finished request: its descriptor head and used length.
+pub struct Completed {
+    pub head: u16,
+    pub len: u32,
+}
+
+/// The io_uring of one queue.
+pub struct UringQueue {
+    ring: IoUring,
+    eventfd: EventFd,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    unsubmitted: usize,
+}
+
+// SAFETY: the raw iovec pointers in `slots` point into guest memory kept mapped by the
+// `MemGuard` stored next to them; the queue is used by one thread at a time (behind a mutex).
+unsafe impl Send for UringQueue {}
+
+impl UringQueue {
+    /// A ring for up to `depth` requests in flight; fails where io_uring is unavailable.
+    pub fn new(depth: usize) -> io::Result<UringQueue> {
+        let entries = depth.next_power_of_two() as u32;
+        // COOP_TASKRUN: completions are run when we enter the kernel anyway, not by
+        // interrupting the worker thread (Linux 5.19+; older kernels get a plain ring)
+        let ring = IoUring::new(entries)?;
+        let eventfd = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        Ok(UringQueue {
+            ring,
+            eventfd,
+            slots: (0..depth).map(|_| None).collect(),
+            free: (0..depth).rev().collect(),
+            unsubmitted: 0,
+        })
+    }
+
+    /// The eventfd that becomes readable when requests complete.
+    pub fn completion_fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Queue `req` (started by [`BlkDevice::start`]) for submission. Returns it back when no
+    /// slot is free (the caller then runs it synchronously).
+    pub fn push(
+        &mut self,
+        file: &File,
+        head: u16,
+        req: Request,
+        mem: MemGuard,
+    ) -> Result<(), Request> {
+        let Some(slot) = self.free.pop() else {
+            return Err(req);
+        };
+        let mut iovecs = Vec::with_capacity(req.data.len());
+        for d in &req.data {
+            for s in mem.get_slices(d.addr, d.len as usize).flatten() {
+                iovecs.push(libc::iovec {
+                    iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: s.len(),
+                });
+            }
+        }
+        let expected: usize = iovecs.iter().map(|v| v.iov_len).sum();
+        let fd = types::Fd(file.as_raw_fd());
+        let entry = match req.kind {
+            RequestKind::In => opcode::Readv::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
+                .offset(req.offset())
+                .build(),
+            RequestKind::Out => opcode::Writev::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
+                .offset(req.offset())
+                .build(),
+            _ => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        }
+        .user_data(slot as u64);
+        self.slots[slot] = Some(InFlight {
+            head,
+            req,
+            iovecs,
+            mem,
+            expected,
+        });
+        // SAFETY: the iovec array and the guest memory it points into live in `slots[slot]`
+        // (with the memory guard) until the completion for `slot` is reaped; the file stays
+        // open for the device's lifetime, which outlives this queue.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            // the SQ is sized for every slot, so this cannot happen; undo and run it inline
+            self.free.push(slot);
+            return Err(self.slots[slot].take().map(|f| f.req).expect("just stored"));
+        }
+        self.unsubmitted += 1;
+        Ok(())
+    }
+
+    /// Hand everything queued to the kernel (one system call).
+    pub fn submit(&mut self) -> io::Result<()> {
+        if self.unsubmitted > 0 {
+            self.ring.submit()?;
+            self.unsubmitted = 0;
+        }
+        Ok(())
+    }
+
+    /// Complete whatever finished; with `wait`, block until nothing is in flight.
+    pub fn reap(&mut self, dev: &BlkDevice, wait: bool) -> io::Result<Vec<Completed>> {
+        let _ = self.eventfd.read();
+        let mut done = Vec::new();
+        loop {
+            if wait && self.in_flight() > 0 {
+                self.ring.submit_and_wait(1)?;
+            }
+            let cqes: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            for (slot, result) in cqes {
+                let Some(f) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+                    continue;
+                };
+                self.free.push(slot as usize);
+                drop(f.iovecs);
+                let outcome = match result {
+                    r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+                    r if (r as usize) < f.expected => dev.redo_sync(&f.mem, &f.req),
+                    _ => Ok(()),
+                };
+                let len = dev.finish(&f.mem, &f.req, outcome);
+                done.push(Completed { head: f.head, len });
+            }
+            if !wait || self.in_flight() == 0 {
+                return Ok(done);
+            }
+        }
+    }
+}
+
+impl Drop for UringQueue {
+    fn drop(&mut self) {
+        // the kernel must be done with guest memory before the guards go
+        while self.in_flight() > 0 && self.ring.submit_and_wait(1).is_ok() {
+            let cqes: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
+            if cqes.is_empty() {
+                break;
+            }
+            for slot in cqes {
+                if let Some(s) = self.slots.get_mut(slot as usize) {
+                    if s.take().is_some() {
+                        self.free.push(slot as usize);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether this kernel lets us use io_uring (for the log line at start).
+pub fn available() -> bool {
+    IoUring::new(2).is_ok()
+}
+
+/// Shared handle type the backend keeps per queue.
+pub type SharedQueue = Arc<std::sync::Mutex<Option<UringQueue>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blk::Start;
+    use crate::test_util::{desc, device, header, memory, TempImage, MIB, WRITE};
+    use crate::virtio_blk::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn writes_reads_and_flushes_complete_through_io_uring() {
+        assert!(
+            available(),
+            "io_uring is unavailable on this kernel; the async engine cannot be tested"
+        );
+        let img = TempImage::new("uring", &vec![0u8; MIB as usize]);
+        let dev = device(&img, false);
+        let file = dev
+            .disk
+            .identity_file()
+            .expect("raw images allow async I/O");
+        let atomic = GuestMemoryAtomic::new(memory());
+        let mem = atomic.memory();
+        let mut ring = UringQueue::new(16).unwrap();
+        mem.write_slice(&[0x5au8; 8192], GuestAddress(0x20_0000))
+            .unwrap();
+        let mut run = |kind: u32, data_flags: u16| {
+            header(&mem, 0x10_0000, kind, 16);
+            let q = MockSplitQueue::new(&*mem, 16);
+            let mut descs = vec![desc(0x10_0000, 16, 0)];
+            if kind != VIRTIO_BLK_T_FLUSH {
+                descs.push(desc(
+                    if data_flags == 0 {
+                        0x20_0000
+                    } else {
+                        0x30_0000
+                    },
+                    8192,
+                    data_flags,
+                ));
+            }
+            descs.push(desc(0x40_0000, 1, WRITE));
+            let chain = q.build_desc_chain(&descs).unwrap();
+            let head = chain.head_index();
+            match dev.start(chain, &mem, true) {
+                Start::Io(req) => assert!(ring.push(file, head, req, atomic.memory()).is_ok()),
+                Start::Done(_) => panic!("request {kind} was not run asynchronously"),
+            }
+            ring.submit().unwrap();
+            let done = ring.reap(&dev, true).unwrap();
+            assert_eq!(done.len(), 1);
+            assert_eq!(ring.in_flight(), 0);
+            let status: u8 = mem.read_obj(GuestAddress(0x40_0000)).unwrap();
+            (done[0].len, status)
+        };
+        assert_eq!(run(VIRTIO_BLK_T_OUT, 0), (1, 0));
+        assert_eq!(run(VIRTIO_BLK_T_FLUSH, 0), (1, 0));
+        assert_eq!(run(VIRTIO_BLK_T_IN, WRITE), (8193, 0));
+        let mut back = [0u8; 8192];
+        mem.read_slice(&mut back, GuestAddress(0x30_0000)).unwrap();
+        assert!(back.iter().all(|b| *b == 0x5a));
+        let bytes = img.bytes();
+        assert!(bytes[8192..16384].iter().all(|b| *b == 0x5a));
+        assert!(bytes[..8192].iter().all(|b| *b == 0));
+    }
+}

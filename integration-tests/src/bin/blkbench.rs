@@ -1,0 +1,362 @@
+//! `sv-blkbench`: a vhost-user-blk frontend with no VM, to measure a block backend alone at
+//! native speed. Guest memory is a memfd (the vmm's own `GuestRam`); each queue is a split
+//! virtqueue this program fills, kicks through an eventfd and reaps when the call eventfd
+//! fires, keeping `--qd` requests in flight per queue, one thread per queue.
+//!
+//! sv-blkbench --socket S --rw randread|randwrite|read|write --bs 4096 --qd 32 --queues 4 --secs 4
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm::config::{ByteSize, MemoryConfig};
+use vmm::memory::GuestRam;
+use vmm_sys_util::eventfd::EventFd;
+
+const F_VERSION_1: u64 = 1 << 32;
+const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const F_BLK_MQ: u64 = 1 << 12;
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const QUEUE_SIZE: u16 = 256;
+/// Guest memory per queue: rings, headers, status bytes, then data buffers.
+const QUEUE_AREA: u64 = 64 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Pattern {
+    Randread,
+    Randwrite,
+    Read,
+    Write,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "sv-blkbench")]
+struct Args {
+    /// The backend's vhost-user socket.
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long, value_enum)]
+    rw: Pattern,
+    /// Request size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    bs: u64,
+    /// Requests in flight per queue.
+    #[arg(long, default_value_t = 1)]
+    qd: u16,
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 4.0)]
+    secs: f64,
+    /// Print one JSON object instead of a line for people.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.qd == 0 || u32::from(args.qd) * 3 > u32::from(QUEUE_SIZE) {
+        bail!("--qd must be between 1 and {}", QUEUE_SIZE / 3);
+    }
+    if args.bs == 0 || args.bs % 512 != 0 || args.bs * u64::from(args.qd) > QUEUE_AREA / 2 {
+        bail!(
+            "--bs must be a multiple of 512 with bs * qd <= {} MiB",
+            QUEUE_AREA >> 21
+        );
+    }
+    let size = QUEUE_AREA * u64::from(args.queues);
+    let ram = GuestRam::new(&MemoryConfig {
+        size: ByteSize(size),
+        hugepages: false,
+        mergeable: false,
+    })
+    .context("guest memory")?;
+    let mem = ram.memory().clone();
+    let (mut frontend, capacity) = connect(&args, &mem)?;
+    let queues = setup_queues(&mut frontend, &mem, args.queues)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.secs);
+    let start = Instant::now();
+    let results: Vec<Result<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = queues
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let mem = mem.clone();
+                let args = &args;
+                s.spawn(move || q.run(&mem, args, capacity, i as u64, deadline))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("queue thread panicked")))
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut ops = 0;
+    for r in results {
+        ops += r?;
+    }
+    let iops = ops as f64 / elapsed;
+    let mbps = iops * args.bs as f64 / 1e6;
+    if args.json {
+        println!(
+            "{{\"rw\":\"{:?}\",\"bs\":{},\"qd\":{},\"queues\":{},\"iops\":{iops:.0},\"mbps\":{mbps:.1}}}",
+            args.rw, args.bs, args.qd, args.queues
+        );
+    } else {
+        println!(
+            "{:?} bs={} qd={} queues={}: {iops:.0} IOPS, {mbps:.1} MB/s",
+            args.rw, args.bs, args.qd, args.queues
+        );
+    }
+    drop(frontend);
+    Ok(())
+}
+
+/// Negotiate; returns the frontend and the disk's capacity in bytes.
+fn connect(args: &Args, mem: &GuestMemoryMmap) -> Result<(Frontend, u64)> {
+    let mut f = Frontend::connect(&args.socket, u64::from(args.queues))
+        .with_context(|| format!("connect to {}", args.socket.display()))?;
+    f.set_owner().context("SET_OWNER")?;
+    let features = f.get_features().context("GET_FEATURES")?;
+    if features & F_VERSION_1 == 0 || features & F_PROTOCOL_FEATURES == 0 {
+        bail!("the backend lacks VERSION_1 or PROTOCOL_FEATURES");
+    }
+    let wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG;
+    let offered = f.get_protocol_features().context("GET_PROTOCOL_FEATURES")?;
+    f.set_protocol_features(offered & wanted)
+        .context("SET_PROTOCOL_FEATURES")?;
+    if args.queues > 1 && (features & F_BLK_MQ == 0 || f.get_queue_num()? < u64::from(args.queues))
+    {
+        bail!("the backend does not offer {} queues", args.queues);
+    }
+    let (_, config) = f
+        .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
+        .context("GET_CONFIG")?;
+    let capacity = u64::from_le_bytes(config[..8].try_into()?) * 512;
+    f.set_features(F_VERSION_1 | F_PROTOCOL_FEATURES | (features & F_BLK_MQ))
+        .context("SET_FEATURES")?;
+    let regions: Vec<_> = mem
+        .iter()
+        .map(VhostUserMemoryRegionInfo::from_guest_region)
+        .collect::<Result<_, _>>()?;
+    f.set_mem_table(&regions).context("SET_MEM_TABLE")?;
+    Ok((f, capacity))
+}
+
+/// One split virtqueue the harness drives.
+struct Queue {
+    base: u64,
+    kick: EventFd,
+    call: EventFd,
+}
+
+impl Queue {
+    fn desc(&self) -> u64 {
+        self.base
+    }
+    fn avail(&self) -> u64 {
+        self.base + 16 * u64::from(QUEUE_SIZE)
+    }
+    fn used(&self) -> u64 {
+        (self.avail() + 6 + 2 * u64::from(QUEUE_SIZE) + 4095) & !4095
+    }
+    fn headers(&self) -> u64 {
+        self.base + (1 << 20)
+    }
+    fn statuses(&self) -> u64 {
+        self.base + (2 << 20)
+    }
+    fn data(&self) -> u64 {
+        self.base + (4 << 20)
+    }
+}
+
+fn setup_queues(f: &mut Frontend, mem: &GuestMemoryMmap, count: u16) -> Result<Vec<Queue>> {
+    let mut queues = Vec::new();
+    for i in 0..count {
+        let q = Queue {
+            base: u64::from(i) * QUEUE_AREA,
+            kick: EventFd::new(0)?,
+            call: EventFd::new(0)?,
+        };
+        let host =
+            |gpa: u64| -> Result<u64> { Ok(mem.get_host_address(GuestAddress(gpa))? as u64) };
+        let index = usize::from(i);
+        f.set_vring_num(index, QUEUE_SIZE)?;
+        f.set_vring_addr(
+            index,
+            &VringConfigData {
+                queue_max_size: QUEUE_SIZE,
+                queue_size: QUEUE_SIZE,
+                flags: 0,
+                desc_table_addr: host(q.desc())?,
+                used_ring_addr: host(q.used())?,
+                avail_ring_addr: host(q.avail())?,
+                log_addr: None,
+            },
+        )?;
+        f.set_vring_base(index, 0)?;
+        f.set_vring_call(index, &q.call)?;
+        f.set_vring_kick(index, &q.kick).context("SET_VRING_KICK")?;
+        f.set_vring_enable(index, true)
+            .context("SET_VRING_ENABLE")?;
+        queues.push(q);
+    }
+    Ok(queues)
+}
+
+impl Queue {
+    /// Wait for the backend's interrupt. The call eventfd may have been made non-blocking by
+    /// the backend (QEMU does that to fds it receives: the file description is shared), so
+    /// poll it first.
+    fn wait_call(&self) -> Result<()> {
+        let mut pfd = libc::pollfd {
+            fd: self.call.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: poll reads and writes one pollfd we own, for at most 10 s.
+            let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+            if n == 0 {
+                bail!("no completion from the backend within 10 s");
+            }
+            if n > 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err.into());
+            }
+        }
+        match self.call.read() {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Build request `slot` (descriptors 3*slot..3*slot+2) for the byte offset `offset`.
+    fn post(
+        &self,
+        mem: &GuestMemoryMmap,
+        slot: u16,
+        write: bool,
+        offset: u64,
+        bs: u64,
+        avail_idx: u16,
+    ) -> Result<()> {
+        let hdr = self.headers() + u64::from(slot) * 16;
+        let status = self.statuses() + u64::from(slot);
+        let data = self.data() + u64::from(slot) * bs;
+        let kind: u32 = if write { 1 } else { 0 };
+        mem.write_obj(kind.to_le(), GuestAddress(hdr))?;
+        mem.write_obj(0u32, GuestAddress(hdr + 4))?;
+        mem.write_obj((offset / 512).to_le(), GuestAddress(hdr + 8))?;
+        let d = 3 * slot;
+        let descs = [
+            (hdr, 16u32, DESC_F_NEXT, d + 1),
+            (
+                data,
+                bs as u32,
+                DESC_F_NEXT | if write { 0 } else { DESC_F_WRITE },
+                d + 2,
+            ),
+            (status, 1, DESC_F_WRITE, 0),
+        ];
+        for (k, (addr, len, flags, next)) in descs.iter().enumerate() {
+            let at = self.desc() + (u64::from(d) + k as u64) * 16;
+            mem.write_obj(addr.to_le(), GuestAddress(at))?;
+            mem.write_obj(len.to_le(), GuestAddress(at + 8))?;
+            mem.write_obj(flags.to_le(), GuestAddress(at + 12))?;
+            mem.write_obj(next.to_le(), GuestAddress(at + 14))?;
+        }
+        let ring = self.avail() + 4 + u64::from(avail_idx % QUEUE_SIZE) * 2;
+        mem.write_obj(d.to_le(), GuestAddress(ring))?;
+        Ok(())
+    }
+
+    /// Make the posted requests visible to the backend and kick it.
+    fn publish(&self, mem: &GuestMemoryMmap, avail_idx: u16) -> Result<()> {
+        fence(Ordering::Release);
+        mem.store(
+            avail_idx.to_le(),
+            GuestAddress(self.avail() + 2),
+            Ordering::Release,
+        )?;
+        self.kick.write(1)?;
+        Ok(())
+    }
+
+    /// Keep `qd` requests in flight until the deadline; returns completed requests.
+    fn run(
+        self,
+        mem: &GuestMemoryMmap,
+        args: &Args,
+        capacity: u64,
+        seed: u64,
+        deadline: Instant,
+    ) -> Result<u64> {
+        let write = matches!(args.rw, Pattern::Randwrite | Pattern::Write);
+        let random = matches!(args.rw, Pattern::Randread | Pattern::Randwrite);
+        let blocks = capacity / args.bs;
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        // sequential streams start at different places per queue
+        let mut next_seq = seed * (blocks / u64::from(args.queues.max(1)));
+        let mut next_offset = || {
+            if random {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % blocks) * args.bs
+            } else {
+                next_seq = (next_seq + 1) % blocks;
+                next_seq * args.bs
+            }
+        };
+        let mut avail_idx: u16 = 0;
+        for slot in 0..args.qd {
+            self.post(mem, slot, write, next_offset(), args.bs, avail_idx)?;
+            avail_idx = avail_idx.wrapping_add(1);
+        }
+        self.publish(mem, avail_idx)?;
+        let mut last_used: u16 = 0;
+        let mut done = 0u64;
+        loop {
+            self.wait_call()?;
+            let used_idx =
+                u16::from_le(mem.load(GuestAddress(self.used() + 2), Ordering::Acquire)?);
+            let mut reposted = false;
+            while last_used != used_idx {
+                let elem = self.used() + 4 + u64::from(last_used % QUEUE_SIZE) * 8;
+                let id = u32::from_le(mem.read_obj(GuestAddress(elem))?) as u16;
+                last_used = last_used.wrapping_add(1);
+                let slot = id / 3;
+                let status: u8 = mem.read_obj(GuestAddress(self.statuses() + u64::from(slot)))?;
+                if status != 0 {
+                    bail!("request failed with status {status}");
+                }
+                done += 1;
+                if Instant::now() < deadline {
+                    self.post(mem, slot, write, next_offset(), args.bs, avail_idx)?;
+                    avail_idx = avail_idx.wrapping_add(1);
+                    reposted = true;
+                }
+            }
+            if reposted {
+                self.publish(mem, avail_idx)?;
+            } else if Instant::now() >= deadline && last_used == avail_idx {
+                return Ok(done);
+            }
+        }
+    }
+}
