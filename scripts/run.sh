@@ -1,18 +1,35 @@
 #!/usr/bin/env bash
 # The main job: build, fetch the guest kit, boot the nested-KVM sandbox, and inside it boot a
-# real Linux guest under splitvisor (Debian cloud kernel, 2 vCPUs, 512 MiB, serial console),
-# which reports its CPUs and memory and powers off.
+# real Linux guest under splitvisor (Debian cloud kernel, 2 vCPUs, 512 MiB, serial console)
+# with its disk served by a splitvisor-blk process (a qcow2 image made by qemu-img): the guest
+# makes a file system, writes and reads a file, shows its CPUs, memory and disk, and powers
+# off; qemu-img then checks the image the guest wrote.
+# (net and balloon backends join here as they land.)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install-deps.sh
 scripts/guest-kit.sh
 cargo build --release --workspace --bins
 echo "[run] booting the nested-KVM sandbox (L1 Linux under QEMU TCG with kvm-amd)"
-GUEST_CMD='echo; echo "guest: $(nproc) vCPUs, $(grep MemTotal /proc/meminfo)"; uname -a'
+GUEST_CMD='echo; echo "guest: $(nproc) vCPUs, $(grep MemTotal /proc/meminfo)"; uname -a
+echo "guest: disk vda: $(cat /sys/block/vda/size) sectors, serial $(cat /sys/block/vda/serial), $(ls /sys/block/vda/mq | wc -l) queues"
+mkfs.ext4 -q /dev/vda && mkdir -p /mnt && mount /dev/vda /mnt &&
+echo "hello from the guest" > /mnt/hello && sync && echo "guest: wrote /mnt/hello: $(cat /mnt/hello)" && df -h /mnt | tail -n1
+umount /mnt'
 B64=$(printf '%s' "$GUEST_CMD" | base64 -w0)
-exec target/release/sv-sandbox "
-ls -l /dev/kvm && sv-kvm-smoke &&
-echo '[run] splitvisor: booting the Debian cloud kernel (2 vCPUs, 512M)' &&
-splitvisor --kernel \$KIT/l2/vmlinuz --initramfs \$KIT/l2/initramfs-min.cpio.gz \
-    --cpus 2 --memory 512M --cmdline 'console=ttyS0 quiet sv.cmd64=$B64' </dev/null &&
-echo '[run] the guest powered off; splitvisor exited 0'"
+exec target/release/sv-sandbox --host-tool qemu-img "
+set -e
+ls -l /dev/kvm && sv-kvm-smoke
+qemu-img create -q -f qcow2 /tmp/disk.qcow2 1G
+echo '[run] splitvisor-blk: serving /tmp/disk.qcow2 (2 queues)'
+splitvisor-blk --socket /tmp/blk.sock --image /tmp/disk.qcow2 --queues 2 --serial RUN-DISK-1 --pidfile /tmp/blk.pid &
+BLK=\$!
+i=0; while [ ! -e /tmp/blk.pid ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done
+echo '[run] splitvisor: booting the Debian cloud kernel (2 vCPUs, 512M, disk on splitvisor-blk)'
+splitvisor --kernel \$KIT/l2/vmlinuz --initramfs \$KIT/l2/initramfs.cpio.gz \
+    --cpus 2 --memory 512M --cmdline 'console=ttyS0 quiet sv.cmd64=$B64' \
+    --device vhost-user,type=blk,socket=/tmp/blk.sock,queues=2 </dev/null
+echo '[run] the guest powered off; splitvisor exited 0'
+kill -TERM \$BLK; wait \$BLK
+echo '[run] splitvisor-blk exited; qemu-img check of the image the guest wrote:'
+qemu-img check /tmp/disk.qcow2"

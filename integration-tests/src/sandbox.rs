@@ -43,6 +43,8 @@ pub enum SandboxError {
     },
     #[error("the sandbox did not finish within {0:?}; console tail:\n{1}")]
     Timeout(Duration, String),
+    #[error("L1 printed nothing (not even its heartbeat) for {0:?}: it froze; console tail:\n{1}")]
+    Frozen(Duration, String),
     #[error("L1 stopped (QEMU exit status {0}) without reporting the job's exit status; console tail:\n{1}")]
     NoExitStatus(i32, String),
 }
@@ -96,6 +98,8 @@ pub struct Sandbox {
 
 static JOB_COUNTER: AtomicU32 = AtomicU32::new(0);
 const TAIL_LINES: usize = 40;
+/// No console line at all (not even L1's 30-second heartbeat) for this long: L1 is frozen.
+const L1_SILENCE_LIMIT: Duration = Duration::from_secs(100);
 
 impl Sandbox {
     /// A sandbox using the mode from the environment (`SPLITVISOR_SANDBOX`), the guest kit,
@@ -345,11 +349,18 @@ impl Sandbox {
         }
         drop(tx);
         let deadline = Instant::now() + self.timeout;
+        // L1 prints a heartbeat every 30 s: silence for much longer means L1 froze
+        let stall = (tag == "L1").then_some(L1_SILENCE_LIMIT);
+        let mut last_line = Instant::now();
         let mut console = String::new();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if let Some(limit) = stall {
+                left = left.min((last_line + limit).saturating_duration_since(Instant::now()));
+            }
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    last_line = Instant::now();
                     if self.echo {
                         eprintln!("{tag}| {line}");
                     }
@@ -362,6 +373,9 @@ impl Sandbox {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     child.kill();
+                    if Instant::now() < deadline {
+                        return Err(SandboxError::Frozen(L1_SILENCE_LIMIT, tail(&console)));
+                    }
                     return Err(SandboxError::Timeout(self.timeout, tail(&console)));
                 }
             }
@@ -470,8 +484,8 @@ fn copy_host_tool(name: &str, job: &Path) -> Result<(), SandboxError> {
 /// The job of a test file, run once for all its tests (even when it fails: each test then
 /// fails with the reason instead of running the job again).
 ///
-/// A job whose L1 froze (timeout) or died without reporting the script's status is run once
-/// more: the nested sandbox (QEMU-TCG's emulated SVM) now and then freezes or resets L1
+/// A job whose L1 froze (silent past its heartbeat, or timed out) or died without reporting
+/// the script's status is run once more: the nested sandbox (QEMU-TCG's emulated SVM) now and then freezes or resets L1
 /// altogether, which no script inside it can bound. A second such failure, or any other
 /// failure, fails the tests. A job that ran and failed is never retried.
 pub fn shared_job(
@@ -480,7 +494,11 @@ pub fn shared_job(
 ) -> &'static JobOutput {
     let result = cell.get_or_init(|| {
         match run() {
-            Err(e @ (SandboxError::Timeout(..) | SandboxError::NoExitStatus(..))) => {
+            Err(
+                e @ (SandboxError::Timeout(..)
+                | SandboxError::Frozen(..)
+                | SandboxError::NoExitStatus(..)),
+            ) => {
                 eprintln!("sandbox job failed in L1 itself ({e}); running it once more");
                 run()
             }

@@ -35,7 +35,7 @@ heartbeat() {
     while sleep 30; do
         busy=""
         for p in /proc/[0-9]*; do
-            read -r _ comm state _ <"$p/stat" 2>/dev/null || continue
+            { read -r _ comm state _ <"$p/stat"; } 2>/dev/null || continue
             case "$state" in
                 D | R) busy="$busy $comm/$state/$(cat "$p/wchan" 2>/dev/null)" ;;
             esac
