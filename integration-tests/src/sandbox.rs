@@ -98,6 +98,10 @@ pub struct Sandbox {
 
 static JOB_COUNTER: AtomicU32 = AtomicU32::new(0);
 const TAIL_LINES: usize = 40;
+/// One L1 CPU: with two, QEMU-TCG's emulated SVM now and then reset or froze L1 (or reset
+/// L2) under cross-CPU load (heavy I/O through io_uring, VM start/stop); with one, the same
+/// jobs ran clean. L2 guests still get as many vCPUs as they ask for (threads in L1).
+const DEFAULT_L1_CPUS: u32 = 1;
 /// No console line at all (not even L1's 30-second heartbeat) for this long: L1 is frozen.
 const L1_SILENCE_LIMIT: Duration = Duration::from_secs(100);
 
@@ -123,7 +127,10 @@ impl Sandbox {
             kit,
             bin_dir,
             memory_mib: 3072,
-            cpus: 2,
+            cpus: std::env::var("SPLITVISOR_SANDBOX_CPUS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(DEFAULT_L1_CPUS),
             timeout,
             host_tools: Vec::new(),
             host_dirs: Vec::new(),

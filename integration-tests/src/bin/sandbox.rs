@@ -22,9 +22,9 @@ struct Args {
     /// L1 memory in MiB.
     #[arg(long, default_value_t = 3072)]
     memory: u32,
-    /// L1 vCPUs.
-    #[arg(long, default_value_t = 2)]
-    cpus: u32,
+    /// L1 vCPUs (default 1, or SPLITVISOR_SANDBOX_CPUS; see docs/testing.md).
+    #[arg(long)]
+    cpus: Option<u32>,
     /// Copy this host program (and its libraries) into L1; repeatable.
     #[arg(long = "host-tool", value_name = "NAME")]
     host_tools: Vec<String>,
@@ -53,8 +53,10 @@ fn main() -> Result<ExitCode> {
         .mode(mode)
         .timeout(Duration::from_secs(args.timeout))
         .memory_mib(args.memory)
-        .cpus(args.cpus)
         .keep_job_dir(args.keep);
+    if let Some(cpus) = args.cpus {
+        sandbox = sandbox.cpus(cpus);
+    }
     for tool in &args.host_tools {
         sandbox = sandbox.host_tool(tool);
     }
