@@ -1,12 +1,17 @@
 //! CPUID for each vCPU: what KVM supports (including its paravirt leaves 0x4000_0000+), with
-//! the topology made consistent: APIC ids, logical processor counts, the hypervisor bit.
+//! the topology made consistent (APIC ids, logical processor counts, the hypervisor bit) and
+//! the XSAVE leaf made to agree with the feature bits.
 
 use kvm_bindings::CpuId;
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEAF_EXT_FEATURES: u32 = 0x7;
+const LEAF_XSAVE: u32 = 0xd;
 const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
+/// The legacy FXSAVE area plus the XSAVE header.
+const XSAVE_LEGACY_SIZE: u32 = 512 + 64;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 
@@ -17,6 +22,7 @@ fn id_bits(n: u32) -> u32 {
 
 pub fn for_vcpu(supported: &CpuId, id: u8, count: u8) -> CpuId {
     let mut cpuid = supported.clone();
+    consistent_xsave(&mut cpuid);
     let (id, count) = (u32::from(id), u32::from(count));
     for e in cpuid.as_mut_slice() {
         match e.function {
@@ -64,6 +70,66 @@ pub fn for_vcpu(supported: &CpuId, id: u8, count: u8) -> CpuId {
     cpuid
 }
 
+fn entry(cpuid: &CpuId, function: u32, index: u32) -> Option<kvm_bindings::kvm_cpuid_entry2> {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == function && e.index == index)
+        .copied()
+}
+
+/// Make leaf 0xD offer only the XSAVE state components whose features leaves 1 and 7 offer,
+/// and size it accordingly, as QEMU and Cloud Hypervisor derive this leaf from the feature
+/// bits: a guest kernel sizes its FPU save area from the components it can use, and a CPUID
+/// that offers more components than features makes it warn ("XSAVE consistency problem") and
+/// fall back. (Under KVM nested in QEMU TCG the guest still warns: there the mismatch comes
+/// from the emulated CPU itself.)
+fn consistent_xsave(cpuid: &mut CpuId) {
+    let leaf1 = entry(cpuid, LEAF_FEATURES, 0).unwrap_or_default();
+    let leaf7 = entry(cpuid, LEAF_EXT_FEATURES, 0).unwrap_or_default();
+    let mut allowed: u64 = 0b11; // x87, SSE
+    let mut allow = |feature: bool, components: u64| {
+        if feature {
+            allowed |= components;
+        }
+    };
+    allow(leaf1.ecx & (1 << 28) != 0, 1 << 2); // AVX: YMM upper halves
+    allow(leaf7.ebx & (1 << 14) != 0, 0b11 << 3); // MPX: BNDREGS, BNDCSR
+    allow(leaf7.ebx & (1 << 16) != 0, 0b111 << 5); // AVX-512: opmask, ZMM_Hi256, Hi16_ZMM
+    allow(leaf7.ecx & (1 << 3) != 0, 1 << 9); // PKU: PKRU
+    allow(leaf7.edx & (1 << 24) != 0, 0b11 << 17); // AMX: TILECFG, TILEDATA
+                                                   // the user components that stay, with their (size, offset) from their own subleaves
+    let mut end = XSAVE_LEGACY_SIZE;
+    for e in cpuid.as_slice() {
+        let i = e.index;
+        if e.function == LEAF_XSAVE && (2..63).contains(&i) && allowed & (1 << i) != 0 {
+            end = end.max(e.ebx.saturating_add(e.eax));
+        }
+    }
+    for e in cpuid.as_mut_slice() {
+        if e.function != LEAF_XSAVE {
+            continue;
+        }
+        match e.index {
+            0 => {
+                e.eax &= allowed as u32;
+                e.edx &= (allowed >> 32) as u32;
+                e.ecx = end;
+                e.ebx = e.ebx.min(end);
+            }
+            1 => {}
+            i if i < 63 && allowed & (1 << i) == 0 && e.ecx & 1 == 0 => {
+                // a user component we do not offer (supervisor ones, ECX bit 0, stay)
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +160,48 @@ mod tests {
         assert_eq!((leafb.eax, leafb.ebx, leafb.edx), (2, 4, 3));
         assert_eq!(id_bits(1), 0);
         assert_eq!(id_bits(5), 3);
+    }
+
+    fn leaf(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn xsave_components_follow_the_feature_bits() {
+        // what KVM nested under QEMU TCG reported: AVX and PKRU in 0xD, neither in leaves 1/7
+        let mut c = CpuId::from_entries(&[
+            leaf(1, 0, 0, 0, 1 << 26, 0),
+            leaf(7, 0, 0, 0, 0, 0),
+            leaf(0xd, 0, 0x207, 0x240, 0xa88, 0),
+            leaf(0xd, 1, 5, 0, 0, 0),
+            leaf(0xd, 2, 0x100, 0x240, 0, 0),
+            leaf(0xd, 9, 8, 0xa80, 0, 0),
+        ])
+        .unwrap();
+        consistent_xsave(&mut c);
+        let d0 = entry(&c, 0xd, 0).unwrap();
+        assert_eq!((d0.eax, d0.ecx), (0b11, 576));
+        assert_eq!(entry(&c, 0xd, 2).unwrap().eax, 0);
+        assert_eq!(entry(&c, 0xd, 9).unwrap().eax, 0);
+        assert_eq!(entry(&c, 0xd, 1).unwrap().eax, 5);
+        // with AVX offered, its component stays and sizes the area
+        let mut c = CpuId::from_entries(&[
+            leaf(1, 0, 0, 0, (1 << 26) | (1 << 28), 0),
+            leaf(0xd, 0, 0x207, 0x240, 0xa88, 0),
+            leaf(0xd, 2, 0x100, 0x240, 0, 0),
+            leaf(0xd, 9, 8, 0xa80, 0, 0),
+        ])
+        .unwrap();
+        consistent_xsave(&mut c);
+        let d0 = entry(&c, 0xd, 0).unwrap();
+        assert_eq!((d0.eax, d0.ecx), (0b111, 0x340));
     }
 }
