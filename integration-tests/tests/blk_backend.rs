@@ -1,7 +1,8 @@
 //! splitvisor-blk under our own vmm, inside the nested-KVM sandbox: a verifying fio job on two
 //! queues, then a file system made, filled and synced by the guest is intact when a second VM
 //! opens the image through the same backend process (which serves the new connection); and a
-//! read-only backend keeps the guest from changing a single byte.
+//! read-only backend keeps the guest from changing a single byte; the verifying fio job also
+//! passes on a qcow2 image, which `qemu-img check` finds clean afterwards.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -57,6 +58,7 @@ vm() { # vm NAME GUEST64 SOCKET
 }
 vm fs $GUEST_FS64 $W/blk.sock
 vm check $GUEST_CHECK64 $W/blk.sock
+
 kill -TERM $BLK; wait $BLK
 echo "L1-BLK-EXIT $?" >> "$JOB/l1.txt"
 
@@ -68,6 +70,14 @@ boot_case ro 300 --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs.cpio.gz --mem
     --device vhost-user,type=blk,socket=$W/ro.sock
 kill -TERM $RO; wait $RO
 echo "L1-MD5-AFTER-RO $(md5sum < $W/disk.img | cut -d' ' -f1)" >> "$JOB/l1.txt"
+
+# the verifying fio job on a qcow2 image, which qemu-img then checks
+qemu-img create -q -f qcow2 $W/disk.qcow2 128M
+start_blk qcow2 $W $W/disk.qcow2 --queues 2
+vm qcow2 $GUEST_FIO64 $W/qcow2.sock
+kill -TERM $BLK_PID; wait $BLK_PID
+qemu-img check $W/disk.qcow2 > "$JOB/qcow2-check.txt" 2>&1
+echo "L1-QCOW2-CHECK-RC $?" >> "$JOB/l1.txt"
 "#;
 
 fn job() -> &'static JobOutput {
@@ -76,11 +86,13 @@ fn job() -> &'static JobOutput {
         let b = |s: &str| guest::base64(s.as_bytes());
         Sandbox::new()?
             .timeout(Duration::from_secs(480))
+            .host_tool("qemu-img")
             .run(&format!(
-                "{GUEST_SH}\nGUEST_FS64={}\nGUEST_CHECK64={}\nGUEST_RO64={}\n{JOB}",
+                "{GUEST_SH}\nGUEST_FS64={}\nGUEST_CHECK64={}\nGUEST_RO64={}\nGUEST_FIO64={}\n{JOB}",
                 b(&(guest::vda_fio_verify(16) + GUEST_FS)),
                 b(GUEST_CHECK),
-                b(GUEST_RO)
+                b(GUEST_RO),
+                b(&guest::vda_fio_verify(16)),
             ))
     })
 }
@@ -135,4 +147,14 @@ fn a_read_only_backend_refuses_writes_and_leaves_the_image_unchanged() {
         guest::value(&fs, "GUEST-FILES-MD5"),
         "{ro}"
     );
+}
+
+#[test]
+fn fio_verify_passes_on_qcow2_under_our_vmm_and_the_image_checks_clean() {
+    let log = log("qcow2");
+    let l1 = job().file("l1.txt").unwrap_or_default();
+    let check = job().file("qcow2-check.txt").unwrap_or_default();
+    assert_eq!(guest::value(&log, "GUEST-FIO-STATUS"), Some("0"), "{log}");
+    assert_eq!(guest::value(&l1, "L1-QCOW2-CHECK-RC"), Some("0"), "{check}");
+    assert!(check.contains("No errors were found"), "{check}");
 }
