@@ -51,6 +51,11 @@ pub trait BackendFactory: Send + 'static {
         Box::new(|| {})
     }
 
+    /// SIGUSR2: look at the backing resource again (e.g. the image's size).
+    fn on_reload(&self) -> Box<dyn Fn() + Send> {
+        Box::new(|| {})
+    }
+
     /// Last words before the process exits on SIGTERM (flush what must be on disk).
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
         Box::new(|| {})
@@ -140,6 +145,7 @@ fn install_signal_actions<F: BackendFactory>(
     let last_words = factory.on_terminate();
     signals::spawn_signal_thread(SignalActions {
         on_stats: factory.log_stats(),
+        on_reload: factory.on_reload(),
         on_terminate: Box::new(move || {
             last_words();
             if let Some(p) = &socket_path {

@@ -1,5 +1,6 @@
 //! Signals for backend processes, handled on one thread with `sigwait` (no async-signal-safety
-//! puzzles): SIGTERM/SIGINT/SIGHUP end the process cleanly, SIGUSR1 asks for the counters.
+//! puzzles): SIGTERM/SIGINT/SIGHUP end the process cleanly, SIGUSR1 asks for the counters,
+//! SIGUSR2 asks the device to look at its backing resource again (online resize).
 //!
 //! [`block_signals`] must run in `main` before any other thread exists, so every thread
 //! inherits the blocked mask and only the signal thread ever receives them.
@@ -10,11 +11,19 @@ use std::io;
 pub struct SignalActions {
     /// SIGUSR1: log the counters.
     pub on_stats: Box<dyn Fn() + Send>,
+    /// SIGUSR2: reload (the block backend rereads the image size).
+    pub on_reload: Box<dyn Fn() + Send>,
     /// SIGTERM/SIGINT/SIGHUP: last words (flush, remove socket and pidfile) before exit(0).
     pub on_terminate: Box<dyn Fn() + Send>,
 }
 
-const HANDLED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+const HANDLED: [libc::c_int; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 fn handled_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own; the signal numbers
@@ -54,6 +63,8 @@ pub fn spawn_signal_thread(actions: SignalActions) -> io::Result<()> {
             }
             if sig == libc::SIGUSR1 {
                 (actions.on_stats)();
+            } else if sig == libc::SIGUSR2 {
+                (actions.on_reload)();
             } else {
                 tracing::info!("signal {sig}: exiting");
                 (actions.on_terminate)();

@@ -20,7 +20,8 @@ pub struct BlkDevice {
     pub disk: Box<dyn Disk>,
     pub readonly: bool,
     pub serial: Vec<u8>,
-    pub limits: Limits,
+    /// Largest data length of one request.
+    pub max_request_bytes: u64,
     pub stats: Arc<Stats>,
 }
 
@@ -54,6 +55,21 @@ impl Outcome {
 }
 
 impl BlkDevice {
+    /// What requests are checked against now (the capacity can change: online resize).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            capacity_bytes: self.disk.capacity(),
+            max_request_bytes: self.max_request_bytes,
+        }
+    }
+
+    /// Take the image's current size as the disk's; returns `(old, new)` when it changed.
+    pub fn resize(&self) -> std::io::Result<Option<(u64, u64)>> {
+        let old = self.disk.capacity();
+        let new = self.disk.refresh_capacity()?;
+        Ok((old != new).then_some((old, new)))
+    }
+
     /// Handle one chain synchronously; returns the used length to put in the used ring.
     pub fn process<M>(&self, chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> u32
     where
@@ -78,7 +94,7 @@ impl BlkDevice {
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
-        match request::parse(chain, &self.limits) {
+        match request::parse(chain, &self.limits()) {
             Ok(req) if async_io && self.can_run_async(&req) => {
                 let s = &self.stats;
                 Stats::add(
@@ -262,7 +278,7 @@ impl BlkDevice {
                 return Outcome::status(VIRTIO_BLK_S_UNSUPP);
             }
             let bytes = u64::from(seg.num_sectors.to_native()) << SECTOR_SHIFT;
-            if let Err(r) = request::check_range(seg.sector.to_native(), bytes, &self.limits) {
+            if let Err(r) = request::check_range(seg.sector.to_native(), bytes, &self.limits()) {
                 return bad(r);
             }
         }

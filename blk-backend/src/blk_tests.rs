@@ -166,3 +166,31 @@ fn hostile_chains_get_an_error_or_nothing_and_are_counted() {
     assert_eq!(dev.stats.unsupported.load(Relaxed), 1);
     assert_eq!(img.bytes(), vec![0u8; MIB as usize]);
 }
+
+#[test]
+fn a_grown_image_is_taken_on_resize_and_bounds_the_requests() {
+    let img = TempImage::new("grow", &vec![0u8; MIB as usize]);
+    let dev = device(&img, false);
+    let mem = memory();
+    header(&mem, 0x10_0000, VIRTIO_BLK_T_OUT, MIB / 512);
+    let c = [
+        desc(0x10_0000, 16, 0),
+        desc(0x20_0000, 512, 0),
+        desc(STATUS, 1, WRITE),
+    ];
+    assert_eq!(
+        run(&dev, &mem, &c),
+        (1, IOERR),
+        "past the end before the resize"
+    );
+    assert_eq!(dev.resize().unwrap(), None);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.0)
+        .unwrap()
+        .set_len(2 * MIB)
+        .unwrap();
+    assert_eq!(dev.resize().unwrap(), Some((MIB, 2 * MIB)));
+    assert_eq!(dev.limits().capacity_bytes, 2 * MIB);
+    assert_eq!(run(&dev, &mem, &c), (1, OK), "inside the grown disk");
+}

@@ -17,7 +17,7 @@ pub mod virtio_blk;
 mod test_util;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
 use vhost_user_backend::VringEpollHandler;
@@ -25,7 +25,6 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::blk::{BlkDevice, MAX_SEGMENTS};
 use crate::disk::{Format, OpenError, OpenOptions};
-use crate::request::Limits;
 use crate::stats::Stats;
 use crate::vhu_blk::VhostUserBlk;
 use crate::virtio_blk::BlkConfig;
@@ -64,6 +63,8 @@ pub enum Error {
 /// Makes a fresh vhost-user face for each connection over the one open device.
 struct BlkFactory {
     device: Arc<BlkDevice>,
+    /// The current connection's device face, for config-change messages.
+    current: Arc<Mutex<Weak<VhostUserBlk>>>,
     config: BlkConfig,
     queues: usize,
     queue_size: usize,
@@ -74,13 +75,39 @@ impl BackendFactory for BlkFactory {
     type Backend = Arc<VhostUserBlk>;
 
     fn create(&mut self) -> std::io::Result<Self::Backend> {
-        Ok(Arc::new(VhostUserBlk::new(
+        let vu = Arc::new(VhostUserBlk::new(
             self.device.clone(),
             self.config.clone(),
             self.queues,
             self.queue_size,
             self.uring,
-        )?))
+        )?);
+        if let Ok(mut c) = self.current.lock() {
+            *c = Arc::downgrade(&vu);
+        }
+        Ok(vu)
+    }
+
+    fn on_reload(&self) -> Box<dyn Fn() + Send> {
+        // SIGUSR2: online resize — take the image's new size and tell the guest
+        let device = self.device.clone();
+        let current = self.current.clone();
+        Box::new(move || match device.resize() {
+            Ok(None) => tracing::info!("resize: the image size did not change"),
+            Ok(Some((old, new))) => {
+                tracing::info!("resize: the disk changes from {old} to {new} bytes");
+                let vu = current.lock().ok().and_then(|c| c.upgrade());
+                match vu.map(|vu| vu.notify_config_change()) {
+                    Some(Ok(true)) => {}
+                    // vhost 0.18's backend channel has no CONFIG_CHANGE_MSG yet (ENOSYS)
+                    _ => tracing::warn!(
+                        "resize: the frontend could not be told; the guest sees the new size \
+                         when its driver next reads the configuration"
+                    ),
+                }
+            }
+            Err(e) => tracing::error!("resize: cannot read the image size: {e}"),
+        })
     }
 
     fn attach(
@@ -139,10 +166,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         disk,
         readonly: config.readonly,
         serial: config.serial.as_bytes().to_vec(),
-        limits: Limits {
-            capacity_bytes: capacity,
-            max_request_bytes: u64::from(seg_max) * u64::from(SIZE_MAX),
-        },
+        max_request_bytes: u64::from(seg_max) * u64::from(SIZE_MAX),
         stats: Arc::new(Stats::default()),
     });
     let blk_config = BlkConfig {
@@ -175,6 +199,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
     }
     let factory = BlkFactory {
         device,
+        current: Arc::new(Mutex::new(Weak::new())),
         config: blk_config,
         queues: config.queues,
         queue_size: config.queue_size,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::blk::BlkDevice;
-use crate::disk::{raw::RawDisk, Disk, Format, OpenOptions};
-use crate::request::{Header, Limits};
+use crate::disk::{raw::RawDisk, Format, OpenOptions};
+use crate::request::Header;
 use crate::stats::Stats;
 
 pub const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
@@ -61,15 +61,11 @@ pub fn device(image: &TempImage, readonly: bool) -> BlkDevice {
         format: Format::Raw,
     };
     let disk = RawDisk::open(&image.0, &opts).unwrap();
-    let capacity = disk.capacity();
     BlkDevice {
         disk: Box::new(disk),
         readonly,
         serial: b"SERIAL-42".to_vec(),
-        limits: Limits {
-            capacity_bytes: capacity,
-            max_request_bytes: MIB,
-        },
+        max_request_bytes: MIB,
         stats: Arc::new(Stats::default()),
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tracing::warn;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -30,6 +31,8 @@ pub struct VhostUserBlk {
     queue_size: usize,
     event_idx: AtomicBool,
     mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// The channel for messages to the frontend (BACKEND_REQ), once the frontend sent it.
+    frontend_channel: Mutex<Option<Backend>>,
     /// Per queue: its io_uring (when the disk allows asynchronous I/O) and its vring (known
     /// from the first event, needed to complete requests when the ring is stopped).
     queues: Vec<Mutex<QueueState>>,
@@ -72,8 +75,22 @@ impl VhostUserBlk {
             queue_size,
             event_idx: AtomicBool::new(false),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            frontend_channel: Mutex::new(None),
             queues,
         })
+    }
+
+    /// Tell the frontend the config space changed (CONFIG_CHANGE_MSG), so that the guest
+    /// rereads it. Returns false when the frontend did not give us a channel for that.
+    pub fn notify_config_change(&self) -> io::Result<bool> {
+        let channel = self
+            .frontend_channel
+            .lock()
+            .map_err(|_| io::Error::other("channel lock poisoned"))?;
+        match channel.as_ref() {
+            Some(c) => c.handle_config_change().map(|_| true),
+            None => Ok(false),
+        }
     }
 
     /// The completion eventfd of each queue's io_uring (by queue = worker thread).
@@ -211,6 +228,7 @@ impl VhostUserBackend for VhostUserBlk {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
@@ -221,7 +239,17 @@ impl VhostUserBackend for VhostUserBlk {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.config.read(offset, size)
+        let config = BlkConfig {
+            capacity: self.device.disk.capacity() >> SECTOR_SHIFT,
+            ..self.config.clone()
+        };
+        config.read(offset, size)
+    }
+
+    fn set_backend_req_fd(&self, channel: Backend) {
+        if let Ok(mut c) = self.frontend_channel.lock() {
+            *c = Some(channel);
+        }
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {

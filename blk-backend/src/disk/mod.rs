@@ -13,6 +13,11 @@ pub use file_io::GuestIovecs;
 pub trait Disk: Send + Sync {
     /// Size in bytes (a multiple of 512).
     fn capacity(&self) -> u64;
+    /// Look at the image's size again (it may have been grown or shrunk under us, for an
+    /// online resize); returns the new capacity.
+    fn refresh_capacity(&self) -> io::Result<u64> {
+        Ok(self.capacity())
+    }
     /// Fill `bufs` from `offset`.
     fn read_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()>;
     /// Store `bufs` at `offset`.

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::file_io::{self, GuestIovecs};
 use super::{Disk, OpenError, OpenOptions};
@@ -11,7 +12,7 @@ use super::{Disk, OpenError, OpenOptions};
 /// A raw image file.
 pub struct RawDisk {
     file: File,
-    capacity: u64,
+    capacity: AtomicU64,
 }
 
 impl RawDisk {
@@ -21,20 +22,28 @@ impl RawDisk {
             source,
         };
         let file = open_file(path, opts)?;
-        let meta = file.metadata().map_err(err)?;
-        let len = if meta.file_type().is_file() {
-            meta.len()
-        } else {
-            // a block device: its size is where the end is
-            use std::io::Seek;
-            (&file).seek(io::SeekFrom::End(0)).map_err(err)?
-        };
-        let capacity = len & !511;
+        let capacity = size_of(&file).map_err(err)?;
         if capacity == 0 {
             return Err(OpenError::TooSmall(path.to_path_buf()));
         }
-        Ok(RawDisk { file, capacity })
+        Ok(RawDisk {
+            file,
+            capacity: AtomicU64::new(capacity),
+        })
     }
+}
+
+/// The usable size of a file or block device, in whole sectors.
+fn size_of(file: &File) -> io::Result<u64> {
+    let meta = file.metadata()?;
+    let len = if meta.file_type().is_file() {
+        meta.len()
+    } else {
+        // a block device: its size is where the end is
+        use std::io::Seek;
+        (&*file).seek(io::SeekFrom::End(0))?
+    };
+    Ok(len & !511)
 }
 
 /// Open an image file with the options' access mode and caching.
@@ -52,7 +61,16 @@ pub fn open_file(path: &Path, opts: &OpenOptions) -> Result<File, OpenError> {
 
 impl Disk for RawDisk {
     fn capacity(&self) -> u64 {
-        self.capacity
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    fn refresh_capacity(&self) -> io::Result<u64> {
+        let size = size_of(&self.file)?;
+        if size == 0 {
+            return Err(io::Error::other("the image shrank to nothing"));
+        }
+        self.capacity.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     fn read_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
