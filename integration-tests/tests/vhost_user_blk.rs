@@ -1,7 +1,9 @@
 //! splitvisor's vhost-user frontend against a backend nobody here wrote: qemu-storage-daemon's
 //! vhost-user-blk export, inside the nested-KVM sandbox. Data written on either side is seen
-//! on the other, multi-queue works, the data path does not exit to the vmm, and killing the
-//! backend leaves the vmm running.
+//! on the other, multi-queue works, the data path does not exit to the vmm, PCI remove/rescan
+//! and driver unload/reload restart the rings, killing the backend leaves the vmm running,
+//! and backends that cannot be used (no socket, no VERSION_1) leave the VM running with its
+//! other disks.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -28,6 +30,10 @@ echo "GUEST-AFTER-REMOVE $(ls /sys/block | grep -c vda)"
 echo 1 > /sys/bus/pci/rescan
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "GUEST-AFTER-RESCAN-MD5 $(head -c 1048576 /dev/vda | md5sum | cut -d' ' -f1)"
+rmmod virtio_blk && echo "GUEST-AFTER-RMMOD $(ls /sys/block | grep -c vda)"
+insmod /lib/modules/virtio_blk.ko
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "GUEST-AFTER-RELOAD-MD5 $(head -c 1048576 /dev/vda | md5sum | cut -d' ' -f1)"
 "#;
 
 const JOB: &str = r#"
@@ -64,6 +70,28 @@ sleep 2
 kill -0 $VMM 2>/dev/null && echo "VMM-ALIVE-AFTER-BACKEND-KILL" >> "$JOB/l1.txt"
 kill -TERM $VMM
 finish_case kill $VMM 30
+
+# backends the vmm cannot use (a socket that never appears, a backend without VERSION_1) next
+# to a good one: the VM boots with the good disk, the errors name device and socket
+sv-fake-backend --socket /tmp/fake.sock --features 0x40000000 2>/dev/null &
+FAKE=$!
+dd if=/dev/zero of=/tmp/disk3.img bs=1M count=16 2>/dev/null
+dd if=/tmp/pattern of=/tmp/disk3.img conv=notrunc 2>/dev/null
+qsd /tmp/disk3.img /tmp/blk3.sock
+QSD=$!
+boot_case startfail 200 --kernel $L2_KERNEL --initramfs $L2_INITRD --memory 256M \
+    --cmdline "console=ttyS0 quiet sv.cmd64=$STARTFAIL64" \
+    --device vhost-user,type=blk,socket=/tmp/missing.sock \
+    --device vhost-user,type=blk,socket=/tmp/fake.sock \
+    --device vhost-user,type=blk,socket=/tmp/blk3.sock
+kill $QSD $FAKE; wait $QSD $FAKE
+
+"#;
+
+/// With one usable disk out of three: how many the guest has, and what the good one holds.
+const STARTFAIL: &str = r#"
+echo "GUEST-DISKS $(ls /sys/block | grep -c '^vd')"
+echo "GUEST-READ-MD5 $(head -c 1048576 /dev/vda | md5sum | cut -d' ' -f1)"
 "#;
 
 fn job() -> &'static JobOutput {
@@ -74,7 +102,10 @@ fn job() -> &'static JobOutput {
         Sandbox::new()?
             .timeout(Duration::from_secs(480))
             .host_tool("qemu-storage-daemon")
-            .run(&format!("{GUEST_SH}\nGUEST64={guest64}\n{JOB}"))
+            .run(&format!(
+                "{GUEST_SH}\nGUEST64={guest64}\nSTARTFAIL64={}\n{JOB}",
+                guest::base64(STARTFAIL.as_bytes())
+            ))
     })
 }
 
@@ -167,6 +198,27 @@ fn pci_remove_and_rescan_leave_the_device_working() {
 }
 
 #[test]
+fn driver_unload_and_reload_leave_the_device_working() {
+    let log = blk_log();
+    let l1 = job().file("l1.txt").unwrap_or_default();
+    assert_eq!(
+        guest::value(&log, "GUEST-AFTER-RMMOD"),
+        Some("0"),
+        "vda gone after rmmod: {log}"
+    );
+    let wrote = guest::value(&l1, "L1-WROTE-MD5").expect("L1 pattern checksum");
+    assert_eq!(
+        guest::value(&log, "GUEST-AFTER-RELOAD-MD5"),
+        Some(wrote),
+        "{log}"
+    );
+    assert!(
+        log.contains("activations=3"),
+        "the reloaded driver activated the device again: {log}"
+    );
+}
+
+#[test]
 fn killing_the_backend_leaves_the_vmm_running() {
     let l1 = job().file("l1.txt").unwrap_or_default();
     let log = job().file("kill.log").unwrap_or_default();
@@ -183,4 +235,24 @@ fn killing_the_backend_leaves_the_vmm_running() {
         "5",
         "stopped by SIGTERM afterwards"
     );
+}
+
+#[test]
+fn unusable_backends_leave_the_vm_running_with_its_good_disk() {
+    let log = job().file("startfail.log").unwrap_or_default();
+    let l1 = job().file("l1.txt").unwrap_or_default();
+    assert!(
+        log.contains("device blk0: the backend socket /tmp/missing.sock did not appear"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "device blk1: the backend on /tmp/fake.sock does not offer VIRTIO_F_VERSION_1"
+        ),
+        "{log}"
+    );
+    assert_eq!(guest::value(&log, "GUEST-DISKS"), Some("1"), "{log}");
+    let wrote = guest::value(&l1, "L1-WROTE-MD5").expect("L1 pattern checksum");
+    assert_eq!(guest::value(&log, "GUEST-READ-MD5"), Some(wrote), "{log}");
+    assert_eq!(guest::guest_exit(&log), Some(0), "{log}");
 }

@@ -126,6 +126,7 @@ impl Vm {
         let mut pci = PciBus::new();
         for (i, dev) in cfg.devices.iter().enumerate() {
             let name = format!("{}{i}", type_name(dev.virtio_type));
+            let mut channel = None;
             let (backend, fd): (Box<dyn VirtioDevice>, _) = match VhostUserDevice::connect(
                 &name,
                 &dev.socket,
@@ -134,8 +135,9 @@ impl Vm {
                 dev.queue_size,
                 ram.memory().clone(),
             ) {
-                Ok(b) => {
+                Ok(mut b) => {
                     let fd = b.socket_fd();
+                    channel = b.take_backend_channel();
                     (Box::new(b), Some(fd))
                 }
                 Err(e) => {
@@ -161,6 +163,9 @@ impl Vm {
             }
             let transport = Arc::new(Mutex::new(transport));
             let slot = pci.add(transport.clone())?;
+            if let Some(channel) = channel {
+                channel.spawn(transport.clone()).map_err(VmError::Thread)?;
+            }
             if let Some(fd) = fd {
                 monitor::spawn(name.clone(), dev.socket.clone(), fd, transport)
                     .map_err(VmError::Thread)?;

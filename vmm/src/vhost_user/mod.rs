@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+
+pub mod backend_requests;
+use backend_requests::BackendChannel;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::virtio::{QueueSetup, VirtioDevice, F_VERSION_1, TYPE_BALLOON, TYPE_BLOCK, TYPE_NET};
@@ -110,6 +113,7 @@ pub struct VhostUserDevice {
     protocol: VhostUserProtocolFeatures,
     mem: GuestMemoryMmap,
     active: Vec<usize>,
+    backend_channel: Option<BackendChannel>,
 }
 
 fn wait_for_socket(path: &Path) -> bool {
@@ -154,13 +158,15 @@ impl VhostUserDevice {
             });
         }
         let mut protocol = VhostUserProtocolFeatures::empty();
+        let mut backend_channel = None;
         if backend_features & F_PROTOCOL_FEATURES != 0 {
             let offered = frontend
                 .get_protocol_features()
                 .map_err(err("GET_PROTOCOL_FEATURES"))?;
             let wanted = VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::CONFIG;
+                | VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::BACKEND_REQ;
             protocol = offered & wanted;
             frontend
                 .set_protocol_features(protocol)
@@ -168,6 +174,15 @@ impl VhostUserDevice {
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
                 let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
                 count = count.min(max as usize);
+            }
+            if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+                let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+                let channel = BackendChannel::new(name, reply_ack)
+                    .map_err(|e| err("backend channel")(vhost::Error::VhostUserProtocol(e)))?;
+                frontend
+                    .set_backend_request_fd(&channel.backend_end())
+                    .map_err(err("SET_BACKEND_REQ_FD"))?;
+                backend_channel = Some(channel);
             }
         }
         tracing::info!(device = name, socket = %socket.display(), features = format_args!("{backend_features:#x}"), ?protocol, queues = count, "vhost-user backend connected");
@@ -182,7 +197,14 @@ impl VhostUserDevice {
             protocol,
             mem,
             active: Vec::new(),
+            backend_channel,
         })
+    }
+
+    /// The channel the backend sends its own requests on, to be served once the device's
+    /// transport exists (see [`BackendChannel::spawn`]).
+    pub fn take_backend_channel(&mut self) -> Option<BackendChannel> {
+        self.backend_channel.take()
     }
 
     /// The connection to the backend, for [`monitor`].

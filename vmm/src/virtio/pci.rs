@@ -234,6 +234,12 @@ impl VirtioPciDevice {
         self.config_changed();
     }
 
+    /// The device's configuration changed (e.g. its backend resized the disk): interrupt the
+    /// driver so that it rereads it.
+    pub fn config_changed_by_device(&mut self) {
+        self.config_changed();
+    }
+
     fn config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
         self.isr |= ISR_CONFIG;
