@@ -15,6 +15,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::blk::BlkDevice;
 use crate::request::{Request, RequestKind};
 
+/// Writes submitted while at least this many requests are in flight go straight to io-wq.
+const ASYNC_WRITE_DEPTH: usize = 4;
+
 type MemGuard = <GuestMemoryAtomic<GuestMemoryMmap> as GuestAddressSpace>::T;
 
 /// One request the kernel is working on.
@@ -40,6 +43,9 @@ pub struct UringQueue {
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     unsubmitted: usize,
+    /// Hand writes straight to the kernel's io-wq workers instead of trying them inline in
+    /// our submission call (see `VhostUserBlk::new` for when).
+    async_writes: bool,
 }
 
 // SAFETY: the raw iovec pointers in `slots` point into guest memory kept mapped by the
@@ -48,7 +54,7 @@ unsafe impl Send for UringQueue {}
 
 impl UringQueue {
     /// A ring for up to `depth` requests in flight; fails where io_uring is unavailable.
-    pub fn new(depth: usize) -> io::Result<UringQueue> {
+    pub fn new(depth: usize, async_writes: bool) -> io::Result<UringQueue> {
         let entries = depth.next_power_of_two() as u32;
         // COOP_TASKRUN: completions are run when we enter the kernel anyway, not by
         // interrupting the worker thread (Linux 5.19+; older kernels get a plain ring)
@@ -61,6 +67,7 @@ impl UringQueue {
             slots: (0..depth).map(|_| None).collect(),
             free: (0..depth).rev().collect(),
             unsubmitted: 0,
+            async_writes,
         })
     }
 
@@ -82,6 +89,8 @@ impl UringQueue {
         req: Request,
         mem: MemGuard,
     ) -> Result<(), Request> {
+        // deep queues of writes go to io-wq; a lone write is fastest inline
+        let punt_write = self.async_writes && self.in_flight() >= ASYNC_WRITE_DEPTH;
         let Some(slot) = self.free.pop() else {
             return Err(req);
         };
@@ -100,9 +109,16 @@ impl UringQueue {
             RequestKind::In => opcode::Readv::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
                 .offset(req.offset())
                 .build(),
-            RequestKind::Out => opcode::Writev::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
-                .offset(req.offset())
-                .build(),
+            RequestKind::Out => {
+                let sqe = opcode::Writev::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
+                    .offset(req.offset())
+                    .build();
+                if punt_write {
+                    sqe.flags(io_uring::squeue::Flags::ASYNC)
+                } else {
+                    sqe
+                }
+            }
             _ => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
@@ -221,7 +237,7 @@ mod tests {
             .expect("raw images allow async I/O");
         let atomic = GuestMemoryAtomic::new(memory());
         let mem = atomic.memory();
-        let mut ring = UringQueue::new(16).unwrap();
+        let mut ring = UringQueue::new(16, false).unwrap();
         mem.write_slice(&[0x5au8; 8192], GuestAddress(0x20_0000))
             .unwrap();
         let mut run = |kind: u32, data_flags: u16| {
