@@ -42,6 +42,14 @@ pub enum FrontendError {
         step: &'static str,
         source: vhost::Error,
     },
+    #[error(
+        "device {device}: guest memory has {regions} regions, the backend takes at most {max}"
+    )]
+    TooManyRegions {
+        device: String,
+        regions: usize,
+        max: u64,
+    },
     #[error("device {device}: the {what} address {gpa:#x} is outside guest memory")]
     RingAddress {
         device: String,
@@ -114,6 +122,8 @@ pub struct VhostUserDevice {
     mem: GuestMemoryMmap,
     active: Vec<usize>,
     backend_channel: Option<BackendChannel>,
+    /// With CONFIGURE_MEM_SLOTS: whether ADD_MEM_REG has sent the regions on this connection.
+    regions_added: bool,
 }
 
 fn wait_for_socket(path: &Path) -> bool {
@@ -166,7 +176,8 @@ impl VhostUserDevice {
             let wanted = VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::BACKEND_REQ;
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
             protocol = offered & wanted;
             frontend
                 .set_protocol_features(protocol)
@@ -198,6 +209,7 @@ impl VhostUserDevice {
             mem,
             active: Vec::new(),
             backend_channel,
+            regions_added: false,
         })
     }
 
@@ -235,9 +247,36 @@ impl VhostUserDevice {
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<_, _>>()
             .map_err(err("memory table"))?;
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(err("SET_MEM_TABLE"))?;
+        if self
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+        {
+            // one region at a time (what memory hotplug will need); the backend keeps them
+            // across driver resets, so only once per connection
+            if !self.regions_added {
+                let max = self
+                    .frontend
+                    .get_max_mem_slots()
+                    .map_err(err("GET_MAX_MEM_SLOTS"))?;
+                if regions.len() as u64 > max {
+                    return Err(FrontendError::TooManyRegions {
+                        device: name.clone(),
+                        regions: regions.len(),
+                        max,
+                    });
+                }
+                for r in &regions {
+                    self.frontend
+                        .add_mem_region(r)
+                        .map_err(err("ADD_MEM_REG"))?;
+                }
+                self.regions_added = true;
+            }
+        } else {
+            self.frontend
+                .set_mem_table(&regions)
+                .map_err(err("SET_MEM_TABLE"))?;
+        }
         for q in queues {
             let config = VringConfigData {
                 queue_max_size: self.queue_sizes.get(q.index).copied().unwrap_or(q.size),
