@@ -75,45 +75,27 @@ impl BlkDevice {
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
-        match self.start(chain, mem, false) {
+        match self.start(chain, mem) {
             Start::Done(len) => len,
-            // unreachable with async_io false; answered as an I/O error if it ever happens
-            Start::Io(req) => self.finish(mem, &req, Err(std::io::Error::other("no engine"))),
+            Start::Io(req) => self.finish_sync(mem, &req),
         }
     }
 
-    /// Begin a request. With `async_io`, reads, writes and flushes that the caller can run
-    /// asynchronously on the image file come back as [`Start::Io`] (the caller does the I/O
-    /// and calls [`BlkDevice::finish`]); everything else is done here.
-    pub fn start<M>(
-        &self,
-        chain: DescriptorChain<M>,
-        mem: &GuestMemoryMmap,
-        async_io: bool,
-    ) -> Start
+    /// Begin a request. Reads, writes and flushes that go to the image file come back as
+    /// [`Start::Io`]: the caller runs them (on io_uring, or with [`BlkDevice::finish_sync`])
+    /// and completes them with [`BlkDevice::finish`]. Everything else is answered here.
+    pub fn start<M>(&self, chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> Start
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
         match request::parse(chain, &self.limits()) {
-            Ok(req) if async_io && self.can_run_async(&req) => {
-                let s = &self.stats;
-                Stats::add(
-                    match req.kind {
-                        RequestKind::In => &s.reads,
-                        RequestKind::Out => &s.writes,
-                        _ => &s.flushes,
-                    },
-                    1,
-                );
-                Stats::add(&s.in_flight, 1);
+            Ok(req) if self.is_file_io(&req) => {
+                self.count(&req);
+                Stats::add(&self.stats.in_flight, 1);
                 Start::Io(req)
             }
             Ok(req) => {
-                Stats::add(&self.stats.in_flight, 1);
                 let out = self.execute(&req, mem);
-                self.stats
-                    .in_flight
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 Start::Done(self.answer(mem, req.status, out))
             }
             Err(bad) => {
@@ -127,7 +109,9 @@ impl BlkDevice {
         }
     }
 
-    fn can_run_async(&self, req: &Request) -> bool {
+    /// Reads always, writes and flushes unless the disk is read-only (then `execute` refuses
+    /// writes and acknowledges flushes without touching the image).
+    fn is_file_io(&self, req: &Request) -> bool {
         match req.kind {
             RequestKind::In => true,
             RequestKind::Out | RequestKind::Flush => !self.readonly,
@@ -135,28 +119,39 @@ impl BlkDevice {
         }
     }
 
+    /// Count a request by type.
+    fn count(&self, req: &Request) {
+        let s = &self.stats;
+        let counter = match req.kind {
+            RequestKind::In => &s.reads,
+            RequestKind::Out => &s.writes,
+            RequestKind::Flush => &s.flushes,
+            RequestKind::GetId => &s.get_ids,
+            RequestKind::Discard => &s.discards,
+            RequestKind::WriteZeroes => &s.write_zeroes,
+            RequestKind::Unsupported(_) => &s.unsupported,
+        };
+        Stats::add(counter, 1);
+    }
+
     /// Complete a request started with [`Start::Io`]; returns the used length.
     pub fn finish(&self, mem: &GuestMemoryMmap, req: &Request, result: std::io::Result<()>) -> u32 {
         self.stats
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let s = &self.stats;
-        let out = self.io_result(result, req, || match req.kind {
-            RequestKind::In => {
-                Stats::add(&s.bytes_read, req.data_len);
-                req.data_len as u32
-            }
-            RequestKind::Out => {
-                Stats::add(&s.bytes_written, req.data_len);
-                0
-            }
-            _ => 0,
-        });
+        let out = self.io_outcome(req, result);
         self.answer(mem, req.status, out)
     }
 
-    /// Redo an asynchronous request synchronously (after a short transfer).
-    pub fn redo_sync(&self, mem: &GuestMemoryMmap, req: &Request) -> std::io::Result<()> {
+    /// Run a [`Start::Io`] request here and now, and complete it.
+    pub fn finish_sync(&self, mem: &GuestMemoryMmap, req: &Request) -> u32 {
+        let result = self.run_io(mem, req);
+        self.finish(mem, req, result)
+    }
+
+    /// The file I/O of a read, write or flush, done synchronously (also used to redo an
+    /// asynchronous request after a short transfer).
+    pub fn run_io(&self, mem: &GuestMemoryMmap, req: &Request) -> std::io::Result<()> {
         match req.kind {
             RequestKind::In => {
                 guest_iovecs(mem, &req.data).and_then(|b| self.disk.read_at(&b, req.offset()))
@@ -168,6 +163,22 @@ impl BlkDevice {
         }
     }
 
+    /// The outcome of a read, write or flush, with its bytes counted.
+    fn io_outcome(&self, req: &Request, result: std::io::Result<()>) -> Outcome {
+        let s = &self.stats;
+        self.io_result(result, req, || match req.kind {
+            RequestKind::In => {
+                Stats::add(&s.bytes_read, req.data_len);
+                req.data_len as u32
+            }
+            RequestKind::Out => {
+                Stats::add(&s.bytes_written, req.data_len);
+                0
+            }
+            _ => 0,
+        })
+    }
+
     fn answer(&self, mem: &GuestMemoryMmap, status: GuestAddress, out: Outcome) -> u32 {
         // parse() checked the status byte lies in guest memory
         if mem.write_obj(out.status, status).is_err() {
@@ -176,68 +187,32 @@ impl BlkDevice {
         out.written + 1
     }
 
+    /// Everything that is not file I/O (see [`BlkDevice::is_file_io`]).
     fn execute(&self, req: &Request, mem: &GuestMemoryMmap) -> Outcome {
-        let s = &self.stats;
+        self.count(req);
         match req.kind {
-            RequestKind::In => {
-                Stats::add(&s.reads, 1);
-                let result = guest_iovecs(mem, &req.data)
-                    .and_then(|bufs| self.disk.read_at(&bufs, req.offset()));
-                self.io_result(result, req, || {
-                    Stats::add(&s.bytes_read, req.data_len);
-                    req.data_len as u32
-                })
+            // only here on a read-only disk (reads are always file I/O)
+            RequestKind::Out | RequestKind::Discard | RequestKind::WriteZeroes if self.readonly => {
+                Stats::add(&self.stats.readonly_refused, 1);
+                Outcome::status(VIRTIO_BLK_S_IOERR)
             }
-            RequestKind::Out => {
-                Stats::add(&s.writes, 1);
-                if self.readonly {
-                    return self.refuse_write();
-                }
-                let result = guest_iovecs(mem, &req.data)
-                    .and_then(|bufs| self.disk.write_at(&bufs, req.offset()));
-                self.io_result(result, req, || {
-                    Stats::add(&s.bytes_written, req.data_len);
-                    0
-                })
-            }
-            RequestKind::Flush => {
-                Stats::add(&s.flushes, 1);
-                if self.readonly {
-                    return Outcome::ok(0);
-                }
-                self.io_result(self.disk.flush(), req, || 0)
-            }
+            RequestKind::Flush => Outcome::ok(0),
             RequestKind::GetId => {
-                Stats::add(&s.get_ids, 1);
                 let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
                 let n = self.serial.len().min(id.len());
                 id[..n].copy_from_slice(&self.serial[..n]);
-                let written = write_to_bufs(mem, &req.data, &id);
-                Outcome::ok(written)
+                Outcome::ok(write_to_bufs(mem, &req.data, &id))
             }
-            RequestKind::Discard | RequestKind::WriteZeroes => {
-                let counter = if req.kind == RequestKind::Discard {
-                    &s.discards
-                } else {
-                    &s.write_zeroes
-                };
-                Stats::add(counter, 1);
-                if self.readonly {
-                    return self.refuse_write();
-                }
-                self.ranges(req, mem)
-            }
+            RequestKind::Discard | RequestKind::WriteZeroes => self.ranges(req, mem),
             RequestKind::Unsupported(kind) => {
-                Stats::add(&s.unsupported, 1);
                 debug!("unsupported request type {kind}");
                 Outcome::status(VIRTIO_BLK_S_UNSUPP)
             }
+            RequestKind::In | RequestKind::Out => {
+                let result = self.run_io(mem, req);
+                self.io_outcome(req, result)
+            }
         }
-    }
-
-    fn refuse_write(&self) -> Outcome {
-        Stats::add(&self.stats.readonly_refused, 1);
-        Outcome::status(VIRTIO_BLK_S_IOERR)
     }
 
     fn io_result(

@@ -25,7 +25,7 @@ struct InFlight {
     head: u16,
     req: Request,
     /// Kept alive (with the memory they point into) until the completion.
-    iovecs: Vec<libc::iovec>,
+    _iovecs: Vec<libc::iovec>,
     mem: MemGuard,
     expected: usize,
 }
@@ -127,7 +127,7 @@ impl UringQueue {
         self.slots[slot] = Some(InFlight {
             head,
             req,
-            iovecs,
+            _iovecs: iovecs,
             mem,
             expected,
         });
@@ -153,6 +153,23 @@ impl UringQueue {
         Ok(())
     }
 
+    /// The requests the kernel finished, with their results; their slots are free again.
+    fn take_completed(&mut self) -> Vec<(InFlight, i32)> {
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        let mut done = Vec::with_capacity(cqes.len());
+        for (slot, result) in cqes {
+            if let Some(f) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                self.free.push(slot as usize);
+                done.push((f, result));
+            }
+        }
+        done
+    }
+
     /// Complete whatever finished; with `wait`, block until nothing is in flight.
     pub fn reap(&mut self, dev: &BlkDevice, wait: bool) -> io::Result<Vec<Completed>> {
         let _ = self.eventfd.read();
@@ -161,20 +178,10 @@ impl UringQueue {
             if wait && self.in_flight() > 0 {
                 self.ring.submit_and_wait(1)?;
             }
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            for (slot, result) in cqes {
-                let Some(f) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
-                    continue;
-                };
-                self.free.push(slot as usize);
-                drop(f.iovecs);
+            for (f, result) in self.take_completed() {
                 let outcome = match result {
                     r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
-                    r if (r as usize) < f.expected => dev.redo_sync(&f.mem, &f.req),
+                    r if (r as usize) < f.expected => dev.run_io(&f.mem, &f.req),
                     _ => Ok(()),
                 };
                 let len = dev.finish(&f.mem, &f.req, outcome);
@@ -191,17 +198,7 @@ impl Drop for UringQueue {
     fn drop(&mut self) {
         // the kernel must be done with guest memory before the guards go
         while self.in_flight() > 0 && self.ring.submit_and_wait(1).is_ok() {
-            let cqes: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
-            if cqes.is_empty() {
-                break;
-            }
-            for slot in cqes {
-                if let Some(s) = self.slots.get_mut(slot as usize) {
-                    if s.take().is_some() {
-                        self.free.push(slot as usize);
-                    }
-                }
-            }
+            drop(self.take_completed());
         }
     }
 }
@@ -258,7 +255,7 @@ mod tests {
             descs.push(desc(0x40_0000, 1, WRITE));
             let chain = q.build_desc_chain(&descs).unwrap();
             let head = chain.head_index();
-            match dev.start(chain, &mem, true) {
+            match dev.start(chain, &mem) {
                 Start::Io(req) => assert!(ring.push(file, head, req, atomic.memory()).is_ok()),
                 Start::Done(_) => panic!("request {kind} was not run asynchronously"),
             }

@@ -11,7 +11,7 @@ use tracing::warn;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -19,8 +19,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::blk::{BlkDevice, Start};
-use crate::request::Request;
-use crate::uring::UringQueue;
+use crate::uring::{Completed, UringQueue};
 use crate::virtio_blk::*;
 
 /// The vhost-user face of one block device, for one frontend connection.
@@ -41,6 +40,16 @@ pub struct VhostUserBlk {
 struct QueueState {
     uring: Option<UringQueue>,
     vring: Option<VringRwLock>,
+}
+
+/// Put finished requests in the used ring; returns how many.
+fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, done: &[Completed]) -> usize {
+    for c in done {
+        if let Err(e) = queue.add_used(mem, c.head, c.len) {
+            warn!("cannot return descriptor {} to the guest: {e}", c.head);
+        }
+    }
+    done.len()
 }
 
 /// The `device_event` of io_uring completions (above the queues and the exit event).
@@ -135,46 +144,32 @@ impl VhostUserBlk {
         let mem = atomic.memory();
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
-        let mut used_any = false;
+        let mut used = 0;
         let file = self.device.disk.identity_file();
         while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
-            let async_io = qs.uring.is_some();
-            let len = match self.device.start(chain, &mem, async_io) {
+            let len = match self.device.start(chain, &mem) {
                 Start::Done(len) => len,
                 Start::Io(req) => match (qs.uring.as_mut(), file) {
                     (Some(ring), Some(file)) => match ring.push(file, head, req, atomic.memory()) {
                         Ok(()) => continue,
-                        Err(req) => self.run_inline(&mem, &req),
+                        Err(req) => self.device.finish_sync(&mem, &req),
                     },
-                    _ => self.run_inline(&mem, &req),
+                    _ => self.device.finish_sync(&mem, &req),
                 },
             };
-            if let Err(e) = queue.add_used(&*mem, head, len) {
-                warn!("cannot return descriptor {head} to the guest: {e}");
-            }
-            used_any = true;
+            used += give_back(queue, &mem, &[Completed { head, len }]);
         }
         if let Some(ring) = qs.uring.as_mut() {
             ring.submit()?;
             // whatever completed meanwhile goes back in this same pass (one interrupt for
             // both), as QEMU does after each submission
-            for c in ring.reap(&self.device, false)? {
-                if let Err(e) = queue.add_used(&*mem, c.head, c.len) {
-                    warn!("cannot return descriptor {} to the guest: {e}", c.head);
-                }
-                used_any = true;
-            }
+            used += give_back(queue, &mem, &ring.reap(&self.device, false)?);
         }
-        if used_any && queue.needs_notification(&*mem).unwrap_or(true) {
+        if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
             state.signal_used_queue()?;
         }
         Ok(())
-    }
-
-    fn run_inline(&self, mem: &GuestMemoryMmap, req: &Request) -> u32 {
-        let result = self.device.redo_sync(mem, req);
-        self.device.finish(mem, req, result)
     }
 
     /// Return completed io_uring requests to the guest (`wait`: all of them, for a stop).
@@ -190,11 +185,7 @@ impl VhostUserBlk {
         let mem = atomic.memory();
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
-        for c in &done {
-            if let Err(e) = queue.add_used(&*mem, c.head, c.len) {
-                warn!("cannot return descriptor {} to the guest: {e}", c.head);
-            }
-        }
+        give_back(queue, &mem, &done);
         if queue.needs_notification(&*mem).unwrap_or(true) {
             state.signal_used_queue()?;
         }
