@@ -250,9 +250,8 @@ impl Sandbox {
                 if ro { ",readonly=on" } else { "" }
             )
         };
-        let accel = format!("tcg,thread={}", tcg_threads());
         let mut cmd = Command::new(&qemu);
-        cmd.args(["-accel", &accel, "-cpu", "max", "-nodefaults"])
+        cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-nodefaults"])
             .args(["-no-user-config", "-display", "none", "-serial", "stdio"])
             .args(["-no-reboot", "-smp", &self.cpus.to_string()])
             .args(["-m", &self.memory_mib.to_string()])
@@ -431,11 +430,6 @@ impl Drop for KillOnDrop {
             self.kill();
         }
     }
-}
-
-/// TCG's threading for L1: `SPLITVISOR_TCG_THREAD=single|multi`.
-fn tcg_threads() -> String {
-    std::env::var("SPLITVISOR_TCG_THREAD").unwrap_or_else(|_| "multi".into())
 }
 
 fn tail(console: &str) -> String {

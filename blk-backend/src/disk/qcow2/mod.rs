@@ -277,11 +277,11 @@ impl Qcow2Disk {
     /// do not cover a whole cluster are written with zeroes (`zero`) or left alone.
     fn deallocate(&self, offset: u64, len: u64, zero: bool) -> io::Result<()> {
         let cs = self.cluster_size();
+        // without the zero flag (v2), "unallocated" reads zero only without a backing file
+        let can_flag = self.version >= 3;
+        let can_unmap = self.backing.is_none();
         for p in self.pieces(offset, len) {
             let whole = p.len as u64 == cs;
-            // without the zero flag (v2), "unallocated" reads zero only without a backing file
-            let can_flag = self.version >= 3;
-            let can_unmap = self.backing.is_none();
             if !whole || (zero && !can_flag && !can_unmap) {
                 if zero {
                     self.write(Source::Zeroes, p.guest, p.len as u64)?;
