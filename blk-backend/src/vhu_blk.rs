@@ -70,7 +70,7 @@ impl VhostUserBlk {
         // Inline submission makes each queue's thread do the write's work in the kernel
         // (for O_DIRECT on ext4 most of it); with fewer queues than CPUs and several writes in
         // flight, the kernel's io-wq workers can do it on the idle CPUs instead. Measured on
-        // 2 CPUs: 1 queue, 4 KiB QD32 writes +25 %; 4 queues -15 % and QD1 writes -15 % (so
+        // 2 CPUs: 1 queue, 4 KiB QD32 writes +23-38 %; 4 queues -15 % and QD1 writes -15 % (so
         // inline there).
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let async_writes = num_queues < cpus;
