@@ -1,6 +1,6 @@
 //! splitvisor boots the Debian cloud kernel under real KVM (inside the nested-KVM sandbox):
 //! bzImage and ELF/PVH, 1 and 2 vCPUs, the guest sees the configured CPUs and memory, guest
-//! poweroff ends splitvisor with 0, reboot with 3, SIGTERM with 5, and the serial console is
+//! poweroff ends splitvisor with 0, reboot with 3 under --on-reboot exit, SIGTERM with 5, and the serial console is
 //! interactive. All cases run in one L1 job; each property is its own test.
 
 use std::sync::OnceLock;
@@ -15,7 +15,7 @@ boot_case bz1 150 --kernel $L2_KERNEL --initramfs $L2_INITRD --cmdline "$CMD sv.
 boot_case bz2 150 --kernel $L2_KERNEL --initramfs $L2_INITRD --cmdline "$CMD sv.cmd=nproc" --cpus 2 --memory 1G
 boot_case elf1 150 --kernel $L2_ELF --initramfs $L2_INITRD --cmdline "$CMD sv.cmd=nproc" --cpus 1 --memory 768M
 boot_case elf2 150 --kernel $L2_ELF --initramfs $L2_INITRD --cmdline "$CMD sv.cmd=nproc" --cpus 2 --memory 512M
-boot_case reboot 150 --kernel $L2_KERNEL --initramfs $L2_INITRD --cmdline "$CMD sv.cmd64=$(b64 'reboot -f')" --memory 256M
+boot_case reboot 150 --kernel $L2_KERNEL --initramfs $L2_INITRD --cmdline "$CMD sv.cmd64=$(b64 'reboot -f')" --memory 256M --on-reboot exit
 
 # SIGTERM while the guest sits at its shell
 splitvisor --kernel $L2_KERNEL --initramfs $L2_INITRD --cmdline "$CMD" --memory 256M </dev/null >"$JOB/sigterm.log" 2>&1 &
@@ -111,7 +111,7 @@ fn elf_vmlinux_boots_through_pvh_with_two_vcpus() {
 }
 
 #[test]
-fn guest_reboot_exits_with_status_3() {
+fn guest_reboot_with_on_reboot_exit_ends_with_status_3() {
     let c = case("reboot");
     assert!(
         guest::ready(&c.log).is_some(),

@@ -1,7 +1,7 @@
 //! splitvisor's vhost-user frontend against a backend nobody here wrote: qemu-storage-daemon's
 //! vhost-user-blk export, inside the nested-KVM sandbox. Data written on either side is seen
-//! on the other, multi-queue works, the data path does not exit to the vmm, PCI remove/rescan
-//! and driver unload/reload restart the rings, killing the backend leaves the vmm running,
+//! on the other, multi-queue works, the data path does not exit to the vmm, PCI remove/rescan,
+//! driver unload/reload and a guest reboot restart the rings, killing the backend leaves the vmm running,
 //! and backends that cannot be used (no socket, no VERSION_1) leave the VM running with its
 //! other disks.
 
@@ -12,28 +12,43 @@ use integration_tests::guest::{self, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
 
 /// The guest: read the pattern L1 wrote at 0, write its own at 1 MiB, run a verifying fio job
-/// at 8 MiB, and report what it saw.
+/// at 8 MiB, remove/rescan the device, unload/reload the driver, then leave a mark at 32 MiB
+/// and reboot. Booted again (in the same vmm, same backend connection), it finds the mark,
+/// reads back what it wrote and runs fio again, then powers off.
 const GUEST: &str = r#"
-echo "GUEST-READ-MD5 $(head -c 1048576 /dev/vda | md5sum | cut -d' ' -f1)"
+v=/dev/vda
+m() { md5sum | cut -d' ' -f1; }
+r() { dd if=$v bs=64k "$@" 2>/dev/null | m; }
+f() { fio --name=a --filename=$v --bs=4k --rw=randwrite --direct=1 --verify=crc32c "$@"; }
+w() { i=0; while [ ! -b $v ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done; }
+if [ "$(dd if=$v bs=512 skip=65536 count=1 2>/dev/null | head -c 5)" = MARK1 ]; then
+    echo "GUEST-REBOOTED-NPROC $(nproc)"
+    echo "GUEST-AFTER-REBOOT-MD5 $(r skip=16 count=16)"
+    f --offset=8M --size=4M >/dev/null 2>&1
+    echo "GUEST-AFTER-REBOOT-FIO $?"
+    exit 0
+fi
+echo "GUEST-READ-MD5 $(r count=16)"
 yes GUEST-DATA | head -c 1048576 > /tmp/b
-dd if=/tmp/b of=/dev/vda bs=65536 seek=16 2>/dev/null && sync
-echo "GUEST-WROTE-MD5 $(md5sum < /tmp/b | cut -d' ' -f1)"
+dd if=/tmp/b of=$v bs=64k seek=16 2>/dev/null && sync
+echo "GUEST-WROTE-MD5 $(m < /tmp/b)"
 echo "GUEST-QUEUES $(ls /sys/block/vda/mq | wc -l)"
-fio --name=verify --filename=/dev/vda --offset=8M --size=16M --bs=4k --rw=randwrite \
-    --direct=1 --ioengine=psync --verify=crc32c --do_verify=1 --output-format=terse \
-    --terse-version=3 > /tmp/fio.out 2>&1
+f --offset=8M --size=16M > /tmp/fio.out 2>&1
 echo "GUEST-FIO-STATUS $?"
 echo "GUEST-VDA-STAT $(cat /sys/block/vda/stat)"
 dev=$(basename "$(readlink -f /sys/block/vda/device/..)")
 echo 1 > "/sys/bus/pci/devices/$dev/remove"
 echo "GUEST-AFTER-REMOVE $(ls /sys/block | grep -c vda)"
 echo 1 > /sys/bus/pci/rescan
-i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-echo "GUEST-AFTER-RESCAN-MD5 $(head -c 1048576 /dev/vda | md5sum | cut -d' ' -f1)"
+w
+echo "GUEST-AFTER-RESCAN-MD5 $(r count=16)"
 rmmod virtio_blk && echo "GUEST-AFTER-RMMOD $(ls /sys/block | grep -c vda)"
 insmod /lib/modules/virtio_blk.ko
-i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-echo "GUEST-AFTER-RELOAD-MD5 $(head -c 1048576 /dev/vda | md5sum | cut -d' ' -f1)"
+w
+echo "GUEST-AFTER-RELOAD-MD5 $(r count=16)"
+printf MARK1 | dd of=$v bs=512 seek=65536 conv=notrunc 2>/dev/null && sync
+echo GUEST-REBOOTING
+reboot -f
 "#;
 
 const JOB: &str = r#"
@@ -215,6 +230,41 @@ fn driver_unload_and_reload_leave_the_device_working() {
     assert!(
         log.contains("activations=3"),
         "the reloaded driver activated the device again: {log}"
+    );
+}
+
+#[test]
+fn guest_reboot_resets_the_vm_in_place_and_the_device_works_after_it() {
+    let log = blk_log();
+    assert!(log.contains("GUEST-REBOOTING"), "{log}");
+    assert!(
+        log.contains("guest rebooted: resetting the VM"),
+        "the vmm reset the VM in place: {log}"
+    );
+    assert_eq!(
+        log.matches("SPLITVISOR-GUEST-READY").count(),
+        2,
+        "booted twice: {log}"
+    );
+    assert_eq!(
+        guest::value(&log, "GUEST-REBOOTED-NPROC"),
+        Some("2"),
+        "both vCPUs came back: {log}"
+    );
+    let guest_wrote = guest::value(&log, "GUEST-WROTE-MD5").expect("guest pattern checksum");
+    assert_eq!(
+        guest::value(&log, "GUEST-AFTER-REBOOT-MD5"),
+        Some(guest_wrote),
+        "{log}"
+    );
+    assert_eq!(
+        guest::value(&log, "GUEST-AFTER-REBOOT-FIO"),
+        Some("0"),
+        "{log}"
+    );
+    assert!(
+        log.contains("activations=4"),
+        "the device was activated again after the reboot: {log}"
     );
 }
 

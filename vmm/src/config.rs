@@ -27,6 +27,8 @@ pub enum ConfigError {
     InvalidSerial(String),
     #[error("invalid --device {0:?}: expected vhost-user,type=blk|net|balloon|<virtio id>,socket=PATH[,queues=N][,queue_size=N]")]
     InvalidDevice(String),
+    #[error("invalid --on-reboot {0:?}: expected restart or exit")]
+    InvalidOnReboot(String),
     #[error("no kernel given: use --kernel PATH or \"kernel\" in the config file")]
     NoKernel,
     #[error("--cpus {0} is out of range: a VM has 1 to {MAX_CPUS} vCPUs")]
@@ -149,6 +151,29 @@ impl FromStr for MemoryConfig {
             }
         }
         Ok(mem)
+    }
+}
+
+/// What a guest reboot does (libvirt's `on_reboot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReboot {
+    /// Reset the machine and boot the kernel again in the same process; backends stay
+    /// connected.
+    #[default]
+    Restart,
+    /// End `splitvisor` with exit status 3 (QEMU's `-no-reboot`).
+    Exit,
+}
+
+impl FromStr for OnReboot {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "restart" => Ok(OnReboot::Restart),
+            "exit" => Ok(OnReboot::Exit),
+            _ => Err(ConfigError::InvalidOnReboot(s.to_string())),
+        }
     }
 }
 
@@ -278,6 +303,8 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub on_reboot: OnReboot,
 }
 
 fn default_name() -> String {
@@ -298,6 +325,7 @@ impl Default for VmConfig {
             memory: MemoryConfig::default(),
             serial: SerialConfig::default(),
             devices: Vec::new(),
+            on_reboot: OnReboot::default(),
         }
     }
 }
@@ -367,11 +395,16 @@ mod tests {
     fn json_config_is_the_same_schema() {
         let json = r#"{"kernel": "/k", "cpus": 2, "memory": {"size": "1G", "mergeable": true},
                        "serial": "file=/tmp/console.log", "cmdline": "console=ttyS0"}"#;
+        let exit: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "on_reboot": "exit"}"#).unwrap();
+        assert_eq!(exit.on_reboot, OnReboot::Exit);
+        assert!("reboot".parse::<OnReboot>().is_err());
         let c: VmConfig = serde_json::from_str(json).unwrap();
         assert_eq!(c.cpus, 2);
         assert_eq!(c.memory.size, ByteSize(1 << 30));
         assert!(c.memory.mergeable);
         assert_eq!(c.serial, SerialConfig::File("/tmp/console.log".into()));
+        assert_eq!(c.on_reboot, OnReboot::Restart);
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "cpu": 2}"#).is_err());

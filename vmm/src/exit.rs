@@ -2,7 +2,8 @@
 
 use std::sync::{Condvar, Mutex};
 
-/// Why the VM stopped. The first reason reported wins.
+/// Why the VM stopped. The first reason reported wins, except that a reset gives way to any
+/// other reason (a stop signal during a reboot still stops the VM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
     /// The guest powered off (ACPI S5): exit status 0.
@@ -39,11 +40,22 @@ pub struct ExitHandle {
 impl ExitHandle {
     pub fn request(&self, exit: VmExit) {
         let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if reason.is_none() {
+        if reason.is_none() || (*reason == Some(VmExit::Reset) && exit != VmExit::Reset) {
             tracing::info!(?exit, "VM exit requested");
             *reason = Some(exit);
             self.cond.notify_all();
         }
+    }
+
+    /// After an in-place reboot: forget the reset so that the VM runs again. False if another
+    /// exit (a stop signal, say) was requested meanwhile; that one stands.
+    pub fn restart(&self) -> bool {
+        let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if *reason == Some(VmExit::Reset) {
+            *reason = None;
+            return true;
+        }
+        false
     }
 
     pub fn requested(&self) -> bool {

@@ -47,16 +47,20 @@ impl IrqRouter {
     }
 
     /// Route `gsi` to `msg`, or nowhere (`None`: the interrupt is dropped, e.g. while masked).
-    pub fn set(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), kvm_ioctls::Error> {
+    /// Returns true when `gsi` had no route before and has one now (a vector was unmasked).
+    pub fn set(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<bool, kvm_ioctls::Error> {
         let mut msi = self.msi.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = match msg {
-            Some(m) => msi.insert(gsi, m) != Some(m),
-            None => msi.remove(&gsi).is_some(),
+        let (changed, unmasked) = match msg {
+            Some(m) => {
+                let old = msi.insert(gsi, m);
+                (old != Some(m), old.is_none())
+            }
+            None => (msi.remove(&gsi).is_some(), false),
         };
         if changed {
             self.vm.set_gsi_routing(&table(&msi))?;
         }
-        Ok(())
+        Ok(unmasked)
     }
 }
 

@@ -10,6 +10,7 @@ pub mod irq_routing;
 pub mod layout;
 pub mod memory;
 pub mod pci;
+pub mod power_on;
 pub mod signals;
 pub mod vcpu;
 pub mod vhost_user;

@@ -1,15 +1,15 @@
 //! `splitvisor`: boot a Linux guest under KVM.
 //!
 //! Exit status: 0 the guest powered off; 1 an error (bad configuration, missing files, KVM
-//! failure); 2 a bad command line; 3 the guest reset/rebooted; 4 a vCPU crashed; 5 stopped by
-//! SIGTERM/SIGINT/SIGHUP.
+//! failure); 2 a bad command line; 3 the guest rebooted with `--on-reboot exit` (or could not
+//! be reset in place); 4 a vCPU crashed; 5 stopped by SIGTERM/SIGINT/SIGHUP.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use vmm::config::{DeviceConfig, MemoryConfig, SerialConfig, VmConfig};
+use vmm::config::{DeviceConfig, MemoryConfig, OnReboot, SerialConfig, VmConfig};
 use vmm::exit::EXIT_ERROR;
 use vmm::vm::Vm;
 
@@ -45,6 +45,10 @@ struct Args {
     /// Repeatable; adds to the config file's devices.
     #[arg(long = "device", value_name = "DEVICE")]
     devices: Vec<DeviceConfig>,
+    /// What a guest reboot does: restart (reset and boot again in place) or exit (status 3)
+    /// [default: restart].
+    #[arg(long, value_name = "restart|exit")]
+    on_reboot: Option<OnReboot>,
     /// VM name (used in logs).
     #[arg(long)]
     name: Option<String>,
@@ -67,6 +71,7 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     cfg.memory = args.memory.unwrap_or(cfg.memory);
     cfg.serial = args.serial.unwrap_or(cfg.serial);
     cfg.name = args.name.unwrap_or(cfg.name);
+    cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
     cfg.devices.extend(args.devices);
     Ok(cfg)
 }
@@ -87,7 +92,7 @@ fn main() -> ExitCode {
     let result = config_from(args).and_then(|cfg| Ok(Vm::start(&cfg)?));
     match result {
         Ok(vm) => {
-            let exit = vm.wait();
+            let exit = vm.run();
             if let vmm::exit::VmExit::Crash(why) = &exit {
                 eprintln!("splitvisor: the guest crashed: {why}");
             }

@@ -51,8 +51,12 @@ pub fn spawn_handler(exit: Arc<ExitHandle>) -> std::io::Result<()> {
         .spawn(move || {
             let set = stop_set();
             let mut sig: libc::c_int = 0;
-            // SAFETY: sigwait on a valid set, writing the signal number into our local.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            // a VM that reboots in place keeps running, so every signal is taken, not just one
+            loop {
+                // SAFETY: sigwait on a valid set, writing the signal number into our local.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    break;
+                }
                 exit.request(VmExit::Signal(sig));
             }
         })

@@ -12,18 +12,25 @@ const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 
-/// Kick every vCPU thread out of `KVM_RUN` until it has seen the exit and ended (bounded:
-/// a thread that does not end within `limit` is left behind, and the process exits anyway).
-pub fn stop_all(threads: Vec<std::thread::JoinHandle<()>>, limit: std::time::Duration) {
+/// Kick every vCPU thread out of `KVM_RUN` until it has seen the exit and ended, and give
+/// back the vCPUs in id order. Bounded: if a thread does not end within `limit` it is left
+/// behind and `None` is returned (the VM cannot run again; the process exits anyway).
+pub fn stop_all(
+    threads: Vec<std::thread::JoinHandle<VcpuFd>>,
+    limit: std::time::Duration,
+) -> Option<Vec<VcpuFd>> {
     use vmm_sys_util::signal::Killable;
     let start = std::time::Instant::now();
-    let mut running = threads;
+    let mut stopped: Vec<Option<VcpuFd>> = Vec::new();
+    stopped.resize_with(threads.len(), || None);
+    let mut running: Vec<_> = threads.into_iter().enumerate().collect();
     while !running.is_empty() && start.elapsed() < limit {
-        let (done, rest): (Vec<_>, Vec<_>) = running.into_iter().partition(|t| t.is_finished());
-        for t in done {
-            let _ = t.join();
+        let (done, rest): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|(_, t)| t.is_finished());
+        for (id, t) in done {
+            stopped[id] = t.join().ok();
         }
-        for t in &rest {
+        for (_, t) in &rest {
             let _ = t.kill(crate::signals::vcpu_kick_signal());
         }
         running = rest;
@@ -32,19 +39,20 @@ pub fn stop_all(threads: Vec<std::thread::JoinHandle<()>>, limit: std::time::Dur
     if !running.is_empty() {
         tracing::warn!(count = running.len(), "vCPU threads did not stop in time");
     }
+    stopped.into_iter().collect()
 }
 
 pub fn spawn(
     id: u8,
     vcpu: VcpuFd,
     devices: Arc<Devices>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<std::thread::JoinHandle<VcpuFd>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || run(id, vcpu, devices))
 }
 
-fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>) {
+fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>) -> VcpuFd {
     let exit = devices.exit.clone();
     while !exit.requested() {
         let event = match vcpu.run() {
@@ -92,4 +100,5 @@ fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>) {
             exit.request(event);
         }
     }
+    vcpu
 }

@@ -1,5 +1,6 @@
 //! Putting a VM together: KVM VM with in-kernel irqchip and PIT, shared-memfd RAM, the loaded
-//! guest, the console, and one thread per vCPU; then waiting for the guest to end.
+//! guest, the console, and one thread per vCPU; then running it until the guest ends, resetting
+//! it in place whenever the guest reboots.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,7 +9,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError};
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, OnReboot, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::devices::serial::{Console, SerialError, COM1_IRQ};
 use crate::devices::Devices;
@@ -18,6 +19,7 @@ use crate::layout::PCI_MMIO_START;
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::bus::PciBus;
+use crate::power_on::{PowerOnError, PowerOnState};
 use crate::vhost_user::{monitor, AbsentDevice, VhostUserDevice};
 use crate::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::virtio::VirtioDevice;
@@ -55,6 +57,8 @@ pub enum VmError {
     Bus(#[from] crate::pci::bus::BusError),
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    PowerOn(#[from] PowerOnError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -70,14 +74,17 @@ fn type_name(virtio_type: u32) -> &'static str {
     }
 }
 
-/// A running VM. [`Vm::wait`] returns how the guest ended once the vCPU threads have stopped;
+/// A running VM. [`Vm::run`] returns how the guest ended once the vCPU threads have stopped;
 /// the process then exits.
 pub struct Vm {
-    _vm: Arc<VmFd>,
-    _ram: GuestRam,
+    vm: Arc<VmFd>,
+    ram: GuestRam,
+    cfg: VmConfig,
     console: Arc<Console>,
     exit: Arc<ExitHandle>,
-    vcpu_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    devices: Arc<Devices>,
+    power_on: PowerOnState,
+    vcpu_threads: Vec<std::thread::JoinHandle<kvm_ioctls::VcpuFd>>,
 }
 
 impl Vm {
@@ -108,6 +115,7 @@ impl Vm {
             ..Default::default()
         })
         .map_err(kvm_err("create the in-kernel PIT"))?;
+        let mut power_on = PowerOnState::save_platform(&vm)?;
 
         // SAFETY: `ram` goes into the returned Vm together with the VM, and the process exits
         // (after stopping the vCPUs) without dropping either.
@@ -186,35 +194,83 @@ impl Vm {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("create a vCPU"))?;
-            let boot_entry = (id == 0).then_some(entry);
-            cpu::configure(&vcpu, &supported, id, cfg.cpus, ram.memory(), boot_entry)?;
+            cpu::set_cpuid(&vcpu, &supported, id, cfg.cpus)?;
+            power_on.save_vcpu(&vcpu)?;
+            cpu::configure(&vcpu, id, ram.memory(), (id == 0).then_some(entry))?;
             vcpus.push(vcpu);
         }
         signals::spawn_handler(exit.clone()).map_err(VmError::Thread)?;
         signals::install_vcpu_kick_handler().map_err(VmError::Thread)?;
-        let mut vcpu_threads = Vec::new();
-        for (id, vcpu) in vcpus.into_iter().enumerate() {
-            vcpu_threads
-                .push(vcpu::spawn(id as u8, vcpu, devices.clone()).map_err(VmError::Thread)?);
-        }
-        tracing::info!(name = %cfg.name, cpus = cfg.cpus, "VM started");
-        Ok(Vm {
-            _vm: vm,
-            _ram: ram,
+        let mut vm = Vm {
+            vm,
+            ram,
+            cfg: cfg.clone(),
             console,
             exit,
-            vcpu_threads: Mutex::new(vcpu_threads),
-        })
+            devices,
+            power_on,
+            vcpu_threads: Vec::new(),
+        };
+        vm.spawn_vcpus(vcpus)?;
+        tracing::info!(name = %cfg.name, cpus = cfg.cpus, "VM started");
+        Ok(vm)
     }
 
-    /// Block until the guest powers off, resets, crashes or a stop signal arrives; then stop
-    /// the vCPU threads (bounded) and restore the terminal.
-    pub fn wait(&self) -> VmExit {
-        let exit = self.exit.wait();
-        let threads =
-            std::mem::take(&mut *self.vcpu_threads.lock().unwrap_or_else(|e| e.into_inner()));
-        vcpu::stop_all(threads, std::time::Duration::from_secs(2));
-        self.console.restore_terminal();
-        exit
+    fn spawn_vcpus(&mut self, vcpus: Vec<kvm_ioctls::VcpuFd>) -> Result<(), VmError> {
+        for (id, vcpu) in vcpus.into_iter().enumerate() {
+            let thread = vcpu::spawn(id as u8, vcpu, self.devices.clone());
+            self.vcpu_threads.push(thread.map_err(VmError::Thread)?);
+        }
+        Ok(())
+    }
+
+    /// Run until the guest powers off, crashes, or a stop signal arrives (and, with
+    /// `on_reboot: exit`, until it reboots); then stop the vCPU threads (bounded) and restore
+    /// the terminal.
+    pub fn run(mut self) -> VmExit {
+        loop {
+            let exit = self.exit.wait();
+            let threads = std::mem::take(&mut self.vcpu_threads);
+            let vcpus = vcpu::stop_all(threads, std::time::Duration::from_secs(2));
+            if exit == VmExit::Reset && self.cfg.on_reboot == OnReboot::Restart {
+                match vcpus {
+                    Some(vcpus) => match self.reboot(vcpus) {
+                        Ok(true) => continue,
+                        Ok(false) => {} // a stop request came in during the reset
+                        Err(e) => eprintln!("splitvisor: error: cannot reboot in place: {e}"),
+                    },
+                    None => {
+                        eprintln!("splitvisor: error: cannot reboot in place: a vCPU did not stop")
+                    }
+                }
+            }
+            self.console.restore_terminal();
+            return self.exit.wait();
+        }
+    }
+
+    /// Reset the machine to its power-on state and boot the kernel again. Devices first, so
+    /// that the backends stop using guest memory (GET_VRING_BASE) before the kernel is
+    /// reloaded into it. False if another exit was requested meanwhile.
+    fn reboot(&mut self, vcpus: Vec<kvm_ioctls::VcpuFd>) -> Result<bool, VmError> {
+        tracing::info!(name = %self.cfg.name, "guest rebooted: resetting the VM");
+        self.devices.pci.power_on_reset();
+        let kernel = boot::check_inputs(&self.cfg)?;
+        let entry = boot::load(&self.ram, &self.cfg, kernel)?;
+        self.power_on.restore_platform(&self.vm)?;
+        for (id, vcpu) in vcpus.iter().enumerate() {
+            self.power_on.restore_vcpu(id, vcpu)?;
+            cpu::configure(
+                vcpu,
+                id as u8,
+                self.ram.memory(),
+                (id == 0).then_some(entry),
+            )?;
+        }
+        if !self.exit.restart() {
+            return Ok(false);
+        }
+        self.spawn_vcpus(vcpus)?;
+        Ok(true)
     }
 }

@@ -1,6 +1,7 @@
 //! A few instructions of 64-bit guest code, entered through splitvisor's own boot CPU setup
 //! (GDT, identity page tables, long-mode segment registers, MSRs, LAPIC) on shared-memfd guest
-//! RAM, doing port and MMIO I/O. Needs no Linux, so it runs on the host's own /dev/kvm
+//! RAM, doing port and MMIO I/O; then the vCPU is put back to its power-on state, as at a guest
+//! reboot, and runs the same code again. Needs no Linux, so it runs on the host's own /dev/kvm
 //! (including PVM, which emulates these few kernel-mode instructions).
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -10,6 +11,7 @@ use vmm::boot::EntryPoint;
 use vmm::config::{ByteSize, MemoryConfig};
 use vmm::devices::acpi_pm::SLEEP_CONTROL_PORT;
 use vmm::memory::GuestRam;
+use vmm::power_on::PowerOnState;
 
 const CODE_ADDR: u64 = 0x10_0000;
 /// In the 32-bit hole: mapped by the boot page tables, backed by no RAM.
@@ -23,11 +25,12 @@ enum Exit {
 }
 
 #[test]
-fn long_mode_code_does_port_and_mmio_io() {
+fn long_mode_code_does_port_and_mmio_io_and_runs_again_after_a_reset() {
     let kvm = Kvm::new()
         .expect("/dev/kvm is missing or inaccessible: this test runs a guest under the host's KVM");
     let vm = kvm.create_vm().unwrap();
     vm.create_irq_chip().unwrap();
+    vm.create_pit2(Default::default()).unwrap();
     let ram = GuestRam::new(&MemoryConfig {
         size: ByteSize(64 << 20),
         hugepages: false,
@@ -40,6 +43,10 @@ fn long_mode_code_does_port_and_mmio_io() {
     #[rustfmt::skip]
     let code = [
         0x66, 0xba, 0xf8, 0x03,                   // mov dx, 0x3f8
+        0x0f, 0x20, 0xe0,                         // mov rax, cr4
+        0xee,                                     // out dx, al
+        0x48, 0x83, 0xc8, 0x04,                   // or rax, 4 (CR4.TSD: left set at "reboot")
+        0x0f, 0x22, 0xe0,                         // mov cr4, rax
         0xb0, b'L',                               // mov al, 'L'
         0xee,                                     // out dx, al
         0xbb, mmio[0], mmio[1], mmio[2], mmio[3], // mov ebx, MMIO_ADDR
@@ -56,16 +63,35 @@ fn long_mode_code_does_port_and_mmio_io() {
         .unwrap();
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
-    vmm::cpu::configure(
-        &vcpu,
-        &supported,
-        0,
-        1,
-        ram.memory(),
-        Some(EntryPoint::Linux64(CODE_ADDR)),
-    )
-    .unwrap();
+    vmm::cpu::set_cpuid(&vcpu, &supported, 0, 1).unwrap();
+    let mut power_on = PowerOnState::save_platform(&vm).unwrap();
+    power_on.save_vcpu(&vcpu).unwrap();
+    let entry = Some(EntryPoint::Linux64(CODE_ADDR));
+    vmm::cpu::configure(&vcpu, 0, ram.memory(), entry).unwrap();
+    let expected = vec![
+        Exit::Out(0x3f8, 0x20), // CR4 as the boot setup left it: PAE only
+        Exit::Out(0x3f8, b'L'),
+        Exit::MmioWrite(u64::from(MMIO_ADDR), 0x5a),
+        Exit::MmioRead(u64::from(MMIO_ADDR) + 8),
+        Exit::Out(0x3f8, b'!'),
+        Exit::Out(SLEEP_CONTROL_PORT, 0x34),
+    ];
+    assert_eq!(run_to_poweroff(&mut vcpu), expected);
 
+    // the reboot path: power-on state back, boot configuration again, same run
+    power_on.restore_platform(&vm).unwrap();
+    power_on.restore_vcpu(0, &vcpu).unwrap();
+    vmm::cpu::configure(&vcpu, 0, ram.memory(), entry).unwrap();
+    assert_eq!(run_to_poweroff(&mut vcpu), expected, "after the reset");
+
+    // and that last write is exactly what the vmm treats as a guest power-off
+    assert_eq!(
+        vmm::devices::acpi_pm::write(SLEEP_CONTROL_PORT, 0x34),
+        Some(vmm::exit::VmExit::PowerOff)
+    );
+}
+
+fn run_to_poweroff(vcpu: &mut kvm_ioctls::VcpuFd) -> Vec<Exit> {
     let mut exits = Vec::new();
     for _ in 0..16 {
         match vcpu.run().expect("KVM_RUN") {
@@ -84,19 +110,5 @@ fn long_mode_code_does_port_and_mmio_io() {
             other => panic!("unexpected exit {other:?} after {exits:?}"),
         }
     }
-    assert_eq!(
-        exits,
-        vec![
-            Exit::Out(0x3f8, b'L'),
-            Exit::MmioWrite(u64::from(MMIO_ADDR), 0x5a),
-            Exit::MmioRead(u64::from(MMIO_ADDR) + 8),
-            Exit::Out(0x3f8, b'!'),
-            Exit::Out(SLEEP_CONTROL_PORT, 0x34),
-        ]
-    );
-    // and that last write is exactly what the vmm treats as a guest power-off
-    assert_eq!(
-        vmm::devices::acpi_pm::write(SLEEP_CONTROL_PORT, 0x34),
-        Some(vmm::exit::VmExit::PowerOff)
-    );
+    exits
 }

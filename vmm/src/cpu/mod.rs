@@ -28,19 +28,21 @@ pub enum CpuError {
     Memory(String),
 }
 
-/// Set up vCPU `id` of `count`. Only the boot vCPU (`entry` is `Some`) gets registers: the
-/// others wait for INIT/SIPI from the guest in the in-kernel LAPIC.
+/// Give vCPU `id` of `count` its CPUID (once, before it first runs).
+pub fn set_cpuid(vcpu: &VcpuFd, supported: &CpuId, id: u8, count: u8) -> Result<(), CpuError> {
+    let cpuid = cpuid::for_vcpu(supported, id, count);
+    vcpu.set_cpuid2(&cpuid).map_err(|e| CpuError::Cpuid(id, e))
+}
+
+/// Set up vCPU `id` for boot (at power-on and again at every reboot). Only the boot vCPU
+/// (`entry` is `Some`) gets registers: the others wait for INIT/SIPI from the guest in the
+/// in-kernel LAPIC.
 pub fn configure(
     vcpu: &VcpuFd,
-    supported: &CpuId,
     id: u8,
-    count: u8,
     mem: &GuestMemoryMmap,
     entry: Option<EntryPoint>,
 ) -> Result<(), CpuError> {
-    let cpuid = cpuid::for_vcpu(supported, id, count);
-    vcpu.set_cpuid2(&cpuid)
-        .map_err(|e| CpuError::Cpuid(id, e))?;
     regs::set_msrs(vcpu)?;
     regs::set_fpu(vcpu).map_err(|source| CpuError::Kvm {
         what: "the FPU",

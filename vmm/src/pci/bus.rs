@@ -46,6 +46,17 @@ impl PciBus {
         Ok(self.devices.len() - 1)
     }
 
+    /// Reset every device to its power-on state (the guest rebooted).
+    pub fn power_on_reset(&self) {
+        *self
+            .config_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = 0;
+        for d in &self.devices {
+            lock(d).power_on_reset();
+        }
+    }
+
     /// The device addressed by the config address register, and the register offset.
     fn target(&self) -> Option<(&SharedDevice, usize)> {
         let a = *self

@@ -21,6 +21,8 @@ pub trait PciDevice: Send {
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
     /// Called after the guest wrote config space at `offset` (MSI-X enable, BAR moves …).
     fn config_written(&mut self, _offset: usize) {}
+    /// The machine resets (guest reboot): return to the power-on state.
+    fn power_on_reset(&mut self) {}
 }
 
 /// The host bridge at 00:00.0: identity only.

@@ -78,6 +78,8 @@ struct Queue {
 pub struct VirtioPciDevice {
     name: String,
     config: ConfigSpace,
+    /// `config` as it was at power-on (BARs, capabilities), restored when the machine resets.
+    power_on_config: ConfigSpace,
     device: Box<dyn VirtioDevice>,
     router: Arc<IrqRouter>,
     msix: Msix,
@@ -187,6 +189,7 @@ impl VirtioPciDevice {
         let features = device.features() & !F_TRANSPORT_UNSUPPORTED;
         Ok(VirtioPciDevice {
             name: name.to_string(),
+            power_on_config: config.clone(),
             config,
             device,
             router,
@@ -213,18 +216,30 @@ impl VirtioPciDevice {
         self.counters.clone()
     }
 
+    /// Point each interrupt's GSI at its MSI-X vector (no route while masked). KVM drops an
+    /// irqfd signal that has no route, so the vmm cannot latch it in the PBA; instead, when a
+    /// vector is unmasked, its interrupt is sent once, as if it had been pending. A virtio
+    /// driver takes an interrupt with no new used buffers as a no-op.
     fn update_routes(&self) {
         let route = |gsi: u32, vector: u16| {
             let msg = (vector != NO_VECTOR)
                 .then(|| self.msix.message(vector))
                 .flatten();
-            if let Err(e) = self.router.set(gsi, msg) {
-                tracing::error!(device = %self.name, error = %e, "cannot route an interrupt");
+            match self.router.set(gsi, msg) {
+                Ok(unmasked) => unmasked,
+                Err(e) => {
+                    tracing::error!(device = %self.name, error = %e, "cannot route an interrupt");
+                    false
+                }
             }
         };
-        route(self.config_gsi, self.msix_config);
+        if route(self.config_gsi, self.msix_config) && self.isr & ISR_CONFIG != 0 {
+            let _ = self.config_evt.write(1);
+        }
         for q in &self.queues {
-            route(q.gsi, q.vector);
+            if route(q.gsi, q.vector) && self.activated && q.enabled {
+                let _ = q.call.write(1);
+            }
         }
     }
 
@@ -246,7 +261,8 @@ impl VirtioPciDevice {
         let _ = self.config_evt.write(1);
     }
 
-    fn reset(&mut self) {
+    /// Reset the transport and stop the device; `cause` is for the log.
+    fn reset(&mut self, cause: &str) {
         if self.activated {
             self.device.reset();
             self.activated = false;
@@ -274,13 +290,13 @@ impl VirtioPciDevice {
             notify_exits = c.notify_exits.load(Ordering::Relaxed),
             config_reads = c.config_reads.load(Ordering::Relaxed),
             activations = c.activations.load(Ordering::Relaxed),
-            "device reset by the driver"
+            "device reset by the {cause}"
         );
     }
 
     fn set_status(&mut self, v: u8) {
         if v == 0 {
-            self.reset();
+            self.reset("driver");
             return;
         }
         let mut v = v;
@@ -433,6 +449,16 @@ impl PciDevice for VirtioPciDevice {
     }
     fn bars(&self) -> Vec<(usize, u64)> {
         vec![(0, BAR_SIZE)]
+    }
+
+    fn power_on_reset(&mut self) {
+        // a device whose backend is gone still needs a reset after the reboot
+        let broken = self.status & STATUS_DEVICE_NEEDS_RESET;
+        self.reset("guest reboot");
+        self.config = self.power_on_config.clone();
+        self.msix = Msix::new(self.queues.len() as u16 + 1);
+        self.update_routes();
+        self.status = broken;
     }
 
     fn config_written(&mut self, offset: usize) {
