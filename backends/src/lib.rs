@@ -2,8 +2,10 @@
 //! (path, inherited descriptor or systemd activation), readiness notification, signals and the
 //! serve loop that accepts one frontend after another.
 
+pub mod guest_iovecs;
 pub mod logging;
 pub mod readiness;
+pub mod relay;
 pub mod serve;
 pub mod signals;
 pub mod socket;
@@ -18,4 +20,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s
+}
+
+/// The body of every backend's `main` after argument parsing: logging, the stop signals
+/// blocked before any thread exists (so that only the signal thread takes them), then `run`;
+/// an error is one line `NAME: what: why` and exit status 1.
+pub fn run_main<E: std::error::Error>(
+    name: &str,
+    run: impl FnOnce() -> Result<(), E>,
+) -> std::process::ExitCode {
+    logging::init();
+    if let Err(e) = signals::block_signals() {
+        eprintln!("{name}: cannot block signals: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {}", error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

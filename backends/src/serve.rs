@@ -4,7 +4,10 @@
 //! backend's own state that must survive (the open image, the counters) lives in the factory.
 
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tracing::{info, warn};
@@ -13,6 +16,7 @@ use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringEpollHandler, V
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::readiness::{self, ReadinessError};
+use crate::relay;
 use crate::signals::{self, SignalActions};
 use crate::socket::{SocketArgs, SocketError, SocketSource};
 
@@ -69,6 +73,8 @@ pub enum ServeError {
     Socket(#[from] SocketError),
     #[error(transparent)]
     Readiness(#[from] ReadinessError),
+    #[error("cannot set up the relay to the frontend")]
+    Relay(#[source] io::Error),
     #[error("cannot start the signal thread")]
     Signals(#[source] io::Error),
     #[error("cannot create the device for a new connection")]
@@ -113,9 +119,8 @@ fn serve_connections<F: BackendFactory>(
         factory
             .attach(&backend, &daemon.get_epoll_handlers())
             .map_err(ServeError::CreateDevice)?;
-        daemon
-            .start(listener)
-            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let frontend = accept(listener)?;
+        start_behind_relay(&mut daemon, frontend)?;
         info!("{name}: frontend connected");
         match daemon.wait() {
             Ok(())
@@ -130,6 +135,52 @@ fn serve_connections<F: BackendFactory>(
             return Ok(());
         }
     }
+}
+
+fn accept(listener: &mut Listener) -> Result<UnixStream, ServeError> {
+    loop {
+        match listener.accept() {
+            Ok(Some(stream)) => return Ok(stream),
+            Ok(None) => continue,
+            Err(e) => return Err(ServeError::Daemon(format!("cannot accept a frontend: {e}"))),
+        }
+    }
+}
+
+/// Hand the daemon its end of a [`relay`] to `frontend`: the daemon accepts on a listener in
+/// a fresh directory only we can enter, which is gone again before the frontend's first
+/// message is read.
+fn start_behind_relay<B>(
+    daemon: &mut VhostUserDaemon<B>,
+    frontend: UnixStream,
+) -> Result<(), ServeError>
+where
+    B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+{
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let relay_err = |e: io::Error| ServeError::Relay(e);
+    let dir = std::env::temp_dir().join(format!(
+        "splitvisor-relay-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(relay_err)?;
+    let path = dir.join("s");
+    let result = (|| {
+        let mut inner = Listener::new(&path, true)
+            .map_err(|e| ServeError::Daemon(format!("cannot listen for the relay: {e}")))?;
+        let backend = UnixStream::connect(&path).map_err(relay_err)?;
+        daemon
+            .start(&mut inner)
+            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        relay::spawn(frontend, backend).map_err(relay_err)
+    })();
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
+    result
 }
 
 fn install_signal_actions<F: BackendFactory>(

@@ -65,17 +65,5 @@ impl From<Args> for Config {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    backends::logging::init();
-    // before any thread exists, so that only the signal thread receives them
-    if let Err(e) = backends::signals::block_signals() {
-        eprintln!("splitvisor-blk: cannot block signals: {e}");
-        return ExitCode::FAILURE;
-    }
-    match start_backend(args.into()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("splitvisor-blk: {}", backends::error_chain(&e));
-            ExitCode::FAILURE
-        }
-    }
+    backends::run_main("splitvisor-blk", || start_backend(args.into()))
 }

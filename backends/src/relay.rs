@@ -1,0 +1,231 @@
+//! A relay between the frontend's connection and the vhost crate's request handler, for one
+//! frontend ordering the handler refuses.
+//!
+//! QEMU's virtio-net (7.2 and later) enables queue pair 0 with `SET_VRING_ENABLE` as soon as
+//! the guest writes its feature bits — before QEMU has sent `SET_FEATURES` to the backend.
+//! The vhost crate answers a `SET_VRING_ENABLE` that arrives before `VHOST_USER_F_PROTOCOL_
+//! FEATURES` was acknowledged with an error and drops the connection, so no rust-vmm net
+//! backend works under QEMU. The relay passes every message through unchanged (payload and
+//! file descriptors), except such an early `SET_VRING_ENABLE`: it is acknowledged here (when
+//! the frontend asked for an ack), and the last one for each ring is passed on right after
+//! `SET_FEATURES` — QEMU does not send it again when it starts the device. Only control
+//! messages cross the relay; the data path is the shared memory and eventfds.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+const HEADER_LEN: usize = 12;
+/// Larger than any vhost-user message body (the memory table with 8 regions is 264 bytes).
+const MAX_BODY: usize = 4096;
+const MAX_FDS: usize = 32;
+
+const REQ_SET_FEATURES: u32 = 2;
+const REQ_SET_PROTOCOL_FEATURES: u32 = 16;
+const REQ_SET_VRING_ENABLE: u32 = 18;
+const FLAG_VERSION_1: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+const PROTOCOL_F_REPLY_ACK: u64 = 1 << 3;
+
+/// One vhost-user message: header, body and the descriptors that came with it (closed when
+/// the message is dropped, after they were passed on).
+struct Message {
+    header: [u8; HEADER_LEN],
+    body: Vec<u8>,
+    files: Vec<File>,
+}
+
+impl Message {
+    fn request(&self) -> u32 {
+        u32::from_le_bytes([
+            self.header[0],
+            self.header[1],
+            self.header[2],
+            self.header[3],
+        ])
+    }
+    fn flags(&self) -> u32 {
+        u32::from_le_bytes([
+            self.header[4],
+            self.header[5],
+            self.header[6],
+            self.header[7],
+        ])
+    }
+    fn body_u64(&self) -> u64 {
+        self.body
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    }
+}
+
+/// Read one message; `None` at a clean end of stream.
+fn receive(from: &mut UnixStream) -> io::Result<Option<Message>> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut fds = [-1 as RawFd; MAX_FDS];
+    let mut iov = [libc::iovec {
+        iov_base: header.as_mut_ptr().cast(),
+        iov_len: HEADER_LEN,
+    }];
+    // SAFETY: the iovec points at `header`, which we own and may be overwritten.
+    let (n, nfds) = unsafe { from.recv_with_fds(&mut iov, &mut fds) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    let files: Vec<File> = fds[..nfds]
+        .iter()
+        // SAFETY: recvmsg gave us these descriptors; nobody else owns them.
+        .map(|&fd| unsafe { File::from_raw_fd(fd) })
+        .collect();
+    if n == 0 {
+        return Ok(None);
+    }
+    from.read_exact(&mut header[n..])?;
+    let size = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+    if size > MAX_BODY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a vhost-user message with a {size}-byte body"),
+        ));
+    }
+    let mut body = vec![0u8; size];
+    from.read_exact(&mut body)?;
+    Ok(Some(Message {
+        header,
+        body,
+        files,
+    }))
+}
+
+fn send(to: &mut UnixStream, m: &Message) -> io::Result<()> {
+    let fds: Vec<RawFd> = m
+        .files
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .collect();
+    let mut whole = Vec::with_capacity(HEADER_LEN + m.body.len());
+    whole.extend_from_slice(&m.header);
+    whole.extend_from_slice(&m.body);
+    let sent = to
+        .send_with_fds(&[&whole[..]], &fds)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    // the descriptors went with the first byte; the rest is plain data
+    to.write_all(&whole[sent..])
+}
+
+/// The frontend's view of the negotiation so far.
+#[derive(Default)]
+struct Negotiation {
+    features_set: AtomicBool,
+    protocol_features: AtomicU64,
+}
+
+/// Relay messages between `frontend` and `backend` (the handler's end) until either side
+/// closes; then close both. Returns the two relay threads.
+pub fn spawn(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
+    let state = Arc::new(Negotiation::default());
+    let front_reader = frontend.try_clone()?;
+    let front_writer = Arc::new(Mutex::new(frontend));
+    let back_reader = backend.try_clone()?;
+    let back_writer = backend;
+
+    let (fw, st) = (front_writer.clone(), state.clone());
+    std::thread::Builder::new()
+        .name("vu-relay-in".into())
+        .spawn(move || {
+            let result = frontend_to_backend(front_reader, back_writer, &fw, &st);
+            if let Err(e) = result {
+                tracing::debug!("relay from the frontend ended: {e}");
+            }
+        })?;
+    std::thread::Builder::new()
+        .name("vu-relay-out".into())
+        .spawn(move || {
+            let result = backend_to_frontend(back_reader, &front_writer);
+            if let Err(e) = result {
+                tracing::debug!("relay to the frontend ended: {e}");
+            }
+        })?;
+    Ok(())
+}
+
+fn frontend_to_backend(
+    mut front: UnixStream,
+    mut back: UnixStream,
+    front_writer: &Mutex<UnixStream>,
+    state: &Negotiation,
+) -> io::Result<()> {
+    // the latest early SET_VRING_ENABLE per ring, replayed after SET_FEATURES
+    let mut early: std::collections::BTreeMap<u32, Message> = Default::default();
+    let result = (|| {
+        while let Some(mut m) = receive(&mut front)? {
+            tracing::trace!(request = m.request(), body = ?m.body, fds = m.files.len(), "frontend message");
+            match m.request() {
+                REQ_SET_FEATURES => {
+                    state.features_set.store(true, Ordering::Relaxed);
+                    send(&mut back, &m)?;
+                    for (_, enable) in std::mem::take(&mut early) {
+                        send(&mut back, &enable)?;
+                    }
+                    continue;
+                }
+                REQ_SET_PROTOCOL_FEATURES => state
+                    .protocol_features
+                    .store(m.body_u64(), Ordering::Relaxed),
+                REQ_SET_VRING_ENABLE if !state.features_set.load(Ordering::Relaxed) => {
+                    tracing::debug!("early SET_VRING_ENABLE held by the relay until SET_FEATURES");
+                    let wants_ack = m.flags() & FLAG_NEED_REPLY != 0
+                        && state.protocol_features.load(Ordering::Relaxed) & PROTOCOL_F_REPLY_ACK
+                            != 0;
+                    if wants_ack {
+                        let mut reply = Vec::with_capacity(HEADER_LEN + 8);
+                        reply.extend_from_slice(&REQ_SET_VRING_ENABLE.to_le_bytes());
+                        reply.extend_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
+                        reply.extend_from_slice(&8u32.to_le_bytes());
+                        reply.extend_from_slice(&0u64.to_le_bytes());
+                        front_writer
+                            .lock()
+                            .map_err(|_| io::Error::other("relay lock poisoned"))?
+                            .write_all(&reply)?;
+                    }
+                    // answered already: the replayed copy must not be answered again
+                    let flags = m.flags() & !FLAG_NEED_REPLY;
+                    m.header[4..8].copy_from_slice(&flags.to_le_bytes());
+                    let ring = m.body_u64() as u32;
+                    early.insert(ring, m);
+                    continue;
+                }
+                _ => {}
+            }
+            send(&mut back, &m)?;
+        }
+        Ok(())
+    })();
+    // either side gone: make sure both see it
+    let _ = back.shutdown(std::net::Shutdown::Both);
+    let _ = front.shutdown(std::net::Shutdown::Both);
+    result
+}
+
+fn backend_to_frontend(mut back: UnixStream, front_writer: &Mutex<UnixStream>) -> io::Result<()> {
+    let result = (|| {
+        while let Some(m) = receive(&mut back)? {
+            tracing::trace!(request = m.request(), size = m.body.len(), "backend reply");
+            let mut front = front_writer
+                .lock()
+                .map_err(|_| io::Error::other("relay lock poisoned"))?;
+            send(&mut front, &m)?;
+        }
+        Ok(())
+    })();
+    let _ = back.shutdown(std::net::Shutdown::Both);
+    if let Ok(front) = front_writer.lock() {
+        let _ = front.shutdown(std::net::Shutdown::Both);
+    }
+    result
+}
