@@ -1,4 +1,157 @@
-//! `splitvisor-net`: the vhost-user net device process.
+//! `splitvisor-net`: a vhost-user-net device process in front of a tap device.
 //!
-//! Not built yet: issue #6 adds the device, its `splitvisor-net` binary and its
-//! tests. The crate exists so the workspace shows the process split from the start.
+//! Layout: `main.rs` parses the command line into a [`Config`]; [`start_backend`] opens the
+//! tap and runs the shared serve loop from `backends`; `vhu_net.rs` is the vhost-user face
+//! (features, config space, worker threads); `rx.rs` and `tx.rs` move packets, `ctrl.rs`
+//! serves the control queue, `tap.rs` talks to the kernel's tap driver.
+
+pub mod ctrl;
+pub mod rx;
+pub mod stats;
+pub mod tap;
+pub mod tx;
+pub mod vhu_net;
+pub mod virtio_net;
+
+#[cfg(test)]
+mod queue_tests;
+
+use std::sync::Arc;
+
+use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
+use vhost_user_backend::VringEpollHandler;
+
+use crate::stats::NetStats;
+use crate::tap::{Tap, TapError};
+use crate::vhu_net::VhostUserNet;
+use crate::virtio_net::{format_mac, NetConfig, VIRTIO_NET_S_LINK_UP};
+
+/// Where the tap comes from.
+#[derive(Debug, Clone)]
+pub enum TapSource {
+    /// An existing tap (made by `ip tuntap add ... multi_queue` or a management tool).
+    Existing(String),
+    /// Create it here, optionally as a port of a bridge; it goes away with the process.
+    Create {
+        name: String,
+        bridge: Option<String>,
+    },
+}
+
+/// What the backend serves and how.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tap: TapSource,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    pub queues: usize,
+    pub queue_size: usize,
+    pub daemon: DaemonArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--queues (queue pairs) must be between 1 and 16, not {0}")]
+    Queues(usize),
+    #[error("--queue-size must be a power of two between 64 and 32768, not {0}")]
+    QueueSize(usize),
+    #[error("--mtu must be between 68 and 65535, not {0}")]
+    Mtu(u16),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// A fresh vhost-user face for each connection over the one tap.
+struct NetFactory {
+    tap: Arc<Tap>,
+    config: NetConfig,
+    queue_size: usize,
+    stats: Arc<NetStats>,
+}
+
+impl BackendFactory for NetFactory {
+    type Backend = Arc<VhostUserNet>;
+
+    fn create(&mut self) -> std::io::Result<Self::Backend> {
+        Ok(Arc::new(VhostUserNet::new(
+            self.tap.clone(),
+            self.config.clone(),
+            self.queue_size,
+            self.stats.clone(),
+        )))
+    }
+
+    fn attach(
+        &mut self,
+        backend: &Self::Backend,
+        workers: &[Arc<VringEpollHandler<Self::Backend>>],
+    ) -> std::io::Result<()> {
+        backend.attach_taps(workers)
+    }
+
+    fn log_stats(&self) -> Box<dyn Fn() + Send> {
+        let stats = self.stats.clone();
+        Box::new(move || {
+            for line in stats.lines() {
+                tracing::warn!("stats: {line}");
+            }
+        })
+    }
+
+    fn on_terminate(&self) -> Box<dyn Fn() + Send> {
+        let stats = self.stats.clone();
+        Box::new(move || {
+            for line in stats.lines() {
+                tracing::info!("stats at exit: {line}");
+            }
+        })
+    }
+}
+
+/// Open (or create) the tap and serve it until a signal ends the process.
+pub fn start_backend(config: Config) -> Result<(), Error> {
+    if !(1..=16).contains(&config.queues) {
+        return Err(Error::Queues(config.queues));
+    }
+    if !(64..=32768).contains(&config.queue_size) || !config.queue_size.is_power_of_two() {
+        return Err(Error::QueueSize(config.queue_size));
+    }
+    if config.mtu < 68 {
+        return Err(Error::Mtu(config.mtu));
+    }
+    let tap = match &config.tap {
+        TapSource::Existing(name) => Tap::open(name, config.queues, false)?,
+        TapSource::Create { name, bridge } => {
+            let tap = Tap::open(name, config.queues, true)?;
+            if let Some(br) = bridge {
+                tap.add_to_bridge(br)?;
+            }
+            tap
+        }
+    };
+    tap.set_mtu(config.mtu)?;
+    tap.bring_up()?;
+    tracing::info!(
+        "serving tap {} ({} queue pair(s), MAC {}, MTU {})",
+        tap.name(),
+        tap.queue_count(),
+        format_mac(&config.mac),
+        config.mtu
+    );
+    let net_config = NetConfig {
+        mac: config.mac,
+        status: VIRTIO_NET_S_LINK_UP,
+        max_virtqueue_pairs: tap.queue_count() as u16,
+        mtu: config.mtu,
+    };
+    let factory = NetFactory {
+        stats: Arc::new(NetStats::new(tap.queue_count())),
+        tap: Arc::new(tap),
+        config: net_config,
+        queue_size: config.queue_size,
+    };
+    serve::serve("splitvisor-net", &config.daemon, factory)?;
+    Ok(())
+}

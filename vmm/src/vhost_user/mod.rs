@@ -22,6 +22,8 @@ use crate::virtio::{QueueSetup, VirtioDevice, F_VERSION_1, TYPE_BALLOON, TYPE_BL
 /// How long to wait for a backend's socket to appear.
 pub const SOCKET_WAIT: Duration = Duration::from_secs(10);
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// virtio-net's control queue: it comes after the queue pairs.
+const F_NET_CTRL_VQ: u64 = 1 << 17;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
@@ -157,7 +159,8 @@ impl VhostUserDevice {
         let err = |step| protocol_err(name, socket, step);
         let (per_unit, config_size) = type_defaults(device_type);
         let mut count = usize::from(queues.max(1) * per_unit);
-        let mut frontend = Frontend::connect(socket, count as u64).map_err(err("connect"))?;
+        // the largest count this connection can end up with (a net backend's, see below)
+        let mut frontend = Frontend::connect(socket, 64).map_err(err("connect"))?;
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
         if backend_features & F_VERSION_1 == 0 {
@@ -183,8 +186,21 @@ impl VhostUserDevice {
                 .set_protocol_features(protocol)
                 .map_err(err("SET_PROTOCOL_FEATURES"))?;
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
-                let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
-                count = count.min(max as usize);
+                let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize;
+                count = if device_type == TYPE_NET {
+                    // the guest lays out a net device's queues from the backend's config
+                    // (max_virtqueue_pairs, then the control queue): follow the backend
+                    if max != count + usize::from(backend_features & F_NET_CTRL_VQ != 0) {
+                        tracing::info!(
+                            device = name,
+                            queues = max,
+                            "using the backend's queue count"
+                        );
+                    }
+                    max
+                } else {
+                    count.min(max)
+                };
             }
             if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
                 let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
