@@ -8,7 +8,7 @@
 #       l2/vmlinuz            Debian cloud kernel, bzImage        (L2: the guest our vmm boots)
 #       l2/vmlinux            the same kernel as ELF, with its PVH note
 #       l2/initramfs-min.cpio.gz  busybox + virtio modules + /init (scripts/guest/l2-init.sh)
-#       l2/initramfs.cpio.gz  the same + fio, iperf3 and mkfs.ext4 with their shared libraries
+#       l2/initramfs.cpio.gz  the same + fio, iperf3, mkfs.ext4 and ethtool with their libraries
 #       l1/vmlinuz            Debian generic kernel                (L1: the nested-KVM sandbox)
 #       l1/initramfs.cpio.gz  busybox + kvm-amd/9p modules + glibc + /init (scripts/guest/l1-init.sh)
 #       disks/raw.img         256 MiB raw test disk (sparse)
@@ -28,7 +28,8 @@ ARCH_LIB=usr/lib/x86_64-linux-gnu
 L2_MODULES="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
             failover net_failover virtio_net virtio_balloon virtio_console"
 L1_MODULES="irqbypass ccp kvm kvm-amd virtio virtio_ring virtio_pci 9pnet 9pnet_virtio netfs
-            fscache 9p tun veth bridge"
+            fscache 9p tun veth bridge crc32c_generic nf_tables nft_chain_nat nft_masq nft_ct nf_nat
+            nf_conntrack"
 
 step() { printf '[guest-kit %s] %s\n' "$(date +%T)" "$*"; }
 die() { printf 'guest-kit: error: %s\n' "$*" >&2; exit 1; }
@@ -66,9 +67,9 @@ trap 'rm -rf "$WORK"' EXIT
 # ---- download ---------------------------------------------------------------------------
 # fio and iperf3 run in the guest with their shared libraries: take every library package
 # they depend on (recursively) and resolve what the binaries really load with ldd below.
-USERLAND="busybox-static fio iperf3 libiperf0 e2fsprogs"
+USERLAND="busybox-static fio iperf3 libiperf0 e2fsprogs ethtool"
 LIBS="$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
-        --no-replaces --no-enhances fio iperf3 e2fsprogs | grep -E '^lib[a-z0-9.+-]+$' | sort -u | tr '\n' ' ')"
+        --no-replaces --no-enhances fio iperf3 e2fsprogs ethtool | grep -E '^lib[a-z0-9.+-]+$' | sort -u | tr '\n' ' ')"
 want=()
 for pkg in $L2_PKG $L1_PKG $USERLAND $LIBS; do
     ls "$DEBS/${pkg}_"*.deb >/dev/null 2>&1 || want+=("$pkg")
@@ -181,7 +182,7 @@ cp "$L2_DIR/boot/vmlinuz-$L2_VER" "$NEW/l2/vmlinuz"
 cp "$L2_DIR/boot/config-$L2_VER" "$NEW/l2/config"
 "$HERE/extract-vmlinux.sh" "$NEW/l2/vmlinuz" "$NEW/l2/vmlinux"
 
-step "L2 initramfs: busybox, virtio modules, /init (initramfs-min) + fio, iperf3, mkfs.ext4 (initramfs)"
+step "L2 initramfs: busybox, virtio modules, /init (initramfs-min) + fio, iperf3, mkfs.ext4, ethtool (initramfs)"
 R2="$WORK/l2root"
 new_root "$R2"
 add_modules "$R2" "$L2_DIR" "$L2_VER" $L2_MODULES
@@ -193,7 +194,11 @@ MKE2FS=""
 for f in "$SYSROOT/sbin/mke2fs" "$SYSROOT/usr/sbin/mke2fs"; do [ -f "$f" ] && MKE2FS="$f"; done
 [ -n "$MKE2FS" ] || die "mke2fs not found in e2fsprogs"
 cp "$MKE2FS" "$R2/usr/bin/mkfs.ext4"
-add_libs_of "$R2" "$R2/usr/bin/fio" "$R2/usr/bin/iperf3" "$R2/usr/bin/mkfs.ext4"
+ETHTOOL=""
+for f in "$SYSROOT/sbin/ethtool" "$SYSROOT/usr/sbin/ethtool"; do [ -f "$f" ] && ETHTOOL="$f"; done
+[ -n "$ETHTOOL" ] || die "ethtool not found in its package"
+cp "$ETHTOOL" "$R2/usr/bin/ethtool"
+add_libs_of "$R2" "$R2/usr/bin/fio" "$R2/usr/bin/iperf3" "$R2/usr/bin/mkfs.ext4" "$R2/usr/bin/ethtool"
 pack "$R2" "$NEW/l2/initramfs.cpio.gz"
 
 # ---- L1: the nested-KVM sandbox ---------------------------------------------------------

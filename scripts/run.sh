@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The main job: build, fetch the guest kit, boot the nested-KVM sandbox, and inside it boot a
 # real Linux guest under splitvisor (Debian cloud kernel, 2 vCPUs, 512 MiB, serial console)
-# with its disk served by a splitvisor-blk process (a qcow2 image made by qemu-img): the guest
-# makes a file system, writes and reads a file, shows its CPUs, memory and disk, and powers
-# off; qemu-img then checks the image the guest wrote.
-# (net and balloon backends join here as they land.)
+# with its disk served by a splitvisor-blk process (a qcow2 image made by qemu-img) and its NIC
+# by a splitvisor-net process (a tap in a network namespace made here, nothing else
+# reachable): the guest makes a file system, writes and reads a file, shows its CPUs, memory,
+# disk and NIC, pings the namespace, and powers off; qemu-img then checks the image.
+# (the balloon backend joins here when it lands.)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install-deps.sh
@@ -15,21 +16,34 @@ GUEST_CMD='echo; echo "guest: $(nproc) vCPUs, $(grep MemTotal /proc/meminfo)"; u
 echo "guest: disk vda: $(cat /sys/block/vda/size) sectors, serial $(cat /sys/block/vda/serial), $(ls /sys/block/vda/mq | wc -l) queues"
 mkfs.ext4 -q /dev/vda && mkdir -p /mnt && mount /dev/vda /mnt &&
 echo "hello from the guest" > /mnt/hello && sync && echo "guest: wrote /mnt/hello: $(cat /mnt/hello)" && df -h /mnt | tail -n1
-umount /mnt'
+umount /mnt
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
+echo "guest: nic eth0: $(cat /sys/class/net/eth0/address), mtu $(cat /sys/class/net/eth0/mtu)"
+ping -c 3 10.0.2.1'
 B64=$(printf '%s' "$GUEST_CMD" | base64 -w0)
-exec target/release/sv-sandbox --host-tool qemu-img "
+exec target/release/sv-sandbox --host-tool qemu-img --host-tool ip "
 set -e
+IP=/job/hostbin/ip  # (busybox sh would run its own ip applet)
 ls -l /dev/kvm && sv-kvm-smoke
 qemu-img create -q -f qcow2 /tmp/disk.qcow2 1G
 echo '[run] splitvisor-blk: serving /tmp/disk.qcow2 (2 queues)'
 splitvisor-blk --socket /tmp/blk.sock --image /tmp/disk.qcow2 --queues 2 --serial RUN-DISK-1 --pidfile /tmp/blk.pid &
 BLK=\$!
 i=0; while [ ! -e /tmp/blk.pid ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done
-echo '[run] splitvisor: booting the Debian cloud kernel (2 vCPUs, 512M, disk on splitvisor-blk)'
+echo '[run] splitvisor-net: tap0 in network namespace run (10.0.2.1/24), MAC 52:54:00:00:00:01'
+\$IP netns add run
+\$IP netns exec run splitvisor-net --socket /tmp/net.sock --create-tap tap0 --mac 52:54:00:00:00:01 --pidfile /tmp/net.pid &
+NET=\$!
+i=0; while [ ! -e /tmp/net.pid ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done
+\$IP -n run addr add 10.0.2.1/24 dev tap0
+echo '[run] splitvisor: booting the Debian cloud kernel (2 vCPUs, 512M, disk on splitvisor-blk, NIC on splitvisor-net)'
 splitvisor --kernel \$KIT/l2/vmlinuz --initramfs \$KIT/l2/initramfs.cpio.gz \
     --cpus 2 --memory 512M --cmdline 'console=ttyS0 quiet sv.cmd64=$B64' \
-    --device vhost-user,type=blk,socket=/tmp/blk.sock,queues=2 </dev/null
+    --device vhost-user,type=blk,socket=/tmp/blk.sock,queues=2 \
+    --device vhost-user,type=net,socket=/tmp/net.sock </dev/null
 echo '[run] the guest powered off; splitvisor exited 0'
-kill -TERM \$BLK; wait \$BLK
+kill -USR1 \$NET; sleep 0.5
+kill -TERM \$BLK \$NET; wait \$BLK \$NET
+\$IP netns del run
 echo '[run] splitvisor-blk exited; qemu-img check of the image the guest wrote:'
 qemu-img check /tmp/disk.qcow2"

@@ -153,6 +153,26 @@ pub fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// `(exit status, Mbit/s)` from a line `KEY <rc> <rate>` (the net tests' iperf3 summaries).
+pub fn iperf(log: &str, key: &str) -> (String, f64) {
+    let v = value(log, key).unwrap_or_default();
+    let mut it = v.split_whitespace();
+    let rc = it.next().unwrap_or("").to_string();
+    let rate = it.next().and_then(|r| r.parse().ok()).unwrap_or(0.0);
+    (rc, rate)
+}
+
+/// The largest `key=N` that `splitvisor-net`'s stats lines (SIGUSR1, exit) give for `pair`.
+pub fn net_pair_counter(stderr: &str, pair: usize, key: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|l| l.contains(&format!("pair {pair}:")))
+        .filter_map(|l| l.split(&format!("{key}=")).nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

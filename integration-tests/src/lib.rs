@@ -11,6 +11,7 @@ pub mod guest;
 pub mod kit;
 pub mod mode;
 pub mod sandbox;
+pub mod vring;
 
 pub use kit::Kit;
 pub use mode::Mode;

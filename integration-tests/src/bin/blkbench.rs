@@ -5,27 +5,22 @@
 //!
 //! sv-blkbench --socket S --rw randread|randwrite|read|write --bs 4096 --qd 32 --queues 4 --secs 4
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use integration_tests::vring::{self, Ring, DESC_F_NEXT, DESC_F_WRITE, QUEUE_SIZE};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vhost::VhostBackend;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::config::{ByteSize, MemoryConfig};
 use vmm::memory::GuestRam;
-use vmm_sys_util::eventfd::EventFd;
 
 const F_VERSION_1: u64 = 1 << 32;
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const F_BLK_MQ: u64 = 1 << 12;
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
-const QUEUE_SIZE: u16 = 256;
 /// Guest memory per queue: rings, headers, status bytes, then data buffers.
 const QUEUE_AREA: u64 = 64 << 20;
 
@@ -144,116 +139,45 @@ fn connect(args: &Args, mem: &GuestMemoryMmap) -> Result<(Frontend, u64)> {
     let capacity = u64::from_le_bytes(config[..8].try_into()?) * 512;
     f.set_features(F_VERSION_1 | F_PROTOCOL_FEATURES | (features & F_BLK_MQ))
         .context("SET_FEATURES")?;
-    let regions: Vec<_> = mem
-        .iter()
-        .map(VhostUserMemoryRegionInfo::from_guest_region)
-        .collect::<Result<_, _>>()?;
-    f.set_mem_table(&regions).context("SET_MEM_TABLE")?;
+    vring::share_memory(&mut f, mem)?;
     Ok((f, capacity))
 }
 
-/// One split virtqueue the harness drives.
+/// One request queue: its ring, then headers, status bytes and data buffers.
 struct Queue {
-    base: u64,
-    kick: EventFd,
-    call: EventFd,
+    ring: Ring,
 }
 
 impl Queue {
-    fn desc(&self) -> u64 {
-        self.base
-    }
-    fn avail(&self) -> u64 {
-        self.base + 16 * u64::from(QUEUE_SIZE)
-    }
-    fn used(&self) -> u64 {
-        (self.avail() + 6 + 2 * u64::from(QUEUE_SIZE) + 4095) & !4095
-    }
     fn headers(&self) -> u64 {
-        self.base + (1 << 20)
+        self.ring.base + (1 << 20)
     }
     fn statuses(&self) -> u64 {
-        self.base + (2 << 20)
+        self.ring.base + (2 << 20)
     }
     fn data(&self) -> u64 {
-        self.base + (4 << 20)
+        self.ring.base + (4 << 20)
     }
 }
 
 fn setup_queues(f: &mut Frontend, mem: &GuestMemoryMmap, count: u16) -> Result<Vec<Queue>> {
-    let mut queues = Vec::new();
-    for i in 0..count {
-        let q = Queue {
-            base: u64::from(i) * QUEUE_AREA,
-            kick: EventFd::new(0)?,
-            call: EventFd::new(0)?,
-        };
-        let host =
-            |gpa: u64| -> Result<u64> { Ok(mem.get_host_address(GuestAddress(gpa))? as u64) };
-        let index = usize::from(i);
-        f.set_vring_num(index, QUEUE_SIZE)?;
-        f.set_vring_addr(
-            index,
-            &VringConfigData {
-                queue_max_size: QUEUE_SIZE,
-                queue_size: QUEUE_SIZE,
-                flags: 0,
-                desc_table_addr: host(q.desc())?,
-                used_ring_addr: host(q.used())?,
-                avail_ring_addr: host(q.avail())?,
-                log_addr: None,
-            },
-        )?;
-        f.set_vring_base(index, 0)?;
-        f.set_vring_call(index, &q.call)?;
-        f.set_vring_kick(index, &q.kick).context("SET_VRING_KICK")?;
-        f.set_vring_enable(index, true)
-            .context("SET_VRING_ENABLE")?;
-        queues.push(q);
-    }
-    Ok(queues)
+    (0..count)
+        .map(|i| {
+            let ring = Ring::setup(f, mem, usize::from(i), u64::from(i) * QUEUE_AREA)?;
+            Ok(Queue { ring })
+        })
+        .collect()
 }
 
 impl Queue {
-    /// Wait for the backend's interrupt. The call eventfd may have been made non-blocking by
-    /// the backend (QEMU does that to fds it receives: the file description is shared), so
-    /// poll it first.
-    fn wait_call(&self) -> Result<()> {
-        let mut pfd = libc::pollfd {
-            fd: self.call.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: poll reads and writes one pollfd we own, for at most 10 s.
-            let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
-            if n == 0 {
-                bail!("no completion from the backend within 10 s");
-            }
-            if n > 0 {
-                break;
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(err.into());
-            }
-        }
-        match self.call.read() {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Build request `slot` (descriptors 3*slot..3*slot+2) for the byte offset `offset`.
     fn post(
-        &self,
+        &mut self,
         mem: &GuestMemoryMmap,
         slot: u16,
         write: bool,
         offset: u64,
         bs: u64,
-        avail_idx: u16,
     ) -> Result<()> {
         let hdr = self.headers() + u64::from(slot) * 16;
         let status = self.statuses() + u64::from(slot);
@@ -273,33 +197,15 @@ impl Queue {
             ),
             (status, 1, DESC_F_WRITE, 0),
         ];
-        for (k, (addr, len, flags, next)) in descs.iter().enumerate() {
-            let at = self.desc() + (u64::from(d) + k as u64) * 16;
-            mem.write_obj(addr.to_le(), GuestAddress(at))?;
-            mem.write_obj(len.to_le(), GuestAddress(at + 8))?;
-            mem.write_obj(flags.to_le(), GuestAddress(at + 12))?;
-            mem.write_obj(next.to_le(), GuestAddress(at + 14))?;
+        for (k, desc) in descs.into_iter().enumerate() {
+            self.ring.write_desc(mem, d + k as u16, desc)?;
         }
-        let ring = self.avail() + 4 + u64::from(avail_idx % QUEUE_SIZE) * 2;
-        mem.write_obj(d.to_le(), GuestAddress(ring))?;
-        Ok(())
-    }
-
-    /// Make the posted requests visible to the backend and kick it.
-    fn publish(&self, mem: &GuestMemoryMmap, avail_idx: u16) -> Result<()> {
-        fence(Ordering::Release);
-        mem.store(
-            avail_idx.to_le(),
-            GuestAddress(self.avail() + 2),
-            Ordering::Release,
-        )?;
-        self.kick.write(1)?;
-        Ok(())
+        self.ring.push(mem, d)
     }
 
     /// Keep `qd` requests in flight until the deadline; returns completed requests.
     fn run(
-        self,
+        mut self,
         mem: &GuestMemoryMmap,
         args: &Args,
         capacity: u64,
@@ -323,23 +229,15 @@ impl Queue {
                 next_seq * args.bs
             }
         };
-        let mut avail_idx: u16 = 0;
         for slot in 0..args.qd {
-            self.post(mem, slot, write, next_offset(), args.bs, avail_idx)?;
-            avail_idx = avail_idx.wrapping_add(1);
+            self.post(mem, slot, write, next_offset(), args.bs)?;
         }
-        self.publish(mem, avail_idx)?;
-        let mut last_used: u16 = 0;
+        self.ring.publish(mem)?;
         let mut done = 0u64;
         loop {
-            self.wait_call()?;
-            let used_idx =
-                u16::from_le(mem.load(GuestAddress(self.used() + 2), Ordering::Acquire)?);
+            self.ring.wait_call_or_fail()?;
             let mut reposted = false;
-            while last_used != used_idx {
-                let elem = self.used() + 4 + u64::from(last_used % QUEUE_SIZE) * 8;
-                let id = u32::from_le(mem.read_obj(GuestAddress(elem))?) as u16;
-                last_used = last_used.wrapping_add(1);
+            for (id, _) in self.ring.take_used(mem)? {
                 let slot = id / 3;
                 let status: u8 = mem.read_obj(GuestAddress(self.statuses() + u64::from(slot)))?;
                 if status != 0 {
@@ -347,14 +245,13 @@ impl Queue {
                 }
                 done += 1;
                 if Instant::now() < deadline {
-                    self.post(mem, slot, write, next_offset(), args.bs, avail_idx)?;
-                    avail_idx = avail_idx.wrapping_add(1);
+                    self.post(mem, slot, write, next_offset(), args.bs)?;
                     reposted = true;
                 }
             }
             if reposted {
-                self.publish(mem, avail_idx)?;
-            } else if Instant::now() >= deadline && last_used == avail_idx {
+                self.ring.publish(mem)?;
+            } else if Instant::now() >= deadline && self.ring.last_used == self.ring.avail_idx {
                 return Ok(done);
             }
         }

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# bench/net.sh [vm|native|all] [ROUNDS]: splitvisor-net, two ways.
+#
+# vm (inside the nested-KVM sandbox, side by side in one L1 run): the same guest kernel,
+#   initramfs, 2 vCPUs and 512 MiB, once on splitvisor + splitvisor-net and once on QEMU's
+#   built-in userspace virtio-net with a tap (-accel kvm, -netdev tap,vhost=off), each with 1
+#   and 2 queue pairs. Traffic stays in a network namespace inside L1: iperf3 guest -> host and
+#   host -> guest (TCP, as many streams as pairs), and the request/response rate of a flood
+#   ping from the namespace to the guest (one outstanding at a time). ROUNDS (default 3) of
+#   each inside one boot; medians are reported. Compare ratios: L1 itself is emulated.
+# native (on the host, no VM): sv-netbench drives the backend alone through a VM-less
+#   vhost-user frontend, ring -> tap and tap -> ring, 64- and 1514-byte frames, in a
+#   namespace of its own.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+WHAT="${1:-all}"
+ROUNDS="${2:-3}"
+scripts/install-deps.sh >/dev/null
+cargo build --release --workspace --bins --quiet
+BIN=target/release
+
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+native() {
+    local ns="svnetbench$$" pid
+    ip netns add "$ns"
+    trap 'kill $pid 2>/dev/null; ip netns del '"$ns"' 2>/dev/null || true' RETURN
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" "$BIN/splitvisor-net" --socket "/tmp/$ns.sock" --create-tap nbtap \
+        --pidfile "/tmp/$ns.pid" 2>/dev/null &
+    pid=$!
+    for _ in $(seq 100); do [ -f "/tmp/$ns.pid" ] && break; sleep 0.1; done
+    echo "| direction | frame | packets/s (median of $ROUNDS) | Mbit/s |"
+    echo "| --- | --- | --- | --- |"
+    for dir in tx rx; do
+        for size in 64 1514; do
+            local p=() m=()
+            for _ in $(seq "$ROUNDS"); do
+                out="$(ip netns exec "$ns" timeout 60 "$BIN/sv-netbench" --socket "/tmp/$ns.sock" \
+                    --tap nbtap --dir $dir --size $size --secs 3 --json)"
+                p+=("$(echo "$out" | sed -E 's/.*"pps":([0-9]+).*/\1/')")
+                m+=("$(echo "$out" | sed -E 's/.*"mbits":([0-9.]+).*/\1/')")
+            done
+            local name="ring -> tap"
+            [ $dir = rx ] && name="tap -> ring"
+            echo "| $name | $size | $(median "${p[@]}") | $(median "${m[@]}") |"
+        done
+    done
+    kill $pid; wait $pid 2>/dev/null || true
+}
+
+vm() {
+    scripts/guest-kit.sh >/dev/null
+    local guest
+    # in the guest: wait for the link, then ROUNDS x (iperf3 out, iperf3 in), then stay up
+    # while L1 floods it with pings
+    guest="$(cat <<'EOF'
+P=$(cat /proc/cmdline | tr ' ' '\n' | grep '^sv.pairs=' | cut -d= -f2)
+R=$(cat /proc/cmdline | tr ' ' '\n' | grep '^sv.rounds=' | cut -d= -f2)
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ethtool -L eth0 combined $P 2>/dev/null
+i=0; until ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 60 ] && break; done
+r=0
+while [ $r -lt $R ]; do
+    iperf3 -c 10.0.2.1 -t 4 -P $P -f m > /tmp/o 2>&1
+    echo "BENCH-OUT $(grep receiver /tmp/o | tail -n1 | awk '{for (i=1;i<=NF;i++) if ($i=="Mbits/sec") print $(i-1)}')"
+    iperf3 -c 10.0.2.1 -t 4 -P $P -R -f m > /tmp/i 2>&1
+    echo "BENCH-IN $(grep receiver /tmp/i | tail -n1 | awk '{for (i=1;i<=NF;i++) if ($i=="Mbits/sec") print $(i-1)}')"
+    r=$((r+1))
+done
+echo BENCH-PING-ME
+sleep $((R * 6 + 5))
+EOF
+)"
+    local l1
+    l1="$(cat <<'EOF'
+# busybox sh runs its own applets before PATH: the host's tools by their path
+IP=/job/hostbin/ip PING=/job/hostbin/ping
+G64=$(printf '%s' "$GUEST" | base64 | tr -d '\n')
+qemu-system-x86_64 --version | head -n1
+$IP netns add b
+$IP -n b link set lo up
+$IP netns exec b iperf3 -s >/dev/null 2>&1 &
+SRV=$!
+wait_log() { i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt $(($3*10)) ] && return 1; sleep 0.1; done; }
+CMD="console=ttyS0 quiet"
+run() { # run sv|qemu PAIRS
+    vmm=$1 p=$2 log=/tmp/$1-$2.log
+    if [ $vmm = sv ]; then
+        $IP netns exec b splitvisor-net --socket /tmp/n.sock --create-tap t0 --queues $p --pidfile /tmp/n.pid 2>/dev/null &
+        NET=$!
+        i=0; while [ ! -f /tmp/n.pid ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+        $IP -n b addr add 10.0.2.1/24 dev t0
+        splitvisor --kernel $KIT/l2/vmlinuz --initramfs $KIT/l2/initramfs.cpio.gz --cpus 2 --memory 512M \
+            --cmdline "$CMD sv.pairs=$p sv.rounds=$ROUNDS sv.cmd64=$G64" \
+            --device vhost-user,type=net,socket=/tmp/n.sock,queues=$p </dev/null >$log 2>&1 &
+        VM=$!
+    else
+        $IP netns exec b qemu-system-x86_64 -L /usr/share/qemu -accel kvm -cpu host -smp 2 -m 512M \
+            -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+            -netdev tap,id=n0,ifname=t0,script=no,downscript=no,vhost=off,queues=$p \
+            -device virtio-net-pci,netdev=n0,mq=on,vectors=$((2 * p + 2)) \
+            -kernel $KIT/l2/vmlinuz -initrd $KIT/l2/initramfs.cpio.gz \
+            -append "$CMD sv.pairs=$p sv.rounds=$ROUNDS sv.cmd64=$G64" </dev/null >$log 2>&1 &
+        VM=$!
+        i=0; until $IP -n b link show t0 >/dev/null 2>&1 || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+        $IP -n b addr add 10.0.2.1/24 dev t0
+        $IP -n b link set t0 up
+    fi
+    if wait_log BENCH-PING-ME $log 900; then
+        r=0
+        while [ $r -lt $ROUNDS ]; do
+            $IP netns exec b $PING -f -c 3000 -w 10 -q 10.0.2.15 > /tmp/ping.out 2>&1
+            rtt=$(grep rtt /tmp/ping.out | cut -d/ -f5)
+            echo "BENCH-RR $(awk -v a="$rtt" 'BEGIN { if (a > 0) printf "%.0f", 1000 / a; else print 0 }')" >> $log
+            r=$((r+1))
+        done
+    else
+        echo "BENCH-FAILED $vmm $p" >> $log
+    fi
+    i=0; while kill -0 $VM 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+    kill -9 $VM 2>/dev/null; wait $VM
+    if [ $vmm = sv ]; then kill $NET; wait $NET; rm -f /tmp/n.pid; fi
+    $IP -n b link del t0 2>/dev/null
+    for k in OUT IN RR; do echo "$vmm $p $k $(grep "^BENCH-$k" $log | awk '{print $2}' | tr '\n' ' ')"; done
+    grep -q BENCH-FAILED $log && tail -20 $log
+}
+for p in 1 2; do run sv $p; run qemu $p; done
+kill $SRV
+$IP netns del b
+EOF
+)"
+    local out
+    out="$("$BIN/sv-sandbox" --timeout 2400 --host-tool qemu-system-x86_64 --host-tool ip \
+        --host-tool iperf3 --host-tool ping --host-dir /usr/share/qemu \
+        "ROUNDS=$ROUNDS; GUEST=\$(printf '%s' '$(printf '%s' "$guest" | base64 | tr -d '\n')' | base64 -d)
+$l1" | tee /dev/stderr | grep -E '^(sv|qemu) [12] (OUT|IN|RR) ')"
+    echo "| pairs | test | splitvisor + splitvisor-net | QEMU virtio-net (userspace, tap) | ratio |"
+    echo "| --- | --- | --- | --- | --- |"
+    for p in 1 2; do
+        for k in OUT IN RR; do
+            a="$(median $(echo "$out" | grep "^sv $p $k " | cut -d' ' -f4-))"
+            b="$(median $(echo "$out" | grep "^qemu $p $k " | cut -d' ' -f4-))"
+            case $k in
+                OUT) name="TCP guest -> host, Mbit/s" ;;
+                IN) name="TCP host -> guest, Mbit/s" ;;
+                RR) name="ping request/response, per s" ;;
+            esac
+            ratio="$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+            echo "| $p | $name | $a | $b | $ratio |"
+        done
+    done
+}
+
+case "$WHAT" in
+    native) native ;;
+    vm) vm ;;
+    all) native; vm ;;
+    *) echo "usage: bench/net.sh [vm|native|all] [ROUNDS]" >&2; exit 2 ;;
+esac
