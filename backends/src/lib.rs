@@ -2,8 +2,10 @@
 //! (path, inherited descriptor or systemd activation), readiness notification, signals and the
 //! serve loop that accepts one frontend after another.
 
+pub mod frontend_channel;
 pub mod guest_iovecs;
 pub mod logging;
+pub mod queue;
 pub mod readiness;
 pub mod relay;
 pub mod serve;

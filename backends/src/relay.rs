@@ -28,6 +28,7 @@ const MAX_FDS: usize = 32;
 const REQ_SET_FEATURES: u32 = 2;
 const REQ_SET_PROTOCOL_FEATURES: u32 = 16;
 const REQ_SET_VRING_ENABLE: u32 = 18;
+const REQ_SET_BACKEND_REQ_FD: u32 = 21;
 const FLAG_VERSION_1: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
@@ -126,8 +127,13 @@ struct Negotiation {
 }
 
 /// Relay messages between `frontend` and `backend` (the handler's end) until either side
-/// closes; then close both. Returns the two relay threads.
-pub fn spawn(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
+/// closes; then close both. A copy of the backend-request socket the frontend hands over
+/// (SET_BACKEND_REQ_FD) goes into `channel`.
+pub fn spawn(
+    frontend: UnixStream,
+    backend: UnixStream,
+    channel: crate::frontend_channel::FrontendChannel,
+) -> io::Result<()> {
     let state = Arc::new(Negotiation::default());
     let front_reader = frontend.try_clone()?;
     let front_writer = Arc::new(Mutex::new(frontend));
@@ -138,7 +144,7 @@ pub fn spawn(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
     std::thread::Builder::new()
         .name("vu-relay-in".into())
         .spawn(move || {
-            let result = frontend_to_backend(front_reader, back_writer, &fw, &st);
+            let result = frontend_to_backend(front_reader, back_writer, &fw, &st, &channel);
             if let Err(e) = result {
                 tracing::debug!("relay from the frontend ended: {e}");
             }
@@ -159,6 +165,7 @@ fn frontend_to_backend(
     mut back: UnixStream,
     front_writer: &Mutex<UnixStream>,
     state: &Negotiation,
+    channel: &crate::frontend_channel::FrontendChannel,
 ) -> io::Result<()> {
     // the latest early SET_VRING_ENABLE per ring, replayed after SET_FEATURES
     let mut early: std::collections::BTreeMap<u32, Message> = Default::default();
@@ -177,6 +184,11 @@ fn frontend_to_backend(
                 REQ_SET_PROTOCOL_FEATURES => state
                     .protocol_features
                     .store(m.body_u64(), Ordering::Relaxed),
+                REQ_SET_BACKEND_REQ_FD => {
+                    if let Some(f) = m.files.first() {
+                        channel.set(UnixStream::from(std::os::fd::OwnedFd::from(f.try_clone()?)));
+                    }
+                }
                 REQ_SET_VRING_ENABLE if !state.features_set.load(Ordering::Relaxed) => {
                     tracing::debug!("early SET_VRING_ENABLE held by the relay until SET_FEATURES");
                     let wants_ack = m.flags() & FLAG_NEED_REPLY != 0

@@ -15,6 +15,7 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringEpollHandler, VringRwLock};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::frontend_channel::FrontendChannel;
 use crate::readiness::{self, ReadinessError};
 use crate::relay;
 use crate::signals::{self, SignalActions};
@@ -49,6 +50,10 @@ pub trait BackendFactory: Send + 'static {
     ) -> io::Result<()> {
         Ok(())
     }
+
+    /// The new connection's channel to its frontend (for config-change messages); it carries
+    /// a socket once the frontend sends SET_BACKEND_REQ_FD.
+    fn connected(&mut self, _backend: &Self::Backend, _channel: FrontendChannel) {}
 
     /// SIGUSR1: log the counters.
     fn log_stats(&self) -> Box<dyn Fn() + Send> {
@@ -120,7 +125,9 @@ fn serve_connections<F: BackendFactory>(
             .attach(&backend, &daemon.get_epoll_handlers())
             .map_err(ServeError::CreateDevice)?;
         let frontend = accept(listener)?;
-        start_behind_relay(&mut daemon, frontend)?;
+        let channel = FrontendChannel::default();
+        factory.connected(&backend, channel.clone());
+        start_behind_relay(&mut daemon, frontend, channel)?;
         info!("{name}: frontend connected");
         match daemon.wait() {
             Ok(())
@@ -153,6 +160,7 @@ fn accept(listener: &mut Listener) -> Result<UnixStream, ServeError> {
 fn start_behind_relay<B>(
     daemon: &mut VhostUserDaemon<B>,
     frontend: UnixStream,
+    channel: FrontendChannel,
 ) -> Result<(), ServeError>
 where
     B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
@@ -176,7 +184,7 @@ where
         daemon
             .start(&mut inner)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        relay::spawn(frontend, backend).map_err(relay_err)
+        relay::spawn(frontend, backend, channel).map_err(relay_err)
     })();
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&dir);

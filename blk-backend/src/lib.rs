@@ -17,8 +17,9 @@ pub mod virtio_blk;
 mod test_util;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
+use backends::frontend_channel::FrontendChannel;
 use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
@@ -63,8 +64,8 @@ pub enum Error {
 /// Makes a fresh vhost-user face for each connection over the one open device.
 struct BlkFactory {
     device: Arc<BlkDevice>,
-    /// The current connection's device face, for config-change messages.
-    current: Arc<Mutex<Weak<VhostUserBlk>>>,
+    /// The current connection's channel to its frontend, for config-change messages.
+    channel: Arc<Mutex<FrontendChannel>>,
     config: BlkConfig,
     queues: usize,
     queue_size: usize,
@@ -82,24 +83,26 @@ impl BackendFactory for BlkFactory {
             self.queue_size,
             self.uring,
         )?);
-        if let Ok(mut c) = self.current.lock() {
-            *c = Arc::downgrade(&vu);
-        }
         Ok(vu)
+    }
+
+    fn connected(&mut self, _backend: &Self::Backend, channel: FrontendChannel) {
+        if let Ok(mut c) = self.channel.lock() {
+            *c = channel;
+        }
     }
 
     fn on_reload(&self) -> Box<dyn Fn() + Send> {
         // SIGUSR2: online resize — take the image's new size and tell the guest
         let device = self.device.clone();
-        let current = self.current.clone();
+        let channel = self.channel.clone();
         Box::new(move || match device.resize() {
             Ok(None) => tracing::info!("resize: the image size did not change"),
             Ok(Some((old, new))) => {
                 tracing::info!("resize: the disk changes from {old} to {new} bytes");
-                let vu = current.lock().ok().and_then(|c| c.upgrade());
-                match vu.map(|vu| vu.notify_config_change()) {
-                    Some(Ok(true)) => {}
-                    // vhost 0.18's backend channel has no CONFIG_CHANGE_MSG yet (ENOSYS)
+                let sent = channel.lock().ok().map(|c| c.config_changed());
+                match sent {
+                    Some(Ok(true)) => tracing::info!("resize: the frontend was told"),
                     _ => tracing::warn!(
                         "resize: the frontend could not be told; the guest sees the new size \
                          when its driver next reads the configuration"
@@ -199,7 +202,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
     }
     let factory = BlkFactory {
         device,
-        current: Arc::new(Mutex::new(Weak::new())),
+        channel: Arc::new(Mutex::new(FrontendChannel::default())),
         config: blk_config,
         queues: config.queues,
         queue_size: config.queue_size,

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tracing::warn;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -30,8 +29,6 @@ pub struct VhostUserBlk {
     queue_size: usize,
     event_idx: AtomicBool,
     mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
-    /// The channel for messages to the frontend (BACKEND_REQ), once the frontend sent it.
-    frontend_channel: Mutex<Option<Backend>>,
     /// Per queue: its io_uring (when the disk allows asynchronous I/O) and its vring (known
     /// from the first event, needed to complete requests when the ring is stopped).
     queues: Vec<Mutex<QueueState>>,
@@ -91,22 +88,8 @@ impl VhostUserBlk {
             queue_size,
             event_idx: AtomicBool::new(false),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
-            frontend_channel: Mutex::new(None),
             queues,
         })
-    }
-
-    /// Tell the frontend the config space changed (CONFIG_CHANGE_MSG), so that the guest
-    /// rereads it. Returns false when the frontend did not give us a channel for that.
-    pub fn notify_config_change(&self) -> io::Result<bool> {
-        let channel = self
-            .frontend_channel
-            .lock()
-            .map_err(|_| io::Error::other("channel lock poisoned"))?;
-        match channel.as_ref() {
-            Some(c) => c.handle_config_change().map(|_| true),
-            None => Ok(false),
-        }
     }
 
     /// The completion eventfd of each queue's io_uring (by queue = worker thread).
@@ -244,12 +227,6 @@ impl VhostUserBackend for VhostUserBlk {
         config.read(offset, size)
     }
 
-    fn set_backend_req_fd(&self, channel: Backend) {
-        if let Ok(mut c) = self.frontend_channel.lock() {
-            *c = Some(channel);
-        }
-    }
-
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
         *self
             .mem
@@ -298,17 +275,8 @@ impl VhostUserBackend for VhostUserBlk {
             warn!("queue {thread_id}: event for unknown source {device_event}");
             return Ok(());
         }
-        if !self.event_idx.load(Ordering::Relaxed) {
-            return self.process_queue(&mut qs, vring);
-        }
-        // with EVENT_IDX: drain, re-enable notifications, and drain again if the guest added
-        // chains meanwhile
-        loop {
-            vring.disable_notification().map_err(io::Error::other)?;
-            self.process_queue(&mut qs, vring)?;
-            if !vring.enable_notification().map_err(io::Error::other)? {
-                return Ok(());
-            }
-        }
+        backends::queue::drain(vring, self.event_idx.load(Ordering::Relaxed), || {
+            self.process_queue(&mut qs, vring)
+        })
     }
 }

@@ -1,7 +1,8 @@
 //! splitvisor-blk under our own vmm, inside the nested-KVM sandbox: a verifying fio job on two
 //! queues, then a file system made, filled and synced by the guest is intact when a second VM
 //! opens the image through the same backend process (which serves the new connection); and a
-//! read-only backend keeps the guest from changing a single byte; the verifying fio job also
+//! read-only backend keeps the guest from changing a single byte; a grown image reaches the
+//! running guest (SIGUSR2 → CONFIG_CHANGE_MSG → config interrupt); the verifying fio job also
 //! passes on a qcow2 image, which `qemu-img check` finds clean afterwards.
 
 use std::sync::OnceLock;
@@ -71,6 +72,21 @@ boot_case ro 300 --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs.cpio.gz --mem
 kill -TERM $RO; wait $RO
 echo "L1-MD5-AFTER-RO $(md5sum < $W/disk.img | cut -d' ' -f1)" >> "$JOB/l1.txt"
 
+# online resize: the image grows, SIGUSR2, and the guest sees the new size by itself
+# (CONFIG_CHANGE_MSG -> the vmm's config interrupt -> the driver rereads the capacity)
+truncate -s 64M $W/grow.img
+start_blk grow $W $W/grow.img
+GROW=$BLK_PID
+splitvisor --kernel $L2_KERNEL --initramfs $L2_INITRD --memory 256M \
+    --cmdline "console=ttyS0 quiet sv.cmd64=$GUEST_GROW64" \
+    --device vhost-user,type=blk,socket=$W/grow.sock </dev/null >"$JOB/grow.log" 2>&1 &
+VM=$!
+wait_for GUEST-SIZE-BEFORE "$JOB/grow.log" 200
+truncate -s 96M $W/grow.img
+kill -USR2 $GROW
+finish_case grow $VM 120
+kill -TERM $GROW; wait $GROW
+
 # the verifying fio job on a qcow2 image, which qemu-img then checks
 qemu-img create -q -f qcow2 $W/disk.qcow2 128M
 start_blk qcow2 $W $W/disk.qcow2 --queues 2
@@ -80,19 +96,28 @@ qemu-img check $W/disk.qcow2 > "$JOB/qcow2-check.txt" 2>&1
 echo "L1-QCOW2-CHECK-RC $?" >> "$JOB/l1.txt"
 "#;
 
+/// Online resize: the size before, then (waiting up to 60 s) after the host grew the image.
+const GUEST_GROW: &str = r#"
+before=$(cat /sys/block/vda/size)
+echo "GUEST-SIZE-BEFORE $before"
+i=0; while [ "$(cat /sys/block/vda/size)" = "$before" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+echo "GUEST-SIZE-AFTER $(cat /sys/block/vda/size)"
+"#;
+
 fn job() -> &'static JobOutput {
     static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
     shared_job(&OUT, || {
         let b = |s: &str| guest::base64(s.as_bytes());
         Sandbox::new()?
-            .timeout(Duration::from_secs(480))
+            .timeout(Duration::from_secs(600))
             .host_tool("qemu-img")
             .run(&format!(
-                "{GUEST_SH}\nGUEST_FS64={}\nGUEST_CHECK64={}\nGUEST_RO64={}\nGUEST_FIO64={}\n{JOB}",
+                "{GUEST_SH}\nGUEST_FS64={}\nGUEST_CHECK64={}\nGUEST_RO64={}\nGUEST_FIO64={}\nGUEST_GROW64={}\n{JOB}",
                 b(&(guest::vda_fio_verify(16) + GUEST_FS)),
                 b(GUEST_CHECK),
                 b(GUEST_RO),
                 b(&guest::vda_fio_verify(16)),
+                b(GUEST_GROW),
             ))
     })
 }
@@ -126,6 +151,21 @@ fn files_written_by_one_vm_are_intact_in_the_next() {
     assert!(!setup.contains("NO-PIDFILE"), "{setup}");
     let l1 = job().file("l1.txt").unwrap_or_default();
     assert_eq!(guest::value(&l1, "L1-BLK-EXIT"), Some("0"), "{l1}");
+}
+
+#[test]
+fn a_grown_image_reaches_the_guest_through_a_config_change_interrupt() {
+    let grow = log("grow");
+    assert_eq!(
+        guest::value(&grow, "GUEST-SIZE-BEFORE"),
+        Some("131072"),
+        "{grow}"
+    );
+    assert_eq!(
+        guest::value(&grow, "GUEST-SIZE-AFTER"),
+        Some("196608"),
+        "{grow}"
+    );
 }
 
 #[test]

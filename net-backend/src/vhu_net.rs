@@ -115,16 +115,9 @@ impl VhostUserNet {
         if !vring.get_ref().get_queue().ready() {
             return Ok(());
         }
-        if !self.event_idx.load(Ordering::Relaxed) {
-            return self.transmit(pair, vring);
-        }
-        loop {
-            vring.disable_notification().map_err(io::Error::other)?;
-            self.transmit(pair, vring)?;
-            if !vring.enable_notification().map_err(io::Error::other)? {
-                return Ok(());
-            }
-        }
+        backends::queue::drain(vring, self.event_idx.load(Ordering::Relaxed), || {
+            self.transmit(pair, vring)
+        })
     }
 
     /// Deliver what the tap has. Unlike transmit, the receive ring normally holds unused
