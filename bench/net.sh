@@ -83,7 +83,6 @@ $IP netns add b
 $IP -n b link set lo up
 $IP netns exec b iperf3 -s >/dev/null 2>&1 &
 SRV=$!
-wait_log() { i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt $(($3*10)) ] && return 1; sleep 0.1; done; }
 CMD="console=ttyS0 quiet"
 run() { # run sv|qemu PAIRS
     vmm=$1 p=$2 log=/tmp/$1-$2.log
@@ -100,7 +99,7 @@ run() { # run sv|qemu PAIRS
         $IP netns exec b qemu-system-x86_64 -L /usr/share/qemu -accel kvm -cpu host -smp 2 -m 512M \
             -nodefaults -no-user-config -display none -serial stdio -no-reboot \
             -netdev tap,id=n0,ifname=t0,script=no,downscript=no,vhost=off,queues=$p \
-            -device virtio-net-pci,netdev=n0,mq=on,vectors=$((2 * p + 2)) \
+            -device virtio-net-pci,netdev=n0,mq=on,vectors=$((2 * p + 2)),romfile= \
             -kernel $KIT/l2/vmlinuz -initrd $KIT/l2/initramfs.cpio.gz \
             -append "$CMD sv.pairs=$p sv.rounds=$ROUNDS sv.cmd64=$G64" </dev/null >$log 2>&1 &
         VM=$!
@@ -108,11 +107,15 @@ run() { # run sv|qemu PAIRS
         $IP -n b addr add 10.0.2.1/24 dev t0
         $IP -n b link set t0 up
     fi
-    if wait_log BENCH-PING-ME $log 900; then
+    i=0; until grep -q BENCH-PING-ME $log 2>/dev/null || ! kill -0 $VM 2>/dev/null || [ $i -ge 9000 ]; do
+        sleep 0.1; i=$((i+1))
+    done
+    if grep -q BENCH-PING-ME $log; then
         r=0
         while [ $r -lt $ROUNDS ]; do
-            $IP netns exec b $PING -f -c 3000 -w 10 -q 10.0.2.15 > /tmp/ping.out 2>&1
+            $IP netns exec b $PING -f -c 1000 -w 5 -q 10.0.2.15 > /tmp/ping.out 2>&1
             rtt=$(grep rtt /tmp/ping.out | cut -d/ -f5)
+            [ -n "$rtt" ] || cat /tmp/ping.out
             echo "BENCH-RR $(awk -v a="$rtt" 'BEGIN { if (a > 0) printf "%.0f", 1000 / a; else print 0 }')" >> $log
             r=$((r+1))
         done
@@ -133,9 +136,9 @@ EOF
 )"
     local out
     out="$("$BIN/sv-sandbox" --timeout 2400 --host-tool qemu-system-x86_64 --host-tool ip \
-        --host-tool iperf3 --host-tool ping --host-dir /usr/share/qemu \
+        --host-tool iperf3 --host-tool ping --host-dir /usr/share/qemu --host-dir /usr/share/seabios \
         "ROUNDS=$ROUNDS; GUEST=\$(printf '%s' '$(printf '%s' "$guest" | base64 | tr -d '\n')' | base64 -d)
-$l1" | tee /dev/stderr | grep -E '^(sv|qemu) [12] (OUT|IN|RR) ')"
+$l1" 2>&1 | tee /dev/stderr | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^(sv|qemu) [12] (OUT|IN|RR) ' || true)"
     echo "| pairs | test | splitvisor + splitvisor-net | QEMU virtio-net (userspace, tap) | ratio |"
     echo "| --- | --- | --- | --- | --- |"
     for p in 1 2; do

@@ -1,4 +1,129 @@
-//! `splitvisor-balloon`: the vhost-user balloon device process.
+//! `splitvisor-balloon`: virtio-balloon as a vhost-user process that really returns memory to
+//! the host.
 //!
-//! Not built yet: issue #7 adds the device, its `splitvisor-balloon` binary and its
-//! tests. The crate exists so the workspace shows the process split from the start.
+//! Layout: `main.rs` parses the command line (the daemon, or `ctl` as a client of its control
+//! socket); [`start_backend`] starts the control socket and the shared serve loop;
+//! `vhu_balloon.rs` is the vhost-user device, `pages.rs` frees guest memory on the host,
+//! `state.rs` holds what outlives a connection, `control.rs` is the control socket.
+
+pub mod control;
+pub mod pages;
+pub mod state;
+pub mod vhu_balloon;
+pub mod virtio_balloon;
+
+#[cfg(test)]
+mod pages_tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::frontend_channel::FrontendChannel;
+use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
+
+use crate::state::BalloonState;
+use crate::vhu_balloon::VhostUserBalloon;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub control: Option<PathBuf>,
+    pub deflate_on_oom: bool,
+    pub free_page_reporting: bool,
+    /// Ask the guest for statistics this often (and log them); 0: only when asked.
+    pub stats_interval: u64,
+    pub daemon: DaemonArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot serve the control socket {path}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+struct BalloonFactory {
+    state: Arc<BalloonState>,
+    config: Config,
+}
+
+impl BackendFactory for BalloonFactory {
+    type Backend = Arc<VhostUserBalloon>;
+
+    fn create(&mut self) -> std::io::Result<Self::Backend> {
+        let device = Arc::new(VhostUserBalloon::new(
+            self.state.clone(),
+            self.config.deflate_on_oom,
+            self.config.free_page_reporting,
+        ));
+        if let Ok(mut d) = self.state.device.lock() {
+            *d = Arc::downgrade(&device);
+        }
+        Ok(device)
+    }
+
+    fn connected(&mut self, _backend: &Self::Backend, channel: FrontendChannel) {
+        if let Ok(mut c) = self.state.channel.lock() {
+            *c = channel;
+        }
+    }
+
+    fn on_terminate(&self) -> Box<dyn Fn() + Send> {
+        let control = self.config.control.clone();
+        Box::new(move || {
+            if let Some(path) = &control {
+                let _ = std::fs::remove_file(path);
+            }
+        })
+    }
+
+    fn log_stats(&self) -> Box<dyn Fn() + Send> {
+        let state = self.state.clone();
+        Box::new(move || {
+            let info = control::handle(&serde_json::json!({"op": "info"}), &state);
+            tracing::warn!("stats: {info}");
+        })
+    }
+}
+
+/// Serve the balloon until a signal ends the process.
+pub fn start_backend(config: Config) -> Result<(), Error> {
+    let state = Arc::new(BalloonState::default());
+    if let Some(path) = &config.control {
+        control::spawn(path, state.clone()).map_err(|source| Error::Control {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if config.stats_interval > 0 {
+        let (state, every) = (state.clone(), Duration::from_secs(config.stats_interval));
+        let _ = std::thread::Builder::new()
+            .name("stats".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match state.request_stats(Duration::from_secs(2)) {
+                    Ok((values, _)) => tracing::info!(?values, "guest statistics"),
+                    Err(e) => tracing::debug!("no guest statistics: {e}"),
+                }
+            });
+    }
+    tracing::info!(
+        deflate_on_oom = config.deflate_on_oom,
+        free_page_reporting = config.free_page_reporting,
+        "balloon ready; target = all of the guest's memory until set"
+    );
+    let factory = BalloonFactory {
+        state: state.clone(),
+        config: config.clone(),
+    };
+    let result = serve::serve("splitvisor-balloon", &config.daemon, factory);
+    if let Some(path) = &config.control {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(result?)
+}

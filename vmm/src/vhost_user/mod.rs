@@ -187,9 +187,10 @@ impl VhostUserDevice {
                 .map_err(err("SET_PROTOCOL_FEATURES"))?;
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
                 let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize;
-                count = if device_type == TYPE_NET {
-                    // the guest lays out a net device's queues from the backend's config
-                    // (max_virtqueue_pairs, then the control queue): follow the backend
+                count = if device_type == TYPE_NET || device_type == TYPE_BALLOON {
+                    // the guest lays these queues out from what the backend offers (a net
+                    // device's max_virtqueue_pairs and control queue, a balloon's stats and
+                    // reporting queues): follow the backend
                     if max != count + usize::from(backend_features & F_NET_CTRL_VQ != 0) {
                         tracing::info!(
                             device = name,

@@ -1,0 +1,279 @@
+//! `impl VhostUserBackend` for the balloon: features, config space (`num_pages` from the
+//! target, `actual` written by the driver), and the queues — inflate and deflate (page frame
+//! numbers), stats (one buffer the device holds until it wants fresh numbers) and free page
+//! reporting (free ranges). All queues share one worker thread: the balloon is not a data
+//! path, and one thread keeps the page bitmap without contention.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::warn;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{
+    Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::pages::{self, Balloon, GuestBacking, Outcome};
+use crate::state::{add, BalloonState};
+use crate::virtio_balloon::*;
+
+/// At most this many page frame numbers per inflate/deflate chain (Linux sends 256).
+const MAX_PFNS: usize = 4096;
+
+pub struct VhostUserBalloon {
+    state: Arc<BalloonState>,
+    features: u64,
+    acked: AtomicU64,
+    event_idx: AtomicBool,
+    mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    balloon: Mutex<Balloon>,
+    /// The stats buffer the driver gave, held until fresh numbers are wanted.
+    stats_buffer: Mutex<Option<(u16, VringRwLock)>>,
+}
+
+fn lock_err<T>(_: T) -> io::Error {
+    io::Error::other("lock poisoned")
+}
+
+/// The device-readable bytes of a chain (bounded), or None if it breaks the rules.
+fn readable_bytes<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    max: usize,
+) -> Option<Vec<u8>>
+where
+    M: std::ops::Deref<Target = GuestMemoryMmap>,
+{
+    let mut out = Vec::new();
+    for d in chain {
+        if d.is_write_only() || out.len() + d.len() as usize > max {
+            return None;
+        }
+        let start = out.len();
+        out.resize(start + d.len() as usize, 0);
+        mem.read_slice(&mut out[start..], d.addr()).ok()?;
+    }
+    Some(out)
+}
+
+impl VhostUserBalloon {
+    pub fn new(state: Arc<BalloonState>, deflate_on_oom: bool, reporting: bool) -> Self {
+        let mut features = 1u64 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_BALLOON_F_STATS_VQ
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if deflate_on_oom {
+            features |= 1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+        }
+        if reporting {
+            features |= 1 << VIRTIO_BALLOON_F_FREE_PAGE_REPORTING;
+        }
+        VhostUserBalloon {
+            state,
+            features,
+            acked: AtomicU64::new(0),
+            event_idx: AtomicBool::new(false),
+            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            balloon: Mutex::new(Balloon::default()),
+            stats_buffer: Mutex::new(None),
+        }
+    }
+
+    /// Give the driver its stats buffer back so that it refills it; false if we hold none.
+    pub fn ask_for_stats(&self) -> bool {
+        let Ok(mut held) = self.stats_buffer.lock() else {
+            return false;
+        };
+        let Some((head, vring)) = held.take() else {
+            return false;
+        };
+        let Ok(atomic) = self.mem.read().map(|m| m.clone()) else {
+            return false;
+        };
+        let mem = atomic.memory();
+        let mut state = vring.get_mut();
+        let ok = state.get_queue_mut().add_used(&*mem, head, 0).is_ok();
+        ok && state.signal_used_queue().is_ok()
+    }
+
+    fn record(&self, out: Outcome) {
+        let c = &self.state.counters;
+        add(&c.released_bytes, out.released);
+        add(&c.invalid, out.invalid);
+        add(&c.duplicate, out.duplicate);
+    }
+
+    fn process(&self, role: QueueRole, vring: &VringRwLock) -> io::Result<()> {
+        let atomic = self.mem.read().map_err(lock_err)?.clone();
+        let mem = atomic.memory();
+        let backing = GuestBacking(&mem);
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        let mut used = 0;
+        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            let head = chain.head_index();
+            match role {
+                QueueRole::Inflate | QueueRole::Deflate => {
+                    match readable_bytes(chain, &mem, MAX_PFNS * 4) {
+                        Some(bytes) => {
+                            let pfns: Vec<u32> = bytes
+                                .chunks_exact(4)
+                                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                                .collect();
+                            let mut balloon = self.balloon.lock().map_err(lock_err)?;
+                            let c = &self.state.counters;
+                            if role == QueueRole::Inflate {
+                                let out = balloon.inflate(&pfns, &backing);
+                                add(&c.inflated_pages, out.pages);
+                                self.record(out);
+                            } else {
+                                let out = balloon.deflate(&pfns, &backing);
+                                add(&c.deflated_pages, out.pages);
+                                self.record(out);
+                            }
+                        }
+                        None => add(&self.state.counters.malformed_chains, 1),
+                    }
+                }
+                QueueRole::Stats => {
+                    match readable_bytes(chain, &mem, 64 * 10) {
+                        Some(bytes) => self.state.stats_received(parse_stats(&bytes)),
+                        None => add(&self.state.counters.malformed_chains, 1),
+                    }
+                    // held until fresh numbers are wanted (see ask_for_stats)
+                    *self.stats_buffer.lock().map_err(lock_err)? = Some((head, vring.clone()));
+                    continue;
+                }
+                QueueRole::Reporting => {
+                    for d in chain {
+                        if !d.is_write_only() {
+                            add(&self.state.counters.malformed_chains, 1);
+                            continue;
+                        }
+                        let out = pages::report(d.addr().0, u64::from(d.len()), &backing);
+                        add(&self.state.counters.reported_bytes, out.released);
+                        self.record(out);
+                    }
+                }
+            }
+            queue.add_used(&*mem, head, 0).map_err(io::Error::other)?;
+            used += 1;
+        }
+        if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
+            state.signal_used_queue()?;
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackend for VhostUserBalloon {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        queue_roles(self.features).len()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        256
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let bytes = config_bytes(
+            self.state.num_pages.load(Ordering::Relaxed),
+            self.state.actual.load(Ordering::Relaxed),
+        );
+        let start = (offset as usize).min(bytes.len());
+        let end = start.saturating_add(size as usize).min(bytes.len());
+        bytes[start..end].to_vec()
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // the driver writes only `actual`
+        if offset == ACTUAL_OFFSET && buf.len() == 4 {
+            let actual = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            self.state.actual.store(actual, Ordering::Relaxed);
+            tracing::info!(actual_pages = actual, "the guest's balloon changed");
+        }
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        let (ram, end) = {
+            let m = mem.memory();
+            let ram: u64 = m.iter().map(|r| r.len()).sum();
+            let end = m
+                .iter()
+                .map(|r| r.start_addr().0 + r.len())
+                .max()
+                .unwrap_or(0);
+            (ram, end)
+        };
+        self.state.ram.store(ram, Ordering::Relaxed);
+        *self.balloon.lock().map_err(lock_err)? = Balloon::new(end);
+        *self.mem.write().map_err(lock_err)? = mem;
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        vec![(1u64 << self.num_queues()) - 1]
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            warn!("unexpected event set {evset:?}");
+            return Ok(());
+        }
+        // the guest numbers the queues from the features it took
+        let roles = match self.acked.load(Ordering::Relaxed) {
+            0 => queue_roles(self.features),
+            acked => queue_roles(acked),
+        };
+        let (Some(role), Some(vring)) = (
+            roles.get(usize::from(device_event)),
+            vrings.get(usize::from(device_event)),
+        ) else {
+            warn!("event for unknown queue {device_event}");
+            return Ok(());
+        };
+        backends::queue::drain(vring, self.event_idx.load(Ordering::Relaxed), || {
+            self.process(*role, vring)
+        })
+    }
+}
