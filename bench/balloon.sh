@@ -54,7 +54,7 @@ while [ $r -lt $ROUNDS ]; do
     echo "BENCH sv $(measure $VM splitvisor-guest-ram)"
     kill $VM; wait $VM; kill $BAL; wait $BAL; rm -f /tmp/b.pid
     # QEMU
-    qemu-system-x86_64 -L /usr/share/qemu -accel kvm -cpu host -m 1G -smp 1 -nodefaults \
+    qemu-system-x86_64 -L /usr/share/qemu -L /usr/share/seabios -accel kvm -cpu host -m 1G -smp 1 -nodefaults \
         -no-user-config -display none -serial stdio -no-reboot \
         -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \
         -device virtio-balloon-pci,romfile= -qmp tcp:127.0.0.1:4444,server=on,wait=off \
