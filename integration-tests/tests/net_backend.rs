@@ -25,6 +25,11 @@ iperf3 -c 10.0.2.1 -t 3 -P 4 -f m > /tmp/out.txt 2>&1
 echo "GUEST-IPERF-OUT $? $(grep SUM /tmp/out.txt | grep receiver | awk '{print $6}')"
 iperf3 -c 10.0.2.1 -t 3 -P 4 -R -f m > /tmp/in.txt 2>&1
 echo "GUEST-IPERF-IN $? $(grep SUM /tmp/in.txt | grep receiver | awk '{print $6}')"
+# one stream from each vCPU: virtio-net maps each CPU's transmit queue to its own pair, and
+# the tap sends a flow's packets back on the queue it came from, so both pairs carry traffic
+taskset 1 iperf3 -c 10.0.2.1 -p 5201 -t 2 > /dev/null 2>&1 &
+taskset 2 iperf3 -c 10.0.2.1 -p 5202 -t 2 > /dev/null 2>&1
+wait
 "#;
 
 /// On the NAT network: an address by DHCP, then the gateway.
@@ -67,13 +72,15 @@ wait_for . $W/n1.pid 30 || echo "NO-PIDFILE n1" >> "$JOB/l1.txt"
 $IP -n ns1 addr add 10.0.2.1/24 dev tap1
 $IP netns exec ns1 iperf3 -s > "$JOB/iperf-s.log" 2>&1 &
 SRV=$!
+$IP netns exec ns1 iperf3 -s -p 5202 > /dev/null 2>&1 &
+SRV2=$!
 boot_case pairs 400 --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs.cpio.gz --cpus 2 \
     --memory 512M --cmdline "console=ttyS0 quiet sv.cmd64=$GUEST64" \
     --device vhost-user,type=net,socket=$W/n1.sock,queues=2
 kill -USR1 $N1; sleep 1
 kill -TERM $N1; wait $N1
 echo "NET-EXIT $?" >> "$JOB/l1.txt"
-kill $SRV; wait $SRV
+kill $SRV $SRV2; wait $SRV $SRV2
 
 # two guests, two backends, one bridge in its own namespace
 $IP netns add ns2

@@ -26,6 +26,11 @@ iperf3 -c 10.0.2.1 -t 3 -P 4 -f m > /tmp/out.txt 2>&1
 echo "GUEST-IPERF-OUT $? $(grep SUM /tmp/out.txt | grep receiver | awk '{print $6}')"
 iperf3 -c 10.0.2.1 -t 3 -R -f m > /tmp/in.txt 2>&1
 echo "GUEST-IPERF-IN $? $(grep receiver /tmp/in.txt | awk '{print $7}')"
+# one stream from each vCPU: virtio-net maps each CPU's transmit queue to its own pair, and
+# the tap sends a flow's packets back on the queue it came from, so both pairs carry traffic
+taskset 1 iperf3 -c 10.0.2.1 -p 5201 -t 2 > /dev/null 2>&1 &
+taskset 2 iperf3 -c 10.0.2.1 -p 5202 -t 2 > /dev/null 2>&1
+wait
 "#;
 
 const JOB: &str = r#"
@@ -43,6 +48,8 @@ net_case() { # net_case NAME QUEUES
     ip -n $NS addr add 10.0.2.1/24 dev tap-$_n
     ip netns exec $NS iperf3 -s > "$JOB/$_n-iperf.log" 2>&1 &
     _srv=$!
+    ip netns exec $NS iperf3 -s -p 5202 > /dev/null 2>&1 &
+    _srv2=$!
     qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 512M -nodefaults -no-user-config \
         -display none -serial stdio -no-reboot \
         -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
@@ -54,7 +61,7 @@ net_case() { # net_case NAME QUEUES
     kill -USR1 $_net; sleep 1
     kill -TERM $_net; wait $_net
     echo "HOST-NET-EXIT-$_n $?" >> "$JOB/host.txt"
-    kill $_srv; wait $_srv
+    kill $_srv $_srv2; wait $_srv $_srv2
     ip -n $NS link show tap-$_n >/dev/null 2>&1 && echo "HOST-TAP-LEFT-$_n" >> "$JOB/host.txt"
 }
 net_case one 1
