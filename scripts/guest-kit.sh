@@ -26,7 +26,7 @@ ARCH_LIB=usr/lib/x86_64-linux-gnu
 
 # Modules, resolved with their dependencies through modules.dep.
 L2_MODULES="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-            failover net_failover virtio_net virtio_balloon virtio_console"
+            failover net_failover virtio_net virtio_balloon virtio_console evdev button"
 L1_MODULES="irqbypass ccp kvm kvm-amd virtio virtio_ring virtio_pci 9pnet 9pnet_virtio netfs
             fscache 9p tun veth bridge crc32c_generic nf_tables nft_chain_nat nft_masq nft_ct nf_nat
             nf_conntrack"

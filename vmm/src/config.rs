@@ -25,7 +25,7 @@ pub enum ConfigError {
     InvalidSwitch { key: String, value: String },
     #[error("invalid --serial {0:?}: expected stdio, pty, socket=PATH, file=PATH or off")]
     InvalidSerial(String),
-    #[error("invalid --device {0:?}: expected vhost-user,type=blk|net|balloon|<virtio id>,socket=PATH[,queues=N][,queue_size=N]")]
+    #[error("invalid --device {0:?}: expected vhost-user,type=blk|net|balloon|<virtio id>,socket=PATH[,queues=N][,queue_size=N][,control=PATH]")]
     InvalidDevice(String),
     #[error("invalid --on-reboot {0:?}: expected restart or exit")]
     InvalidOnReboot(String),
@@ -239,6 +239,10 @@ pub struct DeviceConfig {
     pub queues: u16,
     #[serde(default = "default_queue_size")]
     pub queue_size: u16,
+    /// The backend's own control socket, if it has one (the balloon's: the API's balloon
+    /// requests are passed to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<PathBuf>,
 }
 
 fn default_queues() -> u16 {
@@ -257,7 +261,7 @@ impl FromStr for DeviceConfig {
         if parts.next() != Some("vhost-user") {
             return Err(bad());
         }
-        let (mut virtio_type, mut socket) = (None, None);
+        let (mut virtio_type, mut socket, mut control) = (None, None, None);
         let (mut queues, mut queue_size) = (default_queues(), default_queue_size());
         for opt in parts {
             match opt.split_once('=').ok_or_else(bad)? {
@@ -268,6 +272,7 @@ impl FromStr for DeviceConfig {
                 ("socket", p) if !p.is_empty() => socket = Some(PathBuf::from(p)),
                 ("queues", n) => queues = n.parse().map_err(|_| bad())?,
                 ("queue_size", n) => queue_size = n.parse().map_err(|_| bad())?,
+                ("control", p) if !p.is_empty() => control = Some(PathBuf::from(p)),
                 _ => return Err(bad()),
             }
         }
@@ -278,6 +283,7 @@ impl FromStr for DeviceConfig {
                 socket,
                 queues,
                 queue_size,
+                control,
             }),
             _ => Err(bad()),
         }
@@ -305,6 +311,9 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub on_reboot: OnReboot,
+    /// Serve the JSON API (HTTP) on this Unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<PathBuf>,
 }
 
 fn default_name() -> String {
@@ -326,6 +335,7 @@ impl Default for VmConfig {
             serial: SerialConfig::default(),
             devices: Vec::new(),
             on_reboot: OnReboot::default(),
+            api_socket: None,
         }
     }
 }

@@ -14,6 +14,8 @@ pub enum VmExit {
     Crash(String),
     /// Stopped by SIGTERM, SIGINT or SIGHUP: 5.
     Signal(i32),
+    /// Stopped through the API (`vm.stop`, a hard stop): 5.
+    Stopped,
 }
 
 /// Exit statuses of `splitvisor`; 1 is any setup or vmm error, 2 a bad command line.
@@ -25,7 +27,7 @@ impl VmExit {
             VmExit::PowerOff => 0,
             VmExit::Reset => 3,
             VmExit::Crash(_) => 4,
-            VmExit::Signal(_) => 5,
+            VmExit::Signal(_) | VmExit::Stopped => 5,
         }
     }
 }

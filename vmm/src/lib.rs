@@ -1,6 +1,7 @@
 //! splitvisor, the vmm: KVM, guest memory, boot, the legacy platform devices and vCPU threads.
 //! See docs/architecture.md for the process split and the boot path.
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod cpu;
@@ -11,6 +12,7 @@ pub mod layout;
 pub mod memory;
 pub mod pci;
 pub mod power_on;
+pub mod run_control;
 pub mod signals;
 pub mod vcpu;
 pub mod vhost_user;

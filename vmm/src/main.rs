@@ -2,7 +2,7 @@
 //!
 //! Exit status: 0 the guest powered off; 1 an error (bad configuration, missing files, KVM
 //! failure); 2 a bad command line; 3 the guest rebooted with `--on-reboot exit` (or could not
-//! be reset in place); 4 a vCPU crashed; 5 stopped by SIGTERM/SIGINT/SIGHUP.
+//! be reset in place); 4 a vCPU crashed; 5 stopped by SIGTERM/SIGINT/SIGHUP or the API's `vm.stop`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +52,9 @@ struct Args {
     /// VM name (used in logs).
     #[arg(long)]
     name: Option<String>,
+    /// Serve the JSON API (HTTP over this Unix socket, mode 0600); see docs/api.md.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 fn config_from(args: Args) -> anyhow::Result<VmConfig> {
@@ -73,6 +76,7 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     cfg.name = args.name.unwrap_or(cfg.name);
     cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
     cfg.devices.extend(args.devices);
+    cfg.api_socket = args.api_socket.or(cfg.api_socket);
     Ok(cfg)
 }
 

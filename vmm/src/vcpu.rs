@@ -7,6 +7,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::devices::Devices;
 use crate::exit::VmExit;
+use crate::run_control::RunControl;
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
@@ -46,15 +47,20 @@ pub fn spawn(
     id: u8,
     vcpu: VcpuFd,
     devices: Arc<Devices>,
+    control: Arc<RunControl>,
 ) -> std::io::Result<std::thread::JoinHandle<VcpuFd>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run(id, vcpu, devices))
+        .spawn(move || run(id, vcpu, devices, control))
 }
 
-fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>) -> VcpuFd {
+fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>, control: Arc<RunControl>) -> VcpuFd {
     let exit = devices.exit.clone();
     while !exit.requested() {
+        control.park_while_paused();
+        if exit.requested() {
+            break;
+        }
         let event = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 devices.pio_read(port, data);

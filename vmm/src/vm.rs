@@ -8,9 +8,12 @@ use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY}
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::server::{ApiContext, ApiDevice, ApiServerError};
 use crate::boot::{self, BootError};
+use crate::config::SerialConfig;
 use crate::config::{ConfigError, OnReboot, VmConfig};
 use crate::cpu::{self, CpuError};
+use crate::devices::power_button::{PowerButton, GED_IRQ};
 use crate::devices::serial::{Console, SerialError, COM1_IRQ};
 use crate::devices::Devices;
 use crate::exit::{ExitHandle, VmExit};
@@ -20,6 +23,7 @@ use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::bus::PciBus;
 use crate::power_on::{PowerOnError, PowerOnState};
+use crate::run_control::RunControl;
 use crate::vhost_user::{monitor, AbsentDevice, VhostUserDevice};
 use crate::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::virtio::VirtioDevice;
@@ -59,6 +63,8 @@ pub enum VmError {
     Thread(#[source] std::io::Error),
     #[error(transparent)]
     PowerOn(#[from] PowerOnError),
+    #[error(transparent)]
+    Api(#[from] ApiServerError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -83,6 +89,7 @@ pub struct Vm {
     console: Arc<Console>,
     exit: Arc<ExitHandle>,
     devices: Arc<Devices>,
+    control: Arc<RunControl>,
     power_on: PowerOnState,
     vcpu_threads: Vec<std::thread::JoinHandle<kvm_ioctls::VcpuFd>>,
 }
@@ -129,7 +136,12 @@ impl Vm {
         vm.register_irqfd(&irq, COM1_IRQ)
             .map_err(kvm_err("register the serial irqfd"))?;
         let console = Console::new(&cfg.serial, irq)?;
+        let button_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
+        vm.register_irqfd(&button_irq, GED_IRQ)
+            .map_err(kvm_err("register the power button irqfd"))?;
+        let power_button = Arc::new(PowerButton::new(button_irq));
         let vm = Arc::new(vm);
+        let mut api_devices = Vec::new();
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
         for (i, dev) in cfg.devices.iter().enumerate() {
@@ -171,6 +183,11 @@ impl Vm {
             }
             let transport = Arc::new(Mutex::new(transport));
             let slot = pci.add(transport.clone())?;
+            api_devices.push(ApiDevice {
+                name: name.clone(),
+                cfg: dev.clone(),
+                transport: transport.clone(),
+            });
             if let Some(channel) = channel {
                 channel.spawn(transport.clone()).map_err(VmError::Thread)?;
             }
@@ -201,6 +218,18 @@ impl Vm {
         }
         signals::spawn_handler(exit.clone()).map_err(VmError::Thread)?;
         signals::install_vcpu_kick_handler().map_err(VmError::Thread)?;
+        let control = Arc::new(RunControl::new(vm.clone(), exit.clone()));
+        if let Some(path) = &cfg.api_socket {
+            let ctx = ApiContext {
+                cfg: cfg.clone(),
+                started: std::time::Instant::now(),
+                control: control.clone(),
+                exit: exit.clone(),
+                power_button,
+                devices: api_devices,
+            };
+            crate::api::server::spawn(path, Arc::new(ctx))?;
+        }
         let mut vm = Vm {
             vm,
             ram,
@@ -208,6 +237,7 @@ impl Vm {
             console,
             exit,
             devices,
+            control,
             power_on,
             vcpu_threads: Vec::new(),
         };
@@ -217,10 +247,13 @@ impl Vm {
     }
 
     fn spawn_vcpus(&mut self, vcpus: Vec<kvm_ioctls::VcpuFd>) -> Result<(), VmError> {
+        use std::os::unix::thread::JoinHandleExt;
         for (id, vcpu) in vcpus.into_iter().enumerate() {
-            let thread = vcpu::spawn(id as u8, vcpu, self.devices.clone());
+            let thread = vcpu::spawn(id as u8, vcpu, self.devices.clone(), self.control.clone());
             self.vcpu_threads.push(thread.map_err(VmError::Thread)?);
         }
+        let ids = self.vcpu_threads.iter().map(|t| t.as_pthread_t()).collect();
+        self.control.set_threads(ids);
         Ok(())
     }
 
@@ -230,6 +263,8 @@ impl Vm {
     pub fn run(mut self) -> VmExit {
         loop {
             let exit = self.exit.wait();
+            // no pause may kick these threads once they start ending
+            self.control.set_threads(Vec::new());
             let threads = std::mem::take(&mut self.vcpu_threads);
             let vcpus = vcpu::stop_all(threads, std::time::Duration::from_secs(2));
             if exit == VmExit::Reset && self.cfg.on_reboot == OnReboot::Restart {
@@ -245,7 +280,18 @@ impl Vm {
                 }
             }
             self.console.restore_terminal();
+            self.remove_sockets();
             return self.exit.wait();
+        }
+    }
+
+    /// The sockets this process serves go with it.
+    fn remove_sockets(&self) {
+        if let Some(path) = &self.cfg.api_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        if let SerialConfig::Socket(path) = &self.cfg.serial {
+            let _ = std::fs::remove_file(path);
         }
     }
 

@@ -54,7 +54,17 @@ impl Trigger for IrqLine {
     }
 }
 
-type SocketClient = Arc<Mutex<Option<UnixStream>>>;
+/// The console socket's client, and the last [`HISTORY`] bytes of output, which a client
+/// gets first when it connects (so `svctl console` shows what the guest printed before).
+#[derive(Default)]
+struct SocketOut {
+    stream: Option<UnixStream>,
+    history: std::collections::VecDeque<u8>,
+}
+
+const HISTORY: usize = 64 << 10;
+
+type SocketClient = Arc<Mutex<SocketOut>>;
 
 /// Where guest output goes.
 enum Output {
@@ -70,10 +80,15 @@ impl Write for Output {
             Output::Stdout(s) => s.write(buf),
             Output::File(f) => f.write(buf),
             Output::Socket(client) => {
-                let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(stream) = client.as_mut() {
+                let mut out = client.lock().unwrap_or_else(|e| e.into_inner());
+                out.history.extend(buf);
+                let excess = out.history.len().saturating_sub(HISTORY);
+                out.history.drain(..excess);
+                if let Some(stream) = out.stream.as_mut() {
                     if stream.write_all(buf).is_err() {
-                        *client = None; // the client went away; output is dropped until the next
+                        // the client went away (or stopped reading for a second): output goes
+                        // to the history only until the next client
+                        out.stream = None;
                     }
                 }
                 Ok(buf.len())
@@ -126,7 +141,7 @@ impl Console {
                     })?,
             ),
             SerialConfig::Socket(path) => {
-                let client: SocketClient = Arc::new(Mutex::new(None));
+                let client: SocketClient = Arc::new(Mutex::new(SocketOut::default()));
                 socket = Some((bind_socket(path)?, client.clone()));
                 Output::Socket(client)
             }
@@ -199,9 +214,23 @@ impl Console {
             let Ok(reader) = stream.try_clone() else {
                 continue;
             };
-            *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+            // a client that does not read must not stall the vCPU writing to the UART
+            let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+            {
+                let mut out = client.lock().unwrap_or_else(|e| e.into_inner());
+                let mut stream = stream;
+                let (a, b) = out.history.as_slices();
+                if stream
+                    .write_all(a)
+                    .and_then(|_| stream.write_all(b))
+                    .is_err()
+                {
+                    continue;
+                }
+                out.stream = Some(stream);
+            }
             self.pump(Box::new(reader));
-            *client.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            client.lock().unwrap_or_else(|e| e.into_inner()).stream = None;
         }
     }
 }

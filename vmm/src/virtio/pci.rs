@@ -244,6 +244,11 @@ impl VirtioPciDevice {
     }
 
     /// Tell the driver the device needs a reset (e.g. its backend went away).
+    /// The device status byte as the guest sees it.
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
     pub fn needs_reset(&mut self) {
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         self.config_changed();

@@ -1,0 +1,156 @@
+//! The vmm's API on a real splitvisor process under the host's own /dev/kvm (PVM here is fine:
+//! none of this needs the guest to get far): info, config, pause/resume and their errors,
+//! the power button, balloon errors, unknown endpoints, and a hard stop that ends the process
+//! with status 5 and removes the socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::kit::Kit;
+use serde_json::json;
+use vmm::api::client::{ApiClient, ClientError};
+use vmm::api::types::{VmInfo, VmState};
+
+fn bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/release")
+        .join(name)
+}
+
+struct Vmm {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(tag: &str) -> (Vmm, ApiClient) {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: this test runs splitvisor under the host's KVM"
+    );
+    let kit = Kit::locate().expect("the guest kit (scripts/guest-kit.sh)");
+    let dir = std::env::temp_dir().join(format!("sv-api-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("api.sock");
+    let child = Command::new(bin("splitvisor"))
+        .arg("--kernel")
+        .arg(kit.path("l2/vmlinuz"))
+        .arg("--initramfs")
+        .arg(kit.path("l2/initramfs-min.cpio.gz"))
+        .args([
+            "--memory", "256M", "--cpus", "2", "--serial", "off", "--name", tag,
+        ])
+        .arg("--api-socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("target/release/splitvisor (cargo build --release)");
+    let vmm = Vmm { child, dir };
+    let client = ApiClient::new(&socket);
+    let t = Instant::now();
+    while client.get::<serde_json::Value>("vmm.ping").is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no API within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (vmm, client)
+}
+
+fn api_error(r: Result<serde_json::Value, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Api { status, message }) => (status, message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[test]
+fn info_and_config_describe_the_running_vm() {
+    let (vmm, api) = start("info");
+    let mode = std::fs::metadata(api.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the API socket is for its owner only");
+    let info: VmInfo = api.get("vm.info").unwrap();
+    assert_eq!(info.name, "info");
+    assert_eq!(info.state, VmState::Running);
+    assert_eq!(info.cpus, 2);
+    assert_eq!(info.memory_bytes, 256 << 20);
+    assert_eq!(info.pid, vmm.child.id());
+    assert!(info.devices.is_empty());
+    let config: serde_json::Value = api.get("vm.config").unwrap();
+    assert_eq!(config["memory"]["size"], "256M");
+    assert_eq!(config["cpus"], 2);
+    assert_eq!(config, serde_json::to_value(&info.config).unwrap());
+    let (status, msg) = api_error(api.get("vm.nothing"));
+    assert_eq!((status, msg.as_str()), (404, "no such endpoint"));
+}
+
+#[test]
+fn pause_and_resume_with_their_errors() {
+    let (_vmm, api) = start("pause");
+    api.put("vm.pause", None).unwrap();
+    let info: VmInfo = api.get("vm.info").unwrap();
+    assert_eq!(info.state, VmState::Paused);
+    assert_eq!(
+        api_error(api.put("vm.pause", None)),
+        (409, "the VM is already paused".into())
+    );
+    let (status, msg) = api_error(api.put("vm.shutdown", None));
+    assert_eq!(status, 409);
+    assert!(msg.contains("paused"), "{msg}");
+    api.put("vm.resume", None).unwrap();
+    let info: VmInfo = api.get("vm.info").unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_eq!(
+        api_error(api.put("vm.resume", None)),
+        (409, "the VM is not paused".into())
+    );
+    // pause again after a resume: the vCPUs park each time
+    api.put("vm.pause", None).unwrap();
+    api.put("vm.resume", None).unwrap();
+}
+
+#[test]
+fn power_button_and_balloon_errors() {
+    let (_vmm, api) = start("button");
+    api.put("vm.shutdown", None).unwrap();
+    let info: VmInfo = api.get("vm.info").unwrap();
+    assert_eq!(info.power_button_presses, 1);
+    let (status, msg) = api_error(api.get("vm.balloon"));
+    assert_eq!(
+        (status, msg.as_str()),
+        (404, "this VM has no balloon device")
+    );
+    let (status, msg) = api_error(api.put("vm.balloon", Some(&json!({"size": "lots"}))));
+    assert_eq!(status, 400);
+    assert!(msg.contains("invalid size"), "{msg}");
+    let (status, msg) = api_error(api.put("vm.balloon", Some(&json!({"size": "1G"}))));
+    assert_eq!(status, 400);
+    assert!(msg.contains("above the VM's memory (256M)"), "{msg}");
+}
+
+#[test]
+fn stop_ends_the_process_with_status_5_and_removes_the_socket() {
+    let (mut vmm, api) = start("stop");
+    api.put("vm.stop", None).unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = vmm.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(5));
+    assert!(!api.socket().exists(), "the API socket is left behind");
+}

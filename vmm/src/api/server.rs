@@ -1,0 +1,296 @@
+//! The API server: an axum router on a current-thread tokio runtime, on a thread of its own.
+//! Handlers only read shared state or call into [`RunControl`], [`PowerButton`] and
+//! [`ExitHandle`]; nothing here touches a vCPU or a device's data path.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::types::{ApiError, BalloonTarget, DeviceCounters, DeviceInfo, VmInfo, VmState};
+use crate::config::{DeviceConfig, VmConfig};
+use crate::devices::power_button::PowerButton;
+use crate::exit::{ExitHandle, VmExit};
+use crate::run_control::RunControl;
+use crate::virtio::pci::VirtioPciDevice;
+use crate::virtio::{STATUS_DEVICE_NEEDS_RESET, TYPE_BALLOON};
+
+/// What the handlers can see of the VM.
+pub struct ApiContext {
+    pub cfg: VmConfig,
+    pub started: Instant,
+    pub control: Arc<RunControl>,
+    pub exit: Arc<ExitHandle>,
+    pub power_button: Arc<PowerButton>,
+    pub devices: Vec<ApiDevice>,
+}
+
+pub struct ApiDevice {
+    pub name: String,
+    pub cfg: DeviceConfig,
+    pub transport: Arc<Mutex<VirtioPciDevice>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    #[error("cannot serve the API on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the API thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+type Ctx = State<Arc<ApiContext>>;
+
+fn fail(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(ApiError { error: msg.into() })).into_response()
+}
+
+/// Bind `path` (a stale socket is replaced, mode 0600) and serve the API on a new thread.
+pub fn spawn(path: &Path, ctx: Arc<ApiContext>) -> Result<(), ApiServerError> {
+    let bind_err = |source| ApiServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_socket()
+    }) {
+        let _ = std::fs::remove_file(path);
+    }
+    let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ApiServerError::Thread)?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::UnixListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("API socket: {e}"),
+                };
+                if let Err(e) = axum::serve(listener, router(ctx)).await {
+                    tracing::error!("API server stopped: {e}");
+                }
+            })
+        })
+        .map_err(ApiServerError::Thread)?;
+    Ok(())
+}
+
+pub fn router(ctx: Arc<ApiContext>) -> Router {
+    let p = |s: &str| format!("{}/{s}", super::PREFIX);
+    Router::new()
+        .route(&p("vmm.ping"), get(ping))
+        .route(&p("vm.info"), get(info))
+        .route(&p("vm.config"), get(config))
+        .route(&p("vm.pause"), put(pause))
+        .route(&p("vm.resume"), put(resume))
+        .route(&p("vm.shutdown"), put(shutdown))
+        .route(&p("vm.stop"), put(stop))
+        .route(&p("vm.balloon"), get(balloon_info).put(balloon_set))
+        .route(&p("vm.balloon-stats"), get(balloon_stats))
+        .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(ctx)
+}
+
+async fn ping() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}))
+}
+
+fn device_info(d: &ApiDevice) -> DeviceInfo {
+    let t = d.transport.lock().unwrap_or_else(|e| e.into_inner());
+    let c = t.counters();
+    DeviceInfo {
+        name: d.name.clone(),
+        virtio_type: d.cfg.virtio_type,
+        socket: d.cfg.socket.clone(),
+        queues: d.cfg.queues,
+        status: t.status(),
+        needs_reset: t.status() & STATUS_DEVICE_NEEDS_RESET != 0,
+        counters: DeviceCounters {
+            bar_exits: c.bar_exits.load(Ordering::Relaxed),
+            notify_exits: c.notify_exits.load(Ordering::Relaxed),
+            config_reads: c.config_reads.load(Ordering::Relaxed),
+            activations: c.activations.load(Ordering::Relaxed),
+        },
+    }
+}
+
+async fn info(State(ctx): Ctx) -> Json<VmInfo> {
+    Json(VmInfo {
+        name: ctx.cfg.name.clone(),
+        state: if ctx.control.paused() {
+            VmState::Paused
+        } else {
+            VmState::Running
+        },
+        pid: std::process::id(),
+        uptime_ms: ctx.started.elapsed().as_millis() as u64,
+        cpus: ctx.cfg.cpus,
+        memory_bytes: ctx.cfg.memory.size.0,
+        power_button_presses: ctx.power_button.presses(),
+        devices: ctx.devices.iter().map(device_info).collect(),
+        config: ctx.cfg.clone(),
+    })
+}
+
+async fn config(State(ctx): Ctx) -> Json<VmConfig> {
+    Json(ctx.cfg.clone())
+}
+
+/// Pausing waits (bounded) for every vCPU to stop: off the runtime thread.
+async fn pause(State(ctx): Ctx) -> Response {
+    run_blocking(move || ctx.control.pause()).await
+}
+
+async fn resume(State(ctx): Ctx) -> Response {
+    run_blocking(move || ctx.control.resume()).await
+}
+
+async fn run_blocking(
+    f: impl FnOnce() -> Result<(), crate::run_control::RunError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => fail(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Graceful: press the ACPI power button; the guest powers off by itself (or not).
+async fn shutdown(State(ctx): Ctx) -> Response {
+    if ctx.control.paused() {
+        return fail(
+            StatusCode::CONFLICT,
+            "the VM is paused: resume it first, a paused guest cannot see the power button",
+        );
+    }
+    match ctx.power_button.press() {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Hard stop: the vmm stops the vCPUs and exits (status 5) right after answering.
+async fn stop(State(ctx): Ctx) -> Response {
+    let exit = ctx.exit.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        exit.request(VmExit::Stopped);
+    });
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn balloon_control(ctx: &ApiContext) -> Result<PathBuf, Box<Response>> {
+    let dev = ctx
+        .cfg
+        .devices
+        .iter()
+        .find(|d| d.virtio_type == TYPE_BALLOON);
+    match dev {
+        None => Err(Box::new(fail(
+            StatusCode::NOT_FOUND,
+            "this VM has no balloon device",
+        ))),
+        Some(d) => d.control.clone().ok_or_else(|| {
+            Box::new(fail(
+                StatusCode::NOT_FOUND,
+                "the balloon device has no control socket (control=PATH in its --device)",
+            ))
+        }),
+    }
+}
+
+/// One request to the balloon backend's control socket (one JSON line each way).
+fn balloon_request(path: &Path, req: &Value, timeout: Duration) -> Result<Value, String> {
+    let what = |e: std::io::Error| format!("balloon control socket {}: {e}", path.display());
+    let stream = UnixStream::connect(path).map_err(what)?;
+    stream.set_read_timeout(Some(timeout)).map_err(what)?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .map_err(what)?;
+    writeln!(&stream, "{req}").map_err(what)?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).map_err(what)?;
+    serde_json::from_str(&line).map_err(|e| format!("balloon backend answered badly: {e}"))
+}
+
+async fn proxy(path: PathBuf, req: Value, timeout: Duration) -> Response {
+    let reply = tokio::task::spawn_blocking(move || balloon_request(&path, &req, timeout)).await;
+    match reply {
+        Ok(Ok(v)) if v.get("ok") == Some(&Value::Bool(true)) => Json(v).into_response(),
+        Ok(Ok(v)) => {
+            let msg = v.get("error").and_then(Value::as_str).unwrap_or("failed");
+            fail(StatusCode::BAD_REQUEST, format!("balloon: {msg}"))
+        }
+        Ok(Err(e)) => fail(StatusCode::BAD_GATEWAY, e),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn balloon_info(State(ctx): Ctx) -> Response {
+    match balloon_control(&ctx) {
+        Ok(path) => proxy(path, json!({"op": "info"}), Duration::from_secs(5)).await,
+        Err(r) => *r,
+    }
+}
+
+async fn balloon_set(
+    State(ctx): Ctx,
+    body: Result<Json<BalloonTarget>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(target) = match body {
+        Ok(b) => b,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let max = ctx.cfg.memory.size;
+    if target.size > max {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "balloon target {} is above the VM's memory ({max})",
+                target.size
+            ),
+        );
+    }
+    let path = match balloon_control(&ctx) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let req = json!({"op": "set-target", "bytes": target.size.0});
+    proxy(path, req, Duration::from_secs(5)).await
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    timeout_ms: Option<u64>,
+}
+
+async fn balloon_stats(State(ctx): Ctx, Query(q): Query<StatsQuery>) -> Response {
+    let path = match balloon_control(&ctx) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let timeout_ms = q.timeout_ms.unwrap_or(2000).min(30_000);
+    let req = json!({"op": "stats", "timeout_ms": timeout_ms});
+    proxy(path, req, Duration::from_millis(timeout_ms + 5000)).await
+}
