@@ -1,0 +1,358 @@
+//! `svctl` drives the whole life of real domains inside the nested-KVM sandbox: install (a
+//! qcow2 disk, a NIC on a bridge, a balloon) → list → console (the init marker, a typed
+//! command) → suspend (the guest's clock and a counter stop) → resume → setmem → dommemstat
+//! → shutdown (the ACPI power button; the guest powers off by itself) → start → a second,
+//! transient domain alongside → destroy both → undefine; `list`/`dominfo` after each step, and
+//! no live process or socket left at the end. The bridge lives in a network namespace of the
+//! job's own.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use integration_tests::guest::{self, GUEST_SH};
+use integration_tests::{shared_job, JobOutput, Sandbox};
+
+const JOB: &str = r#"
+IP=/job/hostbin/ip
+$IP netns add svlife
+$IP -n svlife link set lo up
+$IP -n svlife link add svbr0 type bridge
+$IP -n svlife link set svbr0 up
+cat > /tmp/life.sh <<'LIFE'
+set -u
+export SVCTL_STORE=/tmp/store SVCTL_RUNTIME=/tmp/run
+W=/tmp/w
+mkdir -p $W
+S=$JOB/steps.txt
+step() { echo "== $*" >> $S; }
+l1_up() { cut -d' ' -f1 /proc/uptime; }
+# every svctl call: its output and exit status in the steps file
+sv() { svctl "$@" >> $S 2>&1; echo "rc=$? ($*)" >> $S; }
+n=0
+con() { # con SECONDS-AFTER 'typed line': one console session
+    n=$((n + 1))
+    (sleep 0.5; printf '%s\n' "$2"; sleep $1) | svctl console vm1 > $JOB/con$n.txt 2>&1
+}
+live() { # live processes of ours (zombies left to a non-reaping init do not count)
+    for f in /proc/[0-9]*/stat; do
+        read -r l < $f 2>/dev/null || continue
+        case "$l" in
+            *"(splitvisor"*|*"(svctl)"*)
+                st=$(echo "$l" | sed 's/.*) //' | cut -d' ' -f1)
+                [ "$st" = Z ] || echo "$l" | cut -d' ' -f1-2
+                ;;
+        esac
+    done
+}
+qemu-img create -f qcow2 $W/disk.qcow2 64M > /dev/null
+
+step install
+sv install --name vm1 --memory 512M --vcpus 2 --disk path=$W/disk.qcow2,format=qcow2 \
+    --network bridge=svbr0 --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs-min.cpio.gz \
+    --cmdline "console=ttyS0 quiet"
+step list-after-install
+sv list
+step install-again
+sv install --name vm1 --kernel $L2_KERNEL
+# the init marker, from the console's history
+i=0
+while [ $i -lt 120 ]; do
+    svctl console vm1 < /dev/null > $JOB/con-boot.txt 2>&1
+    grep -q SPLITVISOR-GUEST-READY $JOB/con-boot.txt && break
+    sleep 1; i=$((i + 1))
+done
+con 2 'echo TYPED-$((6 * 7))'
+con 2 '(i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); echo $i > /tmp/ctr; sleep 0.1; done) &'
+con 1 'probe() { echo "PROBE-$1 $(cat /tmp/ctr) $(cut -d" " -f1 /proc/uptime)"; }'
+echo "L1-PROBE-A $(l1_up)" >> $S
+con 2 'probe A'
+step suspend
+sv suspend vm1
+step dominfo-paused
+sv dominfo vm1
+step list-paused
+sv list
+sleep 5
+step shutdown-paused
+sv shutdown vm1
+step resume
+sv resume vm1
+echo "L1-PROBE-B $(l1_up)" >> $S
+con 2 'probe B'
+step dominfo-running
+sv dominfo vm1
+step domblklist
+sv domblklist vm1
+step domiflist
+sv domiflist vm1
+step setmem
+sv setmem vm1 256M
+step setmem-above-max
+sv setmem vm1 2G
+# the balloon inflates: dominfo's used memory follows (bounded)
+i=0
+while [ $i -lt 60 ]; do
+    used=$(svctl --json dominfo vm1 | sed -n 's/.*"used_memory_kib": \([0-9]*\).*/\1/p')
+    [ "${used:-999999}" -le $((300 * 1024)) ] && break
+    sleep 1; i=$((i + 1))
+done
+step dominfo-ballooned
+sv dominfo vm1
+step dommemstat
+sv dommemstat vm1
+step shutdown
+t0=$(l1_up)
+sv shutdown vm1 --timeout 120
+echo "L1-SHUTDOWN-SECS $(l1_up) $t0" >> $S
+step list-after-shutdown
+sv list --all
+step live-after-shutdown
+live >> $S
+step console-stopped
+sv console vm1
+step start
+sv start vm1
+step start-twice
+sv start vm1
+cat > $W/vm2.json <<EOF
+{"name": "vm2", "memory": "256M", "kernel": "$L2_KERNEL",
+ "initramfs": "$KIT/l2/initramfs-min.cpio.gz", "cmdline": "console=ttyS0 quiet",
+ "disks": [{"path": "$W/vm2.raw", "format": "raw"}]}
+EOF
+truncate -s 16M $W/vm2.raw
+step create-vm2
+sv create $W/vm2.json
+step list-two
+sv list
+step vmm-count
+live | grep -c '(splitvisor)' >> $S
+step destroy-vm1
+sv destroy vm1
+step destroy-vm2
+sv destroy vm2
+step list-after-destroy
+sv list --all
+step undefine
+sv undefine vm1
+step list-empty
+sv list --all
+step live-end
+live >> $S
+step runtime-end
+ls -A /tmp/run >> $S
+step end
+LIFE
+KIT=$KIT JOB=$JOB L2_KERNEL=$L2_KERNEL $IP netns exec svlife sh /tmp/life.sh
+$IP netns del svlife
+"#;
+
+fn job() -> &'static JobOutput {
+    static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
+    shared_job(&OUT, || {
+        Sandbox::new()?
+            .cpus(2)
+            .timeout(Duration::from_secs(600))
+            .host_tool("ip")
+            .host_tool("qemu-img")
+            .run(&format!("{GUEST_SH}\n{JOB}"))
+    })
+}
+
+fn steps() -> String {
+    job().file("steps.txt").unwrap_or_default()
+}
+
+/// The output of the step named `name` (up to the next step).
+fn step(name: &str) -> String {
+    let all = steps();
+    let header = format!("== {name}");
+    let mut lines = all.lines().skip_while(|l| *l != header);
+    assert!(lines.next().is_some(), "step {name} missing:\n{all}");
+    let body: Vec<&str> = lines.take_while(|l| !l.starts_with("== ")).collect();
+    body.join("\n")
+}
+
+fn ok(name: &str) -> String {
+    let s = step(name);
+    assert!(s.contains("rc=0 "), "step {name} failed:\n{s}");
+    s
+}
+
+fn fails_with(name: &str, msg: &str) {
+    let s = step(name);
+    assert!(
+        s.contains("rc=1 ") && s.contains(msg),
+        "step {name}: expected an error with {msg:?}:\n{s}"
+    );
+}
+
+fn field(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+}
+
+fn console(n: u32) -> String {
+    job().file(&format!("con{n}.txt")).unwrap_or_default()
+}
+
+#[test]
+fn install_starts_a_running_domain_and_list_shows_it() {
+    assert!(ok("install").contains("installed and started"));
+    let list = ok("list-after-install");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("vm1") && l.contains("running")),
+        "{list}"
+    );
+    fails_with("install-again", "already exists");
+}
+
+#[test]
+fn the_console_shows_the_init_marker_and_runs_a_typed_command() {
+    let boot = job().file("con-boot.txt").unwrap_or_default();
+    assert!(guest::ready(&boot).is_some(), "no init marker:\n{boot}");
+    let typed = console(1);
+    assert!(typed.contains("TYPED-42"), "{typed}");
+}
+
+fn probe(n: u32, key: &str) -> (f64, f64) {
+    let text = console(n);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("{key} missing:\n{text}"));
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(v.len(), 2, "{line}");
+    (v[0], v[1])
+}
+
+fn l1_probe(key: &str) -> f64 {
+    guest::value(&steps(), key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing"))
+}
+
+#[test]
+fn suspend_stops_the_guest_clock_and_its_counter_and_resume_continues() {
+    ok("suspend");
+    assert_eq!(field(&ok("dominfo-paused"), "State"), "paused");
+    assert!(ok("list-paused").contains("paused"));
+    fails_with("shutdown-paused", "paused");
+    ok("resume");
+    assert_eq!(field(&ok("dominfo-running"), "State"), "running");
+    let (ctr_a, clock_a) = probe(4, "PROBE-A");
+    let (ctr_b, clock_b) = probe(5, "PROBE-B");
+    let l1 = l1_probe("L1-PROBE-B") - l1_probe("L1-PROBE-A");
+    // 5 s of the L1 time between the probes were spent paused: the guest saw none of them
+    assert!(
+        clock_b - clock_a + 3.0 < l1,
+        "guest clock advanced {:.1} s in {l1:.1} s with 5 s paused",
+        clock_b - clock_a
+    );
+    assert!(
+        ctr_b > ctr_a,
+        "the counter did not run again: {ctr_a} -> {ctr_b}"
+    );
+    assert!(
+        (ctr_b - ctr_a) < (l1 - 3.0) * 10.0,
+        "the counter advanced {} in {l1:.1} s with 5 s paused",
+        ctr_b - ctr_a
+    );
+}
+
+#[test]
+fn dominfo_and_device_lists_describe_the_domain() {
+    let info = ok("dominfo-running");
+    assert_eq!(field(&info, "Name"), "vm1");
+    assert_eq!(field(&info, "CPU(s)"), "2");
+    assert_eq!(field(&info, "Max memory"), "524288 KiB");
+    assert_eq!(field(&info, "Persistent"), "yes");
+    assert_eq!(field(&info, "Autostart"), "disable");
+    assert_eq!(field(&info, "UUID").len(), 36, "{info}");
+    let blk = ok("domblklist");
+    assert!(blk.contains("vda") && blk.contains("disk.qcow2"), "{blk}");
+    let ifs = ok("domiflist");
+    assert!(
+        ifs.contains("bridge") && ifs.contains("svbr0") && ifs.contains("52:54:00"),
+        "{ifs}"
+    );
+}
+
+#[test]
+fn setmem_shrinks_the_guest_and_dommemstat_reports_it() {
+    ok("setmem");
+    fails_with("setmem-above-max", "above its maximum memory");
+    let info = ok("dominfo-ballooned");
+    let used: u64 = field(&info, "Used memory")
+        .trim_end_matches(" KiB")
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(
+        used <= 300 * 1024,
+        "used memory {used} KiB after setmem 256M"
+    );
+    let stat = ok("dommemstat");
+    let actual: u64 = guest::value(&stat, "actual")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((200 * 1024..=300 * 1024).contains(&actual), "{stat}");
+    let unused: u64 = guest::value(&stat, "unused")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(unused > 0 && unused < actual, "{stat}");
+}
+
+#[test]
+fn shutdown_powers_the_guest_off_by_itself_and_leaves_nothing_behind() {
+    let s = ok("shutdown");
+    assert!(s.contains("has been shut down"), "{s}");
+    let list = ok("list-after-shutdown");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("vm1") && l.contains("shut off")),
+        "{list}"
+    );
+    assert_eq!(step("live-after-shutdown").trim(), "", "processes left");
+    fails_with("console-stopped", "not running");
+}
+
+#[test]
+fn start_again_start_twice_and_a_second_domain_alongside() {
+    ok("start");
+    fails_with("start-twice", "already running");
+    ok("create-vm2");
+    let list = ok("list-two");
+    for vm in ["vm1", "vm2"] {
+        assert!(
+            list.lines()
+                .any(|l| l.contains(vm) && l.contains("running")),
+            "{list}"
+        );
+    }
+    assert_eq!(step("vmm-count").trim(), "2", "two vmm processes");
+}
+
+#[test]
+fn destroy_and_undefine_leave_no_process_socket_or_domain() {
+    ok("destroy-vm1");
+    ok("destroy-vm2");
+    let list = ok("list-after-destroy");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("vm1") && l.contains("shut off")),
+        "{list}"
+    );
+    assert!(!list.contains("vm2"), "a transient domain is gone:\n{list}");
+    ok("undefine");
+    assert!(!ok("list-empty").contains("vm1"));
+    assert_eq!(step("live-end").trim(), "", "processes left");
+    assert_eq!(step("runtime-end").trim(), "", "runtime files left");
+    assert!(steps().contains("== end"), "{}", steps());
+}

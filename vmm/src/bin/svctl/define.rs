@@ -1,0 +1,221 @@
+//! The verbs that change the domain store: define, undefine, install, setvcpus, autostart.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use vmm::config::ByteSize;
+
+use crate::domain::{self, Balloon, Disk, Domain, Nic};
+use crate::store::Store;
+use crate::Out;
+
+pub fn define(store: &Store, file: &Path, out: &Out) -> Result<Domain, String> {
+    let mut d = domain::read(file)?;
+    d.validate().map_err(|e| e.to_string())?;
+    if let Ok(old) = store.load(&d.name) {
+        // redefining keeps the identity
+        if d.uuid.is_empty() {
+            d.uuid = old.uuid;
+        }
+    }
+    if d.uuid.is_empty() {
+        d.uuid = domain::new_uuid();
+    }
+    store.save(&d)?;
+    out.print(
+        format!("Domain '{}' defined from {}\n", d.name, file.display()),
+        json!({"name": d.name, "uuid": d.uuid}),
+    );
+    Ok(d)
+}
+
+pub fn undefine(store: &Store, name: &str, out: &Out) -> Result<(), String> {
+    store.load(name)?;
+    if !store.persistent(name) {
+        return Err(format!(
+            "domain '{name}' is transient: it goes away when it stops"
+        ));
+    }
+    if store.supervisor(name).is_some() {
+        return Err(format!(
+            "domain '{name}' is running: destroy or shut it down first"
+        ));
+    }
+    store.remove(name)?;
+    let _ = std::fs::remove_dir_all(store.dir.join("logs").join(name));
+    out.print(
+        format!("Domain '{name}' has been undefined\n"),
+        json!({"name": name}),
+    );
+    Ok(())
+}
+
+pub fn setvcpus(store: &Store, name: &str, n: u8, config: bool, out: &Out) -> Result<(), String> {
+    let mut d = store.load(name)?;
+    if !config {
+        return Err(format!(
+            "domain '{name}': changing the vCPUs of a running VM is not supported; use --config (next boot)"
+        ));
+    }
+    if !store.persistent(name) {
+        return Err(format!(
+            "domain '{name}' is transient: it has no config to change"
+        ));
+    }
+    d.vcpus = n;
+    d.validate().map_err(|e| e.to_string())?;
+    store.save(&d)?;
+    out.print(
+        format!("Domain '{name}': {n} vCPU(s) from the next start\n"),
+        json!({"name": name, "vcpus": n}),
+    );
+    Ok(())
+}
+
+pub fn autostart(store: &Store, name: &str, enable: bool, out: &Out) -> Result<(), String> {
+    let mut d = store.load(name)?;
+    if !store.persistent(name) {
+        return Err(format!("domain '{name}' is transient: it cannot autostart"));
+    }
+    d.autostart = enable;
+    store.save(&d)?;
+    let systemd = crate::systemd::set_enabled(name, enable)?;
+    let how = if enable {
+        "marked as autostarted"
+    } else {
+        "unmarked as autostarted"
+    };
+    let unit = systemd.map(|u| format!(" ({u})")).unwrap_or_default();
+    out.print(
+        format!("Domain '{name}' {how}{unit}\n"),
+        json!({"name": name, "autostart": enable}),
+    );
+    Ok(())
+}
+
+/// `install`'s options, as virt-install spells them.
+#[derive(clap::Args)]
+pub struct InstallArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "512M")]
+    pub memory: String,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// path=IMG[,format=raw|qcow2|auto][,readonly=on][,queues=N]; repeatable.
+    #[arg(long = "disk")]
+    pub disks: Vec<String>,
+    /// bridge=BR|tap=TAP[,mac=MAC][,queues=N]; repeatable.
+    #[arg(long = "network")]
+    pub networks: Vec<String>,
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// No balloon device.
+    #[arg(long)]
+    pub no_balloon: bool,
+}
+
+fn opts(spec: &str) -> Vec<(String, String)> {
+    spec.split(',')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => ("path".to_string(), kv.to_string()),
+        })
+        .collect()
+}
+
+fn disk(spec: &str) -> Result<Disk, String> {
+    let mut d = Disk {
+        path: PathBuf::new(),
+        format: "auto".into(),
+        readonly: false,
+        queues: 1,
+    };
+    for (k, v) in opts(spec) {
+        match k.as_str() {
+            "path" => d.path = PathBuf::from(v),
+            "format" => d.format = v,
+            "readonly" => d.readonly = matches!(v.as_str(), "on" | "yes" | "true"),
+            "queues" => {
+                d.queues = v
+                    .parse()
+                    .map_err(|_| format!("--disk {spec}: bad queues"))?
+            }
+            _ => return Err(format!("--disk {spec}: unknown option {k}")),
+        }
+    }
+    if d.path.as_os_str().is_empty() {
+        return Err(format!("--disk {spec}: no path"));
+    }
+    Ok(d)
+}
+
+fn nic(spec: &str) -> Result<Nic, String> {
+    let mut n = Nic {
+        bridge: None,
+        tap: None,
+        mac: None,
+        queues: 1,
+    };
+    for (k, v) in opts(spec) {
+        match k.as_str() {
+            "bridge" => n.bridge = Some(v),
+            "tap" => n.tap = Some(v),
+            "mac" => n.mac = Some(v),
+            "queues" => {
+                n.queues = v
+                    .parse()
+                    .map_err(|_| format!("--network {spec}: bad queues"))?
+            }
+            _ => {
+                return Err(format!(
+                    "--network {spec}: expected bridge=BR or tap=TAP[,mac=MAC][,queues=N]"
+                ))
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// `install`: define a domain from options and start it.
+pub fn install(store: &Store, a: InstallArgs, out: &Out) -> Result<(), String> {
+    domain::check_name(&a.name).map_err(|e| e.to_string())?;
+    if store.exists(&a.name) {
+        return Err(format!("domain '{}' already exists", a.name));
+    }
+    let memory: ByteSize = a.memory.parse().map_err(|e| format!("--memory: {e}"))?;
+    let d = Domain {
+        name: a.name.clone(),
+        uuid: domain::new_uuid(),
+        vcpus: a.vcpus,
+        memory,
+        kernel: a.kernel,
+        initramfs: a.initramfs,
+        cmdline: a.cmdline,
+        disks: a.disks.iter().map(|s| disk(s)).collect::<Result<_, _>>()?,
+        nics: a
+            .networks
+            .iter()
+            .map(|s| nic(s))
+            .collect::<Result<_, _>>()?,
+        balloon: (!a.no_balloon).then(Balloon::default),
+        autostart: false,
+    };
+    d.validate().map_err(|e| e.to_string())?;
+    store.save(&d)?;
+    if let Err(e) = crate::lifecycle::start(store, &d.name, None) {
+        return Err(format!(
+            "{e} (the domain stays defined; fix it and `svctl start {}`)",
+            d.name
+        ));
+    }
+    out.print(
+        format!("Domain '{}' installed and started\n", d.name),
+        json!({"name": d.name, "uuid": d.uuid, "state": "running"}),
+    );
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! The verbs that show domains: list, dominfo, dumpconfig, domblklist, domiflist, dommemstat;
+//! and setmem (the balloon), which works on a running domain through its vmm.
+
+use serde_json::{json, Value};
+use vmm::config::ByteSize;
+
+use crate::domain::Domain;
+use crate::lifecycle::{api, require_running, state};
+use crate::store::{read_pid, DomState, Store};
+use crate::Out;
+
+fn vmm_pid(store: &Store, name: &str) -> Option<u32> {
+    store.supervisor(name)?;
+    read_pid(&store.runtime(name).vmm_pid())
+}
+
+/// Seconds of CPU the vmm process has used (all its threads, vCPUs included).
+fn cpu_time(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// The balloon backend's view (through the vmm): ram, target, balloon size.
+fn balloon_info(store: &Store, name: &str) -> Option<Value> {
+    api(store, name).get::<Value>("vm.balloon").ok()
+}
+
+pub fn list(store: &Store, all: bool, out: &Out) -> Result<(), String> {
+    let mut rows = Vec::new();
+    for name in store.names() {
+        let st = state(store, &name);
+        if !all && st == DomState::ShutOff {
+            continue;
+        }
+        let id = vmm_pid(store, &name);
+        rows.push((id, name, st));
+    }
+    let json = rows
+        .iter()
+        .map(|(id, name, st)| json!({"id": id, "name": name, "state": st.to_string()}))
+        .collect::<Vec<_>>();
+    let mut text = format!(
+        " {:<8} {:<24} {}\n{}\n",
+        "Id",
+        "Name",
+        "State",
+        "-".repeat(46)
+    );
+    for (id, name, st) in &rows {
+        let id = id.map_or("-".to_string(), |i| i.to_string());
+        text += &format!(" {id:<8} {name:<24} {st}\n");
+    }
+    out.print(text, Value::Array(json));
+    Ok(())
+}
+
+pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
+    let d = store.load(name)?;
+    let st = state(store, name);
+    let pid = vmm_pid(store, name);
+    let cpu = pid.and_then(cpu_time);
+    let max_kib = d.memory.0 >> 10;
+    let used_kib = match (st, balloon_info(store, name)) {
+        (DomState::ShutOff, _) | (_, None) => max_kib,
+        (_, Some(b)) => {
+            // 0 until the guest's balloon driver has started the device
+            let ram = b["ram_bytes"]
+                .as_u64()
+                .filter(|&r| r > 0)
+                .unwrap_or(d.memory.0);
+            ram.saturating_sub(b["balloon_bytes"].as_u64().unwrap_or(0)) >> 10
+        }
+    };
+    let persistent = store.persistent(name);
+    let j = json!({
+        "id": pid, "name": d.name, "uuid": d.uuid, "state": st.to_string(), "vcpus": d.vcpus,
+        "cpu_time_s": cpu, "max_memory_kib": max_kib, "used_memory_kib": used_kib,
+        "persistent": persistent, "autostart": d.autostart,
+    });
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    let rows = [
+        ("Id", pid.map_or("-".into(), |p| p.to_string())),
+        ("Name", d.name.clone()),
+        ("UUID", d.uuid.clone()),
+        ("OS Type", "hvm".into()),
+        ("State", st.to_string()),
+        ("CPU(s)", d.vcpus.to_string()),
+        ("CPU time", cpu.map_or("-".into(), |c| format!("{c:.1}s"))),
+        ("Max memory", format!("{max_kib} KiB")),
+        ("Used memory", format!("{used_kib} KiB")),
+        ("Persistent", yn(persistent).into()),
+        (
+            "Autostart",
+            if d.autostart { "enable" } else { "disable" }.into(),
+        ),
+    ];
+    let text: String = rows
+        .iter()
+        .map(|(k, v)| format!("{:<16}{v}\n", format!("{k}:")))
+        .collect();
+    out.print(text, j);
+    Ok(())
+}
+
+pub fn dumpconfig(store: &Store, name: &str, vmm: bool, out: &Out) -> Result<(), String> {
+    let value = if vmm {
+        require_running(store, name)?;
+        api(store, name)
+            .get::<Value>("vm.config")
+            .map_err(|e| format!("domain '{name}': {e}"))?
+    } else {
+        serde_json::to_value(store.load(name)?).map_err(|e| e.to_string())?
+    };
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default() + "\n";
+    out.print(text, value);
+    Ok(())
+}
+
+pub fn domblklist(store: &Store, name: &str, out: &Out) -> Result<(), String> {
+    let d = store.load(name)?;
+    let mut text = format!(" {:<8} {}\n{}\n", "Target", "Source", "-".repeat(40));
+    let mut rows = Vec::new();
+    for (i, disk) in d.disks.iter().enumerate() {
+        let target = format!("vd{}", (b'a' + i as u8) as char);
+        text += &format!(" {target:<8} {}\n", disk.path.display());
+        rows.push(json!({"target": target, "source": disk.path, "format": disk.format, "readonly": disk.readonly}));
+    }
+    out.print(text, Value::Array(rows));
+    Ok(())
+}
+
+pub fn domiflist(store: &Store, name: &str, out: &Out) -> Result<(), String> {
+    let d: Domain = store.load(name)?;
+    let mut text = format!(
+        " {:<14} {:<8} {:<12} {:<8} {}\n{}\n",
+        "Interface",
+        "Type",
+        "Source",
+        "Model",
+        "MAC",
+        "-".repeat(64)
+    );
+    let mut rows = Vec::new();
+    for (i, nic) in d.nics.iter().enumerate() {
+        let (kind, source) = match (&nic.bridge, &nic.tap) {
+            (Some(b), _) => ("bridge", b.clone()),
+            (_, Some(t)) => ("ethernet", t.clone()),
+            _ => ("-", "-".into()),
+        };
+        let (iface, mac) = (d.tap_name(i), d.mac(i));
+        text += &format!(
+            " {iface:<14} {kind:<8} {source:<12} {:<8} {mac}\n",
+            "virtio"
+        );
+        rows.push(json!({"interface": iface, "type": kind, "source": source, "model": "virtio", "mac": mac}));
+    }
+    out.print(text, Value::Array(rows));
+    Ok(())
+}
+
+pub fn setmem(store: &Store, name: &str, size: &str, out: &Out) -> Result<(), String> {
+    let d = store.load(name)?;
+    let size: ByteSize = size.parse().map_err(|e| format!("{e}"))?;
+    if size > d.memory {
+        return Err(format!(
+            "domain '{name}': cannot set memory to {size}: above its maximum memory ({})",
+            d.memory
+        ));
+    }
+    if d.balloon.is_none() {
+        return Err(format!("domain '{name}' has no balloon device"));
+    }
+    require_running(store, name)?;
+    let reply = api(store, name)
+        .put("vm.balloon", Some(&json!({"size": size.0})))
+        .map_err(|e| format!("domain '{name}': {e}"))?;
+    out.print(
+        format!("Domain '{name}': memory target set to {size}\n"),
+        reply,
+    );
+    Ok(())
+}
+
+pub fn dommemstat(store: &Store, name: &str, out: &Out) -> Result<(), String> {
+    let d = store.load(name)?;
+    if d.balloon.is_none() {
+        return Err(format!("domain '{name}' has no balloon device"));
+    }
+    require_running(store, name)?;
+    let client = api(store, name);
+    let info: Value = client
+        .get("vm.balloon")
+        .map_err(|e| format!("domain '{name}': {e}"))?;
+    let stats: Value = client
+        .get("vm.balloon-stats?timeout_ms=3000")
+        .map_err(|e| format!("domain '{name}': {e}"))?;
+    let ram = info["ram_bytes"].as_u64().unwrap_or(0);
+    let actual = ram.saturating_sub(info["balloon_bytes"].as_u64().unwrap_or(0)) >> 10;
+    let mut text = format!("actual {actual}\n");
+    let names = [
+        ("swap_in", "swap_in"),
+        ("swap_out", "swap_out"),
+        ("major_faults", "major_fault"),
+        ("minor_faults", "minor_fault"),
+        ("free_memory", "unused"),
+        ("total_memory", "available"),
+        ("available_memory", "usable"),
+        ("disk_caches", "disk_caches"),
+    ];
+    for (key, label) in names {
+        if let Some(v) = stats["stats"][key].as_u64() {
+            let v = if key.ends_with("memory") || key == "disk_caches" {
+                v >> 10
+            } else {
+                v
+            };
+            text += &format!("{label} {v}\n");
+        }
+    }
+    out.print(
+        text,
+        json!({"actual_kib": actual, "balloon": info, "stats": stats["stats"]}),
+    );
+    Ok(())
+}

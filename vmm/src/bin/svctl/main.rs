@@ -1,0 +1,214 @@
+//! `svctl`: manage splitvisor domains the way virsh manages libvirt domains. A domain is a
+//! JSON file in the store (see `store.rs`); a running domain is a supervisor process with
+//! its backends and its vmm (see `supervise.rs`), reached through the vmm's API.
+//!
+//! Output is for people; `--json` gives one JSON document per command for scripts. Errors
+//! go to stderr as `svctl: error: …` with exit status 1 (2 for a bad command line).
+
+mod console;
+mod define;
+mod domain;
+mod info;
+mod lifecycle;
+mod store;
+mod supervise;
+mod systemd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "svctl",
+    version,
+    about = "Manage splitvisor virtual machines (virsh-like)"
+)]
+struct Args {
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Define (or redefine) a domain from a JSON file.
+    Define { file: PathBuf },
+    /// Remove a stopped domain's definition.
+    Undefine { name: String },
+    /// Start a transient domain from a JSON file (forgotten when it stops).
+    Create { file: PathBuf },
+    /// Start a defined domain.
+    Start { name: String },
+    /// List running domains (all with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a domain's state and resources.
+    Dominfo { name: String },
+    /// Print the domain's definition (--vmm: the running vmm's configuration).
+    Dumpconfig {
+        name: String,
+        #[arg(long)]
+        vmm: bool,
+    },
+    /// Attach to the serial console (Ctrl-] detaches).
+    Console { name: String },
+    /// Pause the vCPUs.
+    Suspend { name: String },
+    /// Resume a paused domain.
+    Resume { name: String },
+    /// Ask the guest to power off (ACPI power button) and wait for it.
+    Shutdown {
+        name: String,
+        /// Seconds to wait for the guest (0: do not wait).
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Stop a domain at once (its definition is kept).
+    Destroy { name: String },
+    /// Set the memory a running guest keeps (balloon), e.g. 256M.
+    Setmem { name: String, size: String },
+    /// Memory statistics of a running guest (from its balloon).
+    Dommemstat { name: String },
+    /// Set the number of vCPUs for the next start.
+    Setvcpus {
+        name: String,
+        count: u8,
+        #[arg(long)]
+        config: bool,
+    },
+    /// List a domain's disks.
+    Domblklist { name: String },
+    /// List a domain's network interfaces.
+    Domiflist { name: String },
+    /// Start the domain when the host boots (--disable: do not).
+    Autostart {
+        name: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Define a domain from options (like virt-install) and start it.
+    Install(define::InstallArgs),
+    /// (internal) run a domain's processes; `start` launches this.
+    #[command(name = "__supervise", hide = true)]
+    Supervise { name: String },
+}
+
+/// How a verb prints its result.
+pub struct Out {
+    json: bool,
+}
+
+impl Out {
+    pub fn print(&self, text: String, value: Value) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+        } else {
+            print!("{text}");
+        }
+    }
+}
+
+fn run(verb: Verb, out: &Out) -> Result<(), String> {
+    let store = Store::open()?;
+    let done = |text: String, name: &str| out.print(text, json!({"name": name, "ok": true}));
+    match verb {
+        Verb::Define { file } => define::define(&store, &file, out).map(|_| ()),
+        Verb::Undefine { name } => define::undefine(&store, &name, out),
+        Verb::Create { file } => {
+            let d = lifecycle::create(&store, &file)?;
+            done(
+                format!("Domain '{}' created from {}\n", d.name, file.display()),
+                &d.name,
+            );
+            Ok(())
+        }
+        Verb::Start { name } => {
+            lifecycle::start(&store, &name, None)?;
+            done(format!("Domain '{name}' started\n"), &name);
+            Ok(())
+        }
+        Verb::List { all } => info::list(&store, all, out),
+        Verb::Dominfo { name } => info::dominfo(&store, &name, out),
+        Verb::Dumpconfig { name, vmm } => info::dumpconfig(&store, &name, vmm, out),
+        Verb::Console { name } => {
+            lifecycle::require_running(&store, &name)?;
+            console::attach(&name, &store.runtime(&name).console())
+        }
+        Verb::Suspend { name } => {
+            lifecycle::pause(&store, &name, true)?;
+            done(format!("Domain '{name}' suspended\n"), &name);
+            Ok(())
+        }
+        Verb::Resume { name } => {
+            lifecycle::pause(&store, &name, false)?;
+            done(format!("Domain '{name}' resumed\n"), &name);
+            Ok(())
+        }
+        Verb::Shutdown { name, timeout } => {
+            lifecycle::shutdown(&store, &name, Duration::from_secs(timeout))?;
+            let what = if timeout == 0 {
+                "is being shut down"
+            } else {
+                "has been shut down"
+            };
+            done(format!("Domain '{name}' {what}\n"), &name);
+            Ok(())
+        }
+        Verb::Destroy { name } => {
+            lifecycle::destroy(&store, &name)?;
+            done(format!("Domain '{name}' destroyed\n"), &name);
+            Ok(())
+        }
+        Verb::Setmem { name, size } => info::setmem(&store, &name, &size, out),
+        Verb::Dommemstat { name } => info::dommemstat(&store, &name, out),
+        Verb::Setvcpus {
+            name,
+            count,
+            config,
+        } => define::setvcpus(&store, &name, count, config, out),
+        Verb::Domblklist { name } => info::domblklist(&store, &name, out),
+        Verb::Domiflist { name } => info::domiflist(&store, &name, out),
+        Verb::Autostart { name, disable } => define::autostart(&store, &name, !disable, out),
+        Verb::Install(a) => define::install(&store, a, out),
+        Verb::Supervise { name } => {
+            let code = supervise::supervise(&store, &name)?;
+            // the supervisor's log (kept in <store>/logs/NAME/) says how the domain ended
+            eprintln!("svctl: domain '{name}': splitvisor exited with status {code}");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let out = Out { json: args.json };
+    match run(args.verb, &out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if out.json {
+                println!("{}", json!({"error": e}));
+            }
+            eprintln!("svctl: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The domain store (one JSON file per domain) and the runtime directories of running domains.
+//!
+//! Store: `$SVCTL_STORE`, else `/var/lib/splitvisor` for root, else
+//! `$XDG_STATE_HOME/splitvisor` (`~/.local/state/splitvisor`). Runtime: `$SVCTL_RUNTIME`, else
+//! `/run/splitvisor` for root, else `$XDG_RUNTIME_DIR/splitvisor` (or `/tmp/splitvisor-$UID`).
+//! A domain runs while its supervisor process (PID in `<runtime>/<name>/supervisor.pid`) lives.
+
+use std::path::{Path, PathBuf};
+
+use crate::domain::{self, check_name, Domain, Runtime};
+
+pub struct Store {
+    pub dir: PathBuf,
+    pub runtime: PathBuf,
+}
+
+/// What `svctl` reports of a domain's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomState {
+    ShutOff,
+    Running,
+    Paused,
+}
+
+impl std::fmt::Display for DomState {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            DomState::ShutOff => "shut off",
+            DomState::Running => "running",
+            DomState::Paused => "paused",
+        })
+    }
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+impl Store {
+    pub fn open() -> Result<Store, String> {
+        let dir = env_dir("SVCTL_STORE").unwrap_or_else(|| {
+            if root() {
+                PathBuf::from("/var/lib/splitvisor")
+            } else {
+                env_dir("XDG_STATE_HOME")
+                    .or_else(|| env_dir("HOME").map(|h| h.join(".local/state")))
+                    .unwrap_or_else(|| PathBuf::from("/tmp"))
+                    .join("splitvisor")
+            }
+        });
+        let runtime = env_dir("SVCTL_RUNTIME").unwrap_or_else(|| {
+            if root() {
+                PathBuf::from("/run/splitvisor")
+            } else {
+                match env_dir("XDG_RUNTIME_DIR") {
+                    Some(d) => d.join("splitvisor"),
+                    // SAFETY: getuid has no preconditions.
+                    None => PathBuf::from(format!("/tmp/splitvisor-{}", unsafe { libc::getuid() })),
+                }
+            }
+        });
+        for d in [&dir, &runtime] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        Ok(Store { dir, runtime })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    pub fn runtime(&self, name: &str) -> Runtime {
+        Runtime {
+            dir: self.runtime.join(name),
+        }
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    /// A defined domain, or "domain not found" (the running transient ones included).
+    pub fn load(&self, name: &str) -> Result<Domain, String> {
+        check_name(name).map_err(|e| e.to_string())?;
+        let transient = self.runtime(name).dir.join("domain.json");
+        let path = if self.path(name).exists() {
+            self.path(name)
+        } else if transient.exists() {
+            transient
+        } else {
+            return Err(format!("domain not found: no domain named '{name}'"));
+        };
+        domain::read(&path)
+    }
+
+    pub fn save(&self, d: &Domain) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(d).map_err(|e| e.to_string())?;
+        let path = self.path(&d.name);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n")
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), String> {
+        let path = self.path(name);
+        std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
+    }
+
+    pub fn persistent(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    /// Every domain: the defined ones and the running transient ones, sorted by name.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (dir, want_json) in [(&self.dir, true), (&self.runtime, false)] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = if want_json {
+                    match (p.extension(), p.file_stem()) {
+                        (Some(x), Some(stem)) if x == "json" => stem.to_string_lossy().into_owned(),
+                        _ => continue,
+                    }
+                } else if p.join("domain.json").exists() {
+                    e.file_name().to_string_lossy().into_owned()
+                } else {
+                    continue;
+                };
+                if check_name(&name).is_ok() && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    /// The PID of the domain's live supervisor, if it runs.
+    pub fn supervisor(&self, name: &str) -> Option<u32> {
+        let pid = read_pid(&self.runtime(name).supervisor_pid())?;
+        alive(pid).then_some(pid)
+    }
+}
+
+pub fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// True if `pid` is a process that is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,292 @@
+//! The supervisor: one process per running domain (`svctl __supervise NAME`, started by
+//! `svctl start`). It starts the backends one by one, each awaited on its sd_notify
+//! READY=1 (no sleeps), then `splitvisor`; waits for the vmm to end (guest poweroff, `destroy`,
+//! a crash); then stops the backends and removes the runtime directory. Every child gets
+//! PR_SET_PDEATHSIG, so none outlives the supervisor even if it is killed.
+
+use std::fs::File;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::domain::{vm_config, Domain, Runtime};
+use crate::store::Store;
+
+const READY_LIMIT: Duration = Duration::from_secs(20);
+const STOP_LIMIT: Duration = Duration::from_secs(3);
+
+/// The directory with our binaries: `$SVCTL_BIN_DIR`, else the one `svctl` is in.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SVCTL_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()?
+                .parent()
+                .map(Path::to_path_buf)
+        });
+    match dir {
+        Some(d) if d.join(name).exists() => d.join(name),
+        _ => PathBuf::from(name), // from PATH
+    }
+}
+
+struct Proc {
+    what: String,
+    child: Child,
+}
+
+fn log_file(rt: &Runtime, what: &str) -> Result<File, String> {
+    let path = rt.dir.join(format!("{what}.log"));
+    File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))
+}
+
+fn command(program: PathBuf, args: &[String], log: File) -> Result<Command, String> {
+    let err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(err);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and only affects the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Start one backend and wait for its READY=1 (or its death, or the limit).
+fn start_backend(
+    rt: &Runtime,
+    what: &str,
+    program: &str,
+    args: Vec<String>,
+) -> Result<Proc, String> {
+    let notify_path = rt.dir.join("notify.sock");
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).map_err(|e| format!("notify socket: {e}"))?;
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    let mut cmd = command(bin(program), &args, log_file(rt, what)?)?;
+    cmd.env("NOTIFY_SOCKET", &notify_path);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    let result = loop {
+        if let Ok(n) = notify.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                break Ok(());
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!(
+                "{what} backend ({program}) exited with {status} before it was ready: {}",
+                tail(&rt.dir.join(format!("{what}.log")))
+            ));
+        }
+        if start.elapsed() > READY_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Err(format!(
+                "{what} backend ({program}) was not ready within {READY_LIMIT:?}"
+            ));
+        }
+    };
+    let _ = std::fs::remove_file(&notify_path);
+    result?;
+    tracing::info!(what, pid = child.id(), "backend ready");
+    Ok(Proc {
+        what: what.into(),
+        child,
+    })
+}
+
+/// The last line of a log, for error messages.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no output)")
+        .to_string()
+}
+
+fn backend_args(d: &Domain, rt: &Runtime) -> Vec<(String, &'static str, Vec<String>)> {
+    let s = |p: PathBuf| p.display().to_string();
+    let mut out = Vec::new();
+    for (i, disk) in d.disks.iter().enumerate() {
+        let mut a = vec![
+            "--socket".into(),
+            s(rt.disk_socket(i)),
+            "--image".into(),
+            s(disk.path.clone()),
+            "--format".into(),
+            disk.format.clone(),
+            "--queues".into(),
+            disk.queues.to_string(),
+        ];
+        if disk.readonly {
+            a.push("--readonly".into());
+        }
+        out.push((format!("blk{i}"), "splitvisor-blk", a));
+    }
+    for (i, nic) in d.nics.iter().enumerate() {
+        let mut a = vec![
+            "--socket".into(),
+            s(rt.nic_socket(i)),
+            "--mac".into(),
+            d.mac(i),
+            "--queues".into(),
+            nic.queues.to_string(),
+        ];
+        match &nic.bridge {
+            Some(br) => a.extend([
+                "--create-tap".into(),
+                d.tap_name(i),
+                "--bridge".into(),
+                br.clone(),
+            ]),
+            None => a.extend(["--tap".into(), d.tap_name(i)]),
+        }
+        out.push((format!("net{i}"), "splitvisor-net", a));
+    }
+    if let Some(b) = &d.balloon {
+        let mut a = vec![
+            "--socket".into(),
+            s(rt.balloon_socket()),
+            "--control".into(),
+            s(rt.balloon_control()),
+            "--stats-interval".into(),
+            b.stats_interval.to_string(),
+        ];
+        if b.deflate_on_oom {
+            a.push("--deflate-on-oom".into());
+        }
+        if b.free_page_reporting {
+            a.push("--free-page-reporting".into());
+        }
+        out.push(("balloon".into(), "splitvisor-balloon", a));
+    }
+    out
+}
+
+fn stop(procs: &mut [Proc]) {
+    for p in procs.iter() {
+        // SAFETY: kill on our own child's PID (not yet reaped, so not reused).
+        unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+    }
+    let start = Instant::now();
+    for p in procs.iter_mut() {
+        loop {
+            match p.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if start.elapsed() > STOP_LIMIT => {
+                    tracing::warn!(what = %p.what, "backend ignored SIGTERM: killed");
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// Stop signals to the supervisor become a hard stop of the vmm (SIGTERM).
+fn forward_stop_signals(vmm_pid: u32) -> std::io::Result<()> {
+    // SAFETY: sigemptyset/sigaddset fill a set we own; pthread_sigmask blocks it in this
+    // thread and the threads created afterwards.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: sigwait on a valid set into our local.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            // SAFETY: kill of the vmm child's PID; it is reaped only by our main thread after it
+            // exits, and then this process exits too.
+            unsafe { libc::kill(vmm_pid as i32, libc::SIGTERM) };
+        })?;
+    Ok(())
+}
+
+/// Run the domain until its vmm ends; the exit code is the vmm's.
+pub fn supervise(store: &Store, name: &str) -> Result<i32, String> {
+    let d = store.load(name)?;
+    let rt = store.runtime(name);
+    // under systemd nobody wrote our PID (svctl start did, before us)
+    std::fs::create_dir_all(&rt.dir)
+        .map_err(|e| format!("cannot create {}: {e}", rt.dir.display()))?;
+    std::fs::write(rt.supervisor_pid(), format!("{}\n", std::process::id()))
+        .map_err(|e| format!("cannot write {}: {e}", rt.supervisor_pid().display()))?;
+    let result = run(&d, &rt);
+    // keep the logs of the last run next to the domain, then leave nothing behind
+    let logs = store.dir.join("logs").join(name);
+    if std::fs::create_dir_all(&logs).is_ok() {
+        if let Ok(entries) = std::fs::read_dir(&rt.dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    let _ = std::fs::rename(e.path(), logs.join(e.file_name()));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&rt.dir);
+    result
+}
+
+fn run(d: &Domain, rt: &Runtime) -> Result<i32, String> {
+    let mut procs = Vec::new();
+    for (what, program, args) in backend_args(d, rt) {
+        match start_backend(rt, &what, program, args) {
+            Ok(p) => procs.push(p),
+            Err(e) => {
+                stop(&mut procs);
+                return Err(e);
+            }
+        }
+    }
+    let cfg_path = rt.dir.join("vm.json");
+    let cfg = serde_json::to_string_pretty(&vm_config(d, rt)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg_path, cfg)
+        .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+    let args = vec!["--config".to_string(), cfg_path.display().to_string()];
+    let mut cmd = command(bin("splitvisor"), &args, log_file(rt, "vmm")?)?;
+    let mut vmm = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            stop(&mut procs);
+            return Err(format!("cannot start splitvisor: {e}"));
+        }
+    };
+    let _ = std::fs::write(rt.vmm_pid(), format!("{}\n", vmm.id()));
+    if let Err(e) = forward_stop_signals(vmm.id()) {
+        tracing::warn!("cannot forward stop signals: {e}");
+    }
+    let status = vmm
+        .wait()
+        .map_err(|e| format!("waiting for splitvisor: {e}"))?;
+    tracing::info!(%status, "vmm ended");
+    stop(&mut procs);
+    Ok(status.code().unwrap_or(128))
+}
