@@ -12,6 +12,8 @@ echo "[test] cargo clippy"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 echo "[test] cargo build --release"
 cargo build --release --workspace --bins --quiet
+echo "[test] systemd units"
+scripts/verify-units.sh target/release
 echo "[test] cargo test"
 # sandbox tests are heavy (each boots L1 under TCG on 2 cores): run them one at a time
 cargo test --release --workspace -- --test-threads=1
