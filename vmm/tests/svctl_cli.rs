@@ -278,5 +278,5 @@ fn the_store_is_plain_json_files() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(d["name"], "plain");
     assert_eq!(d["memory"], "512M");
-    assert_eq!(d["balloon"]["deflate_on_oom"], true);
+    assert_eq!(d["balloon"]["deflate_on_oom"], false);
 }

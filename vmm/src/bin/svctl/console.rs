@@ -40,6 +40,20 @@ impl Drop for RawTerminal {
     }
 }
 
+/// Wait up to 200 ms for input (so that a console whose domain ends is noticed even when no
+/// key is pressed).
+fn input_ready() -> bool {
+    let mut fds = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, for a bounded time.
+    let n = unsafe { libc::poll(&mut fds, 1, 200) };
+    // an error or hang-up counts as ready: the read that follows reports it
+    n != 0
+}
+
 pub fn attach(name: &str, socket: &Path) -> Result<(), String> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         format!(
@@ -67,6 +81,9 @@ pub fn attach(name: &str, socket: &Path) -> Result<(), String> {
     loop {
         if output.is_finished() {
             break; // the vmm closed the console: the domain ended
+        }
+        if !input_ready() {
+            continue;
         }
         let n = match input.read(&mut buf) {
             Ok(0) | Err(_) => break,

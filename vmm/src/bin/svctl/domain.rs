@@ -74,10 +74,12 @@ pub struct Nic {
     pub queues: u16,
 }
 
+/// The balloon's options. Deflate-on-OOM is off by default, as in libvirt and Firecracker: with
+/// it the guest keeps counting ballooned pages in its MemTotal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Balloon {
-    #[serde(default = "yes")]
+    #[serde(default)]
     pub deflate_on_oom: bool,
     #[serde(default)]
     pub free_page_reporting: bool,
@@ -86,9 +88,6 @@ pub struct Balloon {
     pub stats_interval: u64,
 }
 
-fn yes() -> bool {
-    true
-}
 fn one_u64() -> u64 {
     1
 }
@@ -96,7 +95,7 @@ fn one_u64() -> u64 {
 impl Default for Balloon {
     fn default() -> Self {
         Balloon {
-            deflate_on_oom: true,
+            deflate_on_oom: false,
             free_page_reporting: false,
             stats_interval: 1,
         }
