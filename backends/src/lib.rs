@@ -11,6 +11,7 @@ pub mod relay;
 pub mod serve;
 pub mod signals;
 pub mod socket;
+pub mod stats_socket;
 
 /// An error and its causes on one line: "outer: cause: root cause".
 pub fn error_chain(e: &dyn std::error::Error) -> String {

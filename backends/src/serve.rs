@@ -32,6 +32,9 @@ pub struct DaemonArgs {
     /// Exit after the first frontend disconnects instead of waiting for the next one.
     #[arg(long)]
     pub once: bool,
+    /// Serve the counters on this Unix socket: each connection gets them as `key=value` text.
+    #[arg(long, value_name = "PATH")]
+    pub stats_socket: Option<PathBuf>,
 }
 
 /// Makes a fresh device for each frontend connection.
@@ -60,6 +63,11 @@ pub trait BackendFactory: Send + 'static {
         Box::new(|| {})
     }
 
+    /// The counters as `key=value` words (lines allowed), for `--stats-socket`.
+    fn stats_text(&self) -> crate::stats_socket::StatsText {
+        Box::new(String::new)
+    }
+
     /// SIGUSR2: look at the backing resource again (e.g. the image's size).
     fn on_reload(&self) -> Box<dyn Fn() + Send> {
         Box::new(|| {})
@@ -82,6 +90,12 @@ pub enum ServeError {
     Relay(#[source] io::Error),
     #[error("cannot start the signal thread")]
     Signals(#[source] io::Error),
+    #[error("cannot serve the stats socket {path}")]
+    StatsSocket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create the device for a new connection")]
     CreateDevice(#[source] io::Error),
     /// (vhost-user-backend's error implements Display only, so its text is carried here)
@@ -97,6 +111,14 @@ pub fn serve<F: BackendFactory>(
     mut factory: F,
 ) -> Result<(), ServeError> {
     let (mut listener, source) = args.socket.listen()?;
+    if let Some(path) = &args.stats_socket {
+        crate::stats_socket::spawn(path, factory.stats_text()).map_err(|source| {
+            ServeError::StatsSocket {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
     install_signal_actions(args, &source, &factory)?;
     readiness::notify_ready(args.pidfile.as_deref())?;
     info!("{name}: listening on {source}");
@@ -201,6 +223,7 @@ fn install_signal_actions<F: BackendFactory>(
         _ => None,
     };
     let pidfile = args.pidfile.clone();
+    let stats_socket = args.stats_socket.clone();
     let last_words = factory.on_terminate();
     signals::spawn_signal_thread(SignalActions {
         on_stats: factory.log_stats(),
@@ -212,6 +235,9 @@ fn install_signal_actions<F: BackendFactory>(
             }
             if let Some(p) = &pidfile {
                 readiness::remove_pidfile(p);
+            }
+            if let Some(p) = &stats_socket {
+                let _ = std::fs::remove_file(p);
             }
         }),
     })

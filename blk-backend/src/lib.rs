@@ -133,6 +133,11 @@ impl BackendFactory for BlkFactory {
         Box::new(move || tracing::warn!("stats: {stats}"))
     }
 
+    fn stats_text(&self) -> backends::stats_socket::StatsText {
+        let stats = self.device.stats.clone();
+        Box::new(move || stats.to_string())
+    }
+
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
         let device = self.device.clone();
         Box::new(move || {

@@ -1,7 +1,7 @@
 //! `svctl` drives the whole life of real domains inside the nested-KVM sandbox: install (a
 //! qcow2 disk, a NIC on a bridge, a balloon) → list → console (the init marker, a typed
 //! command) → suspend (the guest's clock and a counter stop) → resume → setmem → dommemstat
-//! → shutdown (the ACPI power button; the guest powers off by itself) → start → a second,
+//! → domblkstat/domifstat → shutdown (the ACPI power button; the guest powers off by itself) → start → a second,
 //! transient domain alongside → destroy both → undefine; `list`/`dominfo` after each step, and
 //! no live process or socket left at the end. The bridge lives in a network namespace of the
 //! job's own.
@@ -18,6 +18,7 @@ $IP netns add svlife
 $IP -n svlife link set lo up
 $IP -n svlife link add svbr0 type bridge
 $IP -n svlife link set svbr0 up
+$IP -n svlife addr add 10.0.3.1/24 dev svbr0
 cat > /tmp/life.sh <<'LIFE'
 set -u
 export SVCTL_STORE=/tmp/store SVCTL_RUNTIME=/tmp/run
@@ -81,6 +82,13 @@ echo "L1-PROBE-B $(l1_up)" >> $S
 con 2 'probe B'
 step dominfo-running
 sv dominfo vm1
+con 8 'dd if=/dev/vda of=/dev/null bs=64k count=32; ip link set eth0 up; ip addr add 10.0.3.15/24 dev eth0; ping -c 3 10.0.3.1; echo IO-DONE'
+step domblkstat
+sv domblkstat vm1
+step domblkstat-nodisk
+sv domblkstat vm1 vdz
+step domifstat
+sv domifstat vm1
 step domblklist
 sv domblklist vm1
 step domiflist
@@ -283,6 +291,37 @@ fn dominfo_and_device_lists_describe_the_domain() {
         ifs.contains("bridge") && ifs.contains("svbr0") && ifs.contains("52:54:00"),
         "{ifs}"
     );
+}
+
+fn stat(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[1] == key).then(|| w[2].parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+}
+
+#[test]
+fn domblkstat_and_domifstat_count_the_guest_io() {
+    let io = console(6);
+    assert!(io.contains("IO-DONE"), "{io}");
+    let blk = ok("domblkstat");
+    assert!(
+        blk.lines()
+            .all(|l| l.starts_with("vda ") || l.starts_with("rc=")),
+        "{blk}"
+    );
+    assert!(stat(&blk, "rd_bytes") >= 32 * 65536, "{blk}\n{io}");
+    assert!(stat(&blk, "rd_req") > 0, "{blk}");
+    assert_eq!(stat(&blk, "errs"), 0, "{blk}");
+    fails_with("domblkstat-nodisk", "has no disk vdz");
+    let net = ok("domifstat");
+    // three echo requests out and three replies in (and ARP)
+    assert!(stat(&net, "tx_packets") >= 3, "{net}\n{io}");
+    assert!(stat(&net, "rx_packets") >= 3, "{net}\n{io}");
+    assert!(stat(&net, "rx_bytes") >= 3 * 84, "{net}");
+    assert_eq!(stat(&net, "tx_drop"), 0, "{net}");
 }
 
 #[test]

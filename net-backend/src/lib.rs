@@ -100,6 +100,11 @@ impl BackendFactory for NetFactory {
         })
     }
 
+    fn stats_text(&self) -> backends::stats_socket::StatsText {
+        let stats = self.stats.clone();
+        Box::new(move || stats.lines().join("\n"))
+    }
+
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
         let stats = self.stats.clone();
         Box::new(move || {

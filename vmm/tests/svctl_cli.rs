@@ -84,6 +84,8 @@ fn every_verb_names_an_unknown_domain() {
         &["setvcpus", "ghost", "2", "--config"],
         &["domblklist", "ghost"],
         &["domiflist", "ghost"],
+        &["domblkstat", "ghost"],
+        &["domifstat", "ghost"],
         &["autostart", "ghost"],
     ];
     for args in verbs {

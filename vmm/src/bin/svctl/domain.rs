@@ -191,6 +191,12 @@ impl Runtime {
     pub fn disk_socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("blk{i}.sock"))
     }
+    pub fn disk_stats(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("blk{i}-stats.sock"))
+    }
+    pub fn nic_stats(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("net{i}-stats.sock"))
+    }
     pub fn nic_socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("net{i}.sock"))
     }

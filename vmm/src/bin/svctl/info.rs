@@ -227,3 +227,117 @@ pub fn dommemstat(store: &Store, name: &str, out: &Out) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// A backend's counters from its `--stats-socket`: every `key=value` word, summed by key
+/// (the net backend has one line per queue pair).
+fn backend_stats(
+    socket: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, u64>, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::os::unix::net::UnixStream::connect(socket)
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            s.read_to_string(&mut text)
+        })
+        .map_err(|e| {
+            format!(
+                "cannot read the backend's counters at {}: {e}",
+                socket.display()
+            )
+        })?;
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in text.split_whitespace().filter_map(|w| w.split_once('=')) {
+        if let Ok(v) = v.parse::<u64>() {
+            *out.entry(k.to_string()).or_insert(0) += v;
+        }
+    }
+    Ok(out)
+}
+
+/// Print `DEV key value` rows (virsh's layout) and the same as JSON.
+fn print_stats(rows: Vec<(String, Vec<(&str, u64)>)>, out: &Out) {
+    let mut text = String::new();
+    let mut json = serde_json::Map::new();
+    for (dev, values) in rows {
+        let mut obj = serde_json::Map::new();
+        for (k, v) in values {
+            text += &format!("{dev} {k} {v}\n");
+            obj.insert(k.to_string(), json!(v));
+        }
+        json.insert(dev, Value::Object(obj));
+    }
+    out.print(text, Value::Object(json));
+}
+
+/// `domblkstat NAME [vdX]`: requests and bytes each way, flushes and errors, per disk.
+pub fn domblkstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> Result<(), String> {
+    let d = store.load(name)?;
+    require_running(store, name)?;
+    let rt = store.runtime(name);
+    let mut rows = Vec::new();
+    for i in 0..d.disks.len() {
+        let dev = format!("vd{}", (b'a' + i as u8) as char);
+        if only.is_some_and(|o| o != dev) {
+            continue;
+        }
+        let s = backend_stats(&rt.disk_stats(i))?;
+        let g = |k: &str| s.get(k).copied().unwrap_or(0);
+        rows.push((
+            dev,
+            vec![
+                ("rd_req", g("reads")),
+                ("rd_bytes", g("bytes_read")),
+                ("wr_req", g("writes")),
+                ("wr_bytes", g("bytes_written")),
+                ("flush_operations", g("flushes")),
+                ("errs", g("io_errors") + g("bad_requests")),
+            ],
+        ));
+    }
+    if rows.is_empty() {
+        return Err(match only {
+            Some(o) => format!("domain '{name}' has no disk {o}"),
+            None => format!("domain '{name}' has no disks"),
+        });
+    }
+    print_stats(rows, out);
+    Ok(())
+}
+
+/// `domifstat NAME [IFACE]`: the guest's view (rx = what it received), per interface.
+pub fn domifstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> Result<(), String> {
+    let d = store.load(name)?;
+    require_running(store, name)?;
+    let rt = store.runtime(name);
+    let mut rows = Vec::new();
+    for i in 0..d.nics.len() {
+        let iface = d.tap_name(i);
+        if only.is_some_and(|o| o != iface) {
+            continue;
+        }
+        let s = backend_stats(&rt.nic_stats(i))?;
+        let g = |k: &str| s.get(k).copied().unwrap_or(0);
+        rows.push((
+            iface,
+            vec![
+                ("rx_bytes", g("rx_bytes")),
+                ("rx_packets", g("rx_packets")),
+                ("rx_errs", 0),
+                ("rx_drop", g("rx_dropped")),
+                ("tx_bytes", g("tx_bytes")),
+                ("tx_packets", g("tx_packets")),
+                ("tx_errs", g("malformed_chains")),
+                ("tx_drop", g("tx_dropped")),
+            ],
+        ));
+    }
+    if rows.is_empty() {
+        return Err(match only {
+            Some(o) => format!("domain '{name}' has no interface {o}"),
+            None => format!("domain '{name}' has no network interfaces"),
+        });
+    }
+    print_stats(rows, out);
+    Ok(())
+}

@@ -90,6 +90,16 @@ enum Verb {
     Domblklist { name: String },
     /// List a domain's network interfaces.
     Domiflist { name: String },
+    /// Block I/O counters of a running domain's disks (or one: vda…).
+    Domblkstat {
+        name: String,
+        device: Option<String>,
+    },
+    /// Network counters of a running domain's interfaces (or one), as the guest sees them.
+    Domifstat {
+        name: String,
+        interface: Option<String>,
+    },
     /// Start the domain when the host boots (--disable: do not).
     Autostart {
         name: String,
@@ -181,6 +191,12 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
         } => define::setvcpus(&store, &name, count, config, out),
         Verb::Domblklist { name } => info::domblklist(&store, &name, out),
         Verb::Domiflist { name } => info::domiflist(&store, &name, out),
+        Verb::Domblkstat { name, device } => {
+            info::domblkstat(&store, &name, device.as_deref(), out)
+        }
+        Verb::Domifstat { name, interface } => {
+            info::domifstat(&store, &name, interface.as_deref(), out)
+        }
         Verb::Autostart { name, disable } => define::autostart(&store, &name, !disable, out),
         Verb::Install(a) => define::install(&store, a, out),
         Verb::Supervise { name } => {

@@ -134,6 +134,8 @@ fn backend_args(d: &Domain, rt: &Runtime) -> Vec<(String, &'static str, Vec<Stri
             disk.format.clone(),
             "--queues".into(),
             disk.queues.to_string(),
+            "--stats-socket".into(),
+            s(rt.disk_stats(i)),
         ];
         if disk.readonly {
             a.push("--readonly".into());
@@ -148,6 +150,8 @@ fn backend_args(d: &Domain, rt: &Runtime) -> Vec<(String, &'static str, Vec<Stri
             d.mac(i),
             "--queues".into(),
             nic.queues.to_string(),
+            "--stats-socket".into(),
+            s(rt.nic_stats(i)),
         ];
         match &nic.bridge {
             Some(br) => a.extend([
