@@ -7,6 +7,16 @@ use std::path::PathBuf;
 
 use vhost::vhost_user::Listener;
 
+/// Bind a Unix socket only its owner may use (mode 0600) at `path`, replacing a stale one:
+/// for the small side sockets backends serve (stats, control).
+pub fn bind_private(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 

@@ -3,8 +3,6 @@
 //! `key=value` per word, and is closed; nothing is read from the client.
 
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,9 +11,7 @@ pub type StatsText = Box<dyn Fn() -> String + Send>;
 
 /// Bind `path` (a stale socket is replaced; mode 0600) and serve it on a thread of its own.
 pub fn spawn(path: &Path, text: StatsText) -> io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = crate::socket::bind_private(path)?;
     std::thread::Builder::new()
         .name("stats-socket".into())
         .spawn(move || {
@@ -32,6 +28,7 @@ pub fn spawn(path: &Path, text: StatsText) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn each_connection_gets_the_counters_of_that_moment() {

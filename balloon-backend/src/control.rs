@@ -13,8 +13,7 @@
 //! guest that does not answer cannot block the caller.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,9 +27,7 @@ const MAX_TIMEOUT_MS: u64 = 30_000;
 
 /// Serve the control socket at `path` on a thread of its own.
 pub fn spawn(path: &Path, state: Arc<BalloonState>) -> io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = backends::socket::bind_private(path)?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
