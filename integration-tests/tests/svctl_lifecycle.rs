@@ -30,9 +30,15 @@ l1_up() { cut -d' ' -f1 /proc/uptime; }
 # every svctl call: its output and exit status in the steps file
 sv() { svctl "$@" >> $S 2>&1; echo "rc=$? ($*)" >> $S; }
 n=0
-con() { # con SECONDS-AFTER 'typed line': one console session
+con() { # con SECONDS 'typed line' MARKER: one console session, until MARKER is in its output
     n=$((n + 1))
-    (sleep 0.5; printf '%s\n' "$2"; sleep $1) | svctl console vm1 > $JOB/con$n.txt 2>&1
+    f=$JOB/con$n.txt
+    (
+        sleep 0.5
+        printf '%s\n' "$2"
+        i=0
+        while ! grep -q "$3" $f 2>/dev/null && [ $i -lt $(($1 * 10)) ]; do sleep 0.1; i=$((i + 1)); done
+    ) | svctl console vm1 > $f 2>&1
 }
 live() { # live processes of ours (zombies left to a non-reaping init do not count)
     for f in /proc/[0-9]*/stat; do
@@ -62,11 +68,11 @@ while [ $i -lt 120 ]; do
     grep -q SPLITVISOR-GUEST-READY $JOB/con-boot.txt && break
     sleep 1; i=$((i + 1))
 done
-con 2 'echo TYPED-$((6 * 7))'
-con 2 '(i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); echo $i > /tmp/ctr; sleep 0.1; done) &'
-con 1 'probe() { echo "PROBE-$1 $(cat /tmp/ctr) $(cut -d" " -f1 /proc/uptime)"; }'
+con 30 'echo TYPED-$((6 * 7))' TYPED-42
+con 30 '(i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); echo $i > /tmp/ctr; sleep 0.1; done) & echo CTR-$((2 + 2))' CTR-4
+con 30 'probe() { echo "PROBE-$1 $(cat /tmp/ctr) $(cut -d" " -f1 /proc/uptime)"; }; echo DEF-$((3 + 3))' DEF-6
 echo "L1-PROBE-A $(l1_up)" >> $S
-con 2 'probe A'
+con 30 'probe A' 'PROBE-A '
 step suspend
 sv suspend vm1
 step dominfo-paused
@@ -79,10 +85,22 @@ sv shutdown vm1
 step resume
 sv resume vm1
 echo "L1-PROBE-B $(l1_up)" >> $S
-con 2 'probe B'
+con 30 'probe B' 'PROBE-B '
 step dominfo-running
 sv dominfo vm1
-con 8 'dd if=/dev/vda of=/dev/null bs=64k count=32; ip link set eth0 up; ip addr add 10.0.3.15/24 dev eth0; ping -c 3 10.0.3.1; echo IO-DONE'
+con 60 'dd if=/dev/vda of=/dev/null bs=64k count=32; ip link set eth0 up; ip addr add 10.0.3.15/24 dev eth0; ping -c 3 10.0.3.1; echo IO-$((1 + 1))-DONE' IO-2-DONE
+# on a terminal (script(1) gives it a pty): raw input, Ctrl-] detaches, the domain runs on
+step console-tty
+(
+    sleep 1
+    printf 'echo TTY-$((7 * 6))\r'
+    i=0
+    while ! grep -q TTY-42 $JOB/con-tty.txt 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    printf '\035'
+) | script -qec "svctl console vm1" /dev/null > $JOB/con-tty.txt 2>&1
+echo "rc=$? (console on a tty)" >> $S
+step list-after-detach
+sv list
 step domblkstat
 sv domblkstat vm1
 step domblkstat-nodisk
@@ -162,6 +180,7 @@ fn job() -> &'static JobOutput {
             .timeout(Duration::from_secs(600))
             .host_tool("ip")
             .host_tool("qemu-img")
+            .host_tool("script")
             .run(&format!("{GUEST_SH}\n{JOB}"))
     })
 }
@@ -199,6 +218,15 @@ fn field(text: &str, key: &str) -> String {
         .find_map(|l| l.strip_prefix(&format!("{key}:")))
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+}
+
+/// The end of a console transcript (its start is the replayed history).
+fn tail(text: &str) -> &str {
+    let start = text.len().saturating_sub(2000);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[start..]
 }
 
 fn console(n: u32) -> String {
@@ -245,6 +273,20 @@ fn l1_probe(key: &str) -> f64 {
     guest::value(&steps(), key)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{key} missing"))
+}
+
+#[test]
+fn on_a_terminal_the_console_is_raw_and_ctrl_bracket_detaches() {
+    ok("console-tty");
+    let tty = job().file("con-tty.txt").unwrap_or_default();
+    assert!(tty.contains("Escape character is ^]"), "{tty}");
+    assert!(tty.contains("TTY-42"), "{}", tail(&tty));
+    let list = ok("list-after-detach");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("vm1") && l.contains("running")),
+        "detaching stopped the domain:\n{list}"
+    );
 }
 
 #[test]
@@ -305,7 +347,7 @@ fn stat(text: &str, key: &str) -> u64 {
 #[test]
 fn domblkstat_and_domifstat_count_the_guest_io() {
     let io = console(6);
-    assert!(io.contains("IO-DONE"), "{io}");
+    assert!(io.contains("IO-2-DONE"), "{}", tail(&io));
     let blk = ok("domblkstat");
     assert!(
         blk.lines()
