@@ -7,10 +7,10 @@ use std::os::unix::net::UnixDatagram;
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::rx::{RxQueue, Stop};
+use crate::rx::{wait_for_more_buffers, RxQueue, Stop};
 use crate::stats::NetStats;
 use crate::tx::{self, Sent};
 use crate::virtio_net::NET_HDR_LEN;
@@ -226,4 +226,50 @@ fn hostile_transmit_chains_are_refused_before_anything_is_written() {
     }
     let mut buf = [0u8; 16];
     assert!(host.recv(&mut buf).is_err(), "nothing reached the tap");
+}
+
+/// A packet that needs more merged buffers than the ring holds: with EVENT_IDX the kick is
+/// armed at the guest's avail index (where it will next publish), not at our position (which
+/// it is already past and would never kick for), and nothing is reported as "added" until the
+/// guest really adds buffers.
+#[test]
+fn a_packet_waiting_for_more_buffers_arms_the_kick_past_the_posted_ones() {
+    let mem = memory();
+    let mq = MockSplitQueue::new(&mem, 16);
+    mq.add_desc_chains(&[desc(0, 0x10_0000, 1000, WRITE)], 0)
+        .unwrap();
+    let mut queue: Queue = mq.create_queue().unwrap();
+    queue.set_event_idx(true);
+    let (host, tap) = tap_pair();
+    host.send(&packet(2500)).unwrap();
+    let stats = NetStats::new(1);
+    let mut rx = RxQueue::default();
+    let (n, stop) = rx
+        .receive(&mut queue, &mem, tap.as_raw_fd(), true, &stats, 0)
+        .unwrap();
+    assert_eq!((n, stop), (0, Stop::NoBuffers));
+    assert_eq!(queue.next_avail(), 0, "the one buffer stays unused");
+    // the old way (enable_notification at our position) reported "added" forever
+    assert!(!wait_for_more_buffers(&mut queue, &mem).unwrap());
+    assert_eq!(queue.next_avail(), 0);
+    let avail_event: u16 = mem
+        .read_obj(GuestAddress(mq.used_addr().0 + 4 + 8 * 16))
+        .unwrap();
+    assert_eq!(avail_event, 1, "kick when the guest publishes past index 1");
+    // the guest adds two more buffers: seen, and the packet goes in across all three
+    mq.add_desc_chains(
+        &[
+            desc(1, 0x10_1000, 1000, WRITE),
+            desc(2, 0x10_2000, 1000, WRITE),
+        ],
+        1,
+    )
+    .unwrap();
+    // the guest's kick test (vring_need_event) with its index moving 1 -> 3: it kicks
+    let (old, new) = (1u16, 3u16);
+    assert!(new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old));
+    let (n, stop) = rx
+        .receive(&mut queue, &mem, tap.as_raw_fd(), true, &stats, 0)
+        .unwrap();
+    assert_eq!((n, stop), (3, Stop::TapEmpty));
 }

@@ -68,6 +68,26 @@ enum Placed {
     TooBig,
 }
 
+/// After [`Stop::NoBuffers`]: ask the guest to kick once it adds buffers *beyond those already
+/// in the ring* (a packet that needs several merged buffers may not fit in what is there).
+/// With EVENT_IDX that means `avail_event` = the guest's current avail index, not our
+/// position in the ring: the guest kicks only when its index passes `avail_event`, and it is
+/// already past our position, so arming there would never bring a kick (and re-checking
+/// "are there buffers after our position" would spin while the guest cannot run). Returns
+/// true if buffers were added meanwhile (try again now, no kick will come for them).
+pub fn wait_for_more_buffers(queue: &mut Queue, mem: &GuestMemoryMmap) -> io::Result<bool> {
+    let ours = queue.next_avail();
+    let posted = queue
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .map_err(io::Error::other)?
+        .0;
+    // enable_notification arms at, and compares with, the position it is given
+    queue.set_next_avail(posted);
+    let added = queue.enable_notification(mem).map_err(io::Error::other);
+    queue.set_next_avail(ours);
+    added
+}
+
 impl RxQueue {
     /// Deliver packets until the tap is empty or the guest's buffers run out. Returns how many
     /// used-ring entries were added (the caller decides whether to interrupt the guest).

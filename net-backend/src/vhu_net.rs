@@ -20,7 +20,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::ctrl::{self, Command};
-use crate::rx::{RxQueue, Stop};
+use crate::rx::{self, RxQueue, Stop};
 use crate::stats::{add, NetStats};
 use crate::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
 use crate::tx::{self, Sent};
@@ -146,11 +146,8 @@ impl VhostUserNet {
             if stop == Stop::TapEmpty {
                 return Ok(());
             }
-            // out of buffers: ask for a kick when the guest adds some; if it already did, go on
-            let added = state
-                .get_queue_mut()
-                .enable_notification(&*mem)
-                .map_err(io::Error::other)?;
+            // out of buffers: ask for a kick when the guest adds more; if it already did, go on
+            let added = rx::wait_for_more_buffers(state.get_queue_mut(), &mem)?;
             if !added {
                 tracing::trace!(pair, "receive ring full; packets wait in the tap");
                 return Ok(());
