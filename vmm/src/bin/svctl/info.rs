@@ -125,7 +125,7 @@ pub fn domblklist(store: &Store, name: &str, out: &Out) -> Result<(), String> {
     let mut text = format!(" {:<8} {}\n{}\n", "Target", "Source", "-".repeat(40));
     let mut rows = Vec::new();
     for (i, disk) in d.disks.iter().enumerate() {
-        let target = format!("vd{}", (b'a' + i as u8) as char);
+        let target = disk_target(i);
         text += &format!(" {target:<8} {}\n", disk.path.display());
         rows.push(json!({"target": target, "source": disk.path, "format": disk.format, "readonly": disk.readonly}));
     }
@@ -230,9 +230,7 @@ pub fn dommemstat(store: &Store, name: &str, out: &Out) -> Result<(), String> {
 
 /// A backend's counters from its `--stats-socket`: every `key=value` word, summed by key
 /// (the net backend has one line per queue pair).
-fn backend_stats(
-    socket: &std::path::Path,
-) -> Result<std::collections::BTreeMap<String, u64>, String> {
+fn backend_stats(socket: &std::path::Path) -> Result<Counters, String> {
     use std::io::Read;
     let mut text = String::new();
     std::os::unix::net::UnixStream::connect(socket)
@@ -246,7 +244,7 @@ fn backend_stats(
                 socket.display()
             )
         })?;
-    let mut out = std::collections::BTreeMap::new();
+    let mut out = Counters::new();
     for (k, v) in text.split_whitespace().filter_map(|w| w.split_once('=')) {
         if let Ok(v) = v.parse::<u64>() {
             *out.entry(k.to_string()).or_insert(0) += v;
@@ -270,21 +268,50 @@ fn print_stats(rows: Vec<(String, Vec<(&str, u64)>)>, out: &Out) {
     out.print(text, Value::Object(json));
 }
 
+type Counters = std::collections::BTreeMap<String, u64>;
+
+/// One stats row per device (`(name, stats socket)`), or only the one named `only`; `rename`
+/// turns a backend's counters into virsh's fields. `kind`: "disk"/"disks" for the errors.
+fn device_stats(
+    name: &str,
+    devices: Vec<(String, std::path::PathBuf)>,
+    only: Option<&str>,
+    kind: (&str, &str),
+    rename: impl Fn(&dyn Fn(&str) -> u64) -> Vec<(&'static str, u64)>,
+    out: &Out,
+) -> Result<(), String> {
+    let mut rows = Vec::new();
+    for (dev, socket) in devices {
+        if only.is_some_and(|o| o != dev) {
+            continue;
+        }
+        let s: Counters = backend_stats(&socket)?;
+        rows.push((dev, rename(&|k| s.get(k).copied().unwrap_or(0))));
+    }
+    if rows.is_empty() {
+        return Err(match only {
+            Some(o) => format!("domain '{name}' has no {} {o}", kind.0),
+            None => format!("domain '{name}' has no {}", kind.1),
+        });
+    }
+    print_stats(rows, out);
+    Ok(())
+}
+
 /// `domblkstat NAME [vdX]`: requests and bytes each way, flushes and errors, per disk.
 pub fn domblkstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> Result<(), String> {
     let d = store.load(name)?;
     require_running(store, name)?;
     let rt = store.runtime(name);
-    let mut rows = Vec::new();
-    for i in 0..d.disks.len() {
-        let dev = format!("vd{}", (b'a' + i as u8) as char);
-        if only.is_some_and(|o| o != dev) {
-            continue;
-        }
-        let s = backend_stats(&rt.disk_stats(i))?;
-        let g = |k: &str| s.get(k).copied().unwrap_or(0);
-        rows.push((
-            dev,
+    let disks = (0..d.disks.len())
+        .map(|i| (disk_target(i), rt.disk_stats(i)))
+        .collect();
+    device_stats(
+        name,
+        disks,
+        only,
+        ("disk", "disks"),
+        |g| {
             vec![
                 ("rd_req", g("reads")),
                 ("rd_bytes", g("bytes_read")),
@@ -292,17 +319,10 @@ pub fn domblkstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> R
                 ("wr_bytes", g("bytes_written")),
                 ("flush_operations", g("flushes")),
                 ("errs", g("io_errors") + g("bad_requests")),
-            ],
-        ));
-    }
-    if rows.is_empty() {
-        return Err(match only {
-            Some(o) => format!("domain '{name}' has no disk {o}"),
-            None => format!("domain '{name}' has no disks"),
-        });
-    }
-    print_stats(rows, out);
-    Ok(())
+            ]
+        },
+        out,
+    )
 }
 
 /// `domifstat NAME [IFACE]`: the guest's view (rx = what it received), per interface.
@@ -310,16 +330,15 @@ pub fn domifstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> Re
     let d = store.load(name)?;
     require_running(store, name)?;
     let rt = store.runtime(name);
-    let mut rows = Vec::new();
-    for i in 0..d.nics.len() {
-        let iface = d.tap_name(i);
-        if only.is_some_and(|o| o != iface) {
-            continue;
-        }
-        let s = backend_stats(&rt.nic_stats(i))?;
-        let g = |k: &str| s.get(k).copied().unwrap_or(0);
-        rows.push((
-            iface,
+    let nics = (0..d.nics.len())
+        .map(|i| (d.tap_name(i), rt.nic_stats(i)))
+        .collect();
+    device_stats(
+        name,
+        nics,
+        only,
+        ("interface", "network interfaces"),
+        |g| {
             vec![
                 ("rx_bytes", g("rx_bytes")),
                 ("rx_packets", g("rx_packets")),
@@ -329,15 +348,13 @@ pub fn domifstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> Re
                 ("tx_packets", g("tx_packets")),
                 ("tx_errs", g("malformed_chains")),
                 ("tx_drop", g("tx_dropped")),
-            ],
-        ));
-    }
-    if rows.is_empty() {
-        return Err(match only {
-            Some(o) => format!("domain '{name}' has no interface {o}"),
-            None => format!("domain '{name}' has no network interfaces"),
-        });
-    }
-    print_stats(rows, out);
-    Ok(())
+            ]
+        },
+        out,
+    )
+}
+
+/// The guest's name for disk `i`: vda, vdb, …
+fn disk_target(i: usize) -> String {
+    format!("vd{}", (b'a' + i as u8) as char)
 }
