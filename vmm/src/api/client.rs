@@ -1,5 +1,5 @@
 //! A blocking client of the API (for `svctl` and tests): one HTTP/1.1 request per call over
-//! the Unix socket, through hyper on a throwaway current-thread runtime.
+//! the Unix socket, through hyper on the client's own current-thread runtime.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +33,9 @@ pub enum ClientError {
 pub struct ApiClient {
     socket: PathBuf,
     timeout: Duration,
+    /// Built once (callers poll, e.g. `svctl start` waiting for `vmm.ping`); None if the OS
+    /// refused, reported at the first request.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl ApiClient {
@@ -40,6 +43,10 @@ impl ApiClient {
         ApiClient {
             socket: socket.into(),
             timeout: Duration::from_secs(40),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok(),
         }
     }
 
@@ -68,10 +75,10 @@ impl ApiClient {
         endpoint: &str,
         body: Option<String>,
     ) -> Result<Bytes, ClientError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| ClientError::Http("cannot create a tokio runtime".into()))?;
         let fut = self.send(method, endpoint, body);
         match runtime.block_on(async { tokio::time::timeout(self.timeout, fut).await }) {
             Ok(r) => r,
