@@ -1,7 +1,8 @@
 //! splitvisor-net under our own vmm, inside the nested-KVM sandbox. Every address lives in
 //! network namespaces the job makes inside L1. A guest with two queue pairs and two vCPUs sees
 //! the MAC and MTU given on the backend's command line, pings the namespace and runs iperf3
-//! both ways; after `ethtool -L eth0 combined 2` both pairs' counters move. Two guests whose
+//! both ways; after `ethtool -L eth0 combined 2` both pairs' counters move, and it can go
+//! down to one pair and back (each a control command it waits for). Two guests whose
 //! backends put their taps on one bridge reach each other. `scripts/hostnet.sh nat-up` (run
 //! twice: idempotent) gives a guest a DHCP address from dnsmasq and a gateway it can ping, and
 //! `nat-down` leaves no bridge, nftables table or dnsmasq behind.
@@ -30,6 +31,12 @@ echo "GUEST-IPERF-IN $? $(grep SUM /tmp/in.txt | grep receiver | awk '{print $6}
 taskset 1 iperf3 -c 10.0.2.1 -p 5201 -t 2 > /dev/null 2>&1 &
 taskset 2 iperf3 -c 10.0.2.1 -p 5202 -t 2 > /dev/null 2>&1
 wait
+# back to one pair and up to two again: each is a control command the guest waits for
+ethtool -L eth0 combined 1
+echo "GUEST-PAIRS-ONE $(ethtool -l eth0 | grep Combined | tail -n1 | awk '{print $2}')"
+ethtool -L eth0 combined 2
+ping -c 2 -W 5 10.0.2.1 > /dev/null 2>&1
+echo "GUEST-PAIRS-BACK $? $(ethtool -l eth0 | grep Combined | tail -n1 | awk '{print $2}')"
 "#;
 
 /// On the NAT network: an address by DHCP, then the gateway.
@@ -199,6 +206,25 @@ fn with_two_pairs_enabled_both_carry_traffic() {
             );
         }
     }
+}
+
+/// Every VQ_PAIRS_SET is answered, not just the first: the driver spins until it is, so a
+/// lost control-queue kick hangs the guest (it did, with EVENT_IDX, before the control queue
+/// re-armed its kick).
+#[test]
+fn the_guest_goes_down_to_one_pair_and_back() {
+    let log = log("pairs");
+    assert_eq!(guest::value(&log, "GUEST-PAIRS-ONE"), Some("1"), "{log}");
+    assert_eq!(guest::value(&log, "GUEST-PAIRS-BACK"), Some("0 2"), "{log}");
+    // (the probe's own VQ_PAIRS_SET, then one down and one up)
+    let err = job().file("n1-net.err").unwrap_or_default();
+    let commands: u64 = err
+        .split("ctrl_commands=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(commands >= 3, "ctrl_commands {commands}:\n{err}");
 }
 
 #[test]

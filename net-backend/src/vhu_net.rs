@@ -46,6 +46,9 @@ pub struct VhostUserNet {
     pairs_in_use: AtomicUsize,
     /// Whether each pair's tap queue is attached (gets packets from the kernel).
     attached: Vec<AtomicBool>,
+    /// Held while a tap queue is attached or detached (pair 0's thread on a control command,
+    /// a pair's own thread when its rings change).
+    attaching: Mutex<()>,
 }
 
 fn lock_err<T>(_: T) -> io::Error {
@@ -73,6 +76,7 @@ impl VhostUserNet {
             stats,
             pairs_in_use: AtomicUsize::new(pairs),
             attached: (0..pairs).map(|p| AtomicBool::new(p == 0)).collect(),
+            attaching: Mutex::new(()),
         }
     }
 
@@ -244,6 +248,7 @@ impl VhostUserNet {
         let Some(state) = self.attached.get(pair) else {
             return Ok(());
         };
+        let _changing = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
         if state.load(Ordering::Relaxed) != attach {
             self.tap.set_queue_enabled(pair, attach)?;
             state.store(attach, Ordering::Relaxed);
@@ -389,7 +394,14 @@ impl VhostUserBackend for VhostUserNet {
         match device_event {
             RX => self.receive(pair, vring(RX)?),
             TX => self.transmit_all(pair, vring(TX)?),
-            CTRL if pair == 0 => self.control(vring(CTRL)?),
+            CTRL if pair == 0 => {
+                // drained like transmit: with EVENT_IDX the driver kicks again only once it is
+                // told where (it sends one command at a time and spins until it is answered)
+                let ctrl = vring(CTRL)?;
+                backends::queue::drain(ctrl, self.event_idx.load(Ordering::Relaxed), || {
+                    self.control(ctrl)
+                })
+            }
             e if u64::from(e) == self.tap_event() => self.receive(pair, vring(RX)?),
             other => {
                 warn!("pair {pair}: event for unknown source {other}");
