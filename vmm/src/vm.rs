@@ -203,9 +203,12 @@ impl Vm {
             exit: exit.clone(),
         });
 
-        let supported = kvm
+        let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("read the supported CPUID"))?;
+        if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            cpu::offer_tsc_deadline(&mut supported);
+        }
         let mut vcpus = Vec::new();
         for id in 0..cfg.cpus {
             let vcpu = vm

@@ -2,6 +2,7 @@
 //! segments and page tables the kernel's entry point expects.
 
 mod cpuid;
+pub use cpuid::offer_tsc_deadline;
 mod gdt;
 mod regs;
 
