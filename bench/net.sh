@@ -21,14 +21,23 @@ BIN=target/release
 
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+# the native run's namespace and backend, removed on any exit (also when `set -e` stops a step)
+NB_NS="" NB_PID=""
+cleanup_native() {
+    if [ -n "$NB_PID" ]; then kill "$NB_PID" 2>/dev/null || true; wait "$NB_PID" 2>/dev/null || true; fi
+    if [ -n "$NB_NS" ]; then ip netns del "$NB_NS" 2>/dev/null || true; fi
+    NB_PID="" NB_NS=""
+}
+trap cleanup_native EXIT
+
 native() {
-    local ns="svnetbench$$" pid
+    local ns="svnetbench$$"
+    NB_NS="$ns"
     ip netns add "$ns"
-    trap 'kill $pid 2>/dev/null; ip netns del '"$ns"' 2>/dev/null || true' RETURN
     ip -n "$ns" link set lo up
     ip netns exec "$ns" "$BIN/splitvisor-net" --socket "/tmp/$ns.sock" --create-tap nbtap \
         --pidfile "/tmp/$ns.pid" 2>/dev/null &
-    pid=$!
+    NB_PID=$!
     for _ in $(seq 100); do [ -f "/tmp/$ns.pid" ] && break; sleep 0.1; done
     echo "| direction | frame | packets/s (median of $ROUNDS) | Mbit/s |"
     echo "| --- | --- | --- | --- |"
@@ -46,7 +55,7 @@ native() {
             echo "| $name | $size | $(median "${p[@]}") | $(median "${m[@]}") |"
         done
     done
-    kill $pid; wait $pid 2>/dev/null || true
+    cleanup_native
 }
 
 vm() {
