@@ -75,8 +75,8 @@ pub fn for_vcpu(supported: &CpuId, id: u8, count: u8) -> CpuId {
 /// `KVM_CAP_TSC_DEADLINE_TIMER`, but KVM_GET_SUPPORTED_CPUID leaves the bit clear for the VMM
 /// to set (QEMU, Firecracker and Cloud Hypervisor all do). Without it Linux falls back to the
 /// LAPIC's one-shot count-down mode, which it has to calibrate at boot and reprogram through
-/// two register writes (two exits) per timer: every idle entry and exit costs more, which
-/// nested under an emulated L1 made a flood ping 6x slower.
+/// two register writes (two exits) per timer: every idle entry and exit costs more (the guest
+/// took 3-6x the local timer interrupts of the same guest under QEMU, see docs/benchmarks.md).
 pub fn offer_tsc_deadline(cpuid: &mut CpuId) {
     for e in cpuid.as_mut_slice() {
         if e.function == LEAF_FEATURES {
