@@ -164,9 +164,18 @@ pub fn iperf(log: &str, key: &str) -> (String, f64) {
 
 /// The largest `key=N` that `splitvisor-net`'s stats lines (SIGUSR1, exit) give for `pair`.
 pub fn net_pair_counter(stderr: &str, pair: usize, key: &str) -> u64 {
+    largest_counter(stderr, key, |l| l.contains(&format!("pair {pair}:")))
+}
+
+/// The largest `key=N` on any of `splitvisor-net`'s stats lines (the device-wide counters).
+pub fn net_counter(stderr: &str, key: &str) -> u64 {
+    largest_counter(stderr, key, |_| true)
+}
+
+fn largest_counter(stderr: &str, key: &str, keep: impl Fn(&str) -> bool) -> u64 {
     stderr
         .lines()
-        .filter(|l| l.contains(&format!("pair {pair}:")))
+        .filter(|l| keep(l))
         .filter_map(|l| l.split(&format!("{key}=")).nth(1))
         .filter_map(|v| v.split_whitespace().next()?.parse().ok())
         .max()

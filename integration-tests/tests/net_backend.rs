@@ -218,12 +218,7 @@ fn the_guest_goes_down_to_one_pair_and_back() {
     assert_eq!(guest::value(&log, "GUEST-PAIRS-BACK"), Some("0 2"), "{log}");
     // (the probe's own VQ_PAIRS_SET, then one down and one up)
     let err = job().file("n1-net.err").unwrap_or_default();
-    let commands: u64 = err
-        .split("ctrl_commands=")
-        .nth(1)
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let commands = guest::net_counter(&err, "ctrl_commands");
     assert!(commands >= 3, "ctrl_commands {commands}:\n{err}");
 }
 
