@@ -1,27 +1,42 @@
 #!/usr/bin/env bash
-# bench/blk.sh [SECONDS] [ROUNDS]: splitvisor-blk against qemu-storage-daemon's vhost-user-blk
-# export, side by side, driven by sv-blkbench (a vhost-user frontend with no VM: memfd memory,
-# split virtqueues, eventfd kicks and calls). Same 1 GiB image file, O_DIRECT on both backends
-# (QSD with aio=io_uring, its fastest). Each row runs ROUNDS times (default 3), alternating
-# ours and QSD so drift hits both, and reports the median of each and their ratio.
+# bench/blk.sh [SECONDS] [ROUNDS] [disk|memory]: splitvisor-blk against qemu-storage-daemon's
+# vhost-user-blk export, side by side, driven by sv-blkbench (a vhost-user frontend with no VM:
+# memfd memory, split virtqueues, eventfd kicks and calls). Same 1 GiB image file, O_DIRECT on
+# both backends (QSD with aio=io_uring, its fastest). Each row runs ROUNDS times (default 3),
+# alternating ours and QSD so drift hits both, and reports the median of each and their ratio.
+# `disk` (default) puts the file on the machine's disk under $TMPDIR (or /var/tmp); `memory` on
+# a tmpfs mounted for the run (O_DIRECT works there since Linux 6.6), so the backends' own
+# cost is measured rather than the disk's speed. A last column runs fio on the file itself
+# (io_uring, O_DIRECT, one job per queue at the same depth, no vhost-user at all): what the
+# storage gives without any backend, the ceiling both backends share.
+# Environment: SV_BLK_ARGS adds arguments to splitvisor-blk (e.g. "--threads 1"); BENCH_QUEUES
+# picks the queue counts (default "1 4").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SECS="${1:-3}"
 ROUNDS="${2:-3}"
+STORE="${3:-disk}"
+case "$STORE" in disk | memory) ;; *) echo "storage must be disk or memory, not $STORE" >&2; exit 2 ;; esac
 cargo build --release --workspace --bins --quiet
 BIN=target/release
-command -v qemu-storage-daemon >/dev/null || { echo "qemu-storage-daemon missing: scripts/install-deps.sh" >&2; exit 1; }
+for tool in qemu-storage-daemon fio; do
+    command -v "$tool" >/dev/null || { echo "$tool missing: scripts/install-deps.sh" >&2; exit 1; }
+done
 
 WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/sv-blkbench.XXXXXX")"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    mountpoint -q "$WORK" && umount "$WORK"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+if [ "$STORE" = memory ]; then
+    mount -t tmpfs -o size=1100m svblkbench "$WORK"
+fi
 IMG="$WORK/disk.img"
-echo "[bench] writing a 1 GiB image with random data in $WORK" >&2
+echo "[bench] writing a 1 GiB image with random data in $WORK ($STORE)" >&2
 dd if=/dev/urandom of="$IMG" bs=1M count=1024 status=none
 
 wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "no socket $1" >&2; exit 1; }
@@ -31,10 +46,11 @@ ROWS=(
     "randread 4096 32" "randwrite 4096 32"
     "read 1048576 8" "write 1048576 8"
 )
-echo "| queues | pattern | bs | qd/queue | splitvisor-blk IOPS | qemu-storage-daemon IOPS | ratio |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
-for Q in 1 4; do
-    "$BIN/splitvisor-blk" --socket "$WORK/sv.sock" --image "$IMG" --direct --queues "$Q" &
+echo "| queues | pattern | bs | qd/queue | splitvisor-blk IOPS | qemu-storage-daemon IOPS | ratio | fio on the file (no backend) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+read -r -a SV_EXTRA <<<"${SV_BLK_ARGS:-}"
+for Q in ${BENCH_QUEUES:-1 4}; do
+    "$BIN/splitvisor-blk" --socket "$WORK/sv.sock" --image "$IMG" --direct --queues "$Q" "${SV_EXTRA[@]}" &
     PIDS+=($!)
     qemu-storage-daemon \
         --blockdev "driver=file,node-name=f,filename=$IMG,cache.direct=on,aio=io_uring" \
@@ -49,16 +65,27 @@ for Q in 1 4; do
             timeout 60 "$BIN/sv-blkbench" --socket "$1" --rw "$rw" --bs "$bs" --qd "$qd" \
                 --queues "$Q" --secs "$SECS" --json | sed -E 's/.*"iops":([0-9]+).*/\1/'
         }
-        a=() b=()
+        ceiling() {
+            # terse v3: field 8 is read IOPS, 49 write IOPS
+            local field=8
+            case "$rw" in *write) field=49 ;; esac
+            fio --name=ceiling --filename="$IMG" --rw="$rw" --bs="$bs" --direct=1 \
+                --size="$((1024 / Q))M" --offset_increment="$((1024 / Q))M" \
+                --ioengine=io_uring --iodepth="$qd" --numjobs="$Q" --group_reporting \
+                --time_based --runtime="$SECS" --output-format=terse --terse-version=3 |
+                awk -F';' -v f="$field" '{ printf "%d", $f }'
+        }
+        a=() b=() c=()
         for _ in $(seq "$ROUNDS"); do
             a+=("$(run "$WORK/sv.sock")")
             b+=("$(run "$WORK/qsd.sock")")
+            c+=("$(ceiling)")
         done
         median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
         ours="$(median "${a[@]}")"
         theirs="$(median "${b[@]}")"
         ratio="$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
-        echo "| $Q | $rw | $bs | $qd | $ours | $theirs | $ratio |"
+        echo "| $Q | $rw | $bs | $qd | $ours | $theirs | $ratio | $(median "${c[@]}") |"
     done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true

@@ -41,6 +41,8 @@ pub struct Config {
     pub readonly: bool,
     pub direct: bool,
     pub queues: usize,
+    /// Worker threads serving the queues; `None`: one per queue, at most one per CPU.
+    pub threads: Option<usize>,
     pub queue_size: usize,
     pub serial: String,
     /// Asynchronous I/O with io_uring (raw images); off or unavailable: synchronous.
@@ -53,6 +55,8 @@ pub struct Config {
 pub enum Error {
     #[error("--queues must be between 1 and 64, not {0}")]
     Queues(usize),
+    #[error("--threads must be between 1 and the number of queues ({queues}), not {threads}")]
+    Threads { threads: usize, queues: usize },
     #[error("--queue-size must be a power of two between 2 and 32768, not {0}")]
     QueueSize(usize),
     #[error(transparent)]
@@ -68,6 +72,7 @@ struct BlkFactory {
     channel: Arc<Mutex<FrontendChannel>>,
     config: BlkConfig,
     queues: usize,
+    threads: usize,
     queue_size: usize,
     uring: bool,
 }
@@ -80,6 +85,7 @@ impl BackendFactory for BlkFactory {
             self.device.clone(),
             self.config.clone(),
             self.queues,
+            self.threads,
             self.queue_size,
             self.uring,
         )?);
@@ -118,12 +124,13 @@ impl BackendFactory for BlkFactory {
         backend: &Self::Backend,
         workers: &[Arc<VringEpollHandler<Self::Backend>>],
     ) -> std::io::Result<()> {
-        // each queue's io_uring completions wake that queue's worker thread
-        let event = u64::from(vhu_blk::completion_event(self.queues));
-        for (fd, worker) in backend.completion_fds().into_iter().zip(workers) {
-            if let Some(fd) = fd {
-                worker.register_listener(fd, EventSet::IN, event)?;
-            }
+        // each queue's io_uring completions wake the worker thread serving that queue
+        for (queue, fd) in backend.completion_fds().into_iter().enumerate() {
+            let (Some(fd), Some(worker)) = (fd, workers.get(backend.thread_of(queue))) else {
+                continue;
+            };
+            let event = u64::from(vhu_blk::completion_event(self.queues, queue));
+            worker.register_listener(fd, EventSet::IN, event)?;
         }
         Ok(())
     }
@@ -155,6 +162,15 @@ impl BackendFactory for BlkFactory {
 pub fn start_backend(config: Config) -> Result<(), Error> {
     if !(1..=64).contains(&config.queues) {
         return Err(Error::Queues(config.queues));
+    }
+    let threads = config
+        .threads
+        .unwrap_or_else(|| vhu_blk::default_threads(config.queues));
+    if !(1..=config.queues).contains(&threads) {
+        return Err(Error::Threads {
+            threads,
+            queues: config.queues,
+        });
     }
     if !(2..=32768).contains(&config.queue_size) || !config.queue_size.is_power_of_two() {
         return Err(Error::QueueSize(config.queue_size));
@@ -194,12 +210,13 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         write_zeroes_may_unmap: 1,
     };
     tracing::info!(
-        "serving {} ({} bytes{}) with {} queue(s) of {}",
+        "serving {} ({} bytes{}) with {} queue(s) of {} on {} worker thread(s)",
         config.image.display(),
         capacity,
         if config.readonly { ", read-only" } else { "" },
         config.queues,
-        config.queue_size
+        config.queue_size,
+        threads
     );
     let uring = config.uring && uring::available();
     if config.uring && !uring {
@@ -210,6 +227,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         channel: Arc::new(Mutex::new(FrontendChannel::default())),
         config: blk_config,
         queues: config.queues,
+        threads,
         queue_size: config.queue_size,
         uring,
     };

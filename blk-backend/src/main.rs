@@ -26,9 +26,13 @@ struct Args {
     /// Bypass the host page cache (O_DIRECT).
     #[arg(long)]
     direct: bool,
-    /// Number of request queues (one worker thread each).
+    /// Number of request queues.
     #[arg(long, default_value_t = 1)]
     queues: usize,
+    /// Worker threads serving the queues (queue q on thread q mod N). Default: one per
+    /// queue, but no more than the host's CPUs.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// Descriptors per queue.
     #[arg(long, default_value_t = 256)]
     queue_size: usize,
@@ -55,6 +59,7 @@ impl From<Args> for Config {
             readonly: a.readonly,
             direct: a.direct,
             queues: a.queues,
+            threads: a.threads,
             queue_size: a.queue_size,
             serial: a.serial,
             uring: a.io_engine == IoEngine::Uring,
