@@ -148,7 +148,7 @@ EOF
     out="$("$BIN/sv-sandbox" --timeout 2400 --host-tool qemu-system-x86_64 --host-tool ip \
         --host-tool iperf3 --host-tool ping --host-dir /usr/share/qemu --host-dir /usr/share/seabios \
         "ROUNDS=$ROUNDS; GUEST=\$(printf '%s' '$(printf '%s' "$guest" | base64 | tr -d '\n')' | base64 -d)
-$l1" 2>&1 | tee /dev/stderr | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^(sv|qemu) [12] (OUT|IN|RR) ' || true)"
+$l1" 2>&1 | tee >(cat >&2) | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^(sv|qemu) [12] (OUT|IN|RR) ' || true)"
     echo "| pairs | test | splitvisor + splitvisor-net | QEMU virtio-net (userspace, tap) | ratio |"
     echo "| --- | --- | --- | --- | --- |"
     for p in 1 2; do
