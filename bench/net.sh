@@ -96,7 +96,7 @@ CMD="console=ttyS0 quiet"
 run() { # run sv|qemu PAIRS
     vmm=$1 p=$2 log=/tmp/$1-$2.log
     if [ $vmm = sv ]; then
-        $IP netns exec b splitvisor-net --socket /tmp/n.sock --create-tap t0 --queues $p --pidfile /tmp/n.pid 2>/dev/null &
+        RUST_LOG=info $IP netns exec b splitvisor-net --socket /tmp/n.sock --create-tap t0 --queues $p --pidfile /tmp/n.pid 2>/tmp/n.err &
         NET=$!
         i=0; while [ ! -f /tmp/n.pid ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
         $IP -n b addr add 10.0.2.1/24 dev t0
@@ -132,9 +132,15 @@ run() { # run sv|qemu PAIRS
     else
         echo "BENCH-FAILED $vmm $p" >> $log.rr
     fi
+    # what was dropped where: the tap's own counters (while the VMM still holds the tap), and
+    # (ours) the backend's per-pair ones below
+    echo "$vmm $p TAP $($IP -s -n b link show t0 | tr -s ' \n' ' ')"
     i=0; while kill -0 $VM 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
     kill -9 $VM 2>/dev/null; wait $VM
-    if [ $vmm = sv ]; then kill $NET; wait $NET; rm -f /tmp/n.pid; fi
+    if [ $vmm = sv ]; then
+        kill $NET; wait $NET; rm -f /tmp/n.pid
+        grep 'stats at exit' /tmp/n.err | sed "s/.*stats at exit: /$vmm $p BACKEND /"
+    fi
     $IP -n b link del t0 2>/dev/null
     for k in OUT IN RR; do echo "$vmm $p $k $(cat $log $log.rr 2>/dev/null | grep "^BENCH-$k" | awk '{print $2}' | tr '\n' ' ')"; done
     grep -q BENCH-FAILED $log.rr 2>/dev/null && tail -20 $log
