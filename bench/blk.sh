@@ -35,9 +35,9 @@ trap cleanup EXIT
 if [ "$STORE" = memory ]; then
     mount -t tmpfs -o size=1100m svblkbench "$WORK"
 fi
-IMG="$WORK/disk.img"
+IMG="$WORK/disk.img" IMG_MIB=1024
 echo "[bench] writing a 1 GiB image with random data in $WORK ($STORE)" >&2
-dd if=/dev/urandom of="$IMG" bs=1M count=1024 status=none
+dd if=/dev/urandom of="$IMG" bs=1M count="$IMG_MIB" status=none
 
 wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "no socket $1" >&2; exit 1; }
 
@@ -70,7 +70,7 @@ for Q in ${BENCH_QUEUES:-1 4}; do
             local field=8
             case "$rw" in *write) field=49 ;; esac
             fio --name=ceiling --filename="$IMG" --rw="$rw" --bs="$bs" --direct=1 \
-                --size="$((1024 / Q))M" --offset_increment="$((1024 / Q))M" \
+                --size="$((IMG_MIB / Q))M" --offset_increment="$((IMG_MIB / Q))M" \
                 --ioengine=io_uring --iodepth="$qd" --numjobs="$Q" --group_reporting \
                 --time_based --runtime="$SECS" --output-format=terse --terse-version=3 |
                 awk -F';' -v f="$field" '{ printf "%d", $f }'

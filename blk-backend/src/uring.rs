@@ -90,7 +90,7 @@ impl UringQueue {
         // deep queues of small writes go to io-wq; a lone write is fastest inline
         let punt_write = self.async_writes
             && self.in_flight() >= ASYNC_WRITE_DEPTH
-            && req.data.iter().map(|d| u64::from(d.len)).sum::<u64>() <= ASYNC_WRITE_MAX_BYTES;
+            && req.data_len <= ASYNC_WRITE_MAX_BYTES;
         let Some(slot) = self.free.pop() else {
             return Err(req);
         };

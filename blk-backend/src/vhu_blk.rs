@@ -28,7 +28,7 @@ pub struct VhostUserBlk {
     device: Arc<BlkDevice>,
     config: BlkConfig,
     num_queues: usize,
-    /// Worker threads serving the queues: `min(num_queues, CPUs)`.
+    /// Worker threads serving the queues (`--threads`, by default [`default_threads`]).
     threads: usize,
     queue_size: usize,
     event_idx: AtomicBool,
@@ -57,6 +57,13 @@ fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, done: &[Completed]) -> us
 /// the exit event, which take `0..=num_queues`).
 pub fn completion_event(num_queues: usize, queue: usize) -> u16 {
     (num_queues + 1 + queue) as u16
+}
+
+/// The queue whose io_uring a `device_event` from [`completion_event`] names, if it is one.
+fn completion_queue(num_queues: usize, device_event: usize) -> Option<usize> {
+    device_event
+        .checked_sub(num_queues + 1)
+        .filter(|q| *q < num_queues)
 }
 
 /// How many worker threads serve `num_queues` queues by default: one per queue, but no more
@@ -113,6 +120,12 @@ impl VhostUserBlk {
     /// The worker thread that serves `queue`.
     pub fn thread_of(&self, queue: usize) -> usize {
         queue % self.threads
+    }
+
+    /// The queue behind vring `local` of worker `thread` (a thread's vrings are its queues in
+    /// order, as `queues_per_thread` deals them).
+    fn queue_of(&self, thread: usize, local: usize) -> usize {
+        thread + local * self.threads
     }
 
     /// The descriptor that polls readable when a queue's io_uring has completions (by queue).
@@ -287,20 +300,16 @@ impl VhostUserBackend for VhostUserBlk {
             warn!("worker {thread_id}: unexpected event set {evset:?}");
             return Ok(());
         }
-        // the thread's vrings are its queues in order: queue `thread_id + i * threads` is
-        // vring `i`; io_uring completions name their queue
-        let (queue, vring) = match usize::from(device_event) {
-            local if local < vrings.len() => (thread_id + local * self.threads, &vrings[local]),
-            event if event > self.num_queues => {
-                let queue = event - self.num_queues - 1;
-                let mut qs = self.queue_state(queue)?;
-                return self.complete(&mut qs, false);
-            }
-            _ => {
-                warn!("worker {thread_id}: event for unknown source {device_event}");
-                return Ok(());
-            }
+        let event = usize::from(device_event);
+        if let Some(queue) = completion_queue(self.num_queues, event) {
+            let mut qs = self.queue_state(queue)?;
+            return self.complete(&mut qs, false);
+        }
+        let Some(vring) = vrings.get(event) else {
+            warn!("worker {thread_id}: event for unknown source {device_event}");
+            return Ok(());
         };
+        let queue = self.queue_of(thread_id, event);
         let mut qs = self.queue_state(queue)?;
         if qs.vring.is_none() {
             qs.vring = Some(vring.clone());
@@ -337,5 +346,16 @@ mod tests {
         assert_eq!(vu.thread_of(3), 1);
         assert_eq!(completion_event(4, 0), 5);
         assert_eq!(completion_event(4, 3), 8);
+        for queue in 0..4 {
+            let event = usize::from(completion_event(4, queue));
+            assert_eq!(completion_queue(4, event), Some(queue));
+            // and back through the thread's vrings: thread_of and queue_of agree
+            let thread = vu.thread_of(queue);
+            let local = vu.queues_per_thread()[thread].count_ones() as usize
+                - (vu.queues_per_thread()[thread] >> queue).count_ones() as usize;
+            assert_eq!(vu.queue_of(thread, local), queue);
+        }
+        // the vrings (0..4) and the exit event (4) are not completions
+        assert!((0..=4).all(|e| completion_queue(4, e).is_none()));
     }
 }
