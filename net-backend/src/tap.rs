@@ -15,7 +15,6 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
-const TUNSETSNDBUF: libc::c_ulong = 0x4004_54d4;
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
@@ -175,18 +174,6 @@ impl Tap {
                 source,
             }
         })?;
-        // The tap's socket otherwise lets only wmem_default (~208 KiB) of written packets be
-        // in flight in the host stack; past that a non-blocking write fails with EAGAIN and
-        // the guest's packet is dropped — three 64 KiB GSO frames. QEMU sets the same
-        // (tap_set_sndbuf: INT_MAX unless sndbuf= is given).
-        let mut sndbuf = libc::c_int::MAX;
-        ioctl_ptr(file.as_raw_fd(), TUNSETSNDBUF, &mut sndbuf).map_err(|source| {
-            TapError::Setup {
-                name: name.to_string(),
-                what: "set the send buffer size".into(),
-                source,
-            }
-        })?;
         Ok(file)
     }
 
@@ -307,30 +294,5 @@ pub fn write_packet(fd: RawFd, bufs: &GuestIovecs) -> io::Result<usize> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TUNGETSNDBUF: libc::c_ulong = 0x8004_54d3;
-
-    #[test]
-    fn a_tap_made_here_has_an_unlimited_send_buffer_on_every_queue() {
-        std::thread::spawn(|| {
-            // SAFETY: unshare() takes no pointers; it moves only this thread (which ends with
-            // the test) into a network namespace of its own, where the tap is made.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed (not root?)");
-            let tap = Tap::open("svsndbuf0", 2, true).unwrap();
-            for pair in 0..2 {
-                let mut sndbuf: libc::c_int = 0;
-                ioctl_ptr(tap.queue_fd(pair).unwrap(), TUNGETSNDBUF, &mut sndbuf).unwrap();
-                assert_eq!(sndbuf, libc::c_int::MAX, "queue {pair}");
-            }
-        })
-        .join()
-        .unwrap();
     }
 }
