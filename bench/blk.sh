@@ -3,7 +3,8 @@
 # vhost-user-blk export, side by side, driven by sv-blkbench (a vhost-user frontend with no VM:
 # memfd memory, split virtqueues, eventfd kicks and calls). Same 1 GiB image file, O_DIRECT on
 # both backends (QSD with aio=io_uring, its fastest). Each row runs ROUNDS times (default 3),
-# alternating ours and QSD so drift hits both, and reports the median of each and their ratio.
+# ours and QSD taking turns to go first so drift hits both, and reports the median of each and
+# their ratio.
 # `disk` (default) puts the file on the machine's disk under $TMPDIR (or /var/tmp); `memory` on
 # a tmpfs mounted for the run (O_DIRECT works there since Linux 6.6), so the backends' own
 # cost is measured rather than the disk's speed. A last column runs fio on the file itself
@@ -76,9 +77,15 @@ for Q in ${BENCH_QUEUES:-1 4}; do
                 awk -F';' -v f="$field" '{ printf "%d", $f }'
         }
         a=() b=() c=()
-        for _ in $(seq "$ROUNDS"); do
-            a+=("$(run "$WORK/sv.sock")")
-            b+=("$(run "$WORK/qsd.sock")")
+        for r in $(seq "$ROUNDS"); do
+            # who goes first alternates: on this disk a run's speed depends on the one before
+            if [ $((r % 2)) = 1 ]; then
+                a+=("$(run "$WORK/sv.sock")")
+                b+=("$(run "$WORK/qsd.sock")")
+            else
+                b+=("$(run "$WORK/qsd.sock")")
+                a+=("$(run "$WORK/sv.sock")")
+            fi
             c+=("$(ceiling)")
         done
         median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
