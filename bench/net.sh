@@ -6,8 +6,11 @@
 #   built-in userspace virtio-net with a tap (-accel kvm, -netdev tap,vhost=off), each with 1
 #   and 2 queue pairs. Traffic stays in a network namespace inside L1: iperf3 guest -> host and
 #   host -> guest (TCP, as many streams as pairs), and the request/response rate of a flood
-#   ping from the namespace to the guest (one outstanding at a time). ROUNDS (default 3) of
-#   each inside one boot; medians are reported. Compare ratios: L1 itself is emulated.
+#   ping from the namespace to the guest (one outstanding at a time). Each boot measures
+#   each of these twice; ROUNDS (default 3) boots per configuration, alternating ours and
+#   QEMU's (sv 1, qemu 1, sv 2, qemu 2, then again) so that L1's drift — the same
+#   configuration ran 2-5x apart from one boot to the next — hits both. Reported: the
+#   median and the range of all 2 x ROUNDS samples. Compare ratios: L1 itself is emulated.
 # native (on the host, no VM): sv-netbench drives the backend alone through a VM-less
 #   vhost-user frontend, ring -> tap and tap -> ring, 64- and 1514-byte frames, in a
 #   namespace of its own.
@@ -19,7 +22,8 @@ scripts/install-deps.sh >/dev/null
 cargo build --release --workspace --bins --quiet
 BIN=target/release
 
-median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+range() { printf '%s\n' "$@" | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
 
 # the native run's namespace and backend, removed on any exit (also when `set -e` stops a step)
 NB_NS="" NB_PID=""
@@ -61,7 +65,7 @@ native() {
 vm() {
     scripts/guest-kit.sh >/dev/null
     local guest
-    # in the guest: wait for the link, then ROUNDS x (iperf3 out, iperf3 in), then stay up
+    # in the guest: wait for the link, then sv.rounds x (iperf3 out, iperf3 in), then stay up
     # while L1 floods it with pings
     guest="$(cat <<'EOF'
 P=$(cat /proc/cmdline | tr ' ' '\n' | grep '^sv.pairs=' | cut -d= -f2)
@@ -93,15 +97,16 @@ $IP -n b link set lo up
 $IP netns exec b iperf3 -s >/dev/null 2>&1 &
 SRV=$!
 CMD="console=ttyS0 quiet"
-run() { # run sv|qemu PAIRS
-    vmm=$1 p=$2 log=/tmp/$1-$2.log
+PER_BOOT=2
+run() { # run sv|qemu PAIRS BOOT
+    vmm=$1 p=$2 log=/tmp/$1-$2-$3.log
     if [ $vmm = sv ]; then
         RUST_LOG=info $IP netns exec b splitvisor-net --socket /tmp/n.sock --create-tap t0 --queues $p --pidfile /tmp/n.pid 2>/tmp/n.err &
         NET=$!
         i=0; while [ ! -f /tmp/n.pid ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
         $IP -n b addr add 10.0.2.1/24 dev t0
         splitvisor --kernel $KIT/l2/vmlinuz --initramfs $KIT/l2/initramfs.cpio.gz --cpus 2 --memory 512M \
-            --cmdline "$CMD sv.pairs=$p sv.rounds=$ROUNDS sv.cmd64=$G64" \
+            --cmdline "$CMD sv.pairs=$p sv.rounds=$PER_BOOT sv.cmd64=$G64" \
             --device vhost-user,type=net,socket=/tmp/n.sock,queues=$p </dev/null >$log 2>&1 &
         VM=$!
     else
@@ -110,7 +115,7 @@ run() { # run sv|qemu PAIRS
             -netdev tap,id=n0,ifname=t0,script=no,downscript=no,vhost=off,queues=$p \
             -device virtio-net-pci,netdev=n0,mq=on,vectors=$((2 * p + 2)),romfile= \
             -kernel $KIT/l2/vmlinuz -initrd $KIT/l2/initramfs.cpio.gz \
-            -append "$CMD sv.pairs=$p sv.rounds=$ROUNDS sv.cmd64=$G64" </dev/null >$log 2>&1 &
+            -append "$CMD sv.pairs=$p sv.rounds=$PER_BOOT sv.cmd64=$G64" </dev/null >$log 2>&1 &
         VM=$!
         i=0; until $IP -n b link show t0 >/dev/null 2>&1 || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
         $IP -n b addr add 10.0.2.1/24 dev t0
@@ -121,7 +126,7 @@ run() { # run sv|qemu PAIRS
     done
     if grep -q BENCH-PING-ME $log; then
         r=0
-        while [ $r -lt $ROUNDS ]; do
+        while [ $r -lt $PER_BOOT ]; do
             $IP netns exec b $PING -f -c 1000 -w 5 -q 10.0.2.15 > /tmp/ping.out 2>&1
             rtt=$(grep rtt /tmp/ping.out | cut -d/ -f5)
             [ -n "$rtt" ] || cat /tmp/ping.out
@@ -145,7 +150,11 @@ run() { # run sv|qemu PAIRS
     for k in OUT IN RR; do echo "$vmm $p $k $(cat $log $log.rr 2>/dev/null | grep "^BENCH-$k" | awk '{print $2}' | tr '\n' ' ')"; done
     grep -q BENCH-FAILED $log.rr 2>/dev/null && tail -20 $log
 }
-for p in 1 2; do run sv $p; run qemu $p; done
+boot=1
+while [ $boot -le $ROUNDS ]; do
+    for p in 1 2; do run sv $p $boot; run qemu $p $boot; done
+    boot=$((boot + 1))
+done
 kill $SRV
 $IP netns del b
 EOF
@@ -155,19 +164,20 @@ EOF
         --host-tool iperf3 --host-tool ping --host-dir /usr/share/qemu --host-dir /usr/share/seabios \
         "ROUNDS=$ROUNDS; GUEST=\$(printf '%s' '$(printf '%s' "$guest" | base64 | tr -d '\n')' | base64 -d)
 $l1" 2>&1 | tee >(cat >&2) | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^(sv|qemu) [12] (OUT|IN|RR) ' || true)"
-    echo "| pairs | test | splitvisor + splitvisor-net | QEMU virtio-net (userspace, tap) | ratio |"
+    echo "| pairs | test | splitvisor + splitvisor-net, median (range) | QEMU virtio-net (userspace, tap), median (range) | ratio of medians |"
     echo "| --- | --- | --- | --- | --- |"
     for p in 1 2; do
         for k in OUT IN RR; do
-            a="$(median $(echo "$out" | grep "^sv $p $k " | cut -d' ' -f4-))"
-            b="$(median $(echo "$out" | grep "^qemu $p $k " | cut -d' ' -f4-))"
+            sa=$(echo "$out" | grep "^sv $p $k " | cut -d' ' -f4-)
+            sb=$(echo "$out" | grep "^qemu $p $k " | cut -d' ' -f4-)
+            a="$(median $sa)" b="$(median $sb)"
             case $k in
                 OUT) name="TCP guest -> host, Mbit/s" ;;
                 IN) name="TCP host -> guest, Mbit/s" ;;
                 RR) name="ping request/response, per s" ;;
             esac
             ratio="$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
-            echo "| $p | $name | $a | $b | $ratio |"
+            echo "| $p | $name | $a ($(range $sa)) | $b ($(range $sb)) | $ratio |"
         done
     done
 }
