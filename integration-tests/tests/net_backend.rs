@@ -26,10 +26,14 @@ iperf3 -c 10.0.2.1 -t 3 -P 4 -f m > /tmp/out.txt 2>&1
 echo "GUEST-IPERF-OUT $? $(grep SUM /tmp/out.txt | grep receiver | awk '{print $6}')"
 iperf3 -c 10.0.2.1 -t 3 -P 4 -R -f m > /tmp/in.txt 2>&1
 echo "GUEST-IPERF-IN $? $(grep SUM /tmp/in.txt | grep receiver | awk '{print $6}')"
-# one stream from each vCPU: virtio-net maps each CPU's transmit queue to its own pair, and
-# the tap sends a flow's packets back on the queue it came from, so both pairs carry traffic
+# one stream from each vCPU: virtio-net maps each CPU's transmit queue to its own pair, so
+# both pairs transmit; then two streams to the guest whose flows hash to different pairs
+# (net-backend's flow.rs pins these two), so both pairs receive
 taskset 1 iperf3 -c 10.0.2.1 -p 5201 -t 2 > /dev/null 2>&1 &
 taskset 2 iperf3 -c 10.0.2.1 -p 5202 -t 2 > /dev/null 2>&1
+wait
+iperf3 -c 10.0.2.1 -p 5201 --cport 40002 -R -t 2 > /dev/null 2>&1 &
+iperf3 -c 10.0.2.1 -p 5202 --cport 40006 -R -t 2 > /dev/null 2>&1
 wait
 # back to one pair and up to two again: each is a control command the guest waits for
 ethtool -L eth0 combined 1

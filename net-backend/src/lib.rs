@@ -2,10 +2,12 @@
 //!
 //! Layout: `main.rs` parses the command line into a [`Config`]; [`start_backend`] opens the
 //! tap and runs the shared serve loop from `backends`; `vhu_net.rs` is the vhost-user face
-//! (features, config space, worker threads); `rx.rs` and `tx.rs` move packets, `ctrl.rs`
+//! (features, config space, worker threads); `rx.rs` and `tx.rs` move packets (`flow.rs`
+//! picks the tap queue a guest packet goes out on), `ctrl.rs`
 //! serves the control queue, `tap.rs` talks to the kernel's tap driver.
 
 pub mod ctrl;
+pub mod flow;
 pub mod rx;
 pub mod stats;
 pub mod tap;

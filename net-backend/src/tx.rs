@@ -8,8 +8,8 @@ use backends::guest_iovecs::{GuestIovecs, IOV_MAX};
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::tap;
 use crate::virtio_net::{MAX_PACKET_LEN, MIN_FRAME_LEN, NET_HDR_LEN};
+use crate::{flow, tap};
 
 /// What became of one transmit chain.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,7 +54,17 @@ where
     Ok(GuestIovecs::new(slices))
 }
 
-pub fn transmit<M>(chain: DescriptorChain<M>, mem: &GuestMemoryMmap, fd: RawFd) -> Sent
+/// Bytes of a frame enough to find its flow: Ethernet, two VLAN tags, an IPv4 header with
+/// options or an IPv6 header, and the ports.
+const FLOW_HEADERS: usize = 14 + 8 + 60 + 4;
+
+/// Write the packet of `chain` to the tap descriptor `queue_for` picks given the frame's flow
+/// hash (see [`crate::flow`]).
+pub fn transmit<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    queue_for: impl FnOnce(Option<u32>) -> RawFd,
+) -> Sent
 where
     M: std::ops::Deref<Target = GuestMemoryMmap>,
 {
@@ -62,6 +72,10 @@ where
         Ok(b) => b,
         Err(why) => return Sent::Malformed(why),
     };
+    let mut headers = [0u8; FLOW_HEADERS];
+    let n = bufs.len().saturating_sub(NET_HDR_LEN).min(FLOW_HEADERS);
+    bufs.sub(NET_HDR_LEN, n).copy_to(&mut headers[..n]);
+    let fd = queue_for(flow::hash(&headers[..n]));
     match tap::write_packet(fd, &bufs) {
         Ok(n) => Sent::Frame(n.saturating_sub(NET_HDR_LEN)),
         Err(e) => {

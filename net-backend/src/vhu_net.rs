@@ -20,6 +20,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::ctrl::{self, Command};
+use crate::flow;
 use crate::rx::{self, RxQueue, Stop};
 use crate::stats::{add, NetStats};
 use crate::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
@@ -160,12 +161,29 @@ impl VhostUserNet {
     }
 
     fn transmit(&self, pair: usize, vring: &VringRwLock) -> io::Result<()> {
-        // a detached tap queue refuses writes (EBADFD); the first one is always attached
-        let attached = self
+        // a flow goes out on the tap queue its hash picks among the attached ones (a detached
+        // queue refuses writes with EBADFD; the first one is always attached), so that the
+        // tap steers its answers to one queue; packets with no flow go out on the pair's own
+        let attached: Vec<RawFd> = (0..self.pairs)
+            .filter(|p| {
+                self.attached
+                    .get(*p)
+                    .is_some_and(|a| a.load(Ordering::Relaxed))
+            })
+            .filter_map(|p| self.tap.queue_fd(p))
+            .collect();
+        let own_attached = self
             .attached
             .get(pair)
             .is_some_and(|a| a.load(Ordering::Relaxed));
-        let fd = self.tap_fd(if attached { pair } else { 0 })?;
+        let own = self.tap_fd(if own_attached { pair } else { 0 })?;
+        let queue_for = |hash: Option<u32>| match hash {
+            Some(h) if attached.len() > 1 => attached
+                .get(flow::pick(h, attached.len()))
+                .copied()
+                .unwrap_or(own),
+            _ => own,
+        };
         let atomic = self.memory()?;
         let mem = atomic.memory();
         let counters = &self.stats.pairs[pair];
@@ -174,7 +192,7 @@ impl VhostUserNet {
         let mut used = 0;
         while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
-            match tx::transmit(chain, &mem, fd) {
+            match tx::transmit(chain, &mem, queue_for) {
                 Sent::Frame(n) => {
                     add(&counters.tx_packets, 1);
                     add(&counters.tx_bytes, n as u64);

@@ -1,0 +1,167 @@
+//! Which tap queue a guest packet is written to, so that the flow's packets from the host
+//! come back on one receive queue.
+//!
+//! The tap steers a host packet to the queue its flow was last *written* on (the kernel's
+//! automatic flow steering, `tun_flow_update`). Linux guests send a TCP connection's ACKs from
+//! whichever CPU runs at the moment (XPS), so with one tap queue per transmit queue a
+//! receiving connection hops between queues, and packets already waiting on the old queue
+//! arrive after newer ones on the new queue: the sender counts them lost and retransmits
+//! (measured in docs/benchmarks.md). Writing each packet on the queue its flow's symmetric
+//! hash picks keeps a flow on one queue in both directions, as RSS hashing does on a NIC.
+
+/// The symmetric hash of a frame's IPv4/IPv6 flow (addresses, protocol, and TCP/UDP/SCTP
+/// ports when the packet is not a fragment): the same for both directions of a connection.
+/// `None` for anything else (ARP, short or malformed frames).
+pub fn hash(frame: &[u8]) -> Option<u32> {
+    let mut l3 = 12;
+    let mut ethertype = be16(frame, l3)?;
+    // up to two VLAN tags (802.1Q, 802.1ad)
+    for _ in 0..2 {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        l3 += 4;
+        ethertype = be16(frame, l3)?;
+    }
+    let ip = frame.get(l3 + 2..)?;
+    let (addrs, proto, l4) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(*ip.first()? & 0x0f) * 4;
+            if ip.first()? >> 4 != 4 || ihl < 20 {
+                return None;
+            }
+            let fragment = be16(ip, 6)? & 0x3fff != 0; // MF or an offset
+            let addrs = be32(ip, 12)? ^ be32(ip, 16)?;
+            (addrs, *ip.get(9)?, (!fragment).then_some(ihl))
+        }
+        0x86dd => {
+            if ip.first()? >> 4 != 6 {
+                return None;
+            }
+            let mut addrs = 0;
+            for word in 0..8 {
+                addrs ^= be32(ip, 8 + 4 * word)?;
+            }
+            (addrs, *ip.get(6)?, Some(40))
+        }
+        _ => return None,
+    };
+    let ports = match (proto, l4) {
+        (6 | 17 | 132, Some(at)) => be16(ip, at)? ^ be16(ip, at + 2)?,
+        _ => 0,
+    };
+    let key = (u64::from(addrs) << 32) | (u64::from(ports) << 8) | u64::from(proto);
+    Some((key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32)
+}
+
+/// One of `n` queues for `hash`, evenly (multiply and shift, as the tap itself does).
+pub fn pick(hash: u32, n: usize) -> usize {
+    ((u64::from(hash) * n as u64) >> 32) as usize
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4_tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, frag: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        let mut ip = vec![0x45, 0, 0, 40, 0, 0];
+        ip.extend_from_slice(&frag.to_be_bytes());
+        ip.extend_from_slice(&[64, 6, 0, 0]);
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        ip.extend_from_slice(&sport.to_be_bytes());
+        ip.extend_from_slice(&dport.to_be_bytes());
+        ip.extend_from_slice(&[0; 16]);
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    fn ipv6_udp(src: u8, dst: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&0x86ddu16.to_be_bytes());
+        let mut ip = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+        ip.extend_from_slice(&[0xfd; 15]);
+        ip.push(src);
+        ip.extend_from_slice(&[0xfd; 15]);
+        ip.push(dst);
+        ip.extend_from_slice(&sport.to_be_bytes());
+        ip.extend_from_slice(&dport.to_be_bytes());
+        ip.extend_from_slice(&[0; 4]);
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    #[test]
+    fn both_directions_of_a_connection_hash_alike() {
+        let out = ipv4_tcp([10, 0, 2, 15], [10, 0, 2, 1], 40000, 5201, 0);
+        let back = ipv4_tcp([10, 0, 2, 1], [10, 0, 2, 15], 5201, 40000, 0);
+        assert_eq!(hash(&out), hash(&back));
+        assert!(hash(&out).is_some());
+        assert_eq!(
+            hash(&ipv6_udp(1, 2, 53, 999)),
+            hash(&ipv6_udp(2, 1, 999, 53))
+        );
+        assert!(hash(&ipv6_udp(1, 2, 53, 999)).is_some());
+    }
+
+    #[test]
+    fn connections_spread_over_the_queues() {
+        let mut per_queue = [0usize; 2];
+        for port in 0..1000u16 {
+            let f = ipv4_tcp([10, 0, 2, 15], [10, 0, 2, 1], 40000 + port, 5201, 0);
+            per_queue[pick(hash(&f).unwrap(), 2)] += 1;
+        }
+        assert!(per_queue.iter().all(|n| *n > 400), "{per_queue:?}");
+    }
+
+    /// integration-tests' net_backend and net_backend_qemu count on these two streams from
+    /// 10.0.2.1 (ports 5201, 5202) to the guest's 10.0.2.15 (ports 40002, 40006) being
+    /// received on different pairs of two.
+    #[test]
+    fn the_integration_tests_two_receive_streams_take_different_pairs() {
+        let first = ipv4_tcp([10, 0, 2, 1], [10, 0, 2, 15], 5201, 40002, 0);
+        let second = ipv4_tcp([10, 0, 2, 1], [10, 0, 2, 15], 5202, 40006, 0);
+        assert_eq!(pick(hash(&first).unwrap(), 2), 0);
+        assert_eq!(pick(hash(&second).unwrap(), 2), 1);
+    }
+
+    #[test]
+    fn a_vlan_tag_is_looked_through_and_fragments_hash_by_address_only() {
+        let plain = ipv4_tcp([10, 0, 2, 15], [10, 0, 2, 1], 40000, 5201, 0);
+        let mut tagged = plain[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged.extend_from_slice(&plain[12..]);
+        assert_eq!(hash(&tagged), hash(&plain));
+        let first = ipv4_tcp([10, 0, 2, 15], [10, 0, 2, 1], 40000, 5201, 0x2000);
+        let other = ipv4_tcp([10, 0, 2, 15], [10, 0, 2, 1], 1, 2, 0x0010);
+        assert_eq!(hash(&first), hash(&other));
+    }
+
+    #[test]
+    fn anything_else_has_no_flow_and_nothing_panics() {
+        let mut arp = vec![0u8; 12];
+        arp.extend_from_slice(&[0x08, 0x06]);
+        arp.extend_from_slice(&[0; 28]);
+        assert_eq!(hash(&arp), None);
+        let whole = ipv4_tcp([10, 0, 2, 15], [10, 0, 2, 1], 40000, 5201, 0);
+        for len in 0..whole.len() {
+            let _ = hash(&whole[..len]);
+        }
+        let mut bad_ihl = whole.clone();
+        bad_ihl[14] = 0x41;
+        assert_eq!(hash(&bad_ihl), None);
+        let mut huge_ihl = whole;
+        huge_ihl[14] = 0x4f; // 60-byte header past the frame's end: no ports, no panic
+        let _ = hash(&huge_ihl);
+    }
+}
