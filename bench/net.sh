@@ -5,8 +5,10 @@
 #   initramfs, 2 vCPUs and 512 MiB, once on splitvisor + splitvisor-net and once on QEMU's
 #   built-in userspace virtio-net with a tap (-accel kvm, -netdev tap,vhost=off), each with 1
 #   and 2 queue pairs. Traffic stays in a network namespace inside L1: iperf3 guest -> host and
-#   host -> guest (TCP, as many streams as pairs), and the request/response rate of a flood
-#   ping from the namespace to the guest (one outstanding at a time). Each boot measures
+#   host -> guest (TCP, as many streams as pairs), and the request/response rate of an
+#   adaptive ping from the namespace to the guest (`ping -A`: the next request goes out when
+#   the reply is in, never more than one outstanding; `-f` keeps sending every 10 ms while
+#   replies are slower, so its rate measured a queue, not a round trip). Each boot measures
 #   each of these twice; ROUNDS (default 3) boots per configuration, alternating ours and
 #   QEMU's (sv 1, qemu 1, sv 2, qemu 2, then again) so that L1's drift — the same
 #   configuration ran 2-5x apart from one boot to the next — hits both. Reported: the
@@ -66,7 +68,7 @@ vm() {
     scripts/guest-kit.sh >/dev/null
     local guest
     # in the guest: wait for the link, then sv.rounds x (iperf3 out, iperf3 in), then stay up
-    # while L1 floods it with pings
+    # while L1 pings it
     guest="$(cat <<'EOF'
 P=$(cat /proc/cmdline | tr ' ' '\n' | grep '^sv.pairs=' | cut -d= -f2)
 R=$(cat /proc/cmdline | tr ' ' '\n' | grep '^sv.rounds=' | cut -d= -f2)
@@ -127,7 +129,7 @@ run() { # run sv|qemu PAIRS BOOT
     if grep -q BENCH-PING-ME $log; then
         r=0
         while [ $r -lt $PER_BOOT ]; do
-            $IP netns exec b $PING -f -c 1000 -w 5 -q 10.0.2.15 > /tmp/ping.out 2>&1
+            $IP netns exec b $PING -A -c 1000 -w 5 -q 10.0.2.15 > /tmp/ping.out 2>&1
             rtt=$(grep rtt /tmp/ping.out | cut -d/ -f5)
             [ -n "$rtt" ] || cat /tmp/ping.out
             # (a file of its own: the VM still writes its console to $log at its own offset)
