@@ -181,7 +181,11 @@ fn transmit(mem: &GuestMemoryMmap, descs: &[RawDescriptor], tap: &UnixDatagram) 
     mq.add_desc_chains(descs, 0).unwrap();
     let mut queue: Queue = mq.create_queue().unwrap();
     let chain = queue.iter(mem).unwrap().next().unwrap();
-    tx::transmit(chain, mem, |_| tap.as_raw_fd())
+    let queues = tx::TapQueues {
+        own: tap.as_raw_fd(),
+        flows: &[],
+    };
+    tx::transmit(chain, mem, &queues)
 }
 
 #[test]

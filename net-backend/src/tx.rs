@@ -58,13 +58,33 @@ where
 /// options or an IPv6 header, and the ports.
 const FLOW_HEADERS: usize = 14 + 8 + 60 + 4;
 
-/// Write the packet of `chain` to the tap descriptor `queue_for` picks given the frame's flow
-/// hash (see [`crate::flow`]).
-pub fn transmit<M>(
-    chain: DescriptorChain<M>,
-    mem: &GuestMemoryMmap,
-    queue_for: impl FnOnce(Option<u32>) -> RawFd,
-) -> Sent
+/// The tap queues a transmitted packet may go out on.
+pub struct TapQueues<'a> {
+    /// The transmitting pair's own queue (or the first, if its own is detached): for
+    /// packets with no flow, and for all of them when there is no choice.
+    pub own: RawFd,
+    /// The attached queues a flow's hash picks from (see [`crate::flow`]); with fewer than
+    /// two, `own` takes everything and no frame is hashed.
+    pub flows: &'a [RawFd],
+}
+
+impl TapQueues<'_> {
+    fn for_frame(&self, bufs: &GuestIovecs) -> RawFd {
+        if self.flows.len() < 2 {
+            return self.own;
+        }
+        let mut headers = [0u8; FLOW_HEADERS];
+        let n = bufs.len().saturating_sub(NET_HDR_LEN).min(FLOW_HEADERS);
+        bufs.sub(NET_HDR_LEN, n).copy_to(&mut headers[..n]);
+        flow::hash(&headers[..n])
+            .and_then(|h| self.flows.get(flow::pick(h, self.flows.len())))
+            .copied()
+            .unwrap_or(self.own)
+    }
+}
+
+/// Write the packet of `chain` to the tap queue of `queues` its flow belongs on.
+pub fn transmit<M>(chain: DescriptorChain<M>, mem: &GuestMemoryMmap, queues: &TapQueues) -> Sent
 where
     M: std::ops::Deref<Target = GuestMemoryMmap>,
 {
@@ -72,10 +92,7 @@ where
         Ok(b) => b,
         Err(why) => return Sent::Malformed(why),
     };
-    let mut headers = [0u8; FLOW_HEADERS];
-    let n = bufs.len().saturating_sub(NET_HDR_LEN).min(FLOW_HEADERS);
-    bufs.sub(NET_HDR_LEN, n).copy_to(&mut headers[..n]);
-    let fd = queue_for(flow::hash(&headers[..n]));
+    let fd = queues.for_frame(&bufs);
     match tap::write_packet(fd, &bufs) {
         Ok(n) => Sent::Frame(n.saturating_sub(NET_HDR_LEN)),
         Err(e) => {

@@ -20,7 +20,6 @@ use vmm_sys_util::event::{
 };
 
 use crate::ctrl::{self, Command};
-use crate::flow;
 use crate::rx::{self, RxQueue, Stop};
 use crate::stats::{add, NetStats};
 use crate::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
@@ -108,6 +107,13 @@ impl VhostUserNet {
         Ok(self.mem.read().map_err(lock_err)?.clone())
     }
 
+    /// Whether `pair`'s tap queue is attached (gets packets from the kernel, takes writes).
+    fn is_attached(&self, pair: usize) -> bool {
+        self.attached
+            .get(pair)
+            .is_some_and(|a| a.load(Ordering::Relaxed))
+    }
+
     fn tap_fd(&self, pair: usize) -> io::Result<RawFd> {
         self.tap
             .queue_fd(pair)
@@ -164,25 +170,17 @@ impl VhostUserNet {
         // a flow goes out on the tap queue its hash picks among the attached ones (a detached
         // queue refuses writes with EBADFD; the first one is always attached), so that the
         // tap steers its answers to one queue; packets with no flow go out on the pair's own
-        let attached: Vec<RawFd> = (0..self.pairs)
-            .filter(|p| {
-                self.attached
-                    .get(*p)
-                    .is_some_and(|a| a.load(Ordering::Relaxed))
-            })
-            .filter_map(|p| self.tap.queue_fd(p))
-            .collect();
-        let own_attached = self
-            .attached
-            .get(pair)
-            .is_some_and(|a| a.load(Ordering::Relaxed));
-        let own = self.tap_fd(if own_attached { pair } else { 0 })?;
-        let queue_for = |hash: Option<u32>| match hash {
-            Some(h) if attached.len() > 1 => attached
-                .get(flow::pick(h, attached.len()))
-                .copied()
-                .unwrap_or(own),
-            _ => own,
+        let flows: Vec<RawFd> = if self.pairs > 1 {
+            (0..self.pairs)
+                .filter(|p| self.is_attached(*p))
+                .filter_map(|p| self.tap.queue_fd(p))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let queues = tx::TapQueues {
+            own: self.tap_fd(if self.is_attached(pair) { pair } else { 0 })?,
+            flows: &flows,
         };
         let atomic = self.memory()?;
         let mem = atomic.memory();
@@ -192,7 +190,7 @@ impl VhostUserNet {
         let mut used = 0;
         while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
-            match tx::transmit(chain, &mem, queue_for) {
+            match tx::transmit(chain, &mem, &queues) {
                 Sent::Frame(n) => {
                     add(&counters.tx_packets, 1);
                     add(&counters.tx_bytes, n as u64);
