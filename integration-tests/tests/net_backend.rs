@@ -13,7 +13,8 @@ use std::time::Duration;
 use integration_tests::guest::{self, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
 
-/// One guest, two pairs: link facts, pairs, ping, iperf3 out (4 streams) and in (4 streams).
+/// One guest, two pairs: link facts, pairs, ping, iperf3 out (4 streams) and in (4 streams);
+/// then [`guest::NET_TRAFFIC_ON_BOTH_PAIRS`] and [`GUEST_PAIRS_DOWN_AND_UP`].
 const GUEST: &str = r#"
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
@@ -26,16 +27,11 @@ iperf3 -c 10.0.2.1 -t 3 -P 4 -f m > /tmp/out.txt 2>&1
 echo "GUEST-IPERF-OUT $? $(grep SUM /tmp/out.txt | grep receiver | awk '{print $6}')"
 iperf3 -c 10.0.2.1 -t 3 -P 4 -R -f m > /tmp/in.txt 2>&1
 echo "GUEST-IPERF-IN $? $(grep SUM /tmp/in.txt | grep receiver | awk '{print $6}')"
-# one stream from each vCPU: virtio-net maps each CPU's transmit queue to its own pair, so
-# both pairs transmit; then two streams to the guest whose flows hash to different pairs
-# (net-backend's flow.rs pins these two), so both pairs receive
-taskset 1 iperf3 -c 10.0.2.1 -p 5201 -t 2 > /dev/null 2>&1 &
-taskset 2 iperf3 -c 10.0.2.1 -p 5202 -t 2 > /dev/null 2>&1
-wait
-iperf3 -c 10.0.2.1 -p 5201 --cport 40002 -R -t 2 > /dev/null 2>&1 &
-iperf3 -c 10.0.2.1 -p 5202 --cport 40006 -R -t 2 > /dev/null 2>&1
-wait
-# back to one pair and up to two again: each is a control command the guest waits for
+"#;
+
+/// After the traffic: back to one pair and up to two again, each a control command the guest
+/// waits for.
+const GUEST_PAIRS_DOWN_AND_UP: &str = r#"
 ethtool -L eth0 combined 1
 echo "GUEST-PAIRS-ONE $(ethtool -l eth0 | grep Combined | tail -n1 | awk '{print $2}')"
 ethtool -L eth0 combined 2
@@ -153,7 +149,13 @@ fn job() -> &'static JobOutput {
             .host_tool("sysctl")
             .run(&format!(
                 "{GUEST_SH}\nGUEST64={}\nPEER64={}\nDHCP64={}\nHOSTNET64={}\n{JOB}",
-                guest::base64(GUEST.as_bytes()),
+                guest::base64(
+                    format!(
+                        "{GUEST}{}{GUEST_PAIRS_DOWN_AND_UP}",
+                        guest::NET_TRAFFIC_ON_BOTH_PAIRS
+                    )
+                    .as_bytes()
+                ),
                 guest::base64(PEER.as_bytes()),
                 guest::base64(DHCP.as_bytes()),
                 guest::base64(include_str!("../../scripts/hostnet.sh").as_bytes())

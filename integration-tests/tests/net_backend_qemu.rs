@@ -15,7 +15,8 @@ use std::time::Duration;
 use integration_tests::guest::{self, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
 
-/// The guest: address, link facts, ping, iperf3 out (4 streams) and in.
+/// The guest: address, link facts, ping, iperf3 out (4 streams) and in; then
+/// [`guest::NET_TRAFFIC_ON_BOTH_PAIRS`].
 const GUEST: &str = r#"
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
@@ -26,15 +27,6 @@ iperf3 -c 10.0.2.1 -t 3 -P 4 -f m > /tmp/out.txt 2>&1
 echo "GUEST-IPERF-OUT $? $(grep SUM /tmp/out.txt | grep receiver | awk '{print $6}')"
 iperf3 -c 10.0.2.1 -t 3 -R -f m > /tmp/in.txt 2>&1
 echo "GUEST-IPERF-IN $? $(grep receiver /tmp/in.txt | awk '{print $7}')"
-# one stream from each vCPU: virtio-net maps each CPU's transmit queue to its own pair, so
-# both pairs transmit; then two streams to the guest whose flows hash to different pairs
-# (net-backend's flow.rs pins these two), so both pairs receive
-taskset 1 iperf3 -c 10.0.2.1 -p 5201 -t 2 > /dev/null 2>&1 &
-taskset 2 iperf3 -c 10.0.2.1 -p 5202 -t 2 > /dev/null 2>&1
-wait
-iperf3 -c 10.0.2.1 -p 5201 --cport 40002 -R -t 2 > /dev/null 2>&1 &
-iperf3 -c 10.0.2.1 -p 5202 --cport 40006 -R -t 2 > /dev/null 2>&1
-wait
 "#;
 
 const JOB: &str = r#"
@@ -83,7 +75,7 @@ fn job() -> &'static JobOutput {
             .timeout(Duration::from_secs(900))
             .run(&format!(
                 "{GUEST_SH}\nGUEST64={}\n{JOB}",
-                guest::base64(GUEST.as_bytes())
+                guest::base64(format!("{GUEST}{}", guest::NET_TRAFFIC_ON_BOTH_PAIRS).as_bytes())
             ))
     })
 }
