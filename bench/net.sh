@@ -2,16 +2,21 @@
 # bench/net.sh [vm|native|all] [ROUNDS]: splitvisor-net, two ways.
 #
 # vm (inside the nested-KVM sandbox, side by side in one L1 run): the same guest kernel,
-#   initramfs, 2 vCPUs and 512 MiB, once on splitvisor + splitvisor-net and once on QEMU's
-#   built-in userspace virtio-net with a tap (-accel kvm, -netdev tap,vhost=off), each with 1
-#   and 2 queue pairs. Traffic stays in a network namespace inside L1: iperf3 guest -> host and
-#   host -> guest (TCP, as many streams as pairs), and the request/response rate of an
-#   adaptive ping from the namespace to the guest (`ping -A`: the next request goes out when
-#   the reply is in, never more than one outstanding; `-f` keeps sending every 10 ms while
-#   replies are slower, so its rate measured a queue, not a round trip). Each boot measures
-#   each of these twice; ROUNDS (default 3) boots per configuration, alternating ours and
-#   QEMU's (sv 1, qemu 1, sv 2, qemu 2, then again) so that L1's drift — the same
-#   configuration ran 2-5x apart from one boot to the next — hits both. Reported: the
+#   initramfs, 2 vCPUs and 512 MiB on splitvisor + splitvisor-net, on QEMU's built-in
+#   userspace virtio-net with a tap (-accel kvm, -netdev tap,vhost=off) and, to tell the vmm's
+#   part from the process split's, on QEMU as the vhost-user frontend of splitvisor-net; each
+#   with 1 and 2 queue pairs. First it measures what a switch between two processes costs in
+#   L1 against one between two threads of a process (`perf bench sched pipe`, if perf is
+#   installed): the emulated L1 makes the first several times dearer, and a vhost-user
+#   backend adds process switches to every packet that QEMU's built-in device does not.
+#   Traffic stays in a network namespace inside L1: iperf3 guest -> host and host -> guest
+#   (TCP, as many streams as pairs), and the request/response rate of an adaptive ping from
+#   the namespace to the guest (`ping -A`, which sends the next request after about a round
+#   trip, so a few are outstanding at most — up to 9 were seen here — where `-f` queued up
+#   while replies took over 10 ms): replies received per second of the run. Each boot measures
+#   each of these twice; ROUNDS (default 3) boots per configuration, taking turns (sv 1,
+#   qemu 1, qemu+sv 1, sv 2, qemu 2, qemu+sv 2, then again) so that L1's drift — the same
+#   configuration ran 2-5x apart from one boot to the next — hits all three. Reported: the
 #   median and the range of all 2 x ROUNDS samples. Compare ratios: L1 itself is emulated.
 # native (on the host, no VM): sv-netbench drives the backend alone through a VM-less
 #   vhost-user frontend, ring -> tap and tap -> ring, 64- and 1514-byte frames, in a
@@ -98,25 +103,40 @@ $IP netns add b
 $IP -n b link set lo up
 $IP netns exec b iperf3 -s >/dev/null 2>&1 &
 SRV=$!
+# a round trip between two processes, then between two threads of one process
+if [ -x /job/hostbin/perf ]; then
+    for mode in processes threads; do
+        flag=""; [ $mode = threads ] && flag=-T
+        echo "SWITCH $mode $(/job/hostbin/perf bench sched pipe $flag -l 20000 2>&1 | grep usecs/op | awk '{print $1}')"
+    done
+fi
 CMD="console=ttyS0 quiet"
 PER_BOOT=2
-run() { # run sv|qemu PAIRS BOOT
+QEMU="qemu-system-x86_64 -L /usr/share/qemu -L /usr/share/seabios -accel kvm -cpu host -smp 2 -m 512M
+    -nodefaults -no-user-config -display none -serial stdio -no-reboot
+    -kernel $KIT/l2/vmlinuz -initrd $KIT/l2/initramfs.cpio.gz"
+run() { # run sv|qsv|qemu PAIRS BOOT (qsv: QEMU in front of splitvisor-net)
     vmm=$1 p=$2 log=/tmp/$1-$2-$3.log
-    if [ $vmm = sv ]; then
+    if [ $vmm != qemu ]; then
         RUST_LOG=info $IP netns exec b splitvisor-net --socket /tmp/n.sock --create-tap t0 --queues $p --pidfile /tmp/n.pid 2>/tmp/n.err &
         NET=$!
         i=0; while [ ! -f /tmp/n.pid ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
         $IP -n b addr add 10.0.2.1/24 dev t0
+    fi
+    if [ $vmm = sv ]; then
         splitvisor --kernel $KIT/l2/vmlinuz --initramfs $KIT/l2/initramfs.cpio.gz --cpus 2 --memory 512M \
             --cmdline "$CMD sv.pairs=$p sv.rounds=$PER_BOOT sv.cmd64=$G64" \
             --device vhost-user,type=net,socket=/tmp/n.sock,queues=$p </dev/null >$log 2>&1 &
         VM=$!
+    elif [ $vmm = qsv ]; then
+        $QEMU -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
+            -chardev socket,id=n0,path=/tmp/n.sock -netdev vhost-user,id=net0,chardev=n0,queues=$p \
+            -device virtio-net-pci,netdev=net0,mq=on,vectors=$((2 * p + 2)),romfile= \
+            -append "$CMD sv.pairs=$p sv.rounds=$PER_BOOT sv.cmd64=$G64" </dev/null >$log 2>&1 &
+        VM=$!
     else
-        $IP netns exec b qemu-system-x86_64 -L /usr/share/qemu -L /usr/share/seabios -accel kvm -cpu host -smp 2 -m 512M \
-            -nodefaults -no-user-config -display none -serial stdio -no-reboot \
-            -netdev tap,id=n0,ifname=t0,script=no,downscript=no,vhost=off,queues=$p \
+        $IP netns exec b $QEMU -netdev tap,id=n0,ifname=t0,script=no,downscript=no,vhost=off,queues=$p \
             -device virtio-net-pci,netdev=n0,mq=on,vectors=$((2 * p + 2)),romfile= \
-            -kernel $KIT/l2/vmlinuz -initrd $KIT/l2/initramfs.cpio.gz \
             -append "$CMD sv.pairs=$p sv.rounds=$PER_BOOT sv.cmd64=$G64" </dev/null >$log 2>&1 &
         VM=$!
         i=0; until $IP -n b link show t0 >/dev/null 2>&1 || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
@@ -130,10 +150,13 @@ run() { # run sv|qemu PAIRS BOOT
         r=0
         while [ $r -lt $PER_BOOT ]; do
             $IP netns exec b $PING -A -c 1000 -w 5 -q 10.0.2.15 > /tmp/ping.out 2>&1
-            rtt=$(grep rtt /tmp/ping.out | cut -d/ -f5)
-            [ -n "$rtt" ] || cat /tmp/ping.out
+            # "N packets transmitted, M received, ..., time Tms": M replies in T ms
+            rate=$(grep transmitted /tmp/ping.out | awk '{ for (i = 1; i <= NF; i++) {
+                if ($i ~ /^received/) m = $(i - 1); if ($i == "time") t = $(i + 1) + 0 }
+                if (t > 0) printf "%.0f", m * 1000 / t; else print 0 }')
+            [ -n "$rate" ] && [ "$rate" != 0 ] || cat /tmp/ping.out
             # (a file of its own: the VM still writes its console to $log at its own offset)
-            echo "BENCH-RR $(awk -v a="$rtt" 'BEGIN { if (a > 0) printf "%.0f", 1000 / a; else print 0 }')" >> $log.rr
+            echo "BENCH-RR $rate" >> $log.rr
             r=$((r+1))
         done
     else
@@ -144,7 +167,7 @@ run() { # run sv|qemu PAIRS BOOT
     echo "$vmm $p TAP $($IP -s -n b link show t0 | tr -s ' \n' ' ')"
     i=0; while kill -0 $VM 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
     kill -9 $VM 2>/dev/null; wait $VM
-    if [ $vmm = sv ]; then
+    if [ $vmm != qemu ]; then
         kill $NET; wait $NET; rm -f /tmp/n.pid
         grep 'stats at exit' /tmp/n.err | sed "s/.*stats at exit: /$vmm $p BACKEND /"
     fi
@@ -154,7 +177,7 @@ run() { # run sv|qemu PAIRS BOOT
 }
 boot=1
 while [ $boot -le $ROUNDS ]; do
-    for p in 1 2; do run sv $p $boot; run qemu $p $boot; done
+    for p in 1 2; do run sv $p $boot; run qemu $p $boot; run qsv $p $boot; done
     boot=$((boot + 1))
 done
 kill $SRV
@@ -162,24 +185,28 @@ $IP netns del b
 EOF
 )"
     local out
-    out="$("$BIN/sv-sandbox" --timeout 2400 --host-tool qemu-system-x86_64 --host-tool ip \
-        --host-tool iperf3 --host-tool ping --host-dir /usr/share/qemu --host-dir /usr/share/seabios \
+    out="$("$BIN/sv-sandbox" --timeout 3600 --host-tool qemu-system-x86_64 --host-tool ip \
+        --host-tool iperf3 --host-tool ping $(command -v perf >/dev/null && echo --host-tool perf) \
+        --host-dir /usr/share/qemu --host-dir /usr/share/seabios \
         "ROUNDS=$ROUNDS; GUEST=\$(printf '%s' '$(printf '%s' "$guest" | base64 | tr -d '\n')' | base64 -d)
-$l1" 2>&1 | tee >(cat >&2) | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^(sv|qemu) [12] (OUT|IN|RR) ' || true)"
-    echo "| pairs | test | splitvisor + splitvisor-net, median (range) | QEMU virtio-net (userspace, tap), median (range) | ratio of medians |"
-    echo "| --- | --- | --- | --- | --- |"
+$l1" 2>&1 | tee >(cat >&2) | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^((sv|qsv|qemu) [12] (OUT|IN|RR)|SWITCH) ' || true)"
+    echo "$out" | grep '^SWITCH ' | awk '{ printf "round trip between two %s in L1: %s us\n", $2, $3 }'
+    echo
+    echo "| pairs | test | splitvisor + splitvisor-net, median (range) | QEMU virtio-net (userspace, tap), median (range) | QEMU + splitvisor-net (vhost-user), median (range) | ratio: ours / QEMU | ratio: QEMU + splitvisor-net / QEMU |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
     for p in 1 2; do
         for k in OUT IN RR; do
             sa=$(echo "$out" | grep "^sv $p $k " | cut -d' ' -f4-)
             sb=$(echo "$out" | grep "^qemu $p $k " | cut -d' ' -f4-)
-            a="$(median $sa)" b="$(median $sb)"
+            sc=$(echo "$out" | grep "^qsv $p $k " | cut -d' ' -f4-)
+            a="$(median $sa)" b="$(median $sb)" c="$(median $sc)"
             case $k in
                 OUT) name="TCP guest -> host, Mbit/s" ;;
                 IN) name="TCP host -> guest, Mbit/s" ;;
                 RR) name="ping request/response, per s" ;;
             esac
-            ratio="$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
-            echo "| $p | $name | $a ($(range $sa)) | $b ($(range $sb)) | $ratio |"
+            echo "| $p | $name | $a ($(range $sa)) | $b ($(range $sb)) | $c ($(range $sc)) | $(ratio "$a" "$b") | $(ratio "$c" "$b") |"
         done
     done
 }
