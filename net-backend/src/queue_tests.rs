@@ -184,6 +184,7 @@ fn transmit(mem: &GuestMemoryMmap, descs: &[RawDescriptor], tap: &UnixDatagram) 
     let queues = tx::TapQueues {
         own: tap.as_raw_fd(),
         flows: &[],
+        table: &crate::flow::FlowTable::default(),
     };
     tx::transmit(chain, mem, &queues)
 }

@@ -8,8 +8,9 @@ use backends::guest_iovecs::{GuestIovecs, IOV_MAX};
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
+use crate::flow::{self, FlowTable};
+use crate::tap;
 use crate::virtio_net::{MAX_PACKET_LEN, MIN_FRAME_LEN, NET_HDR_LEN};
-use crate::{flow, tap};
 
 /// What became of one transmit chain.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,9 +64,11 @@ pub struct TapQueues<'a> {
     /// The transmitting pair's own queue (or the first, if its own is detached): for
     /// packets with no flow, and for all of them when there is no choice.
     pub own: RawFd,
-    /// The attached queues a flow's hash picks from (see [`crate::flow`]); with fewer than
+    /// The attached queues a flow goes out on one of (see [`crate::flow`]); with fewer than
     /// two, `own` takes everything and no frame is hashed.
     pub flows: &'a [RawFd],
+    /// Which of `flows` each flow has.
+    pub table: &'a FlowTable,
 }
 
 impl TapQueues<'_> {
@@ -77,7 +80,7 @@ impl TapQueues<'_> {
         let n = bufs.len().saturating_sub(NET_HDR_LEN).min(FLOW_HEADERS);
         bufs.sub(NET_HDR_LEN, n).copy_to(&mut headers[..n]);
         flow::hash(&headers[..n])
-            .and_then(|h| self.flows.get(flow::pick(h, self.flows.len())))
+            .and_then(|h| self.flows.get(self.table.queue(h, self.flows.len())))
             .copied()
             .unwrap_or(self.own)
     }

@@ -20,6 +20,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::ctrl::{self, Command};
+use crate::flow::FlowTable;
 use crate::rx::{self, RxQueue, Stop};
 use crate::stats::{add, NetStats};
 use crate::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
@@ -46,6 +47,8 @@ pub struct VhostUserNet {
     pairs_in_use: AtomicUsize,
     /// Whether each pair's tap queue is attached (gets packets from the kernel).
     attached: Vec<AtomicBool>,
+    /// Which attached tap queue each flow the guest sends goes out on (all pairs share it).
+    flows: FlowTable,
     /// Held while a tap queue is attached or detached (pair 0's thread on a control command,
     /// a pair's own thread when its rings change).
     attaching: Mutex<()>,
@@ -76,6 +79,7 @@ impl VhostUserNet {
             stats,
             pairs_in_use: AtomicUsize::new(pairs),
             attached: (0..pairs).map(|p| AtomicBool::new(p == 0)).collect(),
+            flows: FlowTable::default(),
             attaching: Mutex::new(()),
         }
     }
@@ -167,9 +171,10 @@ impl VhostUserNet {
     }
 
     fn transmit(&self, pair: usize, vring: &VringRwLock) -> io::Result<()> {
-        // a flow goes out on the tap queue its hash picks among the attached ones (a detached
-        // queue refuses writes with EBADFD; the first one is always attached), so that the
-        // tap steers its answers to one queue; packets with no flow go out on the pair's own
+        // a flow goes out on the one tap queue the flow table gave it among the attached ones
+        // (a detached queue refuses writes with EBADFD; the first one is always attached), so
+        // that the tap steers its answers to one queue; packets with no flow go out on the
+        // pair's own
         let flows: Vec<RawFd> = if self.pairs > 1 {
             (0..self.pairs)
                 .filter(|p| self.is_attached(*p))
@@ -181,6 +186,7 @@ impl VhostUserNet {
         let queues = tx::TapQueues {
             own: self.tap_fd(if self.is_attached(pair) { pair } else { 0 })?,
             flows: &flows,
+            table: &self.flows,
         };
         let atomic = self.memory()?;
         let mem = atomic.memory();
