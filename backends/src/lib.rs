@@ -8,6 +8,7 @@ pub mod logging;
 pub mod queue;
 pub mod readiness;
 pub mod relay;
+pub mod sched;
 pub mod serve;
 pub mod signals;
 pub mod socket;
@@ -25,16 +26,22 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The body of every backend's `main` after argument parsing: logging, the stop signals
-/// blocked before any thread exists (so that only the signal thread takes them), then `run`;
-/// an error is one line `NAME: what: why` and exit status 1.
+/// The body of every backend's `main` after argument parsing: logging; before any thread
+/// exists, the stop signals blocked (so that only the signal thread takes them) and the
+/// scheduling policy set (every thread inherits it); then `run`. An error is one line
+/// `NAME: what: why` and exit status 1.
 pub fn run_main<E: std::error::Error>(
     name: &str,
+    policy: sched::SchedPolicy,
     run: impl FnOnce() -> Result<(), E>,
 ) -> std::process::ExitCode {
     logging::init();
     if let Err(e) = signals::block_signals() {
         eprintln!("{name}: cannot block signals: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    if let Err(e) = sched::set_policy(policy) {
+        eprintln!("{name}: cannot set the scheduling policy {policy:?}: {e}");
         return std::process::ExitCode::FAILURE;
     }
     match run() {

@@ -35,6 +35,10 @@ pub struct DaemonArgs {
     /// Serve the counters on this Unix socket: each connection gets them as `key=value` text.
     #[arg(long, value_name = "PATH")]
     pub stats_socket: Option<PathBuf>,
+    /// Scheduling policy of every thread: `batch` keeps a worker that a guest's kick wakes
+    /// from preempting the vCPU that kicked (see docs/backends.md).
+    #[arg(long, value_enum, default_value_t = crate::sched::SchedPolicy::Batch)]
+    pub sched: crate::sched::SchedPolicy,
 }
 
 /// Makes a fresh device for each frontend connection.

@@ -149,5 +149,6 @@ fn main() -> ExitCode {
         stats_interval: args.stats_interval,
         daemon,
     };
-    backends::run_main("splitvisor-balloon", || start_backend(config))
+    let policy = config.daemon.sched;
+    backends::run_main("splitvisor-balloon", policy, || start_backend(config))
 }

@@ -70,5 +70,6 @@ impl From<Args> for Config {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    backends::run_main("splitvisor-blk", || start_backend(args.into()))
+    let policy = args.daemon.sched;
+    backends::run_main("splitvisor-blk", policy, || start_backend(args.into()))
 }

@@ -84,6 +84,9 @@ SRV2=$!
 boot_case pairs 400 --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs.cpio.gz --cpus 2 \
     --memory 512M --cmdline "console=ttyS0 quiet sv.cmd64=$GUEST64" \
     --device vhost-user,type=net,socket=$W/n1.sock,queues=2
+# every thread's scheduling policy (field 41 of its stat; 3 = SCHED_BATCH, the default)
+sched() { echo "SCHED-$1 $(cat /proc/$(cat $W/$1.pid)/task/*/stat | awk '{print $41}' | sort -u | tr '\n' ' ')" >> "$JOB/l1.txt"; }
+sched n1
 kill -USR1 $N1; sleep 1
 kill -TERM $N1; wait $N1
 echo "NET-EXIT $?" >> "$JOB/l1.txt"
@@ -93,11 +96,14 @@ kill $SRV $SRV2; wait $SRV $SRV2
 $IP netns add ns2
 $IP -n ns2 link add br0 type bridge
 $IP -n ns2 link set br0 up
+# (b under the normal scheduling policy)
 for v in a b; do
+    policy=batch; [ $v = b ] && policy=other
     $IP netns exec ns2 splitvisor-net --socket $W/$v.sock --create-tap tap-$v --bridge br0 \
-        --pidfile $W/$v.pid 2>"$JOB/$v-net.err" &
+        --sched $policy --pidfile $W/$v.pid 2>"$JOB/$v-net.err" &
     eval NET_$v=$!
     wait_for . $W/$v.pid 30 || echo "NO-PIDFILE $v" >> "$JOB/l1.txt"
+    sched $v
 done
 peer() { # peer NAME IP PEER-IP
     boot_case $1 400 --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs-min.cpio.gz \
@@ -236,6 +242,21 @@ fn two_guests_on_one_bridge_reach_each_other() {
             guest::value(&log, "GUEST-PEER-PING"),
             Some("0"),
             "{vm}:\n{log}"
+        );
+    }
+}
+
+/// Every thread of the backend runs under the policy of `--sched` (batch by default).
+#[test]
+fn backend_threads_run_under_the_scheduling_policy_asked_for() {
+    let l1 = job().file("l1.txt").unwrap_or_default();
+    for (backend, policy) in [("n1", "3"), ("a", "3"), ("b", "0")] {
+        let key = format!("SCHED-{backend} ");
+        let line = l1.lines().find(|l| l.starts_with(&key));
+        assert_eq!(
+            line.map(|l| l[key.len()..].trim()),
+            Some(policy),
+            "{backend}:\n{l1}"
         );
     }
 }

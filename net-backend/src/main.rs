@@ -74,5 +74,6 @@ impl From<Args> for Config {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    backends::run_main("splitvisor-net", || start_backend(args.into()))
+    let policy = args.daemon.sched;
+    backends::run_main("splitvisor-net", policy, || start_backend(args.into()))
 }

@@ -1,0 +1,74 @@
+//! The scheduling policy of a backend's threads.
+//!
+//! A guest's kick (ioeventfd) or a tap/disk becoming ready wakes a backend worker, usually on
+//! the CPU of the vCPU thread that kicked. Under the normal policy the waking worker preempts
+//! that vCPU in the middle of its work (the request's reply, the next packet); the vCPU then
+//! waits for a CPU, and its next interrupt waits with it. `SCHED_BATCH` keeps a woken thread
+//! from preempting (it runs when the vCPU blocks or its slice ends) and is otherwise the
+//! normal time-sharing policy: same nice level, same share of CPU, no privilege needed.
+//! Measured in docs/benchmarks.md ("backends under `SCHED_BATCH`").
+
+use std::io;
+
+/// Which policy the backend's threads run under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchedPolicy {
+    /// `SCHED_BATCH`: a woken worker does not preempt the running vCPU.
+    Batch,
+    /// `SCHED_OTHER`: the normal policy (a woken worker may preempt).
+    Other,
+}
+
+impl SchedPolicy {
+    fn raw(self) -> libc::c_int {
+        match self {
+            SchedPolicy::Batch => libc::SCHED_BATCH,
+            SchedPolicy::Other => libc::SCHED_OTHER,
+        }
+    }
+}
+
+/// Put the calling thread under `policy`; threads it starts afterwards inherit it, so
+/// `main` calls this before any other thread exists.
+pub fn set_policy(policy: SchedPolicy) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param`, which lives across the call; pid 0 is the
+    // calling thread. Both policies take priority 0 and need no privilege.
+    let rc = unsafe { libc::sched_setscheduler(0, policy.raw(), &param) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's policy, if it is one of ours.
+pub fn policy() -> io::Result<Option<SchedPolicy>> {
+    // SAFETY: sched_getscheduler only reads the calling thread's policy (pid 0).
+    let rc = unsafe { libc::sched_getscheduler(0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok([SchedPolicy::Batch, SchedPolicy::Other]
+        .into_iter()
+        .find(|p| p.raw() == rc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // on threads of their own, so the test harness's threads keep their policy
+    #[test]
+    fn batch_is_set_and_inherited_by_new_threads() {
+        std::thread::spawn(|| {
+            set_policy(SchedPolicy::Batch).unwrap();
+            assert_eq!(policy().unwrap(), Some(SchedPolicy::Batch));
+            let child = std::thread::spawn(|| policy().unwrap()).join().unwrap();
+            assert_eq!(child, Some(SchedPolicy::Batch));
+            set_policy(SchedPolicy::Other).unwrap();
+            assert_eq!(policy().unwrap(), Some(SchedPolicy::Other));
+        })
+        .join()
+        .unwrap();
+    }
+}
