@@ -20,7 +20,7 @@
 #   median and the range of all 2 x ROUNDS samples. Compare ratios: L1 itself is emulated.
 # native (on the host, no VM): sv-netbench drives the backend alone through a VM-less
 #   vhost-user frontend, ring -> tap and tap -> ring, 64- and 1514-byte frames, in a
-#   namespace of its own.
+#   namespace of its own. SV_NET_ARGS adds arguments to its splitvisor-net (e.g. "--sched other").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 WHAT="${1:-all}"
@@ -46,8 +46,9 @@ native() {
     NB_NS="$ns"
     ip netns add "$ns"
     ip -n "$ns" link set lo up
+    # shellcheck disable=SC2086 # SV_NET_ARGS is a list of arguments
     ip netns exec "$ns" "$BIN/splitvisor-net" --socket "/tmp/$ns.sock" --create-tap nbtap \
-        --pidfile "/tmp/$ns.pid" 2>/dev/null &
+        --pidfile "/tmp/$ns.pid" ${SV_NET_ARGS:-} 2>/dev/null &
     NB_PID=$!
     for _ in $(seq 100); do [ -f "/tmp/$ns.pid" ] && break; sleep 0.1; done
     echo "| direction | frame | packets/s (median of $ROUNDS) | Mbit/s |"
