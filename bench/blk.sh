@@ -40,7 +40,8 @@ IMG="$WORK/disk.img" IMG_MIB=1024
 echo "[bench] writing a 1 GiB image with random data in $WORK ($STORE)" >&2
 dd if=/dev/urandom of="$IMG" bs=1M count="$IMG_MIB" status=none
 
-wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "no socket $1" >&2; exit 1; }
+# shellcheck source=bench/blk-backends.sh
+. bench/blk-backends.sh
 
 ROWS=(
     "randread 4096 1" "randwrite 4096 1"
@@ -49,17 +50,8 @@ ROWS=(
 )
 echo "| queues | pattern | bs | qd/queue | splitvisor-blk IOPS | qemu-storage-daemon IOPS | ratio | fio on the file (no backend) |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-read -r -a SV_EXTRA <<<"${SV_BLK_ARGS:-}"
 for Q in ${BENCH_QUEUES:-1 4}; do
-    "$BIN/splitvisor-blk" --socket "$WORK/sv.sock" --image "$IMG" --direct --queues "$Q" "${SV_EXTRA[@]}" &
-    PIDS+=($!)
-    qemu-storage-daemon \
-        --blockdev "driver=file,node-name=f,filename=$IMG,cache.direct=on,aio=io_uring" \
-        --blockdev driver=raw,node-name=d,file=f \
-        --export "type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path=$WORK/qsd.sock,writable=on,num-queues=$Q" &
-    PIDS+=($!)
-    wait_sock "$WORK/sv.sock"
-    wait_sock "$WORK/qsd.sock"
+    start_blk_backends "$Q"
     for row in "${ROWS[@]}"; do
         read -r rw bs qd <<<"$row"
         run() {
