@@ -5,13 +5,16 @@
 # Made for the rows whose speed follows how much the disk's scheduler merged (1 MiB sequential
 # on this machine's virtio disk): it prints every run, then each backend's mean, range and
 # mean merges. Defaults: 10 rounds, 4 queues, read, 1 MiB, QD8; 3 s per run.
-# Environment: SV_BLK_ARGS adds arguments to splitvisor-blk (e.g. "--threads 1").
+# Environment: SV_BLK_ARGS adds arguments to splitvisor-blk (e.g. "--threads 1");
+# BENCH_PAGES=2m|4k the harness's memory (default 2m; see bench/blk-backends.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROUNDS="${1:-10}" Q="${2:-4}" RW="${3:-read}" BS="${4:-1048576}" QD="${5:-8}"
 case "$RW" in read | write | randread | randwrite) ;; *) echo "RW must be read, write, randread or randwrite, not $RW" >&2; exit 2 ;; esac
 cargo build --release --workspace --bins --quiet
 BIN=target/release
+# shellcheck source=bench/blk-backends.sh
+. bench/blk-backends.sh
 command -v qemu-storage-daemon >/dev/null || { echo "qemu-storage-daemon missing: scripts/install-deps.sh" >&2; exit 1; }
 
 WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/sv-blkab.XXXXXX")"
@@ -19,6 +22,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    restore_hugepages
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -31,8 +35,7 @@ STAT="/sys/block/$DEV/stat"
 echo "[bench] writing a 1 GiB image with random data in $WORK (disk $DEV)" >&2
 dd if=/dev/urandom of="$IMG" bs=1M count=1024 status=none conv=fsync
 
-# shellcheck source=bench/blk-backends.sh
-. bench/blk-backends.sh
+harness_pages "$Q"
 start_blk_backends "$Q"
 
 # stat fields: 1-4 reads, read merges, read sectors, read ticks; 5-8 the same for writes
@@ -40,7 +43,7 @@ one() {
     local name="$1" before after iops
     read -r -a before <"$STAT"
     iops="$(timeout 60 "$BIN/sv-blkbench" --socket "$WORK/$name.sock" --rw "$RW" --bs "$BS" \
-        --qd "$QD" --queues "$Q" --secs 3 --json | sed -E 's/.*"iops":([0-9]+).*/\1/')"
+        --qd "$QD" --queues "$Q" --secs 3 --json "${HARNESS_ARGS[@]}" | sed -E 's/.*"iops":([0-9]+).*/\1/')"
     read -r -a after <"$STAT"
     local o=0
     case "$RW" in *write) o=4 ;; esac

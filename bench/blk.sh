@@ -11,7 +11,8 @@
 # (io_uring, O_DIRECT, one job per queue at the same depth, no vhost-user at all): what the
 # storage gives without any backend, the ceiling both backends share.
 # Environment: SV_BLK_ARGS adds arguments to splitvisor-blk (e.g. "--threads 1"); BENCH_QUEUES
-# picks the queue counts (default "1 4").
+# picks the queue counts (default "1 4"); BENCH_PAGES=2m|4k the harness's memory (default 2m,
+# 2 MiB huge pages reserved for the run; see bench/blk-backends.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SECS="${1:-3}"
@@ -20,6 +21,8 @@ STORE="${3:-disk}"
 case "$STORE" in disk | memory) ;; *) echo "storage must be disk or memory, not $STORE" >&2; exit 2 ;; esac
 cargo build --release --workspace --bins --quiet
 BIN=target/release
+# shellcheck source=bench/blk-backends.sh
+. bench/blk-backends.sh
 for tool in qemu-storage-daemon fio; do
     command -v "$tool" >/dev/null || { echo "$tool missing: scripts/install-deps.sh" >&2; exit 1; }
 done
@@ -29,6 +32,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    restore_hugepages
     mountpoint -q "$WORK" && umount "$WORK"
     rm -rf "$WORK"
 }
@@ -40,9 +44,6 @@ IMG="$WORK/disk.img" IMG_MIB=1024
 echo "[bench] writing a 1 GiB image with random data in $WORK ($STORE)" >&2
 dd if=/dev/urandom of="$IMG" bs=1M count="$IMG_MIB" status=none
 
-# shellcheck source=bench/blk-backends.sh
-. bench/blk-backends.sh
-
 ROWS=(
     "randread 4096 1" "randwrite 4096 1"
     "randread 4096 32" "randwrite 4096 32"
@@ -51,12 +52,13 @@ ROWS=(
 echo "| queues | pattern | bs | qd/queue | splitvisor-blk IOPS | qemu-storage-daemon IOPS | ratio | fio on the file (no backend) |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for Q in ${BENCH_QUEUES:-1 4}; do
+    harness_pages "$Q"
     start_blk_backends "$Q"
     for row in "${ROWS[@]}"; do
         read -r rw bs qd <<<"$row"
         run() {
             timeout 60 "$BIN/sv-blkbench" --socket "$1" --rw "$rw" --bs "$bs" --qd "$qd" \
-                --queues "$Q" --secs "$SECS" --json | sed -E 's/.*"iops":([0-9]+).*/\1/'
+                --queues "$Q" --secs "$SECS" --json "${HARNESS_ARGS[@]}" | sed -E 's/.*"iops":([0-9]+).*/\1/'
         }
         ceiling() {
             # terse v3: field 8 is read IOPS, 49 write IOPS
@@ -64,7 +66,7 @@ for Q in ${BENCH_QUEUES:-1 4}; do
             case "$rw" in *write) field=49 ;; esac
             fio --name=ceiling --filename="$IMG" --rw="$rw" --bs="$bs" --direct=1 \
                 --size="$((IMG_MIB / Q))M" --offset_increment="$((IMG_MIB / Q))M" \
-                --ioengine=io_uring --iodepth="$qd" --numjobs="$Q" --group_reporting \
+                --ioengine=io_uring --iodepth="$qd" --numjobs="$Q" --group_reporting "${FIO_MEM[@]}" \
                 --time_based --runtime="$SECS" --output-format=terse --terse-version=3 |
                 awk -F';' -v f="$field" '{ printf "%d", $f }'
         }

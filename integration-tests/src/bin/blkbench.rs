@@ -51,6 +51,10 @@ struct Args {
     /// Seconds to run.
     #[arg(long, default_value_t = 4.0)]
     secs: f64,
+    /// Back the memory with 2 MiB huge pages (needs free ones in /proc/sys/vm/nr_hugepages),
+    /// so every buffer of up to 2 MiB is physically contiguous whatever the backend.
+    #[arg(long)]
+    hugepages: bool,
     /// Print one JSON object instead of a line for people.
     #[arg(long)]
     json: bool,
@@ -70,11 +74,12 @@ fn main() -> Result<()> {
     let size = QUEUE_AREA * u64::from(args.queues);
     let ram = GuestRam::new(&MemoryConfig {
         size: ByteSize(size),
-        hugepages: false,
+        hugepages: args.hugepages,
         mergeable: false,
     })
     .context("guest memory")?;
     let mem = ram.memory().clone();
+    prefault_buffers(&mem, &args)?;
     let (mut frontend, capacity) = connect(&args, &mem)?;
     let queues = setup_queues(&mut frontend, &mem, args.queues)?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.secs);
@@ -113,6 +118,21 @@ fn main() -> Result<()> {
         );
     }
     drop(frontend);
+    Ok(())
+}
+
+/// Write every data buffer once before the backend sees the memory, as a running guest's RAM
+/// is populated. Otherwise the backend's first O_DIRECT request on each buffer faults its pages
+/// in during the timed run, from whichever of its threads gets there first, and their physical
+/// layout (how many pieces the kernel must split a 1 MiB request into) differs by backend.
+fn prefault_buffers(mem: &GuestMemoryMmap, args: &Args) -> Result<()> {
+    let len = args.bs * u64::from(args.qd);
+    for q in 0..u64::from(args.queues) {
+        let data = Queue::data_at(q * QUEUE_AREA);
+        for off in (0..len).step_by(4096) {
+            mem.write_obj(0u8, GuestAddress(data + off))?;
+        }
+    }
     Ok(())
 }
 
@@ -156,7 +176,11 @@ impl Queue {
         self.ring.base + (2 << 20)
     }
     fn data(&self) -> u64 {
-        self.ring.base + (4 << 20)
+        Self::data_at(self.ring.base)
+    }
+    /// Where the data buffers of the queue whose area starts at `base` begin.
+    fn data_at(base: u64) -> u64 {
+        base + (4 << 20)
     }
 }
 
