@@ -1,40 +1,39 @@
 # Sourced by bench/blk.sh and bench/blk-ab.sh: start_blk_backends QUEUES starts splitvisor-blk
 # (with $SV_BLK_ARGS) and qemu-storage-daemon's vhost-user-blk export on "$IMG", both O_DIRECT,
 # serving $WORK/sv.sock and $WORK/qsd.sock; their PIDs go to PIDS; returns once both listen.
-# harness_pages QUEUES sets HARNESS_ARGS (and FIO_MEM for fio), the memory sv-blkbench (the frontend) gives them:
-# BENCH_PAGES=2m (default) backs it with 2 MiB huge pages, reserving enough in
-# /proc/sys/vm/nr_hugepages (restore_hugepages, called on exit, puts the old count back);
-# BENCH_PAGES=4k uses ordinary pages. With 4 KiB pages each 1 MiB buffer is as contiguous as
+# harness_pages QUEUES sets HARNESS_ARGS (and FIO_MEM for fio), the memory sv-blkbench (the
+# frontend) gives them: BENCH_PAGES=2m (default) backs it with 2 MiB huge pages, reserving
+# enough in /proc/sys/vm/nr_hugepages (restore_hugepages, called on exit, puts the old count
+# back); BENCH_PAGES=4k uses ordinary pages; any other value is refused when this is sourced. With 4 KiB pages each 1 MiB buffer is as contiguous as
 # the kernel happened to make it, and the disk's request merging - so the 1 MiB rows - follows
 # that lottery (range 1146-1917 IOPS between runs of one backend); with 2 MiB pages both
 # backends get whole buffers, like a guest started with hugepages=on.
 
-HUGEPAGES_BEFORE=""
+case "${BENCH_PAGES:=2m}" in 2m | 4k) ;; *) echo "BENCH_PAGES must be 2m or 4k, not $BENCH_PAGES" >&2; exit 2 ;; esac
+NR_HUGEPAGES=/proc/sys/vm/nr_hugepages FREE_HUGEPAGES=/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages
+HUGEPAGES_BEFORE="$(cat "$NR_HUGEPAGES")"
+
 harness_pages() {
-    local q="$1" need free
-    case "${BENCH_PAGES:-2m}" in
-    4k) HARNESS_ARGS=() FIO_MEM=() ;;
-    2m)
-        need=$((q * 32)) # sv-blkbench maps 64 MiB per queue
-        free="$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)"
-        if [ "$free" -lt "$need" ]; then
-            [ -n "$HUGEPAGES_BEFORE" ] || HUGEPAGES_BEFORE="$(cat /proc/sys/vm/nr_hugepages)"
-            echo $(($(cat /proc/sys/vm/nr_hugepages) + need - free)) >/proc/sys/vm/nr_hugepages
-            free="$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)"
-            [ "$free" -ge "$need" ] || {
-                echo "only $free of $need 2 MiB huge pages could be reserved; BENCH_PAGES=4k runs without" >&2
-                exit 1
-            }
-        fi
-        HARNESS_ARGS=(--hugepages)
-        FIO_MEM=(--iomem=shmhuge) # fio's buffers from the same pool, for its ceiling column
-        ;;
-    *) echo "BENCH_PAGES must be 2m or 4k, not $BENCH_PAGES" >&2; exit 2 ;;
-    esac
+    local need=$(($1 * 32)) free # sv-blkbench maps 64 MiB per queue
+    if [ "$BENCH_PAGES" = 4k ]; then
+        HARNESS_ARGS=() FIO_MEM=()
+        return
+    fi
+    free="$(cat "$FREE_HUGEPAGES")"
+    if [ "$free" -lt "$need" ]; then
+        echo $(($(cat "$NR_HUGEPAGES") + need - free)) >"$NR_HUGEPAGES"
+        free="$(cat "$FREE_HUGEPAGES")"
+        [ "$free" -ge "$need" ] || {
+            echo "only $free of $need 2 MiB huge pages could be reserved; BENCH_PAGES=4k runs without" >&2
+            exit 1
+        }
+    fi
+    # fio's buffers come from the same pool, for its ceiling column
+    HARNESS_ARGS=(--hugepages) FIO_MEM=(--iomem=shmhuge)
 }
 
 restore_hugepages() {
-    [ -z "$HUGEPAGES_BEFORE" ] || echo "$HUGEPAGES_BEFORE" >/proc/sys/vm/nr_hugepages
+    [ "$(cat "$NR_HUGEPAGES")" = "$HUGEPAGES_BEFORE" ] || echo "$HUGEPAGES_BEFORE" >"$NR_HUGEPAGES"
 }
 
 start_blk_backends() {

@@ -79,9 +79,11 @@ fn main() -> Result<()> {
     })
     .context("guest memory")?;
     let mem = ram.memory().clone();
-    prefault_buffers(&mem, &args)?;
     let (mut frontend, capacity) = connect(&args, &mem)?;
     let queues = setup_queues(&mut frontend, &mem, args.queues)?;
+    for q in &queues {
+        q.prefault_buffers(&mem, args.bs * u64::from(args.qd))?;
+    }
     let deadline = Instant::now() + Duration::from_secs_f64(args.secs);
     let start = Instant::now();
     let results: Vec<Result<u64>> = std::thread::scope(|s| {
@@ -118,21 +120,6 @@ fn main() -> Result<()> {
         );
     }
     drop(frontend);
-    Ok(())
-}
-
-/// Write every data buffer once before the backend sees the memory, as a running guest's RAM
-/// is populated. Otherwise the backend's first O_DIRECT request on each buffer faults its pages
-/// in during the timed run, from whichever of its threads gets there first, and their physical
-/// layout (how many pieces the kernel must split a 1 MiB request into) differs by backend.
-fn prefault_buffers(mem: &GuestMemoryMmap, args: &Args) -> Result<()> {
-    let len = args.bs * u64::from(args.qd);
-    for q in 0..u64::from(args.queues) {
-        let data = Queue::data_at(q * QUEUE_AREA);
-        for off in (0..len).step_by(4096) {
-            mem.write_obj(0u8, GuestAddress(data + off))?;
-        }
-    }
     Ok(())
 }
 
@@ -176,11 +163,19 @@ impl Queue {
         self.ring.base + (2 << 20)
     }
     fn data(&self) -> u64 {
-        Self::data_at(self.ring.base)
+        self.ring.base + (4 << 20)
     }
-    /// Where the data buffers of the queue whose area starts at `base` begin.
-    fn data_at(base: u64) -> u64 {
-        base + (4 << 20)
+
+    /// Write the first `len` bytes of data buffers once before any request, as a running
+    /// guest's RAM is populated. Otherwise the backend's first O_DIRECT request on each buffer
+    /// faults its pages in during the timed run, from whichever of its threads gets there
+    /// first, and their physical layout (how many pieces the kernel must split a 1 MiB request
+    /// into) differs by backend.
+    fn prefault_buffers(&self, mem: &GuestMemoryMmap, len: u64) -> Result<()> {
+        for off in (0..len).step_by(4096) {
+            mem.write_obj(0u8, GuestAddress(self.data() + off))?;
+        }
+        Ok(())
     }
 }
 
