@@ -7,14 +7,11 @@ use std::path::PathBuf;
 
 use vhost::vhost_user::Listener;
 
-/// Bind a Unix socket only its owner may use (mode 0600) at `path`, replacing a stale one:
-/// for the small side sockets backends serve (stats, control).
+/// Bind a Unix socket only its owner may use (mode 0600) at `path` (replacing only a stale
+/// socket of ours: [`api::unix_socket`]): for the small side sockets backends serve (stats,
+/// control).
 pub fn bind_private(path: &std::path::Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    Ok(api::unix_socket::bind(path, Some(0o600))?)
 }
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
@@ -23,8 +20,8 @@ const LISTEN_FDS_START: RawFd = 3;
 /// The socket options every backend accepts.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SocketArgs {
-    /// Path of the vhost-user socket to create and listen on (an existing file there is
-    /// replaced).
+    /// Path of the vhost-user socket to create and listen on (a stale socket left there is
+    /// replaced; anything else there is refused).
     #[arg(long, value_name = "PATH", required_unless_present = "socket_fd")]
     pub socket: Option<PathBuf>,
     /// Listen on this already-bound listening socket instead (inherited descriptor). With
@@ -36,8 +33,10 @@ pub struct SocketArgs {
 /// Why the listening socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
+    #[error("cannot listen on the vhost-user socket")]
+    Bind(#[source] api::unix_socket::BindError),
     #[error("cannot listen on the vhost-user socket {path}")]
-    Bind {
+    Listen {
         path: PathBuf,
         #[source]
         source: vhost::vhost_user::Error,
@@ -82,7 +81,9 @@ impl SocketArgs {
         let source = self.source().ok_or(SocketError::NotAListeningSocket(-1))?;
         let listener = match &source {
             SocketSource::Path(path) => {
-                Listener::new(path, true).map_err(|source| SocketError::Bind {
+                // vhost's Listener removes the file when dropped; it must not replace what is there
+                api::unix_socket::clear_stale(path).map_err(SocketError::Bind)?;
+                Listener::new(path, false).map_err(|source| SocketError::Listen {
                     path: path.clone(),
                     source,
                 })?

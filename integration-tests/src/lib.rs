@@ -11,6 +11,7 @@ pub mod guest;
 pub mod kit;
 pub mod mode;
 pub mod sandbox;
+pub mod shell_words;
 pub mod vring;
 
 pub use kit::Kit;

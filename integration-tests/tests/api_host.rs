@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use api::client::{ApiClient, ClientError};
+use api::types::{VmInfo, VmState};
 use integration_tests::kit::Kit;
 use serde_json::json;
-use vmm::api::client::{ApiClient, ClientError};
-use vmm::api::types::{VmInfo, VmState};
 
 fn bin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,7 +3,8 @@
 
 pub mod api;
 pub mod boot;
-pub mod config;
+/// The VM configuration lives in the `api` crate (svctl and the API share it).
+pub use ::api::config;
 pub mod cpu;
 pub mod devices;
 pub mod exit;

@@ -1,6 +1,7 @@
 //! `sv-sandbox [OPTIONS] COMMAND...`: run COMMAND inside the nested-KVM sandbox (an L1 Linux
 //! with a real /dev/kvm), with our binaries on PATH and the guest kit at `$KIT` (/kit).
-//! The words of COMMAND are joined with spaces and run by `sh`, as `ssh` does. The console
+//! Several words are run as that argv, each passed unchanged (`sv-sandbox sh -c 'a && b'`); a
+//! single word is a shell command line (`sv-sandbox 'a && b'`), as `ssh` takes it. The console
 //! streams to stderr; the exit status is COMMAND's. Usually started as `scripts/sandbox.sh`.
 
 use std::process::ExitCode;
@@ -37,7 +38,8 @@ struct Args {
     /// Keep the job directory (target/sandbox-jobs/...) afterwards.
     #[arg(long)]
     keep: bool,
-    /// The command to run in L1.
+    /// The command to run in L1: several words are an argv passed unchanged, one word is a
+    /// shell command line.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
@@ -63,6 +65,6 @@ fn main() -> Result<ExitCode> {
     for dir in &args.host_dirs {
         sandbox = sandbox.host_dir(dir);
     }
-    let out = sandbox.run(&args.command.join(" "))?;
+    let out = sandbox.run(&integration_tests::shell_words::script(&args.command))?;
     Ok(ExitCode::from(u8::try_from(out.status).unwrap_or(1)))
 }

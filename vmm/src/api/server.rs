@@ -3,7 +3,6 @@
 //! [`ExitHandle`]; nothing here touches a vCPU or a device's data path.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -18,13 +17,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::types::{ApiError, BalloonTarget, DeviceCounters, DeviceInfo, VmInfo, VmState};
 use crate::config::{DeviceConfig, VmConfig};
 use crate::devices::power_button::PowerButton;
 use crate::exit::{ExitHandle, VmExit};
 use crate::run_control::RunControl;
 use crate::virtio::pci::VirtioPciDevice;
 use crate::virtio::{STATUS_DEVICE_NEEDS_RESET, TYPE_BALLOON};
+use ::api::types::{ApiError, BalloonTarget, DeviceCounters, DeviceInfo, VmInfo, VmState};
 
 /// What the handlers can see of the VM.
 pub struct ApiContext {
@@ -44,8 +43,10 @@ pub struct ApiDevice {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
-    #[error("cannot serve the API on {path}: {source}")]
-    Bind {
+    #[error("cannot serve the API")]
+    Bind(#[source] ::api::unix_socket::BindError),
+    #[error("cannot serve the API on {path}")]
+    Listener {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -62,19 +63,13 @@ fn fail(code: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Bind `path` (a stale socket is replaced, mode 0600) and serve the API on a new thread.
 pub fn spawn(path: &Path, ctx: Arc<ApiContext>) -> Result<(), ApiServerError> {
-    let bind_err = |source| ApiServerError::Bind {
-        path: path.to_path_buf(),
-        source,
-    };
-    if std::fs::symlink_metadata(path).is_ok_and(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_socket()
-    }) {
-        let _ = std::fs::remove_file(path);
-    }
-    let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let std_listener = ::api::unix_socket::bind(path, Some(0o600)).map_err(ApiServerError::Bind)?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| ApiServerError::Listener {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -97,7 +92,7 @@ pub fn spawn(path: &Path, ctx: Arc<ApiContext>) -> Result<(), ApiServerError> {
 }
 
 pub fn router(ctx: Arc<ApiContext>) -> Router {
-    let p = |s: &str| format!("{}/{s}", super::PREFIX);
+    let p = |s: &str| format!("{}/{s}", ::api::PREFIX);
     Router::new()
         .route(&p("vmm.ping"), get(ping))
         .route(&p("vm.info"), get(info))

@@ -5,7 +5,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,12 +31,8 @@ pub enum SerialError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot listen on the serial socket {path}")]
-    Socket {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot listen on the serial socket")]
+    Socket(#[source] ::api::unix_socket::BindError),
     #[error("cannot create a pty for the serial console")]
     Pty(#[source] io::Error),
     #[error("cannot start the serial input thread")]
@@ -244,16 +239,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), SerialErro
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener, SerialError> {
-    // a stale socket from an earlier run is replaced; any other file is left alone
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    UnixListener::bind(path).map_err(|source| SerialError::Socket {
-        path: path.to_path_buf(),
-        source,
-    })
+    ::api::unix_socket::bind(path, None).map_err(SerialError::Socket)
 }
 
 fn open_pty() -> io::Result<(File, PathBuf)> {

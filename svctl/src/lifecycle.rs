@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm::api::client::ApiClient;
+use api::client::ApiClient;
 
 use crate::domain::{self, Domain};
 use crate::store::{alive, read_pid, DomState, Store};
@@ -18,8 +18,8 @@ pub fn state(store: &Store, name: &str) -> DomState {
     if store.supervisor(name).is_none() {
         return DomState::ShutOff;
     }
-    match api(store, name).get::<vmm::api::types::VmInfo>("vm.info") {
-        Ok(info) if info.state == vmm::api::types::VmState::Paused => DomState::Paused,
+    match api(store, name).get::<api::types::VmInfo>("vm.info") {
+        Ok(info) if info.state == api::types::VmState::Paused => DomState::Paused,
         _ => DomState::Running,
     }
 }

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use api::config::{ByteSize, DeviceConfig, MemoryConfig, SerialConfig, VmConfig, MIN_MEMORY};
 use serde::{Deserialize, Serialize};
-use vmm::config::{ByteSize, DeviceConfig, MemoryConfig, SerialConfig, VmConfig, MIN_MEMORY};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,7 +131,7 @@ impl Domain {
             name: self.name.clone(),
             what,
         };
-        if self.vcpus == 0 || self.vcpus > vmm::config::MAX_CPUS {
+        if self.vcpus == 0 || self.vcpus > api::config::MAX_CPUS {
             return Err(bad(format!("vcpus {} is out of range (1-254)", self.vcpus)));
         }
         if self.memory.0 < MIN_MEMORY {

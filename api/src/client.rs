@@ -108,7 +108,7 @@ impl ApiClient {
         tokio::spawn(conn);
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}/{endpoint}", super::PREFIX))
+            .uri(format!("{}/{endpoint}", crate::PREFIX))
             .header("host", "localhost");
         if body.is_some() {
             req = req.header("content-type", "application/json");
@@ -120,7 +120,7 @@ impl ApiClient {
         let status = res.status();
         let bytes = res.into_body().collect().await.map_err(http)?.to_bytes();
         if !status.is_success() {
-            let message = serde_json::from_slice::<super::types::ApiError>(&bytes)
+            let message = serde_json::from_slice::<crate::types::ApiError>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             return Err(ClientError::Api {

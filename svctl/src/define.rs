@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use api::config::ByteSize;
 use serde_json::json;
-use vmm::config::ByteSize;
 
 use crate::domain::{self, Balloon, Disk, Domain, Nic};
 use crate::store::Store;

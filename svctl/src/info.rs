@@ -1,8 +1,8 @@
 //! The verbs that show domains: list, dominfo, dumpconfig, domblklist, domiflist, dommemstat;
 //! and setmem (the balloon), which works on a running domain through its vmm.
 
+use api::config::ByteSize;
 use serde_json::{json, Value};
-use vmm::config::ByteSize;
 
 use crate::domain::Domain;
 use crate::lifecycle::{api, require_running, state};

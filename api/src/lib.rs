@@ -1,0 +1,19 @@
+//! The contracts between splitvisor's processes, in one small crate that every side depends on
+//! (so none links another's dependencies):
+//! - [`config`]: [`config::VmConfig`], the one schema of the vmm's `--config` file, its command
+//!   line and the API's `vm.config`;
+//! - [`types`]: the API's request and response bodies;
+//! - [`unix_socket`]: the one rule for binding a socket path (replace only a stale socket of
+//!   ours);
+//! - [`client`] (feature `client`): the blocking HTTP client `svctl` and the tests use.
+//!
+//! The server is the vmm's (`vmm/src/api/server.rs`); docs/api.md has an example per endpoint.
+
+#[cfg(feature = "client")]
+pub mod client;
+pub mod config;
+pub mod types;
+pub mod unix_socket;
+
+/// Every endpoint lives under this prefix (as in Cloud Hypervisor's API).
+pub const PREFIX: &str = "/api/v1";
