@@ -24,7 +24,9 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::pci::bus::PciBus;
 use crate::power_on::{PowerOnError, PowerOnState};
 use crate::run_control::RunControl;
-use crate::vhost_user::{monitor, AbsentDevice, VhostUserDevice};
+use crate::vhost_user::{monitor, VhostUserDevice};
+use crate::virtio::absent_device::AbsentDevice;
+use crate::virtio::device_type::{DeviceType, QueueUnits};
 use crate::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::virtio::VirtioDevice;
 use crate::{signals, vcpu};
@@ -69,15 +71,6 @@ pub enum VmError {
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
-}
-
-fn type_name(virtio_type: u32) -> &'static str {
-    match virtio_type {
-        crate::virtio::TYPE_NET => "net",
-        crate::virtio::TYPE_BLOCK => "blk",
-        crate::virtio::TYPE_BALLOON => "balloon",
-        _ => "virtio",
-    }
 }
 
 /// A running VM. [`Vm::run`] returns how the guest ended once the vCPU threads have stopped;
@@ -145,13 +138,13 @@ impl Vm {
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
         for (i, dev) in cfg.devices.iter().enumerate() {
-            let name = format!("{}{i}", type_name(dev.virtio_type));
+            let name = format!("{}{i}", DeviceType::of(dev.virtio_type).name);
             let mut channel = None;
             let (backend, fd): (Box<dyn VirtioDevice>, _) = match VhostUserDevice::connect(
                 &name,
                 &dev.socket,
                 dev.virtio_type,
-                dev.queues,
+                QueueUnits(dev.queues),
                 dev.queue_size,
                 ram.memory().clone(),
             ) {

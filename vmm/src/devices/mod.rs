@@ -4,6 +4,7 @@
 
 pub mod acpi_pm;
 pub mod i8042;
+pub mod persist;
 pub mod power_button;
 pub mod serial;
 mod terminal;

@@ -171,6 +171,12 @@ impl Console {
         }
     }
 
+    /// The UART's state as it is now (see [`super::persist`]).
+    pub fn state(&self) -> super::persist::SerialState {
+        let uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
+        uart.state().into()
+    }
+
     /// Put the terminal back the way we found it (stdin was switched to raw mode).
     pub fn restore_terminal(&self) {
         if let Some(t) = &self.saved_termios {

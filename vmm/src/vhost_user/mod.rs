@@ -1,9 +1,11 @@
 //! The generic vhost-user frontend: any vhost-user backend process becomes a [`VirtioDevice`].
 //! The whole negotiation sequence lives here (connect, owner, features, protocol features,
-//! queue count, config space, memory table, rings); the vmm knows only a device's type, queue
-//! count and config size.
+//! queue count, config space, memory table, rings); what the vmm knows of a device type (queues
+//! per unit, config size, whose queue count wins) is the table in
+//! [`crate::virtio::device_type`]. What a snapshot keeps of the device is in [`persist`].
 
 pub mod monitor;
+pub mod persist;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -17,13 +19,13 @@ pub mod backend_requests;
 use backend_requests::BackendChannel;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::virtio::{QueueSetup, VirtioDevice, F_VERSION_1, TYPE_BALLOON, TYPE_BLOCK, TYPE_NET};
+use crate::virtio::device_type::{DeviceType, QueueCountRule, QueueUnits};
+use crate::virtio::{QueueSetup, VirtioDevice, VirtioDeviceState, F_VERSION_1};
+use persist::VringState;
 
 /// How long to wait for a backend's socket to appear.
 pub const SOCKET_WAIT: Duration = Duration::from_secs(10);
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
-/// virtio-net's control queue: it comes after the queue pairs.
-const F_NET_CTRL_VQ: u64 = 1 << 17;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
@@ -75,43 +77,6 @@ fn protocol_err(
     }
 }
 
-/// Per-type defaults: `(queues per --device queues=N unit, config space size)`.
-pub fn type_defaults(device_type: u32) -> (u16, u32) {
-    match device_type {
-        TYPE_NET => (2, 12),    // an rx/tx pair per queue; mac, status, max pairs, mtu
-        TYPE_BLOCK => (1, 60),  // struct virtio_blk_config
-        TYPE_BALLOON => (3, 8), // inflate, deflate, stats; num_pages, actual
-        _ => (1, 0),
-    }
-}
-
-/// Stands in for a device whose backend could not be reached at start: it offers no features
-/// (not even VIRTIO_F_VERSION_1), so the guest's driver rejects it cleanly, and it reports
-/// DEVICE_NEEDS_RESET. The VM and its other devices run normally.
-pub struct AbsentDevice {
-    pub device_type: u32,
-}
-
-impl VirtioDevice for AbsentDevice {
-    fn device_type(&self) -> u32 {
-        self.device_type
-    }
-    fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![1]
-    }
-    fn features(&self) -> u64 {
-        0
-    }
-    fn read_config(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn activate(&mut self, _features: u64, _queues: &[QueueSetup]) -> Result<(), String> {
-        Err("the device has no backend".into())
-    }
-    fn reset(&mut self) {}
-}
-
 pub struct VhostUserDevice {
     name: String,
     socket: PathBuf,
@@ -121,8 +86,11 @@ pub struct VhostUserDevice {
     config_size: u32,
     backend_features: u64,
     protocol: VhostUserProtocolFeatures,
+    /// What the last SET_FEATURES acknowledged (0 before the first activation).
+    acked_features: u64,
     mem: GuestMemoryMmap,
-    active: Vec<usize>,
+    /// The rings the last activation started, in order; stopped again by a reset.
+    vrings: Vec<VringState>,
     backend_channel: Option<BackendChannel>,
     /// With CONFIGURE_MEM_SLOTS: whether ADD_MEM_REG has sent the regions on this connection.
     regions_added: bool,
@@ -141,12 +109,13 @@ fn wait_for_socket(path: &Path) -> bool {
 
 impl VhostUserDevice {
     /// Connect to the backend at `socket` and negotiate everything that does not depend on the
-    /// driver: owner, features, protocol features, queue count.
+    /// driver: owner, features, protocol features, queue count (from `units` of the type's
+    /// queues, or the backend's, see [`DeviceType::negotiated_queue_count`]).
     pub fn connect(
         name: &str,
         socket: &Path,
         device_type: u32,
-        queues: u16,
+        units: QueueUnits,
         queue_size: u16,
         mem: GuestMemoryMmap,
     ) -> Result<VhostUserDevice, FrontendError> {
@@ -157,9 +126,8 @@ impl VhostUserDevice {
             });
         }
         let err = |step| protocol_err(name, socket, step);
-        let (per_unit, config_size) = type_defaults(device_type);
-        let mut count = usize::from(queues.max(1) * per_unit);
-        // the largest count this connection can end up with (a net backend's, see below)
+        let kind = DeviceType::of(device_type);
+        let mut queue_count = kind.queue_count(units);
         let mut frontend = Frontend::connect(socket, 64).map_err(err("connect"))?;
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
@@ -187,21 +155,15 @@ impl VhostUserDevice {
                 .map_err(err("SET_PROTOCOL_FEATURES"))?;
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
                 let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize;
-                count = if device_type == TYPE_NET || device_type == TYPE_BALLOON {
-                    // the guest lays these queues out from what the backend offers (a net
-                    // device's max_virtqueue_pairs and control queue, a balloon's stats and
-                    // reporting queues): follow the backend
-                    if max != count + usize::from(backend_features & F_NET_CTRL_VQ != 0) {
-                        tracing::info!(
-                            device = name,
-                            queues = max,
-                            "using the backend's queue count"
-                        );
-                    }
-                    max
-                } else {
-                    count.min(max)
-                };
+                let expected = kind.expected_backend_queue_count(units, backend_features);
+                if kind.queue_count_rule == QueueCountRule::Backend && max != expected {
+                    tracing::info!(
+                        device = name,
+                        queues = max,
+                        "using the backend's queue count"
+                    );
+                }
+                queue_count = kind.negotiated_queue_count(units, max);
             }
             if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
                 let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
@@ -213,18 +175,19 @@ impl VhostUserDevice {
                 backend_channel = Some(channel);
             }
         }
-        tracing::info!(device = name, socket = %socket.display(), features = format_args!("{backend_features:#x}"), ?protocol, queues = count, "vhost-user backend connected");
+        tracing::info!(device = name, socket = %socket.display(), features = format_args!("{backend_features:#x}"), ?protocol, queues = queue_count, "vhost-user backend connected");
         Ok(VhostUserDevice {
             name: name.into(),
             socket: socket.into(),
             frontend,
             device_type,
-            queue_sizes: vec![queue_size; count],
-            config_size,
+            queue_sizes: vec![queue_size; queue_count],
+            config_size: kind.config_size,
             backend_features,
             protocol,
+            acked_features: 0,
             mem,
-            active: Vec::new(),
+            vrings: Vec::new(),
             backend_channel,
             regions_added: false,
         })
@@ -255,9 +218,11 @@ impl VhostUserDevice {
     fn setup(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), FrontendError> {
         let (name, socket) = (self.name.clone(), self.socket.clone());
         let err = |step| protocol_err(&name, &socket, step);
+        let acked = features | (self.backend_features & F_PROTOCOL_FEATURES);
         self.frontend
-            .set_features(features | (self.backend_features & F_PROTOCOL_FEATURES))
+            .set_features(acked)
             .map_err(err("SET_FEATURES"))?;
+        self.acked_features = acked;
         let regions: Vec<VhostUserMemoryRegionInfo> = self
             .mem
             .iter()
@@ -305,6 +270,7 @@ impl VhostUserDevice {
                 log_addr: None,
             };
             let i = q.index;
+            let base = 0;
             self.frontend
                 .set_vring_num(i, q.size)
                 .map_err(err("SET_VRING_NUM"))?;
@@ -312,7 +278,7 @@ impl VhostUserDevice {
                 .set_vring_addr(i, &config)
                 .map_err(err("SET_VRING_ADDR"))?;
             self.frontend
-                .set_vring_base(i, 0)
+                .set_vring_base(i, base)
                 .map_err(err("SET_VRING_BASE"))?;
             self.frontend
                 .set_vring_call(i, q.call)
@@ -325,7 +291,13 @@ impl VhostUserDevice {
                     .set_vring_enable(i, true)
                     .map_err(err("SET_VRING_ENABLE"))?;
             }
-            self.active.push(i);
+            self.vrings.push(VringState {
+                index: i as u32,
+                size: q.size,
+                start_base: u32::from(base),
+                running: true,
+                stop_base: None,
+            });
         }
         Ok(())
     }
@@ -382,16 +354,26 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn activate(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), String> {
-        self.active.clear();
+        self.vrings.clear();
         self.setup(features, queues).map_err(|e| e.to_string())
     }
 
     fn reset(&mut self) {
-        for i in std::mem::take(&mut self.active) {
+        for ring in self.vrings.iter_mut().filter(|r| r.running) {
+            ring.running = false;
+            let i = ring.index as usize;
             // GET_VRING_BASE stops the ring in the backend
-            if let Err(e) = self.frontend.get_vring_base(i) {
-                tracing::warn!(device = %self.name, queue = i, error = %e, "GET_VRING_BASE failed");
+            match self.frontend.get_vring_base(i) {
+                Ok(base) => ring.stop_base = Some(base),
+                Err(e) => {
+                    let device = &self.name;
+                    tracing::warn!(%device, queue = i, error = %e, "GET_VRING_BASE failed");
+                }
             }
         }
+    }
+
+    fn state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::VhostUser(self.vhost_user_state())
     }
 }

@@ -1,11 +1,18 @@
 //! Virtio devices as the vmm sees them: a transport ([`pci`]) in front of a device whose
 //! queues are served elsewhere (a vhost-user backend process). The vmm only knows a device's
-//! type, queue sizes, features and config space; it never touches the rings.
+//! type ([`device_type`]), queue sizes, features and config space; it never touches the rings.
 
+pub mod absent_device;
+pub mod device_type;
 pub mod msix;
 pub mod pci;
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
+
+pub use device_type::{TYPE_BALLOON, TYPE_BLOCK, TYPE_NET};
+
+use crate::vhost_user::persist::VhostUserState;
 
 pub const STATUS_ACKNOWLEDGE: u8 = 1;
 pub const STATUS_DRIVER: u8 = 2;
@@ -19,11 +26,6 @@ pub const F_VERSION_1: u64 = 1 << 32;
 /// SR_IOV (37), NOTIFICATION_DATA (38), NOTIF_CONFIG_DATA (39), RING_RESET (40).
 pub const F_TRANSPORT_UNSUPPORTED: u64 = (1 << 33) | (1 << 37) | (1 << 38) | (1 << 39) | (1 << 40);
 
-/// Virtio device types the command line names.
-pub const TYPE_NET: u32 = 1;
-pub const TYPE_BLOCK: u32 = 2;
-pub const TYPE_BALLOON: u32 = 5;
-
 /// One virtqueue as the driver set it up.
 pub struct QueueSetup<'a> {
     pub index: usize,
@@ -33,6 +35,16 @@ pub struct QueueSetup<'a> {
     pub used: u64,
     pub kick: &'a EventFd,
     pub call: &'a EventFd,
+}
+
+/// What a snapshot keeps of the device behind a transport (the transport's own registers are
+/// in [`pci::persist::VirtioPciState`], which holds this).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtioDeviceState {
+    /// A device served by a vhost-user backend: what the vmm knows of it.
+    VhostUser(VhostUserState),
+    /// No backend was reachable at start ([`absent_device::AbsentDevice`]): nothing to keep.
+    Absent,
 }
 
 /// The device behind a virtio transport.
@@ -48,4 +60,6 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), String>;
     /// The driver reset the device: stop every queue.
     fn reset(&mut self);
+    /// The device's state as it is now (captured only; restoring is the snapshot's work).
+    fn state(&self) -> VirtioDeviceState;
 }

@@ -1,5 +1,7 @@
 //! MSI-X: the capability, the vector table and the pending-bit array a device exposes in a BAR.
 
+use serde::{Deserialize, Serialize};
+
 use crate::irq_routing::MsiMessage;
 
 pub const CAP_ID: u8 = 0x11;
@@ -22,6 +24,33 @@ struct Entry {
 pub struct Msix {
     entries: Vec<Entry>,
     control: u16,
+}
+
+/// The MSI-X table and mask state, for a snapshot (part of the virtio-pci transport's state,
+/// [`super::pci::persist::VirtioPciState`]). Captured by [`Msix::state`]; restoring it is the
+/// snapshot's work, which checks `version` first. The pending-bit array is not kept: the vmm
+/// never latches a pending bit (see [`super::pci::kvm_wiring`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixState {
+    /// [`MsixState::VERSION`] when captured.
+    pub version: u32,
+    /// The capability's message control word: bit 15 MSI-X enable, bit 14 function mask.
+    pub control: u16,
+    /// One entry per vector, in vector order.
+    pub entries: Vec<MsixEntryState>,
+}
+
+impl MsixState {
+    pub const VERSION: u32 = 1;
+}
+
+/// One vector's table entry as the guest wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixEntryState {
+    pub address: u64,
+    pub data: u32,
+    /// Vector control: bit 0 masks the vector.
+    pub vector_control: u32,
 }
 
 impl Msix {
@@ -100,6 +129,23 @@ impl Msix {
         Some(vector as u16)
     }
 
+    /// The table and mask state as they are now.
+    pub fn state(&self) -> MsixState {
+        MsixState {
+            version: MsixState::VERSION,
+            control: self.control,
+            entries: self
+                .entries
+                .iter()
+                .map(|e| MsixEntryState {
+                    address: (u64::from(e.addr_hi) << 32) | u64::from(e.addr_lo),
+                    data: e.data,
+                    vector_control: e.ctrl,
+                })
+                .collect(),
+        }
+    }
+
     /// Where vector `v` currently sends its interrupt; `None` when MSI-X is off, the function
     /// or the vector is masked, or `v` does not exist.
     pub fn message(&self, v: u16) -> Option<MsiMessage> {
@@ -141,5 +187,33 @@ mod tests {
         let mut d = [0u8; 4];
         m.read_table(24, &mut d);
         assert_eq!(u32::from_le_bytes(d), 0x4041);
+    }
+
+    #[test]
+    fn state_captures_the_table_and_the_masks() {
+        let mut m = Msix::new(2);
+        m.write_table(16, &0xfee0_1000u32.to_le_bytes());
+        m.write_table(20, &0x1u32.to_le_bytes());
+        m.write_table(24, &0x4042u32.to_le_bytes());
+        m.write_table(28, &0u32.to_le_bytes()); // unmask vector 1
+        m.set_control(CTRL_ENABLE | CTRL_FUNCTION_MASK);
+        let s = m.state();
+        assert_eq!(s.version, MsixState::VERSION);
+        assert_eq!(s.control, CTRL_ENABLE | CTRL_FUNCTION_MASK);
+        assert_eq!(
+            s.entries,
+            vec![
+                MsixEntryState {
+                    address: 0,
+                    data: 0,
+                    vector_control: VECTOR_MASKED,
+                },
+                MsixEntryState {
+                    address: 0x1_fee0_1000,
+                    data: 0x4042,
+                    vector_control: 0,
+                },
+            ]
+        );
     }
 }

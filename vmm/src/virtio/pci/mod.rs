@@ -1,25 +1,34 @@
 //! The virtio-pci modern transport (virtio 1.x, section 4.1): one 64-bit BAR holding the common
-//! configuration, ISR, device configuration, notification area and the MSI-X table.
+//! configuration (`common_config.rs`), ISR, device configuration, notification area and the
+//! MSI-X table; the device status machine; the queues as the driver sets them up.
 //!
-//! The data path never comes here: every queue's notification address is a KVM ioeventfd and
-//! every queue's interrupt a KVM irqfd routed to its MSI-X vector, and both eventfds are handed
-//! to the device (a vhost-user backend) on DRIVER_OK.
+//! The data path never comes here: how notifications and interrupts reach KVM is the
+//! transport's [`TransportWiring`] ([`kvm_wiring`]: ioeventfds, irqfds, MSI routes), whose
+//! eventfds are handed to the device (a vhost-user backend) on DRIVER_OK. What a snapshot keeps
+//! of the transport is in [`persist`].
+
+mod common_config;
+pub mod kvm_wiring;
+pub mod persist;
+#[cfg(test)]
+mod test_utils;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::device_type::DeviceType;
 use super::msix::{Msix, NO_VECTOR};
 use super::*;
 use crate::irq_routing::IrqRouter;
 use crate::pci::config::{ConfigSpace, Header};
 use crate::pci::PciDevice;
+use kvm_wiring::{KvmWiring, KvmWiringError};
 
 pub const BAR_SIZE: u64 = 0x1_0000;
 const COMMON: u64 = 0x0000;
-const COMMON_LEN: u64 = 0x38;
+const COMMON_LEN: u64 = common_config::LEN;
 const ISR: u64 = 0x1000;
 const DEVICE_CFG: u64 = 0x2000;
 const DEVICE_CFG_LEN: u64 = 0x1000;
@@ -41,14 +50,32 @@ const ISR_CONFIG: u8 = 2;
 pub enum TransportError {
     #[error("PCI config space: {0}")]
     Config(#[from] crate::pci::config::ConfigError),
-    #[error("cannot create an eventfd")]
-    EventFd(#[source] std::io::Error),
-    #[error("KVM: cannot register {what}")]
-    Kvm {
-        what: &'static str,
-        #[source]
-        source: kvm_ioctls::Error,
-    },
+    #[error(transparent)]
+    Wiring(#[from] KvmWiringError),
+}
+
+/// One interrupt as the wiring needs to know it: its MSI-X vector, and whether it may have
+/// been signalled while the vector was masked (then it is sent once when the vector is
+/// unmasked, see [`kvm_wiring`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptSource {
+    pub vector: u16,
+    pub may_be_pending: bool,
+}
+
+/// Where a transport's queue notifications and interrupts go: KVM ioeventfds, irqfds and MSI
+/// routes in the vmm ([`KvmWiring`]); plain eventfds in tests.
+pub trait TransportWiring: Send {
+    /// Queue `index`'s notification eventfd (the device waits on it) and interrupt eventfd
+    /// (the device writes it).
+    fn queue_eventfds(&self, index: usize) -> Option<(&EventFd, &EventFd)>;
+    /// A notification for queue `index` reached the vmm instead of KVM's ioeventfd: pass it on.
+    fn notify(&self, index: usize);
+    /// Raise the configuration-change interrupt.
+    fn raise_config_interrupt(&self);
+    /// Route every interrupt to its MSI-X vector as `msix` says now: `config` for the
+    /// configuration change, `queues` one per queue.
+    fn update_routes(&self, msix: &Msix, config: InterruptSource, queues: &[InterruptSource]);
 }
 
 /// Per-device counters: how often the guest reached the vmm instead of the backend.
@@ -62,6 +89,7 @@ pub struct Counters {
     pub activations: AtomicU64,
 }
 
+/// One virtqueue's registers as the driver set them (its eventfds are the wiring's).
 struct Queue {
     max: u16,
     size: u16,
@@ -70,9 +98,20 @@ struct Queue {
     desc: u64,
     avail: u64,
     used: u64,
-    kick: EventFd,
-    call: EventFd,
-    gsi: u32,
+}
+
+impl Queue {
+    fn new(max: u16) -> Queue {
+        Queue {
+            max,
+            size: max,
+            vector: NO_VECTOR,
+            enabled: false,
+            desc: 0,
+            avail: 0,
+            used: 0,
+        }
+    }
 }
 
 pub struct VirtioPciDevice {
@@ -81,7 +120,7 @@ pub struct VirtioPciDevice {
     /// `config` as it was at power-on (BARs, capabilities), restored when the machine resets.
     power_on_config: ConfigSpace,
     device: Box<dyn VirtioDevice>,
-    router: Arc<IrqRouter>,
+    wiring: Box<dyn TransportWiring>,
     msix: Msix,
     msix_cap: usize,
     features: u64,
@@ -94,18 +133,8 @@ pub struct VirtioPciDevice {
     queue_select: u16,
     queues: Vec<Queue>,
     isr: u8,
-    config_evt: EventFd,
-    config_gsi: u32,
     activated: bool,
     counters: Arc<Counters>,
-}
-
-fn class_of(device_type: u32) -> u32 {
-    match device_type {
-        TYPE_NET => 0x02_00_00,
-        TYPE_BLOCK => 0x01_80_00,
-        _ => 0xff_00_00,
-    }
 }
 
 fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec<u8> {
@@ -128,11 +157,24 @@ impl VirtioPciDevice {
         router: Arc<IrqRouter>,
         bar_addr: u64,
     ) -> Result<VirtioPciDevice, TransportError> {
+        Self::with_wiring(name, device, bar_addr, |notify_addresses| {
+            Ok(Box::new(KvmWiring::new(name, router, notify_addresses)?))
+        })
+    }
+
+    /// A transport for `device` with its BAR at `bar_addr`, whose notifications and interrupts
+    /// go through the wiring `wire` makes for the queues' notify addresses.
+    fn with_wiring(
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        bar_addr: u64,
+        wire: impl FnOnce(&[u64]) -> Result<Box<dyn TransportWiring>, TransportError>,
+    ) -> Result<VirtioPciDevice, TransportError> {
         let device_type = device.device_type();
         let mut config = ConfigSpace::new(&Header {
             vendor: VIRTIO_VENDOR,
             device: VIRTIO_MODERN_DEVICE_BASE + device_type as u16,
-            class: class_of(device_type),
+            class: DeviceType::of(device_type).pci_class,
             revision: 1,
             subsystem_vendor: VIRTIO_VENDOR,
             subsystem: 0x40,
@@ -152,47 +194,17 @@ impl VirtioPciDevice {
         let (cap, writable) = msix.capability(0, MSIX_TABLE as u32, MSIX_PBA as u32);
         let msix_cap = config.add_capability(&cap, &writable)?;
 
-        let kvm = |what| move |source| TransportError::Kvm { what, source };
-        let mut queues = Vec::new();
-        for (i, max) in max_sizes.iter().enumerate() {
-            let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd)?;
-            let call = EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd)?;
-            let addr = bar_addr + NOTIFY + i as u64 * u64::from(NOTIFY_MULTIPLIER);
-            router
-                .vm()
-                .register_ioevent(&kick, &IoEventAddress::Mmio(addr), NoDatamatch)
-                .map_err(kvm("a queue notification ioeventfd"))?;
-            let gsi = router.allocate();
-            router
-                .vm()
-                .register_irqfd(&call, gsi)
-                .map_err(kvm("a queue interrupt irqfd"))?;
-            queues.push(Queue {
-                max: *max,
-                size: *max,
-                vector: NO_VECTOR,
-                enabled: false,
-                desc: 0,
-                avail: 0,
-                used: 0,
-                kick,
-                call,
-                gsi,
-            });
-        }
-        let config_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd)?;
-        let config_gsi = router.allocate();
-        router
-            .vm()
-            .register_irqfd(&config_evt, config_gsi)
-            .map_err(kvm("the config-change irqfd"))?;
+        let notify_addresses: Vec<u64> = (0..max_sizes.len() as u64)
+            .map(|i| bar_addr + NOTIFY + i * u64::from(NOTIFY_MULTIPLIER))
+            .collect();
+        let wiring = wire(&notify_addresses)?;
         let features = device.features() & !F_TRANSPORT_UNSUPPORTED;
         Ok(VirtioPciDevice {
             name: name.to_string(),
             power_on_config: config.clone(),
             config,
             device,
-            router,
+            wiring,
             msix,
             msix_cap,
             features,
@@ -203,10 +215,8 @@ impl VirtioPciDevice {
             status: 0,
             config_generation: 0,
             queue_select: 0,
-            queues,
+            queues: max_sizes.iter().map(|max| Queue::new(*max)).collect(),
             isr: 0,
-            config_evt,
-            config_gsi,
             activated: false,
             counters: Arc::new(Counters::default()),
         })
@@ -216,39 +226,31 @@ impl VirtioPciDevice {
         self.counters.clone()
     }
 
-    /// Point each interrupt's GSI at its MSI-X vector (no route while masked). KVM drops an
-    /// irqfd signal that has no route, so the vmm cannot latch it in the PBA; instead, when a
-    /// vector is unmasked, its interrupt is sent once, as if it had been pending. A virtio
-    /// driver takes an interrupt with no new used buffers as a no-op.
+    /// Point each interrupt at its MSI-X vector. The configuration-change interrupt may be
+    /// pending while the ISR has its bit, a queue's while the device serves the queue; the
+    /// wiring sends a pending one when its vector is unmasked ([`kvm_wiring`]).
     fn update_routes(&self) {
-        let route = |gsi: u32, vector: u16| {
-            let msg = (vector != NO_VECTOR)
-                .then(|| self.msix.message(vector))
-                .flatten();
-            match self.router.set(gsi, msg) {
-                Ok(unmasked) => unmasked,
-                Err(e) => {
-                    tracing::error!(device = %self.name, error = %e, "cannot route an interrupt");
-                    false
-                }
-            }
+        let config = InterruptSource {
+            vector: self.msix_config,
+            may_be_pending: self.isr & ISR_CONFIG != 0,
         };
-        if route(self.config_gsi, self.msix_config) && self.isr & ISR_CONFIG != 0 {
-            let _ = self.config_evt.write(1);
-        }
-        for q in &self.queues {
-            if route(q.gsi, q.vector) && self.activated && q.enabled {
-                let _ = q.call.write(1);
-            }
-        }
+        let queues: Vec<InterruptSource> = self
+            .queues
+            .iter()
+            .map(|q| InterruptSource {
+                vector: q.vector,
+                may_be_pending: self.activated && q.enabled,
+            })
+            .collect();
+        self.wiring.update_routes(&self.msix, config, &queues);
     }
 
-    /// Tell the driver the device needs a reset (e.g. its backend went away).
     /// The device status byte as the guest sees it.
     pub fn status(&self) -> u8 {
         self.status
     }
 
+    /// Tell the driver the device needs a reset (e.g. its backend went away).
     pub fn needs_reset(&mut self) {
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         self.config_changed();
@@ -263,7 +265,7 @@ impl VirtioPciDevice {
     fn config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
         self.isr |= ISR_CONFIG;
-        let _ = self.config_evt.write(1);
+        self.wiring.raise_config_interrupt();
     }
 
     /// Reset the transport and stop the device; `cause` is for the log.
@@ -280,12 +282,7 @@ impl VirtioPciDevice {
         self.status = 0;
         self.isr = 0;
         for q in &mut self.queues {
-            q.size = q.max;
-            q.vector = NO_VECTOR;
-            q.enabled = false;
-            q.desc = 0;
-            q.avail = 0;
-            q.used = 0;
+            *q = Queue::new(q.max);
         }
         self.update_routes();
         let c = &self.counters;
@@ -299,6 +296,8 @@ impl VirtioPciDevice {
         );
     }
 
+    /// The driver wrote the device status: 0 resets, FEATURES_OK is refused for features the
+    /// device did not offer, DRIVER_OK activates the device. DEVICE_NEEDS_RESET stays set.
     fn set_status(&mut self, v: u8) {
         if v == 0 {
             self.reset("driver");
@@ -317,19 +316,23 @@ impl VirtioPciDevice {
     }
 
     fn activate(&mut self) {
+        let wiring = &self.wiring;
         let setups: Vec<QueueSetup> = self
             .queues
             .iter()
             .enumerate()
             .filter(|(_, q)| q.enabled)
-            .map(|(index, q)| QueueSetup {
-                index,
-                size: q.size,
-                desc: q.desc,
-                avail: q.avail,
-                used: q.used,
-                kick: &q.kick,
-                call: &q.call,
+            .filter_map(|(index, q)| {
+                let (kick, call) = wiring.queue_eventfds(index)?;
+                Some(QueueSetup {
+                    index,
+                    size: q.size,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                    kick,
+                    call,
+                })
             })
             .collect();
         let n = setups.len();
@@ -348,93 +351,6 @@ impl VirtioPciDevice {
 
     fn selected(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(usize::from(self.queue_select))
-    }
-
-    fn common_read(&mut self, off: u64) -> u32 {
-        let half = |v: u64, hi: bool| if hi { (v >> 32) as u32 } else { v as u32 };
-        let q = self.queues.get(usize::from(self.queue_select));
-        match off {
-            0x00 => self.device_feature_select,
-            0x04 => match self.device_feature_select {
-                0 | 1 => half(self.features, self.device_feature_select == 1),
-                _ => 0,
-            },
-            0x08 => self.driver_feature_select,
-            0x0c => match self.driver_feature_select {
-                0 | 1 => half(self.driver_features, self.driver_feature_select == 1),
-                _ => 0,
-            },
-            0x10 => u32::from(self.msix_config),
-            0x12 => self.queues.len() as u32,
-            0x14 => u32::from(self.status),
-            0x15 => u32::from(self.config_generation),
-            0x16 => u32::from(self.queue_select),
-            0x18 => q.map_or(0, |q| u32::from(q.size)),
-            0x1a => q.map_or(u32::from(NO_VECTOR), |q| u32::from(q.vector)),
-            0x1c => q.map_or(0, |q| u32::from(q.enabled)),
-            0x1e => u32::from(self.queue_select),
-            0x20 | 0x24 => q.map_or(0, |q| half(q.desc, off == 0x24)),
-            0x28 | 0x2c => q.map_or(0, |q| half(q.avail, off == 0x2c)),
-            0x30 | 0x34 => q.map_or(0, |q| half(q.used, off == 0x34)),
-            _ => 0,
-        }
-    }
-
-    fn common_write(&mut self, off: u64, v: u32) {
-        let set_half = |field: &mut u64, hi: bool| {
-            *field = if hi {
-                (*field & 0xffff_ffff) | (u64::from(v) << 32)
-            } else {
-                (*field & !0xffff_ffff) | u64::from(v)
-            }
-        };
-        let writable = self.status & STATUS_DRIVER_OK == 0;
-        match off {
-            0x00 => self.device_feature_select = v,
-            0x08 => self.driver_feature_select = v,
-            0x0c if self.driver_feature_select < 2 => {
-                let hi = self.driver_feature_select == 1;
-                set_half(&mut self.driver_features, hi);
-            }
-            0x10 => {
-                self.msix_config = v as u16;
-                self.update_routes();
-            }
-            0x14 => self.set_status(v as u8),
-            0x16 => self.queue_select = v as u16,
-            0x18 if writable => {
-                if let Some(q) = self.selected() {
-                    q.size = (v as u16).min(q.max);
-                }
-            }
-            0x1a => {
-                let vectors = self.queues.len() as u16 + 1;
-                if let Some(q) = self.selected() {
-                    q.vector = if (v as u16) < vectors {
-                        v as u16
-                    } else {
-                        NO_VECTOR
-                    };
-                }
-                self.update_routes();
-            }
-            0x1c if writable => {
-                if let Some(q) = self.selected() {
-                    q.enabled = v == 1;
-                }
-            }
-            0x20..=0x34 if writable => {
-                if let Some(q) = self.selected() {
-                    let field = match off & !4 {
-                        0x20 => &mut q.desc,
-                        0x28 => &mut q.avail,
-                        _ => &mut q.used,
-                    };
-                    set_half(field, off & 4 != 0);
-                }
-            }
-            _ => {}
-        }
     }
 }
 
@@ -505,9 +421,7 @@ impl PciDevice for VirtioPciDevice {
                 // only reached if the ioeventfd did not catch the write
                 self.counters.notify_exits.fetch_add(1, Ordering::Relaxed);
                 let q = ((off - NOTIFY) / u64::from(NOTIFY_MULTIPLIER)) as usize;
-                if let Some(q) = self.queues.get(q) {
-                    let _ = q.kick.write(1);
-                }
+                self.wiring.notify(q);
             }
             MSIX_TABLE..MSIX_PBA if off - MSIX_TABLE < self.msix.table_len() => {
                 self.msix.write_table(off - MSIX_TABLE, data);
@@ -515,5 +429,65 @@ impl PciDevice for VirtioPciDevice {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_utils::{driver_sets_up, test_transport, write_common};
+    use super::*;
+
+    #[test]
+    fn transport_does_not_offer_what_it_does_not_implement() {
+        let (mut t, _, _) = test_transport(&[8]);
+        write_common(&mut t, 0x00, 4, 1);
+        let mut d = [0u8; 4];
+        t.bar_read(0, COMMON + 0x04, &mut d);
+        assert_eq!(
+            u32::from_le_bytes(d),
+            1,
+            "VERSION_1 only, no ACCESS_PLATFORM"
+        );
+        t.bar_read(0, COMMON + 0x12, &mut d[..2]);
+        assert_eq!(u16::from_le_bytes([d[0], d[1]]), 1, "num_queues");
+    }
+
+    #[test]
+    fn interrupts_may_be_pending_only_once_signalled() {
+        let (mut t, activations, updates) = test_transport(&[8, 8]);
+        driver_sets_up(&mut t);
+        assert_eq!(activations.lock().unwrap().as_slice(), &[vec![0]]);
+        // an MSI-X table write re-routes: queue 0 runs, queue 1 does not, no config change
+        t.bar_write(0, MSIX_TABLE + 44, &0u32.to_le_bytes());
+        let (config, queues) = updates.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            config,
+            InterruptSource {
+                vector: 0,
+                may_be_pending: false
+            }
+        );
+        assert_eq!(
+            queues,
+            vec![
+                InterruptSource {
+                    vector: 1,
+                    may_be_pending: true
+                },
+                InterruptSource {
+                    vector: NO_VECTOR,
+                    may_be_pending: false
+                },
+            ]
+        );
+        // a configuration change is pending until the driver reads the ISR
+        t.config_changed_by_device();
+        t.bar_write(0, MSIX_TABLE + 44, &0u32.to_le_bytes());
+        assert!(updates.lock().unwrap().last().unwrap().0.may_be_pending);
+        let mut isr = [0u8];
+        t.bar_read(0, ISR, &mut isr);
+        assert_eq!(isr, [ISR_CONFIG]);
+        t.bar_write(0, MSIX_TABLE + 44, &0u32.to_le_bytes());
+        assert!(!updates.lock().unwrap().last().unwrap().0.may_be_pending);
     }
 }

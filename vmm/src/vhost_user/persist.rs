@@ -1,0 +1,226 @@
+//! What a snapshot keeps of a vhost-user device, as far as the vmm knows it: what was
+//! negotiated with the backend and where each ring was started and stopped. The device's own
+//! state (a disk's in-flight requests, a balloon's pages) is the backend's, defined in its
+//! crate, not guessed here.
+//!
+//! [`VhostUserDevice::vhost_user_state`] captures it from the live device. Restoring it is not
+//! done here: the snapshot work will, checking `version` against [`VhostUserState::VERSION`]
+//! first and asking the backend for GET_PROTOCOL_FEATURES before SET_PROTOCOL_FEATURES.
+
+use serde::{Deserialize, Serialize};
+
+use super::VhostUserDevice;
+
+/// The frontend's side of one vhost-user connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostUserState {
+    /// [`VhostUserState::VERSION`] when captured.
+    pub version: u32,
+    /// The virtio device ID.
+    pub device_type: u32,
+    /// What the backend offered in GET_FEATURES (VHOST_USER_F_PROTOCOL_FEATURES included).
+    pub backend_features: u64,
+    /// What the last SET_FEATURES acknowledged: the driver's features plus
+    /// VHOST_USER_F_PROTOCOL_FEATURES when offered; 0 before the first activation.
+    pub acked_features: u64,
+    /// The protocol features set with SET_PROTOCOL_FEATURES.
+    pub protocol_features: u64,
+    /// The maximum size of each queue the transport offers; the length is the queue count.
+    pub queue_max_sizes: Vec<u16>,
+    /// Bytes of config space forwarded to the backend.
+    pub config_size: u32,
+    /// With CONFIGURE_MEM_SLOTS: whether ADD_MEM_REG sent the memory regions on this
+    /// connection (a new connection sends them again).
+    pub memory_regions_added: bool,
+    /// The rings the last activation started, in the order it started them.
+    pub vrings: Vec<VringState>,
+}
+
+impl VhostUserState {
+    pub const VERSION: u32 = 1;
+}
+
+/// One ring's progress as the vmm knows it (versioned with [`VhostUserState`]). While a ring
+/// runs, only the backend knows how far it got; GET_VRING_BASE stops it and says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VringState {
+    pub index: u32,
+    pub size: u16,
+    /// The available index SET_VRING_BASE started the ring at.
+    pub start_base: u32,
+    /// Started and not stopped since.
+    pub running: bool,
+    /// What GET_VRING_BASE returned when the vmm stopped the ring (the next available index
+    /// the backend would have processed); `None` while it runs or if stopping it failed.
+    pub stop_base: Option<u32>,
+}
+
+impl VhostUserDevice {
+    /// The device's state as it is now.
+    pub fn vhost_user_state(&self) -> VhostUserState {
+        VhostUserState {
+            version: VhostUserState::VERSION,
+            device_type: self.device_type,
+            backend_features: self.backend_features,
+            acked_features: self.acked_features,
+            protocol_features: self.protocol.bits(),
+            queue_max_sizes: self.queue_sizes.clone(),
+            config_size: self.config_size,
+            memory_regions_added: self.regions_added,
+            vrings: self.vrings.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::PathBuf;
+
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::config::{ByteSize, MemoryConfig};
+    use crate::memory::GuestRam;
+    use crate::virtio::device_type::QueueUnits;
+    use crate::virtio::{QueueSetup, VirtioDevice, VirtioDeviceState, F_VERSION_1, TYPE_BLOCK};
+
+    const GET_FEATURES: u32 = 1;
+    const GET_VRING_BASE: u32 = 11;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    /// Reply flags: version 1 | REPLY.
+    const REPLY: u32 = 0x5;
+    const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+    const F_BLK_SIZE: u64 = 1 << 6;
+
+    fn reply(stream: &mut UnixStream, request: u32, payload: &[u8]) {
+        let mut msg = Vec::new();
+        for word in [request, REPLY, payload.len() as u32] {
+            msg.extend_from_slice(&word.to_le_bytes());
+        }
+        msg.extend_from_slice(payload);
+        stream.write_all(&msg).unwrap();
+    }
+
+    /// A backend that answers only what this test's frontend asks: features, no protocol
+    /// features, and ring bases 100 + index. Every other message needs no reply.
+    fn scripted_backend(listener: UnixListener) {
+        let (mut stream, _) = listener.accept().unwrap();
+        loop {
+            let mut header = [0u8; 12];
+            if stream.read_exact(&mut header).is_err() {
+                return; // the frontend went away
+            }
+            let word = |i: usize| u32::from_le_bytes(header[i * 4..i * 4 + 4].try_into().unwrap());
+            let mut payload = vec![0u8; word(2) as usize];
+            stream.read_exact(&mut payload).unwrap();
+            match word(0) {
+                GET_FEATURES => {
+                    let features = F_VERSION_1 | F_PROTOCOL_FEATURES | F_BLK_SIZE;
+                    reply(&mut stream, GET_FEATURES, &features.to_le_bytes());
+                }
+                GET_PROTOCOL_FEATURES => {
+                    reply(&mut stream, GET_PROTOCOL_FEATURES, &0u64.to_le_bytes());
+                }
+                GET_VRING_BASE => {
+                    let index = u32::from_le_bytes(payload[..4].try_into().unwrap());
+                    let mut state = index.to_le_bytes().to_vec();
+                    state.extend_from_slice(&(100 + index).to_le_bytes());
+                    reply(&mut stream, GET_VRING_BASE, &state);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn socket_path() -> PathBuf {
+        let path = std::env::temp_dir().join(format!("vmm-persist-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[test]
+    fn state_follows_negotiation_activation_and_reset() {
+        let ram = GuestRam::new(&MemoryConfig {
+            size: ByteSize(64 << 20),
+            hugepages: false,
+            mergeable: false,
+        })
+        .unwrap();
+        let path = socket_path();
+        let listener = UnixListener::bind(&path).unwrap();
+        let backend = std::thread::spawn(move || scripted_backend(listener));
+        let mut dev = VhostUserDevice::connect(
+            "blk0",
+            &path,
+            TYPE_BLOCK,
+            QueueUnits(2),
+            128,
+            ram.memory().clone(),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(&path);
+
+        let s = dev.vhost_user_state();
+        assert_eq!(s.version, VhostUserState::VERSION);
+        assert_eq!(s.device_type, TYPE_BLOCK);
+        assert_eq!(
+            s.backend_features,
+            F_VERSION_1 | F_PROTOCOL_FEATURES | F_BLK_SIZE
+        );
+        assert_eq!((s.acked_features, s.protocol_features), (0, 0));
+        assert_eq!(s.queue_max_sizes, vec![128, 128], "two request queues");
+        assert_eq!(s.config_size, 60);
+        assert!(s.vrings.is_empty());
+
+        let fds: Vec<(EventFd, EventFd)> = (0..2)
+            .map(|_| {
+                let fd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+                (fd(), fd())
+            })
+            .collect();
+        let setups: Vec<QueueSetup> = fds
+            .iter()
+            .enumerate()
+            .map(|(index, (kick, call))| QueueSetup {
+                index,
+                size: 64,
+                desc: 0x10_0000 + index as u64 * 0x1_0000,
+                avail: 0x10_4000 + index as u64 * 0x1_0000,
+                used: 0x10_8000 + index as u64 * 0x1_0000,
+                kick,
+                call,
+            })
+            .collect();
+        dev.activate(F_VERSION_1 | F_BLK_SIZE, &setups).unwrap();
+        let s = dev.vhost_user_state();
+        assert_eq!(
+            s.acked_features,
+            F_VERSION_1 | F_BLK_SIZE | F_PROTOCOL_FEATURES
+        );
+        let running = |index| VringState {
+            index,
+            size: 64,
+            start_base: 0,
+            running: true,
+            stop_base: None,
+        };
+        assert_eq!(s.vrings, vec![running(0), running(1)]);
+
+        dev.reset();
+        let s = dev.vhost_user_state();
+        let stopped = |index| VringState {
+            running: false,
+            stop_base: Some(100 + index),
+            ..running(index)
+        };
+        assert_eq!(s.vrings, vec![stopped(0), stopped(1)]);
+        assert_eq!(dev.state(), VirtioDeviceState::VhostUser(s.clone()));
+
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<VhostUserState>(&json).unwrap(), s);
+        drop(dev);
+        backend.join().unwrap();
+    }
+}

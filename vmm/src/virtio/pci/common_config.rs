@@ -1,0 +1,122 @@
+//! The common configuration structure (virtio 1.x, section 4.1.4.3) at the start of the BAR:
+//! feature negotiation, the device status, and the selected queue's registers.
+
+use super::VirtioPciDevice;
+use crate::virtio::msix::NO_VECTOR;
+use crate::virtio::STATUS_DRIVER_OK;
+
+/// Bytes of the structure.
+pub(super) const LEN: u64 = 0x38;
+
+const DEVICE_FEATURE_SELECT: u64 = 0x00;
+const DEVICE_FEATURE: u64 = 0x04;
+const DRIVER_FEATURE_SELECT: u64 = 0x08;
+const DRIVER_FEATURE: u64 = 0x0c;
+const CONFIG_MSIX_VECTOR: u64 = 0x10;
+const NUM_QUEUES: u64 = 0x12;
+const DEVICE_STATUS: u64 = 0x14;
+const CONFIG_GENERATION: u64 = 0x15;
+const QUEUE_SELECT: u64 = 0x16;
+const QUEUE_SIZE: u64 = 0x18;
+const QUEUE_MSIX_VECTOR: u64 = 0x1a;
+const QUEUE_ENABLE: u64 = 0x1c;
+const QUEUE_NOTIFY_OFF: u64 = 0x1e;
+const QUEUE_DESC_LO: u64 = 0x20;
+const QUEUE_DESC_HI: u64 = 0x24;
+const QUEUE_AVAIL_LO: u64 = 0x28;
+const QUEUE_AVAIL_HI: u64 = 0x2c;
+const QUEUE_USED_LO: u64 = 0x30;
+const QUEUE_USED_HI: u64 = 0x34;
+
+impl VirtioPciDevice {
+    pub(super) fn common_read(&mut self, off: u64) -> u32 {
+        let half = |v: u64, hi: bool| if hi { (v >> 32) as u32 } else { v as u32 };
+        let q = self.queues.get(usize::from(self.queue_select));
+        match off {
+            DEVICE_FEATURE_SELECT => self.device_feature_select,
+            DEVICE_FEATURE => match self.device_feature_select {
+                0 | 1 => half(self.features, self.device_feature_select == 1),
+                _ => 0,
+            },
+            DRIVER_FEATURE_SELECT => self.driver_feature_select,
+            DRIVER_FEATURE => match self.driver_feature_select {
+                0 | 1 => half(self.driver_features, self.driver_feature_select == 1),
+                _ => 0,
+            },
+            CONFIG_MSIX_VECTOR => u32::from(self.msix_config),
+            NUM_QUEUES => self.queues.len() as u32,
+            DEVICE_STATUS => u32::from(self.status),
+            CONFIG_GENERATION => u32::from(self.config_generation),
+            QUEUE_SELECT => u32::from(self.queue_select),
+            QUEUE_SIZE => q.map_or(0, |q| u32::from(q.size)),
+            QUEUE_MSIX_VECTOR => q.map_or(u32::from(NO_VECTOR), |q| u32::from(q.vector)),
+            QUEUE_ENABLE => q.map_or(0, |q| u32::from(q.enabled)),
+            // queue i notifies at NOTIFY + i * NOTIFY_MULTIPLIER
+            QUEUE_NOTIFY_OFF => u32::from(self.queue_select),
+            QUEUE_DESC_LO | QUEUE_DESC_HI => q.map_or(0, |q| half(q.desc, off == QUEUE_DESC_HI)),
+            QUEUE_AVAIL_LO | QUEUE_AVAIL_HI => {
+                q.map_or(0, |q| half(q.avail, off == QUEUE_AVAIL_HI))
+            }
+            QUEUE_USED_LO | QUEUE_USED_HI => q.map_or(0, |q| half(q.used, off == QUEUE_USED_HI)),
+            _ => 0,
+        }
+    }
+
+    pub(super) fn common_write(&mut self, off: u64, v: u32) {
+        let set_half = |field: &mut u64, hi: bool| {
+            *field = if hi {
+                (*field & 0xffff_ffff) | (u64::from(v) << 32)
+            } else {
+                (*field & !0xffff_ffff) | u64::from(v)
+            }
+        };
+        // a queue's setup is frozen once the device runs
+        let writable = self.status & STATUS_DRIVER_OK == 0;
+        match off {
+            DEVICE_FEATURE_SELECT => self.device_feature_select = v,
+            DRIVER_FEATURE_SELECT => self.driver_feature_select = v,
+            DRIVER_FEATURE if self.driver_feature_select < 2 => {
+                let hi = self.driver_feature_select == 1;
+                set_half(&mut self.driver_features, hi);
+            }
+            CONFIG_MSIX_VECTOR => {
+                self.msix_config = v as u16;
+                self.update_routes();
+            }
+            DEVICE_STATUS => self.set_status(v as u8),
+            QUEUE_SELECT => self.queue_select = v as u16,
+            QUEUE_SIZE if writable => {
+                if let Some(q) = self.selected() {
+                    q.size = (v as u16).min(q.max);
+                }
+            }
+            QUEUE_MSIX_VECTOR => {
+                let vectors = self.queues.len() as u16 + 1;
+                if let Some(q) = self.selected() {
+                    q.vector = if (v as u16) < vectors {
+                        v as u16
+                    } else {
+                        NO_VECTOR
+                    };
+                }
+                self.update_routes();
+            }
+            QUEUE_ENABLE if writable => {
+                if let Some(q) = self.selected() {
+                    q.enabled = v == 1;
+                }
+            }
+            QUEUE_DESC_LO..=QUEUE_USED_HI if writable => {
+                if let Some(q) = self.selected() {
+                    let field = match off & !4 {
+                        QUEUE_DESC_LO => &mut q.desc,
+                        QUEUE_AVAIL_LO => &mut q.avail,
+                        _ => &mut q.used,
+                    };
+                    set_half(field, off & 4 != 0);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The KVM side of a virtio-pci device: each queue's notification address is a KVM ioeventfd
+//! and each interrupt (a queue's, the configuration change's) a KVM irqfd on a GSI of its own,
+//! routed to the MSI-X vector the driver chose. The eventfds are what the device (a vhost-user
+//! backend) is given, so the data path never enters the vmm.
+//!
+//! MSI-X masking is done by removing a vector's route. KVM drops an irqfd signal that has no
+//! route, so the vmm cannot latch it in the PBA; instead, when a vector is unmasked, its
+//! interrupt is sent once, as if it had been pending. A virtio driver takes an interrupt with
+//! no new used buffers as a no-op, so none is lost and none does harm.
+
+use std::sync::Arc;
+
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{InterruptSource, TransportWiring};
+use crate::irq_routing::IrqRouter;
+use crate::virtio::msix::{Msix, NO_VECTOR};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvmWiringError {
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("KVM: cannot register {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// One queue's eventfds: the notification KVM signals on a guest write to the queue's notify
+/// address, and the interrupt the device signals, delivered by KVM on `gsi`.
+struct QueueEventFds {
+    kick: EventFd,
+    call: EventFd,
+    gsi: u32,
+}
+
+/// A device's ioeventfds, irqfds and MSI routes.
+pub struct KvmWiring {
+    /// The device's name, for the log.
+    name: String,
+    router: Arc<IrqRouter>,
+    queues: Vec<QueueEventFds>,
+    config_evt: EventFd,
+    config_gsi: u32,
+}
+
+fn eventfd() -> Result<EventFd, KvmWiringError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(KvmWiringError::EventFd)
+}
+
+impl KvmWiring {
+    /// Registers one queue per address in `notify_addresses` (its ioeventfd there, its irqfd on
+    /// a new GSI) and the configuration-change irqfd. No GSI has a route until
+    /// [`TransportWiring::update_routes`].
+    pub fn new(
+        name: &str,
+        router: Arc<IrqRouter>,
+        notify_addresses: &[u64],
+    ) -> Result<KvmWiring, KvmWiringError> {
+        let kvm = |what| move |source| KvmWiringError::Kvm { what, source };
+        let mut queues = Vec::new();
+        for addr in notify_addresses {
+            let (kick, call) = (eventfd()?, eventfd()?);
+            router
+                .vm()
+                .register_ioevent(&kick, &IoEventAddress::Mmio(*addr), NoDatamatch)
+                .map_err(kvm("a queue notification ioeventfd"))?;
+            let gsi = router.allocate();
+            router
+                .vm()
+                .register_irqfd(&call, gsi)
+                .map_err(kvm("a queue interrupt irqfd"))?;
+            queues.push(QueueEventFds { kick, call, gsi });
+        }
+        let config_evt = eventfd()?;
+        let config_gsi = router.allocate();
+        router
+            .vm()
+            .register_irqfd(&config_evt, config_gsi)
+            .map_err(kvm("the config-change irqfd"))?;
+        Ok(KvmWiring {
+            name: name.to_string(),
+            router,
+            queues,
+            config_evt,
+            config_gsi,
+        })
+    }
+
+    /// Route `gsi` to `vector`'s message (nowhere while it is masked or unset). True when the
+    /// route was just made, i.e. the vector was unmasked.
+    fn route(&self, msix: &Msix, gsi: u32, vector: u16) -> bool {
+        let msg = (vector != NO_VECTOR)
+            .then(|| msix.message(vector))
+            .flatten();
+        match self.router.set(gsi, msg) {
+            Ok(unmasked) => unmasked,
+            Err(e) => {
+                tracing::error!(device = %self.name, error = %e, "cannot route an interrupt");
+                false
+            }
+        }
+    }
+}
+
+impl TransportWiring for KvmWiring {
+    fn queue_eventfds(&self, index: usize) -> Option<(&EventFd, &EventFd)> {
+        self.queues.get(index).map(|q| (&q.kick, &q.call))
+    }
+
+    fn notify(&self, index: usize) {
+        if let Some(q) = self.queues.get(index) {
+            let _ = q.kick.write(1);
+        }
+    }
+
+    fn raise_config_interrupt(&self) {
+        let _ = self.config_evt.write(1);
+    }
+
+    fn update_routes(&self, msix: &Msix, config: InterruptSource, queues: &[InterruptSource]) {
+        if self.route(msix, self.config_gsi, config.vector) && config.may_be_pending {
+            let _ = self.config_evt.write(1);
+        }
+        for (q, source) in self.queues.iter().zip(queues) {
+            if self.route(msix, q.gsi, source.vector) && source.may_be_pending {
+                let _ = q.call.write(1);
+            }
+        }
+    }
+}
