@@ -234,7 +234,9 @@ pub struct DeviceConfig {
     #[serde(rename = "type")]
     pub virtio_type: u32,
     pub socket: PathBuf,
-    /// Request queues (blk) or queue pairs (net).
+    /// How many queue *units* (not virtqueues): request queues for blk, rx/tx queue pairs for
+    /// net, 3-queue sets (inflate, deflate, statistics) for the balloon, queues for other types.
+    /// The vmm turns units into virtqueues with its device-type table (`vmm::virtio::device_type`).
     #[serde(default = "default_queues")]
     pub queues: u16,
     #[serde(default = "default_queue_size")]
@@ -249,7 +251,7 @@ fn default_queues() -> u16 {
     1
 }
 fn default_queue_size() -> u16 {
-    256
+    crate::backend::DEFAULT_QUEUE_SIZE
 }
 
 impl FromStr for DeviceConfig {

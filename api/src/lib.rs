@@ -3,12 +3,15 @@
 //! - [`config`]: [`config::VmConfig`], the one schema of the vmm's `--config` file, its command
 //!   line and the API's `vm.config`;
 //! - [`types`]: the API's request and response bodies;
+//! - [`backend`]: each backend process's configuration (its command line and `--config` file,
+//!   and what svctl's supervisor hands it);
 //! - [`unix_socket`]: the one rule for binding a socket path (replace only a stale socket of
 //!   ours);
 //! - [`client`] (feature `client`): the blocking HTTP client `svctl` and the tests use.
 //!
 //! The server is the vmm's (`vmm/src/api/server.rs`); docs/api.md has an example per endpoint.
 
+pub mod backend;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod config;

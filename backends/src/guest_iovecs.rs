@@ -20,18 +20,22 @@ impl<'a> GuestIovecs<'a> {
         }
     }
 
+    /// Guest buffers already checked and sliced (see `descriptor_chain`, which makes them).
     pub fn new(slices: Vec<VolatileSlice<'a>>) -> Self {
         GuestIovecs { slices }
     }
 
+    /// How many bytes the buffers hold.
     pub fn len(&self) -> usize {
         self.slices.iter().map(|s| s.len()).sum()
     }
 
+    /// Whether the buffers hold no byte at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The buffers, one slice per guest buffer and memory region it spans.
     pub fn slices(&self) -> &[VolatileSlice<'a>] {
         &self.slices
     }

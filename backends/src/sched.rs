@@ -10,21 +10,13 @@
 
 use std::io;
 
-/// Which policy the backend's threads run under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SchedPolicy {
-    /// `SCHED_BATCH`: a woken worker does not preempt the running vCPU.
-    Batch,
-    /// `SCHED_OTHER`: the normal policy (a woken worker may preempt).
-    Other,
-}
+/// Which policy the backend's threads run under (part of every backend's configuration).
+pub use api::backend::SchedPolicy;
 
-impl SchedPolicy {
-    fn raw(self) -> libc::c_int {
-        match self {
-            SchedPolicy::Batch => libc::SCHED_BATCH,
-            SchedPolicy::Other => libc::SCHED_OTHER,
-        }
+fn raw(policy: SchedPolicy) -> libc::c_int {
+    match policy {
+        SchedPolicy::Batch => libc::SCHED_BATCH,
+        SchedPolicy::Other => libc::SCHED_OTHER,
     }
 }
 
@@ -34,7 +26,7 @@ pub fn set_policy(policy: SchedPolicy) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads `param`, which lives across the call; pid 0 is the
     // calling thread. Both policies take priority 0 and need no privilege.
-    let rc = unsafe { libc::sched_setscheduler(0, policy.raw(), &param) };
+    let rc = unsafe { libc::sched_setscheduler(0, raw(policy), &param) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -50,7 +42,7 @@ pub fn policy() -> io::Result<Option<SchedPolicy>> {
     }
     Ok([SchedPolicy::Batch, SchedPolicy::Other]
         .into_iter()
-        .find(|p| p.raw() == rc))
+        .find(|p| raw(*p) == rc))
 }
 
 #[cfg(test)]

@@ -21,25 +21,9 @@ use crate::relay;
 use crate::signals::{self, SignalActions};
 use crate::socket::{SocketArgs, SocketError, SocketSource};
 
-/// The options every backend daemon accepts besides its device options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DaemonArgs {
-    #[command(flatten)]
-    pub socket: SocketArgs,
-    /// Write our PID here once the socket accepts connections (removed at exit).
-    #[arg(long, value_name = "PATH")]
-    pub pidfile: Option<PathBuf>,
-    /// Exit after the first frontend disconnects instead of waiting for the next one.
-    #[arg(long)]
-    pub once: bool,
-    /// Serve the counters on this Unix socket: each connection gets them as `key=value` text.
-    #[arg(long, value_name = "PATH")]
-    pub stats_socket: Option<PathBuf>,
-    /// Scheduling policy of every thread: `batch` keeps a worker that a guest's kick wakes
-    /// from preempting the vCPU that kicked (see docs/backends.md).
-    #[arg(long, value_enum, default_value_t = crate::sched::SchedPolicy::Batch)]
-    pub sched: crate::sched::SchedPolicy,
-}
+/// The options every backend daemon takes besides its device options (defined with the
+/// backends' configurations in the `api` crate).
+pub use api::backend::DaemonConfig;
 
 /// Makes a fresh device for each frontend connection.
 pub trait BackendFactory: Send + 'static {
@@ -111,10 +95,10 @@ pub enum ServeError {
 /// `--once`, until the first frontend disconnects).
 pub fn serve<F: BackendFactory>(
     name: &str,
-    args: &DaemonArgs,
+    args: &DaemonConfig,
     mut factory: F,
 ) -> Result<(), ServeError> {
-    let (mut listener, source) = args.socket.listen()?;
+    let (mut listener, source) = SocketArgs::from(args).listen()?;
     if let Some(path) = &args.stats_socket {
         crate::stats_socket::spawn(path, factory.stats_text()).map_err(|source| {
             ServeError::StatsSocket {
@@ -218,7 +202,7 @@ where
 }
 
 fn install_signal_actions<F: BackendFactory>(
-    args: &DaemonArgs,
+    args: &DaemonConfig,
     source: &SocketSource,
     factory: &F,
 ) -> Result<(), ServeError> {

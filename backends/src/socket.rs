@@ -17,17 +17,23 @@ pub fn bind_private(path: &std::path::Path) -> std::io::Result<UnixListener> {
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
-/// The socket options every backend accepts.
-#[derive(Debug, Clone, clap::Args)]
+/// Where the vhost-user socket comes from: the socket part of a backend's
+/// [`DaemonConfig`](api::backend::DaemonConfig).
+#[derive(Debug, Clone)]
 pub struct SocketArgs {
-    /// Path of the vhost-user socket to create and listen on (a stale socket left there is
-    /// replaced; anything else there is refused).
-    #[arg(long, value_name = "PATH", required_unless_present = "socket_fd")]
+    /// Path of the vhost-user socket to create and listen on.
     pub socket: Option<PathBuf>,
-    /// Listen on this already-bound listening socket instead (inherited descriptor). With
-    /// neither option, systemd socket activation (`LISTEN_FDS`) is used when present.
-    #[arg(long, value_name = "N", conflicts_with = "socket")]
+    /// An inherited listening socket to use instead.
     pub socket_fd: Option<RawFd>,
+}
+
+impl From<&api::backend::DaemonConfig> for SocketArgs {
+    fn from(d: &api::backend::DaemonConfig) -> SocketArgs {
+        SocketArgs {
+            socket: d.socket.clone(),
+            socket_fd: d.socket_fd,
+        }
+    }
 }
 
 /// Why the listening socket could not be set up.
@@ -41,6 +47,8 @@ pub enum SocketError {
         #[source]
         source: vhost::vhost_user::Error,
     },
+    #[error("no vhost-user socket: give --socket PATH or --socket-fd N (or \"socket\" in the config file), or start under systemd socket activation")]
+    NoSocket,
     #[error("descriptor {0} is not an open listening Unix socket")]
     NotAListeningSocket(RawFd),
 }
@@ -78,7 +86,7 @@ impl SocketArgs {
     /// Open the listener. A path is bound now, so connections queue from here on even before
     /// the first accept.
     pub fn listen(&self) -> Result<(Listener, SocketSource), SocketError> {
-        let source = self.source().ok_or(SocketError::NotAListeningSocket(-1))?;
+        let source = self.source().ok_or(SocketError::NoSocket)?;
         let listener = match &source {
             SocketSource::Path(path) => {
                 // vhost's Listener removes the file when dropped; it must not replace what is there

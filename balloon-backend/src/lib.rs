@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backends::frontend_channel::FrontendChannel;
-use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
+use backends::serve::{self, BackendFactory, DaemonConfig, ServeError};
 
 use crate::state::BalloonState;
 use crate::vhu_balloon::VhostUserBalloon;
@@ -32,7 +32,19 @@ pub struct Config {
     pub free_page_reporting: bool,
     /// Ask the guest for statistics this often (and log them); 0: only when asked.
     pub stats_interval: u64,
-    pub daemon: DaemonArgs,
+    pub daemon: DaemonConfig,
+}
+
+impl From<api::backend::balloon::BalloonBackendConfig> for Config {
+    fn from(c: api::backend::balloon::BalloonBackendConfig) -> Config {
+        Config {
+            control: c.control,
+            deflate_on_oom: c.deflate_on_oom,
+            free_page_reporting: c.free_page_reporting,
+            stats_interval: c.stats_interval,
+            daemon: c.daemon,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

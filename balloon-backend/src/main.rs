@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backends::serve::DaemonArgs;
+use api::backend::balloon::BalloonBackendConfig;
 use balloon_backend::{control, start_backend, Config};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{json, Value};
 
 /// vhost-user balloon backend that returns the guest's free memory to the host.
@@ -20,20 +20,12 @@ use serde_json::{json, Value};
 struct Args {
     #[command(subcommand)]
     ctl: Option<Ctl>,
+    /// Read the configuration from this JSON file (the options below, by their names; an
+    /// option also given here overrides the file's).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
-    daemon: DaemonArgs,
-    /// Serve the JSON control socket (set the target, read the guest's statistics) here.
-    #[arg(long, value_name = "PATH")]
-    control: Option<PathBuf>,
-    /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: the guest takes pages back instead of OOM-killing.
-    #[arg(long)]
-    deflate_on_oom: bool,
-    /// Offer free page reporting: the guest reports free memory, which goes back to the host.
-    #[arg(long)]
-    free_page_reporting: bool,
-    /// Ask the guest for its statistics every SECS seconds and log them (0: only when asked).
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
-    stats_interval: u64,
+    options: BalloonBackendConfig,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,18 +129,17 @@ fn ctl(control: PathBuf, json_out: bool, op: Op) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(Ctl::Ctl { control, json, op }) = args.ctl {
         return ctl(control, json, op);
     }
-    let daemon = args.daemon;
-    let config = Config {
-        control: args.control,
-        deflate_on_oom: args.deflate_on_oom,
-        free_page_reporting: args.free_page_reporting,
-        stats_interval: args.stats_interval,
-        daemon,
+    let options = match api::backend::load_with_file(args.config.as_deref(), args.options, &matches)
+    {
+        Ok(o) => o,
+        Err(e) => return backends::config_error("splitvisor-balloon", &e),
     };
+    let config = Config::from(options);
     let policy = config.daemon.sched;
     backends::run_main("splitvisor-balloon", policy, || start_backend(config))
 }

@@ -6,20 +6,20 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
+use backends::descriptor_chain::{ChainBuffers, ChainError, OutOfOrder};
+use backends::guest_memory::GuestMemoryHandle;
+use backends::lock_err;
 use tracing::warn;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{
-    Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion,
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::pages::{self, Balloon, GuestBacking, Outcome};
 use crate::state::{add, BalloonState};
@@ -33,35 +33,22 @@ pub struct VhostUserBalloon {
     features: u64,
     acked: AtomicU64,
     event_idx: AtomicBool,
-    mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: GuestMemoryHandle,
     balloon: Mutex<Balloon>,
     /// The stats buffer the driver gave, held until fresh numbers are wanted.
     stats_buffer: Mutex<Option<(u16, VringRwLock)>>,
 }
 
-fn lock_err<T>(_: T) -> io::Error {
-    io::Error::other("lock poisoned")
-}
-
-/// The device-readable bytes of a chain (bounded), or None if it breaks the rules.
+/// The bytes of a chain the driver fills and the device only reads (at most `max`).
 fn readable_bytes<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
     max: usize,
-) -> Option<Vec<u8>>
+) -> Result<Vec<u8>, ChainError>
 where
     M: std::ops::Deref<Target = GuestMemoryMmap>,
 {
-    let mut out = Vec::new();
-    for d in chain {
-        if d.is_write_only() || out.len() + d.len() as usize > max {
-            return None;
-        }
-        let start = out.len();
-        out.resize(start + d.len() as usize, 0);
-        mem.read_slice(&mut out[start..], d.addr()).ok()?;
-    }
-    Some(out)
+    ChainBuffers::readable_only(chain)?.read_readable(mem, max)
 }
 
 impl VhostUserBalloon {
@@ -80,7 +67,7 @@ impl VhostUserBalloon {
             features,
             acked: AtomicU64::new(0),
             event_idx: AtomicBool::new(false),
-            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            mem: GuestMemoryHandle::new(),
             balloon: Mutex::new(Balloon::default()),
             stats_buffer: Mutex::new(None),
         }
@@ -94,13 +81,19 @@ impl VhostUserBalloon {
         let Some((head, vring)) = held.take() else {
             return false;
         };
-        let Ok(atomic) = self.mem.read().map(|m| m.clone()) else {
+        let Ok(atomic) = self.mem.get() else {
             return false;
         };
         let mem = atomic.memory();
         let mut state = vring.get_mut();
         let ok = state.get_queue_mut().add_used(&*mem, head, 0).is_ok();
         ok && state.signal_used_queue().is_ok()
+    }
+
+    /// Count (and at debug level, say) a chain that breaks the rules.
+    fn malformed(&self, role: QueueRole, e: &ChainError) {
+        tracing::debug!(?role, "malformed chain: {e}");
+        add(&self.state.counters.malformed_chains, 1);
     }
 
     fn record(&self, out: Outcome) {
@@ -111,7 +104,7 @@ impl VhostUserBalloon {
     }
 
     fn process(&self, role: QueueRole, vring: &VringRwLock) -> io::Result<()> {
-        let atomic = self.mem.read().map_err(lock_err)?.clone();
+        let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let backing = GuestBacking(&mem);
         let mut state = vring.get_mut();
@@ -122,7 +115,7 @@ impl VhostUserBalloon {
             match role {
                 QueueRole::Inflate | QueueRole::Deflate => {
                     match readable_bytes(chain, &mem, MAX_PFNS * 4) {
-                        Some(bytes) => {
+                        Ok(bytes) => {
                             let pfns: Vec<u32> = bytes
                                 .chunks_exact(4)
                                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -139,27 +132,33 @@ impl VhostUserBalloon {
                                 self.record(out);
                             }
                         }
-                        None => add(&self.state.counters.malformed_chains, 1),
+                        Err(e) => self.malformed(role, &e),
                     }
                 }
                 QueueRole::Stats => {
                     match readable_bytes(chain, &mem, 64 * 10) {
-                        Some(bytes) => self.state.stats_received(parse_stats(&bytes)),
-                        None => add(&self.state.counters.malformed_chains, 1),
+                        Ok(bytes) => self.state.stats_received(parse_stats(&bytes)),
+                        Err(e) => self.malformed(role, &e),
                     }
                     // held until fresh numbers are wanted (see ask_for_stats)
                     *self.stats_buffer.lock().map_err(lock_err)? = Some((head, vring.clone()));
                     continue;
                 }
                 QueueRole::Reporting => {
-                    for d in chain {
-                        if !d.is_write_only() {
-                            add(&self.state.counters.malformed_chains, 1);
-                            continue;
+                    // each device-readable buffer is one malformed piece, wherever it stands
+                    match ChainBuffers::new(chain, OutOfOrder::Keep) {
+                        Ok(bufs) => {
+                            for b in bufs.buffers() {
+                                if !b.writable {
+                                    add(&self.state.counters.malformed_chains, 1);
+                                    continue;
+                                }
+                                let out = pages::report(b.addr.0, u64::from(b.len), &backing);
+                                add(&self.state.counters.reported_bytes, out.released);
+                                self.record(out);
+                            }
                         }
-                        let out = pages::report(d.addr().0, u64::from(d.len()), &backing);
-                        add(&self.state.counters.reported_bytes, out.released);
-                        self.record(out);
+                        Err(e) => self.malformed(role, &e),
                     }
                 }
             }
@@ -209,9 +208,7 @@ impl VhostUserBackend for VhostUserBalloon {
             self.state.num_pages.load(Ordering::Relaxed),
             self.state.actual.load(Ordering::Relaxed),
         );
-        let start = (offset as usize).min(bytes.len());
-        let end = start.saturating_add(size as usize).min(bytes.len());
-        bytes[start..end].to_vec()
+        backends::config_space::read(&bytes, offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -237,8 +234,7 @@ impl VhostUserBackend for VhostUserBalloon {
         };
         self.state.ram.store(ram, Ordering::Relaxed);
         *self.balloon.lock().map_err(lock_err)? = Balloon::new(end);
-        *self.mem.write().map_err(lock_err)? = mem;
-        Ok(())
+        self.mem.set(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -246,7 +242,7 @@ impl VhostUserBackend for VhostUserBalloon {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        backends::worker::exit_event()
     }
 
     fn handle_event(

@@ -3,12 +3,13 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use backends::descriptor_chain::{self, ChainBuffer};
 use tracing::{debug, warn};
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::disk::{Disk, GuestIovecs};
-use crate::request::{self, BadReason, DataBuf, Limits, Request, RequestKind, Segment};
+use crate::request::{self, BadReason, Limits, Request, RequestKind, Segment};
 use crate::stats::Stats;
 use crate::virtio_blk::*;
 
@@ -276,51 +277,34 @@ impl BlkDevice {
     }
 }
 
-/// The guest buffers as iovecs (a buffer may span memory regions: get_slices splits it).
-pub fn guest_iovecs<'a>(
+/// The data buffers as iovecs (parse() checked that they lie in guest memory).
+fn guest_iovecs<'a>(
     mem: &'a GuestMemoryMmap,
-    data: &[DataBuf],
+    data: &[ChainBuffer],
 ) -> std::io::Result<GuestIovecs<'a>> {
-    let mut slices = Vec::with_capacity(data.len());
-    for d in data {
-        for s in GuestMemoryBackend::get_slices(mem, d.addr, d.len as usize) {
-            slices.push(s.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?);
-        }
-    }
-    Ok(GuestIovecs::new(slices))
+    descriptor_chain::iovecs(mem, data)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// Copy `bytes` into the guest buffers in order; returns how many fit.
-fn write_to_bufs(mem: &GuestMemoryMmap, data: &[DataBuf], mut bytes: &[u8]) -> u32 {
-    let mut written = 0u32;
-    for d in data {
-        if bytes.is_empty() {
-            break;
-        }
-        let n = bytes.len().min(d.len as usize);
-        if mem.write_slice(&bytes[..n], d.addr).is_err() {
-            break;
-        }
-        written += n as u32;
-        bytes = &bytes[n..];
-    }
-    written
+fn write_to_bufs(mem: &GuestMemoryMmap, data: &[ChainBuffer], bytes: &[u8]) -> u32 {
+    let Ok(bufs) = descriptor_chain::iovecs(mem, data) else {
+        return 0;
+    };
+    bufs.copy_from(bytes);
+    // at most the 20 bytes of an id
+    bufs.len().min(bytes.len()) as u32
 }
 
 /// The segments of a discard / write-zeroes request; `None` when the data is not a whole
 /// number of segments or carries too many.
-fn read_segments(mem: &GuestMemoryMmap, data: &[DataBuf], len: u64) -> Option<Vec<Segment>> {
+fn read_segments(mem: &GuestMemoryMmap, data: &[ChainBuffer], len: u64) -> Option<Vec<Segment>> {
     let size = u64::from(SEGMENT_SIZE);
     if len == 0 || !len.is_multiple_of(size) || len / size > u64::from(MAX_SEGMENTS) {
         return None;
     }
     let mut raw = vec![0u8; len as usize];
-    let mut at = 0usize;
-    for d in data {
-        mem.read_slice(&mut raw[at..at + d.len as usize], d.addr)
-            .ok()?;
-        at += d.len as usize;
-    }
+    descriptor_chain::iovecs(mem, data).ok()?.copy_to(&mut raw);
     Some(
         raw.chunks_exact(SEGMENT_SIZE as usize)
             .map(|c| {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use backends::frontend_channel::FrontendChannel;
-use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
+use backends::serve::{self, BackendFactory, DaemonConfig, ServeError};
 use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
 
@@ -47,12 +47,32 @@ pub struct Config {
     pub serial: String,
     /// Asynchronous I/O with io_uring (raw images); off or unavailable: synchronous.
     pub uring: bool,
-    pub daemon: DaemonArgs,
+    pub daemon: DaemonConfig,
+}
+
+impl TryFrom<api::backend::blk::BlkBackendConfig> for Config {
+    type Error = Error;
+    fn try_from(c: api::backend::blk::BlkBackendConfig) -> Result<Config, Error> {
+        Ok(Config {
+            image: c.image.ok_or(Error::NoImage)?,
+            format: c.format,
+            readonly: c.readonly,
+            direct: c.direct,
+            queues: c.queues,
+            threads: c.threads,
+            queue_size: c.queue_size,
+            serial: c.serial,
+            uring: c.io_engine == api::backend::blk::IoEngine::Uring,
+            daemon: c.daemon,
+        })
+    }
 }
 
 /// Why the backend could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("no disk image given: use --image PATH or \"image\" in the config file")]
+    NoImage,
     #[error("--queues must be between 1 and 64, not {0}")]
     Queues(usize),
     #[error("--threads must be between 1 and the number of queues ({queues}), not {threads}")]

@@ -4,12 +4,16 @@
 //! header descriptor, zero or more data descriptors, and a device-writable status descriptor
 //! last (the status is its last byte). Every descriptor's range must lie in guest memory, data
 //! must go the right direction, and reads/writes must be whole sectors inside the disk.
-//! virtio-queue bounds the chain itself (length ≤ queue size, no loops, indirect tables).
+//! `backends::descriptor_chain` walks the chain (bounded by virtio-queue; a chain cut short is
+//! refused) and keeps it in chain order: the layout is positional, and a readable descriptor
+//! after a writable one is judged here like any data buffer in the wrong direction (a flush
+//! takes data in either).
 
 use std::ops::Deref;
 
+use backends::descriptor_chain::{ChainBuffer, ChainBuffers, ChainError, OutOfOrder};
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory, Le32, Le64, Permissions};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap, Le32, Le64};
 
 use crate::virtio_blk::*;
 
@@ -26,20 +30,14 @@ pub enum RequestKind {
     Unsupported(u32),
 }
 
-/// One guest buffer of a request's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataBuf {
-    pub addr: GuestAddress,
-    pub len: u32,
-}
-
 /// A validated request: every buffer is inside guest memory, and for reads and writes the byte
 /// range `offset .. offset + data_len` is inside the disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub kind: RequestKind,
     pub sector: u64,
-    pub data: Vec<DataBuf>,
+    /// The data buffers, checked to lie in guest memory.
+    pub data: Vec<ChainBuffer>,
     pub data_len: u64,
     pub status: GuestAddress,
 }
@@ -101,6 +99,17 @@ pub enum BadReason {
     BeyondEnd { sector: u64, bytes: u64 },
     #[error("the request carries {0} bytes, more than the {1} we accept")]
     TooLarge(u64, u64),
+    #[error(transparent)]
+    Chain(ChainError),
+}
+
+impl From<ChainError> for BadReason {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::OutsideMemory { addr, len } => BadReason::OutsideMemory { addr, len },
+            other => BadReason::Chain(other),
+        }
+    }
 }
 
 /// Limits a request is checked against.
@@ -115,38 +124,32 @@ pub struct Limits {
 /// Parse and validate the chain.
 pub fn parse<M>(chain: DescriptorChain<M>, limits: &Limits) -> Result<Request, BadRequest>
 where
-    M: Deref + Clone,
-    M::Target: GuestMemory,
+    M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     let mem = chain.memory();
-    let descs: Vec<_> = chain.clone().collect();
     let bad = |status, reason| BadRequest { status, reason };
+    let bufs =
+        ChainBuffers::new(chain.clone(), OutOfOrder::Keep).map_err(|e| bad(None, e.into()))?;
+    let descs = bufs.buffers();
 
     // the status descriptor first, so that every later failure can still be reported
     let last = descs
         .last()
-        .filter(|d| d.is_write_only() && d.len() >= 1 && descs.len() >= 2)
+        .filter(|d| d.writable && d.len >= 1 && descs.len() >= 2)
         .ok_or(bad(None, BadReason::NoStatus))?;
-    let status_addr = last
-        .addr()
-        .checked_add(u64::from(last.len()) - 1)
-        .filter(|a| mem.check_range(*a, 1, Permissions::Write))
-        .ok_or(bad(
-            None,
-            BadReason::OutsideMemory {
-                addr: last.addr().raw_value(),
-                len: last.len(),
-            },
-        ))?;
-    let status = Some(status_addr);
+    let (data_in, status_byte) = last
+        .split_at(last.len - 1)
+        .filter(|(_, status)| status.check(mem).is_ok())
+        .ok_or(bad(None, outside(last)))?;
+    let status = Some(status_byte.addr);
 
     let head = &descs[0];
-    if head.is_write_only() || head.len() != HEADER_SIZE {
+    if head.writable || head.len != HEADER_SIZE {
         return Err(bad(status, BadReason::BadHeader));
     }
     let header: Header = mem
-        .read_obj(head.addr())
-        .map_err(|_| bad(status, outside(head.addr(), head.len())))?;
+        .read_obj(head.addr)
+        .map_err(|_| bad(status, outside(head)))?;
     let kind = match header.kind.to_native() {
         VIRTIO_BLK_T_IN => RequestKind::In,
         VIRTIO_BLK_T_OUT => RequestKind::Out,
@@ -161,34 +164,21 @@ where
     let mut data = Vec::with_capacity(descs.len() - 2);
     let mut data_len = 0u64;
     for d in &descs[1..descs.len() - 1] {
-        let access = if d.is_write_only() {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if !mem.check_range(d.addr(), d.len() as usize, access) {
-            return Err(bad(status, outside(d.addr(), d.len())));
-        }
-        if d.is_write_only() != device_writes && !matches!(kind, RequestKind::Flush) {
+        d.check(mem).map_err(|e| bad(status, e.into()))?;
+        if d.writable != device_writes && !matches!(kind, RequestKind::Flush) {
             return Err(bad(
                 status,
                 BadReason::WrongDirection(header.kind.to_native()),
             ));
         }
-        data.push(DataBuf {
-            addr: d.addr(),
-            len: d.len(),
-        });
-        data_len += u64::from(d.len());
+        data.push(*d);
+        data_len += u64::from(d.len);
     }
     // the status descriptor may carry data-in bytes before the status byte (other requests
     // have nothing to put there: those bytes are left alone)
-    if last.len() > 1 && device_writes {
-        data.push(DataBuf {
-            addr: last.addr(),
-            len: last.len() - 1,
-        });
-        data_len += u64::from(last.len() - 1);
+    if data_in.len > 0 && device_writes {
+        data.push(data_in);
+        data_len += u64::from(data_in.len);
     }
 
     let sector = header.sector.to_native();
@@ -209,7 +199,7 @@ where
         sector,
         data,
         data_len,
-        status: status_addr,
+        status: status_byte.addr,
     })
 }
 
@@ -224,10 +214,10 @@ pub fn check_range(sector: u64, bytes: u64, limits: &Limits) -> Result<(), BadRe
     }
 }
 
-fn outside(addr: GuestAddress, len: u32) -> BadReason {
+fn outside(buf: &ChainBuffer) -> BadReason {
     BadReason::OutsideMemory {
-        addr: addr.raw_value(),
-        len,
+        addr: buf.addr.0,
+        len: buf.len,
     }
 }
 

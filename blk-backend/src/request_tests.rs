@@ -178,3 +178,38 @@ fn data_outside_guest_memory_and_oversized_requests_are_refused() {
     let err = parse_chain(&mem, &chain).unwrap_err();
     assert!(matches!(err.reason, BadReason::TooLarge(..)));
 }
+
+#[test]
+fn a_chain_cut_short_is_refused_without_a_status() {
+    let mem = memory();
+    header(&mem, 0x10_0000, VIRTIO_BLK_T_IN, 0);
+    // more than 4 GiB in all: virtio-queue stops before the data, and what is left of the
+    // chain has no status byte that can be trusted
+    let chain = [
+        desc(0x10_0000, 16, 0),
+        desc(0x20_0000, u32::MAX, WRITE),
+        desc(0x40_0000, 1, WRITE),
+    ];
+    let err = parse_chain(&mem, &chain).unwrap_err();
+    assert_eq!(err.status, None);
+    assert_eq!(err.reason, BadReason::Chain(ChainError::CutShort));
+}
+
+#[test]
+fn a_readable_buffer_after_a_writable_one_is_judged_by_the_request_type() {
+    let mem = memory();
+    let chain = [
+        desc(0x10_0000, 16, 0),
+        desc(0x20_0000, 512, WRITE),
+        desc(0x30_0000, 512, 0),
+        desc(0x40_0000, 1, WRITE),
+    ];
+    // a flush takes data buffers in either direction (and ignores them)
+    header(&mem, 0x10_0000, VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(parse_chain(&mem, &chain).unwrap().kind, RequestKind::Flush);
+    // a read wants every data buffer device-writable
+    header(&mem, 0x10_0000, VIRTIO_BLK_T_IN, 0);
+    let err = parse_chain(&mem, &chain).unwrap_err();
+    assert_eq!(err.status, Some(GuestAddress(0x40_0000)));
+    assert_eq!(err.reason, BadReason::WrongDirection(VIRTIO_BLK_T_IN));
+}

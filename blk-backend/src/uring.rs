@@ -9,8 +9,9 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use backends::descriptor_chain;
 use io_uring::{opcode, types, IoUring};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::blk::BlkDevice;
 use crate::request::{Request, RequestKind};
@@ -91,19 +92,17 @@ impl UringQueue {
         let punt_write = self.async_writes
             && self.in_flight() >= ASYNC_WRITE_DEPTH
             && req.data_len <= ASYNC_WRITE_MAX_BYTES;
+        // parse() checked the buffers; should they be gone anyway, the synchronous path
+        // answers the error
+        let Ok(bufs) = descriptor_chain::iovecs(&mem, &req.data) else {
+            return Err(req);
+        };
+        let iovecs = bufs.iovecs_from(0);
+        let expected = bufs.len();
+        drop(bufs);
         let Some(slot) = self.free.pop() else {
             return Err(req);
         };
-        let mut iovecs = Vec::with_capacity(req.data.len());
-        for d in &req.data {
-            for s in mem.get_slices(d.addr, d.len as usize).flatten() {
-                iovecs.push(libc::iovec {
-                    iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: s.len(),
-                });
-            }
-        }
-        let expected: usize = iovecs.iter().map(|v| v.iov_len).sum();
         let fd = types::Fd(file.as_raw_fd());
         let entry = match req.kind {
             RequestKind::In => opcode::Readv::new(fd, iovecs.as_ptr(), iovecs.len() as u32)

@@ -7,17 +7,16 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use backends::guest_memory::GuestMemoryHandle;
 use tracing::warn;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::blk::{BlkDevice, Start};
 use crate::uring::{Completed, UringQueue};
@@ -32,7 +31,7 @@ pub struct VhostUserBlk {
     threads: usize,
     queue_size: usize,
     event_idx: AtomicBool,
-    mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: GuestMemoryHandle,
     /// Per queue: its io_uring (when the disk allows asynchronous I/O) and its vring (known
     /// from the first event, needed to complete requests when the ring is stopped).
     queues: Vec<Mutex<QueueState>>,
@@ -112,7 +111,7 @@ impl VhostUserBlk {
             threads,
             queue_size,
             event_idx: AtomicBool::new(false),
-            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            mem: GuestMemoryHandle::new(),
             queues,
         })
     }
@@ -148,18 +147,10 @@ impl VhostUserBlk {
             .map_err(|_| io::Error::other("queue lock poisoned"))
     }
 
-    fn memory(&self) -> io::Result<GuestMemoryAtomic<GuestMemoryMmap>> {
-        Ok(self
-            .mem
-            .read()
-            .map_err(|_| io::Error::other("memory lock poisoned"))?
-            .clone())
-    }
-
     /// Serve every available chain of `vring`: synchronously, or submitted to the queue's
     /// io_uring; then notify the guest if it wants to be.
     fn process_queue(&self, qs: &mut QueueState, vring: &VringRwLock) -> io::Result<()> {
-        let atomic = self.memory()?;
+        let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
@@ -200,7 +191,7 @@ impl VhostUserBlk {
         if done.is_empty() {
             return Ok(());
         }
-        let atomic = self.memory()?;
+        let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
@@ -260,15 +251,11 @@ impl VhostUserBackend for VhostUserBlk {
             capacity: self.device.disk.capacity() >> SECTOR_SHIFT,
             ..self.config.clone()
         };
-        config.read(offset, size)
+        backends::config_space::read(&config.to_bytes(), offset, size)
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        *self
-            .mem
-            .write()
-            .map_err(|_| io::Error::other("memory lock poisoned"))? = mem;
-        Ok(())
+        self.mem.set(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -286,7 +273,7 @@ impl VhostUserBackend for VhostUserBlk {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        backends::worker::exit_event()
     }
 
     fn handle_event(

@@ -4,8 +4,9 @@
 //! and MAC-filter commands are acknowledged (the tap hands the guest every frame and the
 //! guest's stack filters); anything else is refused.
 
+use backends::descriptor_chain::{ChainBuffers, ChainError, OutOfOrder};
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::virtio_net::*;
 
@@ -37,32 +38,36 @@ pub fn parse(bytes: &[u8]) -> Option<Command> {
     })
 }
 
-/// The command bytes (device-readable part) and the address of the ack byte (the first
-/// device-writable buffer). `None`: a malformed chain.
+/// Why a control chain carries no command we can answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedCommand {
+    #[error("the control chain is malformed")]
+    Chain(#[source] ChainError),
+    #[error("the control chain has no device-writable byte for the ack")]
+    NoAck,
+}
+
+/// The command bytes (the device-readable part, at most 4 KiB) and the address of the ack
+/// byte (the first device-writable buffer). Further device-writable buffers are not used, and
+/// a device-readable descriptor after the ack ends the chain: it and what follows are never
+/// read.
 pub fn read_command<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
-) -> Option<(Vec<u8>, vm_memory::GuestAddress)>
+) -> Result<(Vec<u8>, GuestAddress), MalformedCommand>
 where
     M: std::ops::Deref<Target = GuestMemoryMmap>,
 {
-    let mut bytes = Vec::new();
-    for desc in chain {
-        if desc.is_write_only() {
-            if desc.len() == 0 {
-                return None;
-            }
-            return Some((bytes, desc.addr()));
-        }
-        let len = desc.len() as usize;
-        if bytes.len() + len > MAX_COMMAND_LEN {
-            return None;
-        }
-        let start = bytes.len();
-        bytes.resize(start + len, 0);
-        mem.read_slice(&mut bytes[start..], desc.addr()).ok()?;
-    }
-    None // no room for the ack
+    let bufs = ChainBuffers::new(chain, OutOfOrder::EndChain).map_err(MalformedCommand::Chain)?;
+    let ack = bufs
+        .writable()
+        .first()
+        .filter(|b| b.len > 0)
+        .ok_or(MalformedCommand::NoAck)?;
+    let bytes = bufs
+        .read_readable(mem, MAX_COMMAND_LEN)
+        .map_err(MalformedCommand::Chain)?;
+    Ok((bytes, ack.addr))
 }
 
 /// Whether `pairs` is a valid VQ_PAIRS_SET for a device with `max` pairs.
@@ -73,6 +78,50 @@ pub fn pairs_ok(pairs: u16, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Bytes;
+
+    const WRITE: u16 = 2; // VRING_DESC_F_WRITE
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    fn read(mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> Result<(Vec<u8>, u64), String> {
+        let q = MockSplitQueue::new(mem, 16);
+        read_command(q.build_desc_chain(descs).unwrap(), mem)
+            .map(|(bytes, ack)| (bytes, ack.0))
+            .map_err(|e| backends::error_chain(&e))
+    }
+
+    #[test]
+    fn a_command_is_read_up_to_its_ack_byte() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_slice(&[4, 0], GuestAddress(0x1000)).unwrap();
+        mem.write_slice(&[2, 0], GuestAddress(0x2000)).unwrap();
+        let cmd = [desc(0x1000, 2, 0), desc(0x2000, 2, 0)];
+        let ack = desc(0x3000, 1, WRITE);
+        assert_eq!(
+            read(&mem, &[cmd[0], cmd[1], ack]),
+            Ok((vec![4, 0, 2, 0], 0x3000))
+        );
+        // what follows the ack is not looked at, a readable descriptor outside memory included
+        let junk = desc(1 << 40, 8, 0);
+        assert_eq!(read(&mem, &[cmd[0], ack, junk]), Ok((vec![4, 0], 0x3000)));
+        // no ack byte, an empty one, or too long a command: malformed
+        assert!(read(&mem, &cmd)
+            .unwrap_err()
+            .contains("no device-writable byte"));
+        assert!(read(&mem, &[cmd[0], desc(0x3000, 0, WRITE)]).is_err());
+        let long = desc(0x1000, MAX_COMMAND_LEN as u32 + 1, 0);
+        assert!(read(&mem, &[long, ack])
+            .unwrap_err()
+            .contains("more than the 4096"));
+        assert!(read(&mem, &[desc(1 << 40, 2, 0), ack])
+            .unwrap_err()
+            .contains("outside guest memory"));
+    }
 
     #[test]
     fn commands_parse() {

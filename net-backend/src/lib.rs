@@ -20,7 +20,7 @@ mod queue_tests;
 
 use std::sync::Arc;
 
-use backends::serve::{self, BackendFactory, DaemonArgs, ServeError};
+use backends::serve::{self, BackendFactory, DaemonConfig, ServeError};
 use vhost_user_backend::VringEpollHandler;
 
 use crate::stats::NetStats;
@@ -48,11 +48,47 @@ pub struct Config {
     pub mtu: u16,
     pub queues: usize,
     pub queue_size: usize,
-    pub daemon: DaemonArgs,
+    pub daemon: DaemonConfig,
+}
+
+/// A locally chosen address in QEMU's 52:54:00 range, different for each backend process.
+fn random_mac() -> [u8; 6] {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().rotate_left(12);
+    let b = seed.to_le_bytes();
+    [0x52, 0x54, 0x00, b[0], b[1], b[2]]
+}
+
+impl TryFrom<api::backend::net::NetBackendConfig> for Config {
+    type Error = Error;
+    fn try_from(c: api::backend::net::NetBackendConfig) -> Result<Config, Error> {
+        let tap = match (c.tap, c.create_tap, c.bridge) {
+            (Some(_), Some(_), _) | (None, None, _) => return Err(Error::TapSource),
+            (Some(_), None, Some(_)) => return Err(Error::BridgeWithoutCreate),
+            (Some(name), None, None) => TapSource::Existing(name),
+            (None, Some(name), bridge) => TapSource::Create { name, bridge },
+        };
+        Ok(Config {
+            tap,
+            mac: c.mac.map_or_else(random_mac, |m| m.0),
+            mtu: c.mtu,
+            queues: c.queues,
+            queue_size: c.queue_size,
+            daemon: c.daemon,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("give exactly one of --tap NAME (an existing tap) and --create-tap NAME (or \"tap\" / \"create_tap\" in the config file)")]
+    TapSource,
+    #[error(
+        "--bridge goes with --create-tap: an existing tap (--tap) is not put on a bridge by us"
+    )]
+    BridgeWithoutCreate,
     #[error("--queues (queue pairs) must be between 1 and 16, not {0}")]
     Queues(usize),
     #[error("--queue-size must be a power of two between 64 and 32768, not {0}")]

@@ -7,9 +7,10 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use backends::descriptor_chain::ChainBuffers;
 use backends::guest_iovecs::GuestIovecs;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use crate::stats::{add, NetStats};
 use crate::tap;
@@ -47,16 +48,9 @@ fn writable_buffers<'a, M>(
 where
     M: std::ops::Deref<Target = GuestMemoryMmap>,
 {
-    let mut slices = Vec::new();
-    for desc in chain {
-        if !desc.is_write_only() {
-            return None;
-        }
-        for s in GuestMemoryBackend::get_slices(mem, desc.addr(), desc.len() as usize) {
-            slices.push(s.ok()?);
-        }
-    }
-    Some(GuestIovecs::new(slices))
+    ChainBuffers::writable_only(chain)
+        .and_then(|bufs| bufs.writable_iovecs(mem))
+        .ok()
 }
 
 enum Placed {

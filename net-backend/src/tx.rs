@@ -4,9 +4,10 @@
 
 use std::os::fd::RawFd;
 
+use backends::descriptor_chain::{ChainBuffers, ChainError};
 use backends::guest_iovecs::{GuestIovecs, IOV_MAX};
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use crate::flow::{self, FlowTable};
 use crate::tap;
@@ -32,27 +33,25 @@ pub fn readable_buffers<'a, M>(
 where
     M: std::ops::Deref<Target = GuestMemoryMmap>,
 {
-    let mut slices = Vec::new();
-    let mut total = 0usize;
-    for desc in chain {
-        if desc.is_write_only() {
-            return Err("a device-writable buffer in a transmit chain");
-        }
-        total = total.saturating_add(desc.len() as usize);
-        if total > MAX_PACKET_LEN {
-            return Err("a packet larger than 64 KiB");
-        }
-        for s in GuestMemoryBackend::get_slices(mem, desc.addr(), desc.len() as usize) {
-            slices.push(s.map_err(|_| "a buffer outside guest memory")?);
-        }
+    let bufs = ChainBuffers::readable_only(chain).map_err(|e| match e {
+        ChainError::CutShort => "a chain that does not end",
+        // out of order or not: a device-writable buffer (readable_only refuses nothing else)
+        _ => "a device-writable buffer in a transmit chain",
+    })?;
+    let total = bufs.readable_len();
+    if total > MAX_PACKET_LEN as u64 {
+        return Err("a packet larger than 64 KiB");
     }
-    if total < NET_HDR_LEN + MIN_FRAME_LEN {
+    let iovecs = bufs
+        .readable_iovecs(mem)
+        .map_err(|_| "a buffer outside guest memory")?;
+    if total < (NET_HDR_LEN + MIN_FRAME_LEN) as u64 {
         return Err("a packet shorter than header + Ethernet header");
     }
-    if slices.len() > IOV_MAX {
+    if iovecs.slices().len() > IOV_MAX {
         return Err("a packet in more than 1024 pieces");
     }
-    Ok(GuestIovecs::new(slices))
+    Ok(iovecs)
 }
 
 /// Bytes of a frame enough to find its flow: Ethernet, two VLAN tags, an IPv4 header with

@@ -7,17 +7,17 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
+use backends::guest_memory::GuestMemoryHandle;
+use backends::lock_err;
 use tracing::{info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::ctrl::{self, Command};
 use crate::flow::FlowTable;
@@ -40,7 +40,7 @@ pub struct VhostUserNet {
     config: NetConfig,
     event_idx: AtomicBool,
     acked: AtomicU64,
-    mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: GuestMemoryHandle,
     rx: Vec<Mutex<RxQueue>>,
     stats: Arc<NetStats>,
     /// Pairs the driver asked for on our control queue (all, until it asks).
@@ -52,10 +52,6 @@ pub struct VhostUserNet {
     /// Held while a tap queue is attached or detached (pair 0's thread on a control command,
     /// a pair's own thread when its rings change).
     attaching: Mutex<()>,
-}
-
-fn lock_err<T>(_: T) -> io::Error {
-    io::Error::other("lock poisoned")
 }
 
 impl VhostUserNet {
@@ -74,7 +70,7 @@ impl VhostUserNet {
             config,
             event_idx: AtomicBool::new(false),
             acked: AtomicU64::new(0),
-            mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            mem: GuestMemoryHandle::new(),
             rx: (0..pairs).map(|_| Mutex::new(RxQueue::default())).collect(),
             stats,
             pairs_in_use: AtomicUsize::new(pairs),
@@ -107,10 +103,6 @@ impl VhostUserNet {
         self.acked.load(Ordering::Relaxed) & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
     }
 
-    fn memory(&self) -> io::Result<GuestMemoryAtomic<GuestMemoryMmap>> {
-        Ok(self.mem.read().map_err(lock_err)?.clone())
-    }
-
     /// Whether `pair`'s tap queue is attached (gets packets from the kernel, takes writes).
     fn is_attached(&self, pair: usize) -> bool {
         self.attached
@@ -140,7 +132,7 @@ impl VhostUserNet {
     /// drives receive, and the guest's kick is only wanted once the buffers ran out.
     fn receive(&self, pair: usize, vring: &VringRwLock) -> io::Result<()> {
         let fd = self.tap_fd(pair)?;
-        let atomic = self.memory()?;
+        let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let mut rxq = self
             .rx
@@ -188,7 +180,7 @@ impl VhostUserNet {
             flows: &flows,
             table: &self.flows,
         };
-        let atomic = self.memory()?;
+        let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let counters = &self.stats.pairs[pair];
         let mut state = vring.get_mut();
@@ -218,7 +210,7 @@ impl VhostUserNet {
     }
 
     fn control(&self, vring: &VringRwLock) -> io::Result<()> {
-        let atomic = self.memory()?;
+        let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
@@ -226,11 +218,15 @@ impl VhostUserNet {
         while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
             add(&self.stats.ctrl_commands, 1);
-            let Some((bytes, ack_addr)) = ctrl::read_command(chain, &mem) else {
-                add(&self.stats.malformed_chains, 1);
-                queue.add_used(&*mem, head, 0).map_err(io::Error::other)?;
-                used += 1;
-                continue;
+            let (bytes, ack_addr) = match ctrl::read_command(chain, &mem) {
+                Ok(command) => command,
+                Err(e) => {
+                    tracing::debug!("dropped a control chain: {}", backends::error_chain(&e));
+                    add(&self.stats.malformed_chains, 1);
+                    queue.add_used(&*mem, head, 0).map_err(io::Error::other)?;
+                    used += 1;
+                    continue;
+                }
             };
             let ack = match ctrl::parse(&bytes) {
                 Some(Command::SetPairs(n)) if ctrl::pairs_ok(n, self.pairs) => self.set_pairs(n),
@@ -372,12 +368,11 @@ impl VhostUserBackend for VhostUserNet {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.config.read(offset, size)
+        backends::config_space::read(&self.config.to_bytes(), offset, size)
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        *self.mem.write().map_err(lock_err)? = mem;
-        Ok(())
+        self.mem.set(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -393,7 +388,7 @@ impl VhostUserBackend for VhostUserNet {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        backends::worker::exit_event()
     }
 
     fn handle_event(

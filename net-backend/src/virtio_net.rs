@@ -67,38 +67,15 @@ impl NetConfig {
         b[10..12].copy_from_slice(&self.mtu.to_le_bytes());
         b
     }
-
-    /// `size` bytes at `offset`; a read past the end returns what exists (nothing, if none).
-    pub fn read(&self, offset: u32, size: u32) -> Vec<u8> {
-        let bytes = self.to_bytes();
-        let start = (offset as usize).min(bytes.len());
-        let end = start.saturating_add(size as usize).min(bytes.len());
-        bytes[start..end].to_vec()
-    }
 }
 
-/// A MAC address written `52:54:00:12:34:56`.
+/// A MAC address written `52:54:00:12:34:56` (unicast only).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    if parts.next().is_some() || mac[0] & 1 != 0 {
-        return None; // trailing parts, or a multicast address
-    }
-    Some(mac)
+    s.parse::<api::backend::net::MacAddress>().ok().map(|m| m.0)
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    api::backend::net::MacAddress(*mac).to_string()
 }
 
 #[cfg(test)]
@@ -129,11 +106,13 @@ mod tests {
             max_virtqueue_pairs: 2,
             mtu: 9000,
         };
-        assert_eq!(c.read(0, 6), vec![2, 0, 0, 0, 0, 1]);
-        assert_eq!(c.read(6, 2), vec![1, 0]);
-        assert_eq!(c.read(8, 2), vec![2, 0]);
-        assert_eq!(c.read(10, 2), 9000u16.to_le_bytes().to_vec());
-        assert_eq!(c.read(10, 100).len(), 2);
-        assert!(c.read(64, 4).is_empty());
+        let read = |offset, size| backends::config_space::read(&c.to_bytes(), offset, size);
+        assert_eq!(read(0, 6), vec![2, 0, 0, 0, 0, 1]);
+        assert_eq!(read(6, 2), vec![1, 0]);
+        assert_eq!(read(8, 2), vec![2, 0]);
+        assert_eq!(read(10, 2), 9000u16.to_le_bytes().to_vec());
+        // past the end: zeroes, exactly as many bytes as asked (GET_CONFIG's rule)
+        assert_eq!(read(10, 4), vec![0x28, 0x23, 0, 0]);
+        assert_eq!(read(64, 4), vec![0; 4]);
     }
 }

@@ -1,9 +1,14 @@
 //! A domain: one JSON file in the store describing a VM and its devices, the unit `svctl`
-//! manages (like a libvirt domain XML). It is turned into backend command lines and the vmm's
-//! own [`VmConfig`] (the API/config-file schema) when the domain starts.
+//! manages (like a libvirt domain XML). When the domain starts it is turned into each backend's
+//! configuration (the `api::backend` types the backends parse their command line and
+//! `--config` file into) and the vmm's own [`VmConfig`] (the API/config-file schema).
 
 use std::path::{Path, PathBuf};
 
+use api::backend::balloon::BalloonBackendConfig;
+use api::backend::blk::{BlkBackendConfig, ImageFormat};
+use api::backend::net::{MacAddress, NetBackendConfig};
+use api::backend::{DaemonConfig, DEFAULT_QUEUE_SIZE};
 use api::config::{ByteSize, DeviceConfig, MemoryConfig, SerialConfig, VmConfig, MIN_MEMORY};
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +158,9 @@ impl Domain {
             if n.bridge.is_some() == n.tap.is_some() {
                 return Err(bad(format!("nic {i}: give exactly one of bridge or tap")));
             }
+            if let Some(Err(e)) = n.mac.as_deref().map(str::parse::<MacAddress>) {
+                return Err(bad(format!("nic {i}: {e}")));
+            }
         }
         Ok(())
     }
@@ -163,6 +171,50 @@ impl Domain {
             Some(t) => t.clone(),
             None => format!("sv{}n{i}", &self.uuid.replace('-', "")[..8]),
         }
+    }
+
+    /// The configuration of disk `i`'s `splitvisor-blk`.
+    pub fn blk_backend(&self, i: usize, rt: &Runtime) -> BlkBackendConfig {
+        let disk = &self.disks[i];
+        BlkBackendConfig {
+            daemon: rt.daemon(rt.disk_socket(i), Some(rt.disk_stats(i))),
+            image: Some(disk.path.clone()),
+            // validate() let only raw, qcow2 and auto through
+            format: clap::ValueEnum::from_str(&disk.format, false).unwrap_or(ImageFormat::Auto),
+            readonly: disk.readonly,
+            queues: disk.queues.into(),
+            ..BlkBackendConfig::default()
+        }
+    }
+
+    /// The configuration of NIC `i`'s `splitvisor-net`.
+    pub fn net_backend(&self, i: usize, rt: &Runtime) -> NetBackendConfig {
+        let nic = &self.nics[i];
+        let (tap, create_tap) = match &nic.bridge {
+            Some(_) => (None, Some(self.tap_name(i))),
+            None => (Some(self.tap_name(i)), None),
+        };
+        NetBackendConfig {
+            daemon: rt.daemon(rt.nic_socket(i), Some(rt.nic_stats(i))),
+            tap,
+            create_tap,
+            bridge: nic.bridge.clone(),
+            mac: self.mac(i).parse().ok(),
+            queues: nic.queues.into(),
+            ..NetBackendConfig::default()
+        }
+    }
+
+    /// The configuration of the balloon's `splitvisor-balloon`, if the domain has one.
+    pub fn balloon_backend(&self, rt: &Runtime) -> Option<BalloonBackendConfig> {
+        let b = self.balloon.as_ref()?;
+        Some(BalloonBackendConfig {
+            daemon: rt.daemon(rt.balloon_socket(), None),
+            control: Some(rt.balloon_control()),
+            deflate_on_oom: b.deflate_on_oom,
+            free_page_reporting: b.free_page_reporting,
+            stats_interval: b.stats_interval,
+        })
     }
 
     pub fn mac(&self, i: usize) -> String {
@@ -182,6 +234,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// A backend's daemon options: its vhost-user socket and counters socket here.
+    fn daemon(&self, socket: PathBuf, stats_socket: Option<PathBuf>) -> DaemonConfig {
+        DaemonConfig {
+            socket: Some(socket),
+            stats_socket,
+            ..DaemonConfig::default()
+        }
+    }
     pub fn api(&self) -> PathBuf {
         self.dir.join("api.sock")
     }
@@ -265,7 +325,7 @@ fn device(
         virtio_type,
         socket,
         queues,
-        queue_size: 256,
+        queue_size: DEFAULT_QUEUE_SIZE,
         control,
     }
 }
@@ -280,4 +340,69 @@ pub fn read(path: &Path) -> Result<Domain, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("malformed domain file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_derives_each_backends_configuration() {
+        let d: Domain = serde_json::from_str(
+            r#"{"name": "web", "uuid": "0123abcd-0000-4000-8000-000000000000", "memory": "512M",
+                "kernel": "/k", "disks": [{"path": "/d.qcow2", "format": "qcow2", "queues": 2}],
+                "nics": [{"bridge": "br0"}, {"tap": "t1", "mac": "52:54:00:00:00:07"}]}"#,
+        )
+        .unwrap();
+        d.validate().unwrap();
+        let rt = Runtime {
+            dir: "/run/sv/web".into(),
+        };
+        // what the supervisor writes is what each backend reads
+        let text = serde_json::to_string(&d.blk_backend(0, &rt)).unwrap();
+        let blk: BlkBackendConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(blk.image, Some("/d.qcow2".into()));
+        assert_eq!(
+            (blk.format, blk.queues, blk.queue_size),
+            (ImageFormat::Qcow2, 2, 256)
+        );
+        assert_eq!(blk.daemon.socket, Some(rt.disk_socket(0)));
+        assert_eq!(blk.daemon.stats_socket, Some(rt.disk_stats(0)));
+        let net0 = d.net_backend(0, &rt);
+        assert_eq!(net0.create_tap.as_deref(), Some("sv0123abcdn0"));
+        assert_eq!(
+            (net0.bridge.as_deref(), net0.tap.as_deref()),
+            (Some("br0"), None)
+        );
+        assert_eq!(net0.mac.unwrap().to_string(), d.mac(0));
+        let net1 = d.net_backend(1, &rt);
+        assert_eq!(
+            (net1.tap.as_deref(), net1.create_tap.as_deref()),
+            (Some("t1"), None)
+        );
+        assert_eq!(net1.mac.unwrap().0[5], 7);
+        let balloon = d.balloon_backend(&rt).unwrap();
+        assert_eq!(balloon.control, Some(rt.balloon_control()));
+        assert_eq!(balloon.stats_interval, 1);
+        // the vmm's devices have the same queue size as the backends
+        let vm = vm_config(&d, &rt);
+        assert!(vm
+            .devices
+            .iter()
+            .all(|dev| dev.queue_size == DEFAULT_QUEUE_SIZE));
+    }
+
+    #[test]
+    fn a_bad_mac_is_refused_when_the_domain_is_checked() {
+        let d: Domain = serde_json::from_str(
+            r#"{"name": "n", "memory": "512M", "kernel": "/k",
+                "nics": [{"bridge": "br0", "mac": "01:00:5e:00:00:01"}]}"#,
+        )
+        .unwrap();
+        let err = d.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("nic 0") && err.contains("not a unicast MAC"),
+            "{err}"
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! The supervisor: one process per running domain (`svctl __supervise NAME`, started by
-//! `svctl start`). It starts the backends one by one, each awaited on its sd_notify
+//! `svctl start`). It writes each backend's configuration (`<runtime>/blk0.json` …, the
+//! domain's translation into `api::backend` types) and starts the backends with `--config`,
+//! one by one, each awaited on its sd_notify
 //! READY=1 (no sleeps), then `splitvisor`; waits for the vmm to end (guest poweroff, `destroy`,
 //! a crash); then stops the backends and removes the runtime directory. Every child gets
 //! PR_SET_PDEATHSIG, so none outlives the supervisor even if it is killed.
@@ -121,67 +123,27 @@ pub fn tail(path: &Path) -> String {
         .to_string()
 }
 
-fn backend_args(d: &Domain, rt: &Runtime) -> Vec<(String, &'static str, Vec<String>)> {
-    let s = |p: PathBuf| p.display().to_string();
+/// Each backend of the domain: its name in the runtime dir, its program and its
+/// configuration (what the program's `--config` file holds).
+fn backend_configs(
+    d: &Domain,
+    rt: &Runtime,
+) -> Result<Vec<(String, &'static str, String)>, String> {
+    let json = |v: Result<String, serde_json::Error>| v.map_err(|e| e.to_string());
     let mut out = Vec::new();
-    for (i, disk) in d.disks.iter().enumerate() {
-        let mut a = vec![
-            "--socket".into(),
-            s(rt.disk_socket(i)),
-            "--image".into(),
-            s(disk.path.clone()),
-            "--format".into(),
-            disk.format.clone(),
-            "--queues".into(),
-            disk.queues.to_string(),
-            "--stats-socket".into(),
-            s(rt.disk_stats(i)),
-        ];
-        if disk.readonly {
-            a.push("--readonly".into());
-        }
-        out.push((format!("blk{i}"), "splitvisor-blk", a));
+    for i in 0..d.disks.len() {
+        let cfg = json(serde_json::to_string_pretty(&d.blk_backend(i, rt)))?;
+        out.push((format!("blk{i}"), "splitvisor-blk", cfg));
     }
-    for (i, nic) in d.nics.iter().enumerate() {
-        let mut a = vec![
-            "--socket".into(),
-            s(rt.nic_socket(i)),
-            "--mac".into(),
-            d.mac(i),
-            "--queues".into(),
-            nic.queues.to_string(),
-            "--stats-socket".into(),
-            s(rt.nic_stats(i)),
-        ];
-        match &nic.bridge {
-            Some(br) => a.extend([
-                "--create-tap".into(),
-                d.tap_name(i),
-                "--bridge".into(),
-                br.clone(),
-            ]),
-            None => a.extend(["--tap".into(), d.tap_name(i)]),
-        }
-        out.push((format!("net{i}"), "splitvisor-net", a));
+    for i in 0..d.nics.len() {
+        let cfg = json(serde_json::to_string_pretty(&d.net_backend(i, rt)))?;
+        out.push((format!("net{i}"), "splitvisor-net", cfg));
     }
-    if let Some(b) = &d.balloon {
-        let mut a = vec![
-            "--socket".into(),
-            s(rt.balloon_socket()),
-            "--control".into(),
-            s(rt.balloon_control()),
-            "--stats-interval".into(),
-            b.stats_interval.to_string(),
-        ];
-        if b.deflate_on_oom {
-            a.push("--deflate-on-oom".into());
-        }
-        if b.free_page_reporting {
-            a.push("--free-page-reporting".into());
-        }
-        out.push(("balloon".into(), "splitvisor-balloon", a));
+    if let Some(b) = d.balloon_backend(rt) {
+        let cfg = json(serde_json::to_string_pretty(&b))?;
+        out.push(("balloon".into(), "splitvisor-balloon", cfg));
     }
-    out
+    Ok(out)
 }
 
 fn stop(procs: &mut [Proc]) {
@@ -261,7 +223,11 @@ pub fn supervise(store: &Store, name: &str) -> Result<i32, String> {
 
 fn run(d: &Domain, rt: &Runtime) -> Result<i32, String> {
     let mut procs = Vec::new();
-    for (what, program, args) in backend_args(d, rt) {
+    for (what, program, cfg) in backend_configs(d, rt)? {
+        let cfg_path = rt.dir.join(format!("{what}.json"));
+        std::fs::write(&cfg_path, cfg)
+            .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+        let args = vec!["--config".to_string(), cfg_path.display().to_string()];
         match start_backend(rt, &what, program, args) {
             Ok(p) => procs.push(p),
             Err(e) => {

@@ -39,13 +39,9 @@ pub trait Disk: Send + Sync {
     }
 }
 
-/// Image formats we open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Raw,
-    Qcow2,
-    Auto,
-}
+/// Image formats we open (`auto`: detected from the file's header); part of the backend's
+/// configuration.
+pub use api::backend::blk::ImageFormat as Format;
 
 /// How to open the image.
 #[derive(Debug, Clone)]

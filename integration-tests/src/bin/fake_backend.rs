@@ -7,14 +7,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use backends::guest_memory::GuestMemoryHandle;
 use clap::Parser;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 #[derive(Debug, Parser)]
 #[command(name = "sv-fake-backend")]
@@ -36,6 +35,8 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 
 struct Fake {
     features: u64,
+    /// Kept like a real backend's, though nothing reads it.
+    mem: GuestMemoryHandle,
 }
 
 impl VhostUserBackend for Fake {
@@ -55,11 +56,11 @@ impl VhostUserBackend for Fake {
         VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
     }
     fn set_event_idx(&self, _enabled: bool) {}
-    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
-        Ok(())
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
+        self.mem.set(mem)
     }
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        backends::worker::exit_event()
     }
     fn handle_event(
         &self,
@@ -76,6 +77,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let backend = std::sync::Arc::new(Fake {
         features: args.features,
+        mem: GuestMemoryHandle::new(),
     });
     let mut daemon = VhostUserDaemon::new(
         "sv-fake-backend".into(),

@@ -1,0 +1,97 @@
+//! Each backend process's configuration as one serde type: parsed from its command line (the
+//! same struct derives the clap options) or read as JSON with `--config FILE`, and built by
+//! svctl from a domain file, so the supervisor hands a backend a config instead of writing an
+//! argv by hand. Defaults live in the clap attributes only: [`clap_defaults`] is what serde
+//! fills a missing field with, so the command line and a JSON file can never disagree.
+
+pub mod balloon;
+pub mod blk;
+mod config_file;
+pub mod net;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use config_file::{load_with_file, ConfigFileError};
+
+/// Descriptors per virtqueue unless configured otherwise (the vmm's devices and every backend).
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+
+/// Which scheduling policy a backend's threads run under (docs/backends.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedPolicy {
+    /// `SCHED_BATCH`: a woken worker does not preempt the running vCPU.
+    #[default]
+    Batch,
+    /// `SCHED_OTHER`: the normal policy (a woken worker may preempt).
+    Other,
+}
+
+/// The options every backend daemon takes besides its device options.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Path of the vhost-user socket to create and listen on (a stale socket left there is
+    /// replaced; anything else there is refused).
+    #[arg(long, value_name = "PATH", conflicts_with = "socket_fd")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Listen on this already-bound listening socket instead (inherited descriptor). With
+    /// neither option, systemd socket activation (`LISTEN_FDS`) is used when present.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_fd: Option<i32>,
+    /// Write our PID here once the socket accepts connections (removed at exit).
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pidfile: Option<PathBuf>,
+    /// Exit after the first frontend disconnects instead of waiting for the next one.
+    #[arg(long)]
+    pub once: bool,
+    /// Serve the counters on this Unix socket: each connection gets them as `key=value` text.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats_socket: Option<PathBuf>,
+    /// Scheduling policy of every thread: `batch` keeps a worker that a guest's kick wakes
+    /// from preempting the vCPU that kicked (see docs/backends.md).
+    #[arg(long, value_enum, default_value_t = SchedPolicy::Batch)]
+    pub sched: SchedPolicy,
+}
+
+/// The value of `T` when no option is given: the defaults of its clap attributes.
+pub fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true));
+    let matches = cmd
+        .try_get_matches_from(std::iter::empty::<String>())
+        .expect("a backend's options all have defaults or are optional");
+    T::from_arg_matches(&matches).expect("defaults convert")
+}
+
+macro_rules! defaults_from_clap {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                $crate::backend::clap_defaults()
+            }
+        }
+    )*};
+}
+pub(crate) use defaults_from_clap;
+
+defaults_from_clap!(DaemonConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_json_object_is_the_command_line_with_no_options() {
+        let d: DaemonConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(d, DaemonConfig::default());
+        assert_eq!(d.sched, SchedPolicy::Batch);
+        assert!(d.socket.is_none() && !d.once);
+        assert!(serde_json::from_str::<DaemonConfig>(r#"{"sockt": "/x"}"#).is_err());
+    }
+}
