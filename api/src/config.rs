@@ -12,6 +12,16 @@ pub const MIN_MEMORY: u64 = 64 << 20;
 pub const MAX_CPUS: u8 = 254;
 /// Used when the config gives no command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=1";
+/// The largest virtio device type: a virtio-pci device's PCI device id is 0x1040 + type, 16 bits.
+pub const MAX_VIRTIO_TYPE: u32 = 0xffff - 0x1040;
+/// The most queue units a device may have (`queues`). A unit is at most 3 virtqueues (the
+/// balloon's set; the vmm's device-type table has the count per type), and the device has an
+/// MSI-X vector per virtqueue, one for net's control queue and one for configuration changes:
+/// 64 units keep that within the 256 vectors the vmm's virtio-pci BAR has room for, and the
+/// queue count far within the u16 it is counted in.
+pub const MAX_QUEUE_UNITS: u16 = 64;
+/// The largest virtqueue size (virtio 1.x, 2.6: a split queue has at most 32768 entries).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -27,6 +37,18 @@ pub enum ConfigError {
     InvalidSerial(String),
     #[error("invalid --device {0:?}: expected vhost-user,type=blk|net|balloon|<virtio id>,socket=PATH[,queues=N][,queue_size=N][,control=PATH]")]
     InvalidDevice(String),
+    #[error("invalid --device {option:?}: {problem}")]
+    DeviceOption {
+        option: String,
+        problem: DeviceProblem,
+    },
+    #[error("device {index} (socket {}): {problem}", socket.display())]
+    Device {
+        /// The device's place in the config's `devices` (the vmm names it `blk0`, `net1` … by it).
+        index: usize,
+        socket: PathBuf,
+        problem: DeviceProblem,
+    },
     #[error("invalid --on-reboot {0:?}: expected restart or exit")]
     InvalidOnReboot(String),
     #[error("no kernel given: use --kernel PATH or \"kernel\" in the config file")]
@@ -37,6 +59,17 @@ pub enum ConfigError {
     MemoryTooSmall(ByteSize),
     #[error("--memory {size} with hugepages=on is not a multiple of the 2 MiB huge page size")]
     HugepageAlignment { size: ByteSize },
+}
+
+/// What is wrong with a device's settings ([`DeviceConfig::check`]).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceProblem {
+    #[error("virtio type {0} is not a device id: expected 1 to {MAX_VIRTIO_TYPE} (the PCI device id is 0x1040 + type)")]
+    VirtioType(u32),
+    #[error("queues={0}: expected 1 to {MAX_QUEUE_UNITS}")]
+    Queues(u16),
+    #[error("queue_size={0}: expected a power of two from 1 to {MAX_QUEUE_SIZE}")]
+    QueueSize(u16),
 }
 
 /// A size in bytes, written as `512M`, `2G`, `1048576` …
@@ -278,17 +311,41 @@ impl FromStr for DeviceConfig {
                 _ => return Err(bad()),
             }
         }
-        let ok = queues >= 1 && queue_size.is_power_of_two() && queue_size <= 32768;
-        match (virtio_type, socket) {
-            (Some(virtio_type), Some(socket)) if ok => Ok(DeviceConfig {
-                virtio_type,
-                socket,
-                queues,
-                queue_size,
-                control,
-            }),
-            _ => Err(bad()),
+        let (Some(virtio_type), Some(socket)) = (virtio_type, socket) else {
+            return Err(bad());
+        };
+        let device = DeviceConfig {
+            virtio_type,
+            socket,
+            queues,
+            queue_size,
+            control,
+        };
+        device
+            .check()
+            .map_err(|problem| ConfigError::DeviceOption {
+                option: s.to_string(),
+                problem,
+            })?;
+        Ok(device)
+    }
+}
+
+impl DeviceConfig {
+    /// The checks every device passes, whether it comes from the command line, a config file
+    /// or the API: a virtio type that makes a PCI device id, 1 to [`MAX_QUEUE_UNITS`] queue
+    /// units, and a queue size that is a power of two up to [`MAX_QUEUE_SIZE`].
+    pub fn check(&self) -> Result<(), DeviceProblem> {
+        if !(1..=MAX_VIRTIO_TYPE).contains(&self.virtio_type) {
+            return Err(DeviceProblem::VirtioType(self.virtio_type));
         }
+        if !(1..=MAX_QUEUE_UNITS).contains(&self.queues) {
+            return Err(DeviceProblem::Queues(self.queues));
+        }
+        if !self.queue_size.is_power_of_two() || self.queue_size > MAX_QUEUE_SIZE {
+            return Err(DeviceProblem::QueueSize(self.queue_size));
+        }
+        Ok(())
     }
 }
 
@@ -358,6 +415,13 @@ impl VmConfig {
             return Err(ConfigError::HugepageAlignment {
                 size: self.memory.size,
             });
+        }
+        for (index, device) in self.devices.iter().enumerate() {
+            device.check().map_err(|problem| ConfigError::Device {
+                index,
+                socket: device.socket.clone(),
+                problem,
+            })?;
         }
         Ok(())
     }
@@ -442,6 +506,95 @@ mod tests {
             "vhost-user,type=disk,socket=/s",
         ] {
             assert!(bad.parse::<DeviceConfig>().is_err(), "{bad}");
+        }
+    }
+
+    /// A config with a good device first and then the device `json` describes.
+    fn config_with_device(json: &str) -> VmConfig {
+        let good = "vhost-user,type=blk,socket=/run/good.sock".parse().unwrap();
+        VmConfig {
+            kernel: Some("/k".into()),
+            devices: vec![good, serde_json::from_str(json).unwrap()],
+            ..VmConfig::default()
+        }
+    }
+
+    /// The JSON device `json` and the command-line device `option` are both refused, the
+    /// config naming device 1 and its socket, both saying `what` is wrong.
+    fn refused_on_both_paths(json: &str, option: &str, what: &str) {
+        let err = config_with_device(json)
+            .validate()
+            .expect_err(&format!("the config file's device {json} was accepted"))
+            .to_string();
+        assert!(
+            err.contains("device 1") && err.contains("/run/bad.sock") && err.contains(what),
+            "{err:?} does not name device 1, its socket and {what:?}"
+        );
+        let err = option
+            .parse::<DeviceConfig>()
+            .expect_err(&format!("--device {option} was accepted"))
+            .to_string();
+        assert!(err.contains(what), "{err:?} does not say {what:?}");
+    }
+
+    #[test]
+    fn a_device_type_beyond_the_pci_device_ids_is_refused() {
+        // 0x1040 + type is the PCI device id: 0xefbf (61375) is the last type that fits
+        for virtio_type in [61376u32, 65472, u32::MAX] {
+            refused_on_both_paths(
+                &format!(r#"{{"type": {virtio_type}, "socket": "/run/bad.sock"}}"#),
+                &format!("vhost-user,type={virtio_type},socket=/run/bad.sock"),
+                &format!("type {virtio_type}"),
+            );
+        }
+        let mut c = config_with_device(r#"{"type": 61375, "socket": "/run/bad.sock"}"#);
+        assert_eq!(c.validate(), Ok(()));
+        c.devices[1].virtio_type = 0;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Device {
+                index: 1,
+                socket: "/run/bad.sock".into(),
+                problem: DeviceProblem::VirtioType(0),
+            }),
+            "virtio id 0 is reserved"
+        );
+    }
+
+    #[test]
+    fn a_device_queue_count_is_bounded() {
+        refused_on_both_paths(
+            r#"{"type": 2, "socket": "/run/bad.sock", "queues": 0}"#,
+            "vhost-user,type=blk,socket=/run/bad.sock,queues=0",
+            "queues=0",
+        );
+        // 21846 balloon queue sets are 65538 virtqueues: more than a u16 counts
+        refused_on_both_paths(
+            r#"{"type": 5, "socket": "/run/bad.sock", "queues": 21846}"#,
+            "vhost-user,type=balloon,socket=/run/bad.sock,queues=21846",
+            "queues=21846",
+        );
+        refused_on_both_paths(
+            r#"{"type": 1, "socket": "/run/bad.sock", "queues": 65535}"#,
+            "vhost-user,type=net,socket=/run/bad.sock,queues=65535",
+            "queues=65535",
+        );
+        let c = config_with_device(r#"{"type": 5, "socket": "/run/bad.sock", "queues": 8}"#);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_device_queue_size_is_a_power_of_two() {
+        for size in [0, 100, 65535] {
+            refused_on_both_paths(
+                &format!(r#"{{"type": 2, "socket": "/run/bad.sock", "queue_size": {size}}}"#),
+                &format!("vhost-user,type=blk,socket=/run/bad.sock,queue_size={size}"),
+                &format!("queue_size={size}"),
+            );
+        }
+        for size in [1, 256, 32768] {
+            let json = format!(r#"{{"type": 2, "socket": "/run/bad.sock", "queue_size": {size}}}"#);
+            assert_eq!(config_with_device(&json).validate(), Ok(()), "{size}");
         }
     }
 

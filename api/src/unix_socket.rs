@@ -5,10 +5,15 @@
 //! Anything else is refused with an error naming the path: a regular file or directory (a typo
 //! must not delete data), a socket another user owns, or a live socket (another process serves
 //! it: replacing it would silently steal its clients).
+//!
+//! "Live" is read from the kernel's list of listening sockets (`/proc/net/unix`), not by
+//! connecting: a probe connection would be a real client to a vhost-user backend (one started
+//! with `--once` would even exit). That list shows the sockets of our network namespace only,
+//! so a socket served from another namespace counts as stale, as every socket did before.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 /// Why a socket path could not be bound.
@@ -67,7 +72,7 @@ pub fn clear_stale(path: &Path) -> Result<(), BindError> {
             owner: meta.uid(),
         });
     }
-    if UnixStream::connect(path).is_ok() {
+    if is_listening(path) {
         return Err(BindError::InUse {
             path: path.to_path_buf(),
         });
@@ -79,6 +84,27 @@ pub fn clear_stale(path: &Path) -> Result<(), BindError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Whether a socket of our network namespace listens on `path` (as given, or as an absolute
+/// path), according to `/proc/net/unix`.
+fn is_listening(path: &Path) -> bool {
+    /// `__SO_ACCEPTCON` in the Flags column: the socket listens.
+    const ACCEPTING: u32 = 1 << 16;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let absolute = std::path::absolute(path).ok();
+    table.lines().skip(1).any(|line| {
+        // Num RefCount Protocol Flags Type St Inode Path
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(flags), Some(bound)) = (fields.get(3), fields.get(7)) else {
+            return false;
+        };
+        let listening = u32::from_str_radix(flags, 16).is_ok_and(|f| f & ACCEPTING != 0);
+        let bound = Path::new(bound);
+        listening && (bound == path || absolute.as_deref() == Some(bound))
+    })
 }
 
 /// Bind a listening Unix socket at `path` under the rule above; with `mode`, the socket file
@@ -99,6 +125,7 @@ pub fn bind(path: &Path, mode: Option<u32>) -> Result<UnixListener, BindError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("sv-unix-socket-{tag}-{}", std::process::id()));
@@ -137,6 +164,8 @@ mod tests {
         let err = bind(&path, None).unwrap_err();
         assert!(matches!(err, BindError::InUse { .. }), "{err}");
         assert!(err.to_string().contains("a.sock"));
+        _live.set_nonblocking(true).unwrap();
+        assert!(_live.accept().is_err(), "the check did not connect to it");
         UnixStream::connect(&path).expect("the live socket still works");
         std::fs::remove_dir_all(&d).unwrap();
     }

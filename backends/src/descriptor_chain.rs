@@ -6,9 +6,11 @@
 //! The chain is walked once, with virtio-queue's iterator: it bounds the walk (at most a queue
 //! size of descriptors, or an indirect table's, no nested tables, at most 4 GiB in all) and
 //! simply stops where it would not go on. A chain whose last descriptor still names a next one
-//! was cut short there — a loop, a next index past the table, a bad indirect table, lengths
-//! that add up past 4 GiB — and is refused ([`ChainError::CutShort`]): what is left of it is
-//! not the request the driver wrote.
+//! was cut short there — a loop, a next index past the table, lengths that add up past 4 GiB,
+//! a bad indirect table after other descriptors — and is refused ([`ChainError::CutShort`]):
+//! what is left of it is not the request the driver wrote. (A chain that is nothing but an
+//! indirect descriptor with a bad table comes out empty, which every device refuses as too
+//! short.)
 //!
 //! The virtio spec puts every device-readable descriptor before the device-writable ones. What
 //! becomes of a device-readable descriptor that comes after a device-writable one is the

@@ -36,11 +36,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A backend's `--config` file could not be used: one line `NAME: what: why`, exit status 1
-/// (as for any other bad input).
-pub fn config_error(name: &str, e: &api::backend::ConfigFileError) -> std::process::ExitCode {
-    eprintln!("{name}: {}", error_chain(e));
-    std::process::ExitCode::FAILURE
+/// A backend's options: its command line over its `--config FILE` (if any), with a
+/// vhost-user socket to serve, checked before anything is opened or created. A problem is one
+/// line `NAME: what: why` and exit status 1, as for any other bad input.
+pub fn load_options<T: serde::Serialize + serde::de::DeserializeOwned>(
+    name: &str,
+    file: Option<&std::path::Path>,
+    cli: T,
+    matches: &clap::ArgMatches,
+    daemon: fn(&T) -> &api::backend::DaemonConfig,
+) -> Result<T, std::process::ExitCode> {
+    let fail = |e: &dyn std::error::Error| {
+        eprintln!("{name}: {}", error_chain(e));
+        std::process::ExitCode::FAILURE
+    };
+    let options = api::backend::load_with_file(file, cli, matches).map_err(|e| fail(&e))?;
+    if socket::SocketArgs::from(daemon(&options))
+        .source()
+        .is_none()
+    {
+        return Err(fail(&socket::SocketError::NoSocket));
+    }
+    Ok(options)
 }
 
 /// The body of every backend's `main` after argument parsing: logging; before any thread

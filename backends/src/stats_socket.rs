@@ -57,4 +57,30 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn clients_that_neither_read_nor_go_away_do_not_delay_another() {
+        let dir = std::env::temp_dir().join(format!("sv-stats-idle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        // nothing is read from a client, and a reply (16 KiB here, more than any backend's)
+        // fits in the socket's buffer: a client that does not read costs no wait
+        spawn(&path, Box::new(|| "x".repeat(16 << 10))).unwrap();
+        let idle: Vec<_> = (0..3)
+            .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+            .collect();
+        let started = std::time::Instant::now();
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert_eq!(text.len(), (16 << 10) + 1);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(idle);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -10,54 +10,160 @@
 //! ```
 //!
 //! A stats request waits at most its timeout (default 2 s, at most 30 s) for the guest, so a
-//! guest that does not answer cannot block the caller.
+//! guest that does not answer cannot block the caller. Clients are served at the same time
+//! (a thread each, at most [`MAX_CLIENTS`]; one more is told to come back later), and each
+//! request line must arrive whole within [`LINE_TIMEOUT`] and be at most [`MAX_LINE`] bytes
+//! (else an error reply and the connection is closed), so no client can hold up another.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::state::BalloonState;
 
 const MAX_TIMEOUT_MS: u64 = 30_000;
+/// The longest request line (a real request is well under 100 bytes).
+pub const MAX_LINE: usize = 64 << 10;
+/// How long a client has to send a whole request line (counted from the connection, or from
+/// the previous reply).
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients served at once.
+pub const MAX_CLIENTS: usize = 16;
 
 /// Serve the control socket at `path` on a thread of its own.
 pub fn spawn(path: &Path, state: Arc<BalloonState>) -> io::Result<()> {
     let listener = backends::socket::bind_private(path)?;
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        if let Err(e) = serve(stream, &state) {
-                            tracing::debug!("control connection ended: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("control socket: {e}"),
-                }
-            }
-        })?;
+        .spawn(move || accept(listener, state))?;
     Ok(())
 }
 
+/// One connection's claim on a [`MAX_CLIENTS`] slot, given back when it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn accept(listener: UnixListener, state: Arc<BalloonState>) {
+    let clients = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let mut stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("control socket: {e}");
+                continue;
+            }
+        };
+        if clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+            clients.fetch_sub(1, Ordering::Relaxed);
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let msg = format!("too many control connections (at most {MAX_CLIENTS}); try again");
+            let _ = writeln!(stream, "{}", error(msg));
+            continue;
+        }
+        let (slot, state) = (Slot(clients.clone()), state.clone());
+        let spawned = std::thread::Builder::new()
+            .name("control-client".into())
+            .spawn(move || {
+                let _slot = slot;
+                if let Err(e) = serve(stream, &state) {
+                    tracing::debug!("control connection ended: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("control socket: no thread for a client: {e}");
+        }
+    }
+}
+
+/// Why no request line came.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("request longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("no complete request line within {} s", LINE_TIMEOUT.as_secs())]
+    TimedOut,
+    #[error("cannot read the request")]
+    Io(#[source] io::Error),
+}
+
+/// The next request line (without its newline), or `None` at the end of the stream; it must
+/// arrive whole before `deadline` and be at most [`MAX_LINE`] bytes.
+fn read_line(
+    reader: &mut BufReader<UnixStream>,
+    deadline: Instant,
+) -> Result<Option<Vec<u8>>, LineError> {
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LineError::TimedOut);
+        }
+        reader
+            .get_ref()
+            .set_read_timeout(Some(left))
+            .map_err(LineError::Io)?;
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(LineError::TimedOut)
+            }
+            Err(e) => return Err(LineError::Io(e)),
+        };
+        if buf.is_empty() {
+            return Ok((!line.is_empty()).then_some(line));
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > MAX_LINE {
+            return Err(LineError::TooLong);
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take + usize::from(done));
+        if done {
+            return Ok(Some(line));
+        }
+    }
+}
+
 fn serve(stream: UnixStream, state: &BalloonState) -> io::Result<()> {
-    // a client that stops reading or writing cannot hold the control thread for long
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // a client that stops reading cannot hold its thread for long either
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut writer = stream.try_clone()?;
-    for line in BufReader::new(stream).lines() {
-        let reply = match serde_json::from_str::<Value>(&line?) {
-            Ok(req) => handle(&req, state),
-            Err(e) => error(format!("malformed request: {e}")),
+    let mut reader = BufReader::new(stream);
+    loop {
+        let reply = match read_line(&mut reader, Instant::now() + LINE_TIMEOUT) {
+            Ok(None) => return Ok(()),
+            Ok(Some(line)) => match serde_json::from_slice::<Value>(&line) {
+                Ok(req) => handle(&req, state),
+                Err(e) => error(format!("malformed request: {e}")),
+            },
+            Err(LineError::Io(e)) => return Err(e),
+            Err(e) => {
+                // the error, then the connection is closed
+                writeln!(writer, "{}", error(e.to_string()))?;
+                return Ok(());
+            }
         };
         writeln!(writer, "{reply}")?;
     }
-    Ok(())
 }
 
 fn error(msg: impl Into<String>) -> Value {
@@ -144,5 +250,113 @@ mod tests {
         assert_eq!(handle(&json!({"op": "grow"}), &state)["ok"], false);
         assert_eq!(handle(&json!({"x": 1}), &state)["ok"], false);
         assert_eq!(handle(&json!({"op": "set-target"}), &state)["ok"], false);
+    }
+
+    /// A control socket serving a fresh state at a path of its own.
+    fn serving(tag: &str) -> (std::path::PathBuf, Arc<BalloonState>) {
+        let dir = std::env::temp_dir().join(format!("sv-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let state = Arc::new(BalloonState::default());
+        spawn(&path, state.clone()).unwrap();
+        (path, state)
+    }
+
+    /// Send `bytes` (from a thread: the server may close before taking them all) and read the
+    /// reply line, waiting at most `wait`.
+    fn exchange(path: &Path, bytes: Vec<u8>, wait: Duration) -> io::Result<String> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(wait))?;
+        let mut writer = stream.try_clone()?;
+        let sender = std::thread::spawn(move || {
+            let _ = writer.write_all(&bytes);
+        });
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        let _ = sender.join();
+        Ok(line)
+    }
+
+    #[test]
+    fn a_silent_client_does_not_delay_another() {
+        let (path, _state) = serving("silent");
+        let _silent = UnixStream::connect(&path).unwrap();
+        let _half = UnixStream::connect(&path).unwrap();
+        (&_half).write_all(b"{\"op\":").unwrap();
+        let started = Instant::now();
+        let reply = exchange(
+            &path,
+            b"{\"op\":\"info\"}\n".to_vec(),
+            Duration::from_secs(2),
+        )
+        .expect("no answer within 2 s while another client sends nothing");
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn an_over_long_line_gets_an_error_and_the_connection_closes() {
+        let (path, _state) = serving("long");
+        // 1 MiB and no end of line: refused once 64 KiB have come, without waiting for more
+        let reply = exchange(&path, vec![b' '; 1 << 20], Duration::from_secs(3))
+            .expect("no answer within 3 s to an over-long line");
+        let v: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(v["ok"], false);
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("longer than 65536 bytes"),
+            "{v}"
+        );
+        // a request just under the limit is still served
+        let mut fine = format!("{{\"op\":\"info\"}}{}", " ".repeat(MAX_LINE - 20)).into_bytes();
+        fine.push(b'\n');
+        let reply = exchange(&path, fine, Duration::from_secs(3)).unwrap();
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn clients_beyond_the_cap_are_turned_away_at_once() {
+        let (path, _state) = serving("cap");
+        let silent: Vec<_> = (0..MAX_CLIENTS)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let reply = exchange(
+            &path,
+            b"{\"op\":\"info\"}\n".to_vec(),
+            Duration::from_secs(2),
+        )
+        .expect("no answer within 2 s");
+        assert!(reply.contains("too many"), "{reply}");
+        drop(silent);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_client_that_does_not_finish_its_line_in_time_is_told_so() {
+        let (path, _state) = serving("slow");
+        let started = Instant::now();
+        let reply = exchange(
+            &path,
+            b"{\"op\":".to_vec(),
+            LINE_TIMEOUT + Duration::from_secs(3),
+        )
+        .expect("no answer to an unfinished line");
+        let v: Value = serde_json::from_str(&reply).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("within"), "{v}");
+        let took = started.elapsed();
+        assert!(
+            took >= LINE_TIMEOUT && took < LINE_TIMEOUT + Duration::from_secs(2),
+            "{took:?}"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

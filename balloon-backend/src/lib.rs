@@ -14,6 +14,8 @@ pub mod virtio_balloon;
 
 #[cfg(test)]
 mod pages_tests;
+#[cfg(test)]
+mod vhu_balloon_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -134,10 +134,15 @@ fn main() -> ExitCode {
     if let Some(Ctl::Ctl { control, json, op }) = args.ctl {
         return ctl(control, json, op);
     }
-    let options = match api::backend::load_with_file(args.config.as_deref(), args.options, &matches)
-    {
+    let options = match backends::load_options(
+        "splitvisor-balloon",
+        args.config.as_deref(),
+        args.options,
+        &matches,
+        |o| &o.daemon,
+    ) {
         Ok(o) => o,
-        Err(e) => return backends::config_error("splitvisor-balloon", &e),
+        Err(code) => return code,
     };
     let config = Config::from(options);
     let policy = config.daemon.sched;

@@ -34,6 +34,10 @@ pub struct VhostUserBalloon {
     acked: AtomicU64,
     event_idx: AtomicBool,
     mem: GuestMemoryHandle,
+    // Lock order: a vring's lock (`process` holds it while it works), then `balloon` or
+    // `stats_buffer`; never a vring while `stats_buffer` is held (`ask_for_stats` takes the
+    // buffer out first). The other order let a guest's stats kick and a `stats` request
+    // deadlock each other.
     balloon: Mutex<Balloon>,
     /// The stats buffer the driver gave, held until fresh numbers are wanted.
     stats_buffer: Mutex<Option<(u16, VringRwLock)>>,
@@ -75,10 +79,12 @@ impl VhostUserBalloon {
 
     /// Give the driver its stats buffer back so that it refills it; false if we hold none.
     pub fn ask_for_stats(&self) -> bool {
-        let Ok(mut held) = self.stats_buffer.lock() else {
-            return false;
+        // the buffer's lock is released before the vring is locked (the lock order above)
+        let held = match self.stats_buffer.lock() {
+            Ok(mut held) => held.take(),
+            Err(_) => return false,
         };
-        let Some((head, vring)) = held.take() else {
+        let Some((head, vring)) = held else {
             return false;
         };
         let Ok(atomic) = self.mem.get() else {

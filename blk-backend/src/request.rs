@@ -177,6 +177,7 @@ where
     // the status descriptor may carry data-in bytes before the status byte (other requests
     // have nothing to put there: those bytes are left alone)
     if data_in.len > 0 && device_writes {
+        data_in.check(mem).map_err(|e| bad(status, e.into()))?;
         data.push(data_in);
         data_len += u64::from(data_in.len);
     }

@@ -23,10 +23,15 @@ struct Args {
 fn main() -> ExitCode {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let options = match api::backend::load_with_file(args.config.as_deref(), args.options, &matches)
-    {
+    let options = match backends::load_options(
+        "splitvisor-net",
+        args.config.as_deref(),
+        args.options,
+        &matches,
+        |o| &o.daemon,
+    ) {
         Ok(o) => o,
-        Err(e) => return backends::config_error("splitvisor-net", &e),
+        Err(code) => return code,
     };
     let policy = options.daemon.sched;
     backends::run_main("splitvisor-net", policy, || {

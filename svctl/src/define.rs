@@ -21,6 +21,8 @@ pub fn define(store: &Store, file: &Path, out: &Out) -> Result<Domain, String> {
     if d.uuid.is_empty() {
         d.uuid = domain::new_uuid();
     }
+    d.record_generated_macs();
+    store.check_macs(&d)?;
     store.save(&d)?;
     out.print(
         format!("Domain '{}' defined from {}\n", d.name, file.display()),
@@ -188,7 +190,7 @@ pub fn install(store: &Store, a: InstallArgs, out: &Out) -> Result<(), String> {
         return Err(format!("domain '{}' already exists", a.name));
     }
     let memory: ByteSize = a.memory.parse().map_err(|e| format!("--memory: {e}"))?;
-    let d = Domain {
+    let mut d = Domain {
         name: a.name.clone(),
         uuid: domain::new_uuid(),
         vcpus: a.vcpus,
@@ -206,6 +208,8 @@ pub fn install(store: &Store, a: InstallArgs, out: &Out) -> Result<(), String> {
         autostart: false,
     };
     d.validate().map_err(|e| e.to_string())?;
+    d.record_generated_macs();
+    store.check_macs(&d)?;
     store.save(&d)?;
     if let Err(e) = crate::lifecycle::start(store, &d.name, None) {
         return Err(format!(

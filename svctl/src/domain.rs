@@ -113,6 +113,15 @@ pub enum DomainError {
     Name(String),
     #[error("domain {name}: {what}")]
     Invalid { name: String, what: String },
+    #[error("domain '{name}': nic {nic} has MAC {mac} on bridge {bridge}, as nic {other_nic} of domain '{other}' does (give one of them another \"mac\")")]
+    MacClash {
+        name: String,
+        nic: usize,
+        mac: MacAddress,
+        bridge: String,
+        other: String,
+        other_nic: usize,
+    },
 }
 
 pub fn check_name(name: &str) -> Result<(), DomainError> {
@@ -165,11 +174,23 @@ impl Domain {
         Ok(())
     }
 
-    /// The name of the tap a NIC uses (created on its bridge by the backend, or the given one).
+    /// The uuid's 16 bytes. [`read`] refuses a uuid that is not one; should one get here
+    /// anyway, it counts as the nil UUID rather than a panic.
+    fn uuid_bytes(&self) -> [u8; 16] {
+        uuid::Uuid::parse_str(&self.uuid)
+            .unwrap_or_default()
+            .into_bytes()
+    }
+
+    /// The name of the tap a NIC uses (created on its bridge by the backend, or the given one):
+    /// `sv` + the uuid's first 8 hex digits + `n` + the NIC's index.
     pub fn tap_name(&self, i: usize) -> String {
         match &self.nics[i].tap {
             Some(t) => t.clone(),
-            None => format!("sv{}n{i}", &self.uuid.replace('-', "")[..8]),
+            None => {
+                let b = self.uuid_bytes();
+                format!("sv{:02x}{:02x}{:02x}{:02x}n{i}", b[0], b[1], b[2], b[3])
+            }
         }
     }
 
@@ -217,14 +238,61 @@ impl Domain {
         })
     }
 
+    /// NIC `i`'s MAC: the domain file's as written, else `52` (locally administered, unicast)
+    /// and the uuid's first 40 bits, the last byte xor the NIC's index.
     pub fn mac(&self, i: usize) -> String {
         match &self.nics[i].mac {
             Some(m) => m.clone(),
             None => {
-                let u = self.uuid.replace('-', "");
-                format!("52:54:00:{}:{}:{:02x}", &u[0..2], &u[2..4], i)
+                let b = self.uuid_bytes();
+                MacAddress([0x52, b[0], b[1], b[2], b[3], b[4] ^ i as u8]).to_string()
             }
         }
+    }
+
+    /// Write each generated MAC into the domain (libvirt's habit at define time): a NIC keeps
+    /// its address even if the rule that made it changes.
+    pub fn record_generated_macs(&mut self) {
+        for i in 0..self.nics.len() {
+            if self.nics[i].mac.is_none() {
+                self.nics[i].mac = Some(self.mac(i));
+            }
+        }
+    }
+
+    /// Each NIC on a bridge: (index, bridge, MAC).
+    fn bridged_macs(&self) -> impl Iterator<Item = (usize, &str, MacAddress)> + '_ {
+        self.nics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some((i, n.bridge.as_deref()?, self.mac(i).parse().ok()?)))
+    }
+
+    /// Refuse a MAC that another NIC on the same bridge has: one of this domain's, or one of
+    /// `others`' (the other defined domains; one named like this domain is skipped).
+    pub fn check_mac_clash(&self, others: &[Domain]) -> Result<(), DomainError> {
+        let others = others.iter().filter(|o| o.name != self.name);
+        for (nic, bridge, mac) in self.bridged_macs() {
+            let earlier = self.bridged_macs().take_while(|&(j, ..)| j < nic);
+            let theirs = others
+                .clone()
+                .flat_map(|o| o.bridged_macs().map(move |(j, b, m)| (o, j, b, m)));
+            let clash = earlier
+                .map(|(j, b, m)| (self, j, b, m))
+                .chain(theirs)
+                .find(|&(_, _, b, m)| b == bridge && m == mac);
+            if let Some((other, other_nic, ..)) = clash {
+                return Err(DomainError::MacClash {
+                    name: self.name.clone(),
+                    nic,
+                    mac,
+                    bridge: bridge.to_string(),
+                    other: other.name.clone(),
+                    other_nic,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,6 +336,10 @@ impl Runtime {
     }
     pub fn supervisor_pid(&self) -> PathBuf {
         self.dir.join("supervisor.pid")
+    }
+    /// The supervisor's record of its backends (PIDs, restarts).
+    pub fn backends_status(&self) -> PathBuf {
+        self.dir.join("backends.json")
     }
     pub fn vmm_pid(&self) -> PathBuf {
         self.dir.join("vmm.pid")
@@ -335,11 +407,24 @@ pub fn new_uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A domain file. Its uuid, if it has one, must be a UUID (any of the usual spellings; it is
+/// kept in the hyphenated form).
 pub fn read(path: &Path) -> Result<Domain, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("malformed domain file {}: {e}", path.display()))
+    let mut d: Domain = serde_json::from_str(&text)
+        .map_err(|e| format!("malformed domain file {}: {e}", path.display()))?;
+    if !d.uuid.is_empty() {
+        let uuid = uuid::Uuid::parse_str(&d.uuid).map_err(|e| {
+            format!(
+                "domain file {}: uuid {:?} is not a UUID ({e})",
+                path.display(),
+                d.uuid
+            )
+        })?;
+        d.uuid = uuid.hyphenated().to_string();
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -390,6 +475,45 @@ mod tests {
             .devices
             .iter()
             .all(|dev| dev.queue_size == DEFAULT_QUEUE_SIZE));
+    }
+
+    fn on_br0(uuid: &str) -> Domain {
+        let mut d: Domain = serde_json::from_str(
+            r#"{"name": "n", "memory": "512M", "kernel": "/k",
+                "nics": [{"bridge": "br0"}, {"bridge": "br0"}]}"#,
+        )
+        .unwrap();
+        d.uuid = uuid.into();
+        d
+    }
+
+    #[test]
+    fn tap_names_and_macs_never_panic_on_a_uuid_that_is_not_one() {
+        for uuid in ["", "abc", "éééééééééé", "0123abcd"] {
+            let d = on_br0(uuid);
+            let tap = d.tap_name(1);
+            assert!(tap.is_ascii() && tap.len() <= 15, "{tap:?}");
+            assert!(d.mac(1).parse::<MacAddress>().is_ok(), "{}", d.mac(1));
+        }
+    }
+
+    #[test]
+    fn generated_macs_are_local_unicast_from_40_bits_of_the_uuid() {
+        let d = on_br0("0123abcd-ef00-4000-8000-000000000000");
+        assert_eq!(d.tap_name(0), "sv0123abcdn0");
+        let mac: MacAddress = d.mac(0).parse().unwrap();
+        assert_eq!(
+            mac.0[0], 0x52,
+            "locally administered (0x02), unicast (0x01 clear)"
+        );
+        assert_ne!(d.mac(0), d.mac(1), "each NIC its own");
+        // any of the first 40 bits changes the MAC
+        for (i, c) in [(0, 'f'), (2, 'f'), (4, 'f'), (6, 'f'), (9, '1')] {
+            let mut other: Vec<char> = "0123abcd-ef00-4000-8000-000000000000".chars().collect();
+            other[i] = c;
+            let other = on_br0(&other.into_iter().collect::<String>());
+            assert_ne!(other.mac(0), d.mac(0), "uuid digit {i}");
+        }
     }
 
     #[test]

@@ -32,9 +32,10 @@ pub fn require_running(store: &Store, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that need no process: the files the domain names exist.
-fn preflight(d: &Domain) -> Result<(), String> {
+/// Checks that need no process: no MAC twice on a bridge, the files the domain names exist.
+fn preflight(store: &Store, d: &Domain) -> Result<(), String> {
     d.validate().map_err(|e| e.to_string())?;
+    store.check_macs(d)?;
     let mut files = vec![("kernel", d.kernel.clone())];
     files.extend(d.initramfs.clone().map(|p| ("initramfs", p)));
     files.extend(d.disks.iter().map(|x| ("disk", x.path.clone())));
@@ -59,7 +60,7 @@ pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<u3
     if store.supervisor(name).is_some() {
         return Err(format!("domain '{name}' is already running"));
     }
-    preflight(&d)?;
+    preflight(store, &d)?;
     let rt = store.runtime(name);
     // what a supervisor killed hard may have left
     let _ = std::fs::remove_dir_all(&rt.dir);

@@ -98,7 +98,26 @@ impl Store {
         } else {
             return Err(format!("domain not found: no domain named '{name}'"));
         };
-        domain::read(&path)
+        let d = domain::read(&path)?;
+        if d.uuid.is_empty() {
+            return Err(format!(
+                "domain file {}: uuid: none (define the domain again to get one)",
+                path.display()
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Refuse `d` if a NIC of it would share its bridge and MAC with another NIC, its own or
+    /// another domain's (the ones that cannot be read are left out).
+    pub fn check_macs(&self, d: &Domain) -> Result<(), String> {
+        let others: Vec<Domain> = self
+            .names()
+            .iter()
+            .filter(|n| **n != d.name)
+            .filter_map(|n| self.load(n).ok())
+            .collect();
+        d.check_mac_clash(&others).map_err(|e| e.to_string())
     }
 
     pub fn save(&self, d: &Domain) -> Result<(), String> {

@@ -282,3 +282,124 @@ fn the_store_is_plain_json_files() {
     assert_eq!(d["memory"], "512M");
     assert_eq!(d["balloon"]["deflate_on_oom"], false);
 }
+
+/// The MAC `domiflist` shows for a domain's NIC `i`.
+fn mac_of(s: &Store, name: &str, i: usize) -> String {
+    let o = s.svctl(&["--json", "domiflist", name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    rows[i]["mac"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_uuid_that_is_not_one_is_refused_naming_the_domain_file() {
+    let s = Store::new("uuid");
+    // written by hand into the store: short, and not ASCII (slicing it used to panic)
+    std::fs::create_dir_all(s.dir.join("store")).unwrap();
+    for (name, uuid) in [("short", "abc"), ("accents", "éééééééééé")] {
+        let path = s.dir.join(format!("store/{name}.json"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"name": "{name}", "uuid": "{uuid}", "memory": "512M", "kernel": "/k",
+                    "nics": [{{"bridge": "br0"}}]}}"#
+            ),
+        )
+        .unwrap();
+        for verb in ["domiflist", "start", "dominfo"] {
+            let o = s.svctl(&[verb, name]);
+            fails_with(&o, &format!("{}: uuid", path.display()));
+            fails_with(&o, "is not a UUID");
+        }
+    }
+    // and at define, naming the file given
+    let file = s.domain("x", r#", "uuid": "0123abcd-0000""#);
+    fails_with(&s.svctl(&["define", &file]), &format!("{file}: uuid"));
+    assert!(!s.dir.join("store/x.json").exists());
+    // a UUID written another way is kept in its usual form
+    let file = s.domain("y", r#", "uuid": "{0123ABCD-0000-4000-8000-000000000000}""#);
+    let o = s.svctl(&["define", &file]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dump: serde_json::Value =
+        serde_json::from_slice(&s.svctl(&["dumpconfig", "y"]).stdout).unwrap();
+    assert_eq!(dump["uuid"], "0123abcd-0000-4000-8000-000000000000");
+}
+
+#[test]
+fn generated_macs_take_40_bits_and_a_mac_twice_on_a_bridge_is_refused() {
+    let s = Store::new("mac");
+    let on = |name: &str, uuid: &str, nic: &str| {
+        s.domain(name, &format!(r#", "uuid": "{uuid}", "nics": [{nic}]"#))
+    };
+    let a = on(
+        "a",
+        "0123abcd-ef00-4000-8000-000000000001",
+        r#"{"bridge": "br0"}"#,
+    );
+    assert!(s.svctl(&["define", &a]).status.success());
+    // the same first 16 bits of uuid, different further on: different MACs
+    let b = on(
+        "b",
+        "0123abcd-1100-4000-8000-000000000002",
+        r#"{"bridge": "br0"}"#,
+    );
+    let o = s.svctl(&["define", &b]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (mac_a, mac_b) = (mac_of(&s, "a", 0), mac_of(&s, "b", 0));
+    assert_ne!(mac_a, mac_b);
+    // locally administered, unicast
+    let first = u8::from_str_radix(&mac_a[..2], 16).unwrap();
+    assert_eq!(first & 0b11, 0b10, "{mac_a}");
+    // the same first 40 bits: the same MAC, refused on the same bridge, fine on another
+    let c = on(
+        "c",
+        "0123abcd-ef00-4000-8000-0000000000ff",
+        r#"{"bridge": "br0"}"#,
+    );
+    let o = s.svctl(&["define", &c]);
+    fails_with(&o, &format!("MAC {mac_a}"));
+    fails_with(&o, "bridge br0");
+    fails_with(&o, "domain 'c'");
+    fails_with(&o, "domain 'a'");
+    let c = on(
+        "c",
+        "0123abcd-ef00-4000-8000-0000000000ff",
+        r#"{"bridge": "br1"}"#,
+    );
+    assert!(s.svctl(&["define", &c]).status.success());
+    // an explicit MAC is kept as written, and checked the same way (in any case)
+    let d = on(
+        "d",
+        "11111111-0000-4000-8000-000000000000",
+        &format!(r#"{{"bridge": "br0", "mac": "{}"}}"#, mac_b.to_uppercase()),
+    );
+    fails_with(&s.svctl(&["define", &d]), "domain 'b'");
+    let d = on(
+        "d",
+        "11111111-0000-4000-8000-000000000000",
+        r#"{"bridge": "br0", "mac": "52:54:00:AB:CD:EF"}"#,
+    );
+    assert!(s.svctl(&["define", &d]).status.success());
+    assert_eq!(mac_of(&s, "d", 0), "52:54:00:AB:CD:EF");
+    // a store file edited by hand is checked at start (before the files it names)
+    let path = s.dir.join("store/c.json");
+    let kernel = s.dir.join("vmlinuz").display().to_string();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("br1", "br0")
+        .replace(&kernel, "/nonexistent/vmlinuz");
+    std::fs::write(&path, text).unwrap();
+    fails_with(&s.svctl(&["start", "c"]), "domain 'a'");
+    // and install checks before it defines anything
+    let o = s.svctl(&[
+        "install",
+        "--name",
+        "e",
+        "--kernel",
+        "/nonexistent/vmlinuz",
+        "--network",
+        &format!("bridge=br0,mac={mac_a}"),
+    ]);
+    fails_with(&o, "domain 'a'");
+    assert!(!s.dir.join("store/e.json").exists());
+}

@@ -55,6 +55,16 @@ pub fn load_with_file<T: Serialize + DeserializeOwned>(
         if matches.value_source(id) != Some(ValueSource::CommandLine) {
             continue;
         }
+        // an option given on the command line also replaces the file's alternatives to it
+        for other in EXCLUSIVE
+            .iter()
+            .filter(|group| group.contains(&id))
+            .flat_map(|group| group.iter().filter(|o| **o != id))
+        {
+            if let Some(slot) = find_mut(&mut merged, other) {
+                *slot = Value::Null;
+            }
+        }
         if let (Some(slot), Some(value)) = (find_mut(&mut merged, id), find(&given, id)) {
             *slot = value.clone();
         } else if let (Value::Object(top), Some(value)) = (&mut merged, find(&given, id)) {
@@ -68,6 +78,9 @@ pub fn load_with_file<T: Serialize + DeserializeOwned>(
     }
     serde_json::from_value(merged).map_err(malformed)
 }
+
+/// Options of which one excludes the others (clap's `conflicts_with`), by id.
+const EXCLUSIVE: &[&[&str]] = &[&["socket", "socket_fd"], &["tap", "create_tap"]];
 
 fn top_level(v: &Value, key: &str) -> bool {
     v.as_object().is_some_and(|o| o.contains_key(key))
@@ -110,7 +123,9 @@ mod tests {
     fn load(argv: &[&str], file_text: &str) -> Result<BlkBackendConfig, ConfigFileError> {
         let dir = std::env::temp_dir().join(format!("sv-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join(format!("c{}.json", argv.len()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = dir.join(format!("c{n}.json"));
         std::fs::write(&file, file_text).unwrap();
         let mut full = vec!["x", "--config", file.to_str().unwrap()];
         full.extend_from_slice(argv);
@@ -148,6 +163,14 @@ mod tests {
         // what the command line did not give stays the file's, defaults included
         assert_eq!(c.format, ImageFormat::Raw);
         assert_eq!(c.daemon.sched, crate::backend::SchedPolicy::Other);
+    }
+
+    #[test]
+    fn an_option_replaces_the_files_alternative_to_it() {
+        let file = r#"{"image": "/a.img", "daemon": {"socket_fd": 3}}"#;
+        let c = load(&["--socket", "/s.sock"], file).unwrap();
+        assert_eq!(c.daemon.socket, Some("/s.sock".into()));
+        assert_eq!(c.daemon.socket_fd, None);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The serial console: a 16550A UART at COM1 (vm-superio) whose interrupt is a KVM irqfd on
 //! IRQ 4, connected to stdio, a pty, a Unix socket, a file, or nothing. Input is interactive:
 //! a thread reads the source and feeds the UART's receive FIFO as the guest drains it.
+//!
+//! Output is written by the vCPU, inside the UART's lock, so it must never wait for a reader:
+//! the pty and the socket are non-blocking, and what does not fit is dropped ([`Lossy`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -49,12 +52,59 @@ impl Trigger for IrqLine {
     }
 }
 
+/// A non-blocking writer that drops what does not fit: output goes to a reader who may not
+/// keep up (or not read at all), and the vCPU writing it must not wait. The first drop is
+/// logged; the count of dropped bytes is kept.
+struct Lossy<W> {
+    inner: W,
+    /// Bytes given to `write_or_drop` that did not fit, or that `inner` refused.
+    dropped: u64,
+}
+
+impl<W: Write> Lossy<W> {
+    fn new(inner: W) -> Lossy<W> {
+        Lossy { inner, dropped: 0 }
+    }
+
+    /// Write what fits of `buf` without waiting and drop the rest. An error other than "would
+    /// block" is returned (the reader may be gone), its bytes counted as dropped.
+    fn write_or_drop(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut rest = buf;
+        let mut result = Ok(());
+        while !rest.is_empty() {
+            match self.inner.write(rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if !rest.is_empty() {
+            if self.dropped == 0 {
+                tracing::warn!(
+                    "serial console: the reader does not keep up; output that does not fit is \
+                     dropped (logged once)"
+                );
+            }
+            self.dropped += rest.len() as u64;
+        }
+        result
+    }
+}
+
 /// The console socket's client, and the last [`HISTORY`] bytes of output, which a client
 /// gets first when it connects (so `svctl console` shows what the guest printed before).
 #[derive(Default)]
 struct SocketOut {
-    stream: Option<UnixStream>,
+    /// Non-blocking (see [`attach_client`]).
+    stream: Option<Lossy<UnixStream>>,
     history: std::collections::VecDeque<u8>,
+    /// Bytes dropped by clients that have left.
+    dropped_before: u64,
 }
 
 const HISTORY: usize = 64 << 10;
@@ -65,8 +115,24 @@ type SocketClient = Arc<Mutex<SocketOut>>;
 enum Output {
     Stdout(io::Stdout),
     File(File),
+    /// The pty's master, non-blocking (see [`open_pty`]).
+    Pty(Lossy<File>),
     Socket(SocketClient),
     Sink,
+}
+
+impl Output {
+    /// Output bytes dropped because the pty's or the socket's reader did not keep up.
+    fn dropped(&self) -> u64 {
+        match self {
+            Output::Pty(pty) => pty.dropped,
+            Output::Socket(client) => {
+                let out = client.lock().unwrap_or_else(|e| e.into_inner());
+                out.dropped_before + out.stream.as_ref().map_or(0, |s| s.dropped)
+            }
+            _ => 0,
+        }
+    }
 }
 
 impl Write for Output {
@@ -74,15 +140,21 @@ impl Write for Output {
         match self {
             Output::Stdout(s) => s.write(buf),
             Output::File(f) => f.write(buf),
+            Output::Pty(pty) => {
+                // an error is counted as dropped too; the next write tries again
+                let _ = pty.write_or_drop(buf);
+                Ok(buf.len())
+            }
             Output::Socket(client) => {
                 let mut out = client.lock().unwrap_or_else(|e| e.into_inner());
                 out.history.extend(buf);
                 let excess = out.history.len().saturating_sub(HISTORY);
                 out.history.drain(..excess);
                 if let Some(stream) = out.stream.as_mut() {
-                    if stream.write_all(buf).is_err() {
-                        // the client went away (or stopped reading for a second): output goes
-                        // to the history only until the next client
+                    if stream.write_or_drop(buf).is_err() {
+                        // the client went away: output goes to the history only until the
+                        // next client
+                        out.dropped_before += stream.dropped;
                         out.stream = None;
                     }
                 }
@@ -122,8 +194,9 @@ impl Console {
             SerialConfig::Pty => {
                 let (master, path) = open_pty().map_err(SerialError::Pty)?;
                 eprintln!("splitvisor: serial console on {}", path.display());
-                input = Some(Box::new(master.try_clone().map_err(SerialError::Pty)?));
-                Output::File(master)
+                let reader = master.try_clone().map_err(SerialError::Pty)?;
+                input = Some(Box::new(WaitForInput(reader)));
+                pty_output(master)
             }
             SerialConfig::File(path) => Output::File(
                 OpenOptions::new()
@@ -171,6 +244,12 @@ impl Console {
         }
     }
 
+    /// Output bytes dropped so far because the pty's or the socket's reader did not keep up.
+    pub fn dropped_output(&self) -> u64 {
+        let uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
+        uart.writer().dropped()
+    }
+
     /// The UART's state as it is now (see [`super::persist`]).
     pub fn state(&self) -> super::persist::SerialState {
         let uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
@@ -215,23 +294,63 @@ impl Console {
             let Ok(reader) = stream.try_clone() else {
                 continue;
             };
-            // a client that does not read must not stall the vCPU writing to the UART
-            let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
-            {
-                let mut out = client.lock().unwrap_or_else(|e| e.into_inner());
-                let mut stream = stream;
-                let (a, b) = out.history.as_slices();
-                if stream
-                    .write_all(a)
-                    .and_then(|_| stream.write_all(b))
-                    .is_err()
-                {
-                    continue;
-                }
-                out.stream = Some(stream);
+            if attach_client(&client, stream).is_err() {
+                continue;
             }
-            self.pump(Box::new(reader));
-            client.lock().unwrap_or_else(|e| e.into_inner()).stream = None;
+            self.pump(Box::new(WaitForInput(reader)));
+            let mut out = client.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(stream) = out.stream.take() {
+                out.dropped_before += stream.dropped;
+            }
+        }
+    }
+}
+
+/// The console's output to the pty `master` (non-blocking, see [`open_pty`]).
+fn pty_output(master: File) -> Output {
+    Output::Pty(Lossy::new(master))
+}
+
+/// Make `stream` the socket's client: it gets the history first, then the output. The
+/// stream becomes non-blocking: a client that does not read must not stall the vCPU writing
+/// to the UART, so what does not fit in the socket's buffer is dropped.
+fn attach_client(client: &SocketClient, stream: UnixStream) -> io::Result<()> {
+    stream.set_nonblocking(true)?;
+    let mut out = client.lock().unwrap_or_else(|e| e.into_inner());
+    let mut stream = Lossy::new(stream);
+    let (a, b) = out.history.as_slices();
+    stream.write_or_drop(a)?;
+    stream.write_or_drop(b)?;
+    out.stream = Some(stream);
+    Ok(())
+}
+
+/// A reader on a non-blocking fd (the pty's master, the socket's client: non-blocking for the
+/// output's sake, and a dup shares that) that waits for input like a blocking one.
+struct WaitForInput<R>(R);
+
+impl<R: Read + AsRawFd> Read for WaitForInput<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fd = libc::pollfd {
+                        fd: self.0.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: `fd` is one pollfd we own and the count is 1; the descriptor
+                    // stays open while `self.0` lives. A hang-up returns at once, and the
+                    // read after it reports it.
+                    if unsafe { libc::poll(&mut fd, 1, -1) } < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                }
+                result => return result,
+            }
         }
     }
 }
@@ -248,9 +367,12 @@ fn bind_socket(path: &Path) -> Result<UnixListener, SerialError> {
     ::api::unix_socket::bind(path, None).map_err(SerialError::Socket)
 }
 
+/// A new pty: its master, non-blocking (see [`Lossy`]), and the path of its slave.
 fn open_pty() -> io::Result<(File, PathBuf)> {
+    // glibc's and musl's posix_openpt pass the flags on to open(2), O_NONBLOCK as O_CLOEXEC
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
     // SAFETY: posix_openpt takes flags only; the returned fd is checked and owned below.
-    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    let fd = unsafe { libc::posix_openpt(flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -276,4 +398,59 @@ fn open_pty() -> io::Result<(File, PathBuf)> {
         master,
         PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Write 1 MiB to `out` in 4 KiB pieces, as a vCPU would (in a thread: a write that blocks
+    /// must not hang the test). The slowest write, or None if the writes did not end in 10 s.
+    fn write_a_mebibyte(mut out: Output) -> Option<(Output, Duration)> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..256 {
+                let start = Instant::now();
+                let _ = out.write(&[b'x'; 4096]);
+                slowest = slowest.max(start.elapsed());
+            }
+            let _ = tx.send((out, slowest));
+        });
+        rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    #[test]
+    fn output_to_a_pty_nobody_reads_never_blocks() {
+        let (master, _path) = open_pty().expect("pty");
+        let (out, slowest) = write_a_mebibyte(pty_output(master))
+            .expect("writing 1 MiB to a pty nobody reads did not return in 10 s");
+        assert!(
+            slowest < Duration::from_millis(200),
+            "a write took {slowest:?}"
+        );
+        let dropped = out.dropped();
+        assert!(dropped > 0 && dropped < 1 << 20, "{dropped} bytes dropped");
+    }
+
+    #[test]
+    fn output_to_a_socket_client_that_does_not_read_never_blocks() {
+        let (ours, _theirs) = UnixStream::pair().expect("socketpair");
+        let client = SocketClient::default();
+        attach_client(&client, ours).expect("attach");
+        let (out, slowest) = write_a_mebibyte(Output::Socket(client.clone()))
+            .expect("writing 1 MiB to a client that does not read did not return in 10 s");
+        assert!(
+            slowest < Duration::from_millis(200),
+            "a write took {slowest:?}"
+        );
+        let dropped = out.dropped();
+        assert!(dropped > 0 && dropped < 1 << 20, "{dropped} bytes dropped");
+        let out = client.lock().unwrap();
+        assert!(out.stream.is_some(), "the client stays connected");
+        assert_eq!(out.history.len(), HISTORY, "the history is kept");
+    }
 }

@@ -28,8 +28,33 @@ const QUEUE_AVAIL_HI: u64 = 0x2c;
 const QUEUE_USED_LO: u64 = 0x30;
 const QUEUE_USED_HI: u64 = 0x34;
 
+/// A register value from the bytes a guest wrote (at most 4; fewer are zero-extended).
+fn to_u32(data: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = data.len().min(4);
+    b[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(b)
+}
+
 impl VirtioPciDevice {
-    pub(super) fn common_read(&mut self, off: u64) -> u32 {
+    /// A guest read of `data.len()` bytes at `off`. No register is wider than 32 bits (the
+    /// 64-bit ring addresses are a low and a high register), so a wider access is split into
+    /// 32-bit ones, the lower address first, as QEMU does.
+    pub(super) fn common_read_bytes(&mut self, off: u64, data: &mut [u8]) {
+        for (i, chunk) in data.chunks_mut(4).enumerate() {
+            let v = self.common_read(off + 4 * i as u64).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    /// A guest write of `data` at `off`, split into 32-bit writes like a read.
+    pub(super) fn common_write_bytes(&mut self, off: u64, data: &[u8]) {
+        for (i, chunk) in data.chunks(4).enumerate() {
+            self.common_write(off + 4 * i as u64, to_u32(chunk));
+        }
+    }
+
+    fn common_read(&mut self, off: u64) -> u32 {
         let half = |v: u64, hi: bool| if hi { (v >> 32) as u32 } else { v as u32 };
         let q = self.queues.get(usize::from(self.queue_select));
         match off {
@@ -62,7 +87,7 @@ impl VirtioPciDevice {
         }
     }
 
-    pub(super) fn common_write(&mut self, off: u64, v: u32) {
+    fn common_write(&mut self, off: u64, v: u32) {
         let set_half = |field: &mut u64, hi: bool| {
             *field = if hi {
                 (*field & 0xffff_ffff) | (u64::from(v) << 32)
@@ -118,5 +143,45 @@ impl VirtioPciDevice {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_utils::{test_transport, write_common};
+    use super::*;
+    use crate::pci::PciDevice;
+
+    #[test]
+    fn a_64_bit_access_is_two_32_bit_ones() {
+        let (mut t, _, _) = test_transport(&[8]);
+        let rings = [
+            (QUEUE_DESC_LO, 0x1_2345_6000u64),
+            (QUEUE_AVAIL_LO, 0x2_0000_1000),
+            (QUEUE_USED_LO, 0xffff_ffff_ffff_f000),
+        ];
+        for (reg, addr) in rings {
+            write_common(&mut t, reg, 8, addr);
+            let mut hi = [0u8; 4];
+            t.bar_read(0, reg + 4, &mut hi);
+            assert_eq!(
+                u32::from_le_bytes(hi),
+                (addr >> 32) as u32,
+                "high half of the 64-bit write to {reg:#x}"
+            );
+            let mut whole = [0u8; 8];
+            t.bar_read(0, reg, &mut whole);
+            assert_eq!(u64::from_le_bytes(whole), addr, "64-bit read of {reg:#x}");
+        }
+        let q = t.state().queues[0];
+        assert_eq!(
+            (q.desc_table, q.avail_ring, q.used_ring),
+            (rings[0].1, rings[1].1, rings[2].1)
+        );
+        // the feature windows are 32 bits wide: a 64-bit read of the select register reads
+        // the select (0) and, above it, the selected half of the features (BLK_F_BLK_SIZE)
+        let mut d = [0u8; 8];
+        t.bar_read(0, DEVICE_FEATURE_SELECT, &mut d);
+        assert_eq!(u64::from_le_bytes(d), (1 << 6) << 32);
     }
 }

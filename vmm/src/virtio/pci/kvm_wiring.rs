@@ -1,7 +1,9 @@
 //! The KVM side of a virtio-pci device: each queue's notification address is a KVM ioeventfd
 //! and each interrupt (a queue's, the configuration change's) a KVM irqfd on a GSI of its own,
 //! routed to the MSI-X vector the driver chose. The eventfds are what the device (a vhost-user
-//! backend) is given, so the data path never enters the vmm.
+//! backend) is given, so the data path never enters the vmm. The ioeventfds follow the BAR:
+//! when the guest moves it or switches memory decoding off, the transport moves them
+//! ([`TransportWiring::move_notifications`]).
 //!
 //! MSI-X masking is done by removing a vector's route. KVM drops an irqfd signal that has no
 //! route, so the vmm cannot latch it in the PBA; instead, when a vector is unmasked, its
@@ -33,6 +35,8 @@ pub enum KvmWiringError {
 /// address, and the interrupt the device signals, delivered by KVM on `gsi`.
 struct QueueEventFds {
     kick: EventFd,
+    /// Where `kick` is registered as an ioeventfd now, if anywhere.
+    notify_at: Option<u64>,
     call: EventFd,
     gsi: u32,
 }
@@ -73,7 +77,12 @@ impl KvmWiring {
                 .vm()
                 .register_irqfd(&call, gsi)
                 .map_err(kvm("a queue interrupt irqfd"))?;
-            queues.push(QueueEventFds { kick, call, gsi });
+            queues.push(QueueEventFds {
+                kick,
+                notify_at: Some(*addr),
+                call,
+                gsi,
+            });
         }
         let config_evt = eventfd()?;
         let config_gsi = router.allocate();
@@ -121,6 +130,29 @@ impl TransportWiring for KvmWiring {
         let _ = self.config_evt.write(1);
     }
 
+    fn move_notifications(&mut self, addresses: Option<&[u64]>) {
+        let vm = self.router.vm();
+        for (index, q) in self.queues.iter_mut().enumerate() {
+            if let Some(old) = q.notify_at.take() {
+                if let Err(e) =
+                    vm.unregister_ioevent(&q.kick, &IoEventAddress::Mmio(old), NoDatamatch)
+                {
+                    tracing::error!(device = %self.name, queue = index, address = format_args!("{old:#x}"), error = %e, "cannot unregister a queue notification ioeventfd");
+                }
+            }
+            let Some(&new) = addresses.and_then(|a| a.get(index)) else {
+                continue;
+            };
+            match vm.register_ioevent(&q.kick, &IoEventAddress::Mmio(new), NoDatamatch) {
+                Ok(()) => q.notify_at = Some(new),
+                // the queue still works: its notifications exit to the vmm (`notify_exits`)
+                Err(e) => {
+                    tracing::error!(device = %self.name, queue = index, address = format_args!("{new:#x}"), error = %e, "cannot register a queue notification ioeventfd")
+                }
+            }
+        }
+    }
+
     fn update_routes(&self, msix: &Msix, config: InterruptSource, queues: &[InterruptSource]) {
         if self.route(msix, self.config_gsi, config.vector) && config.may_be_pending {
             let _ = self.config_evt.write(1);
@@ -130,5 +162,45 @@ impl TransportWiring for KvmWiring {
                 let _ = q.call.write(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kvm_ioctls::Kvm;
+
+    use super::*;
+
+    #[test]
+    fn moved_ioeventfds_leave_the_old_addresses_for_the_new() {
+        let kvm = Kvm::new().expect("/dev/kvm is missing or inaccessible: this test needs KVM");
+        let vm = Arc::new(kvm.create_vm().expect("VM"));
+        vm.create_irq_chip().expect("irqchip");
+        let router = Arc::new(IrqRouter::new(vm.clone()));
+        let (old, new) = ([0xe000_3000, 0xe000_3004], [0xd000_3000, 0xd000_3004]);
+        let mut wiring = KvmWiring::new("blk0", router, &old).expect("wiring");
+        // KVM refuses a second ioeventfd (without datamatch) at an address that has one
+        let taken = |addr: u64| {
+            let probe = EventFd::new(0).expect("eventfd");
+            let at = IoEventAddress::Mmio(addr);
+            let free = vm.register_ioevent(&probe, &at, NoDatamatch).is_ok();
+            if free {
+                vm.unregister_ioevent(&probe, &at, NoDatamatch)
+                    .expect("probe");
+            }
+            !free
+        };
+        let all = |addrs: &[u64]| addrs.iter().all(|a| taken(*a));
+        let none = |addrs: &[u64]| !addrs.iter().any(|a| taken(*a));
+        assert!(
+            all(&old) && none(&new),
+            "registered where the BAR was created"
+        );
+        wiring.move_notifications(Some(&new));
+        assert!(none(&old) && all(&new), "moved");
+        wiring.move_notifications(None);
+        assert!(none(&old) && none(&new), "nowhere");
+        wiring.move_notifications(Some(&old));
+        assert!(all(&old) && none(&new), "back");
     }
 }

@@ -73,6 +73,9 @@ pub trait TransportWiring: Send {
     fn notify(&self, index: usize);
     /// Raise the configuration-change interrupt.
     fn raise_config_interrupt(&self);
+    /// Register the queues' notification eventfds at `addresses` (one per queue) instead of
+    /// where they are now; `None`: nowhere, the BAR decodes nothing.
+    fn move_notifications(&mut self, addresses: Option<&[u64]>);
     /// Route every interrupt to its MSI-X vector as `msix` says now: `config` for the
     /// configuration change, `queues` one per queue.
     fn update_routes(&self, msix: &Msix, config: InterruptSource, queues: &[InterruptSource]);
@@ -123,6 +126,9 @@ pub struct VirtioPciDevice {
     wiring: Box<dyn TransportWiring>,
     msix: Msix,
     msix_cap: usize,
+    /// Where BAR 0 was when the queues' notification eventfds were put at its notify area
+    /// (`None`: nowhere, the BAR decoded nothing), see [`VirtioPciDevice::follow_bar`].
+    notify_bar: Option<u64>,
     features: u64,
     device_feature_select: u32,
     driver_feature_select: u32,
@@ -135,6 +141,13 @@ pub struct VirtioPciDevice {
     isr: u8,
     activated: bool,
     counters: Arc<Counters>,
+}
+
+/// Each queue's notification address for BAR 0 at `bar`.
+fn notify_addresses(bar: u64, queues: usize) -> Vec<u64> {
+    (0..queues as u64)
+        .map(|i| bar + NOTIFY + i * u64::from(NOTIFY_MULTIPLIER))
+        .collect()
 }
 
 fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec<u8> {
@@ -194,10 +207,7 @@ impl VirtioPciDevice {
         let (cap, writable) = msix.capability(0, MSIX_TABLE as u32, MSIX_PBA as u32);
         let msix_cap = config.add_capability(&cap, &writable)?;
 
-        let notify_addresses: Vec<u64> = (0..max_sizes.len() as u64)
-            .map(|i| bar_addr + NOTIFY + i * u64::from(NOTIFY_MULTIPLIER))
-            .collect();
-        let wiring = wire(&notify_addresses)?;
+        let wiring = wire(&notify_addresses(bar_addr, max_sizes.len()))?;
         let features = device.features() & !F_TRANSPORT_UNSUPPORTED;
         Ok(VirtioPciDevice {
             name: name.to_string(),
@@ -207,6 +217,7 @@ impl VirtioPciDevice {
             wiring,
             msix,
             msix_cap,
+            notify_bar: Some(bar_addr),
             features,
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -220,6 +231,23 @@ impl VirtioPciDevice {
             activated: false,
             counters: Arc::new(Counters::default()),
         })
+    }
+
+    /// Keep the queues' notification eventfds where BAR 0 decodes them: moved when the guest
+    /// moves the BAR, removed while memory decoding is off or the BAR would wrap past 2^64.
+    /// (They are registered at the BAR's power-on address from the start, so that a failure
+    /// to register them is an error when the VM starts.)
+    fn follow_bar(&mut self) {
+        let bar = self.config.bar_addr(0);
+        let decoded =
+            (self.config.memory_enabled() && bar.checked_add(BAR_SIZE).is_some()).then_some(bar);
+        if decoded == self.notify_bar {
+            return;
+        }
+        let addresses = decoded.map(|bar| notify_addresses(bar, self.queues.len()));
+        self.wiring.move_notifications(addresses.as_deref());
+        tracing::debug!(device = %self.name, from = ?self.notify_bar, to = ?decoded, "queue notifications follow BAR 0");
+        self.notify_bar = decoded;
     }
 
     pub fn counters(&self) -> Arc<Counters> {
@@ -354,13 +382,6 @@ impl VirtioPciDevice {
     }
 }
 
-fn to_u32(data: &[u8]) -> u32 {
-    let mut b = [0u8; 4];
-    let n = data.len().min(4);
-    b[..n].copy_from_slice(&data[..n]);
-    u32::from_le_bytes(b)
-}
-
 impl PciDevice for VirtioPciDevice {
     fn config(&self) -> &ConfigSpace {
         &self.config
@@ -377,6 +398,7 @@ impl PciDevice for VirtioPciDevice {
         let broken = self.status & STATUS_DEVICE_NEEDS_RESET;
         self.reset("guest reboot");
         self.config = self.power_on_config.clone();
+        self.follow_bar();
         self.msix = Msix::new(self.queues.len() as u16 + 1);
         self.update_routes();
         self.status = broken;
@@ -388,17 +410,15 @@ impl PciDevice for VirtioPciDevice {
             self.msix.set_control(control);
             self.update_routes();
         }
+        // the command register (memory decoding) or BAR 0 may have changed
+        self.follow_bar();
     }
 
     fn bar_read(&mut self, _bar: usize, off: u64, data: &mut [u8]) {
         self.counters.bar_exits.fetch_add(1, Ordering::Relaxed);
         data.fill(0);
         match off {
-            COMMON..COMMON_LEN => {
-                let v = self.common_read(off).to_le_bytes();
-                let n = data.len().min(4);
-                data[..n].copy_from_slice(&v[..n]);
-            }
+            COMMON..COMMON_LEN => self.common_read_bytes(off, data),
             ISR => {
                 data[0] = self.isr;
                 self.isr = 0; // reading ISR acknowledges it
@@ -415,7 +435,7 @@ impl PciDevice for VirtioPciDevice {
     fn bar_write(&mut self, _bar: usize, off: u64, data: &[u8]) {
         self.counters.bar_exits.fetch_add(1, Ordering::Relaxed);
         match off {
-            COMMON..COMMON_LEN => self.common_write(off, to_u32(data)),
+            COMMON..COMMON_LEN => self.common_write_bytes(off, data),
             DEVICE_CFG..NOTIFY => self.device.write_config(off - DEVICE_CFG, data),
             NOTIFY..MSIX_TABLE => {
                 // only reached if the ioeventfd did not catch the write
@@ -434,8 +454,11 @@ impl PciDevice for VirtioPciDevice {
 
 #[cfg(test)]
 mod tests {
-    use super::test_utils::{driver_sets_up, test_transport, write_common};
+    use std::sync::Mutex;
+
+    use super::test_utils::{driver_sets_up, test_transport, wired_transport, write_common};
     use super::*;
+    use crate::pci::bus::{PciBus, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 
     #[test]
     fn transport_does_not_offer_what_it_does_not_implement() {
@@ -489,5 +512,77 @@ mod tests {
         assert_eq!(isr, [ISR_CONFIG]);
         t.bar_write(0, MSIX_TABLE + 44, &0u32.to_le_bytes());
         assert!(!updates.lock().unwrap().last().unwrap().0.may_be_pending);
+    }
+
+    #[test]
+    fn moving_the_bar_moves_the_notifications() {
+        let (mut t, _, _, notify) = wired_transport(&[8, 8]);
+        driver_sets_up(&mut t);
+        let at = |bar: u64| vec![Some(bar + NOTIFY), Some(bar + NOTIFY + 4)];
+        assert_eq!(*notify.lock().unwrap(), at(0xe000_0000));
+        // the guest writes config space through the bus, as a vCPU does
+        let t = Arc::new(Mutex::new(t));
+        let mut bus = PciBus::new();
+        let slot = bus.add(t.clone()).unwrap() as u32;
+        let config_write = |reg: u32, value: u32| {
+            let address = 1 << 31 | slot << 11 | reg;
+            bus.pio_write(CONFIG_ADDRESS_PORT, &address.to_le_bytes());
+            bus.pio_write(CONFIG_DATA_PORT, &value.to_le_bytes());
+        };
+        // BAR 0 is 64-bit: its low dword, then its high dword
+        config_write(0x10, 0xd000_0000);
+        assert_eq!(*notify.lock().unwrap(), at(0xd000_0000), "BAR moved");
+        config_write(0x14, 1);
+        assert_eq!(
+            *notify.lock().unwrap(),
+            at(0x1_d000_0000),
+            "BAR moved above 4 GiB"
+        );
+        // memory decoding off: the BAR decodes nothing, so no ioeventfd either
+        config_write(0x04, 0x04);
+        assert_eq!(*notify.lock().unwrap(), vec![None, None], "decoding off");
+        // sizing with decoding off, then back
+        config_write(0x10, 0xffff_ffff);
+        config_write(0x10, 0xc000_0000);
+        assert_eq!(
+            *notify.lock().unwrap(),
+            vec![None, None],
+            "decoding still off"
+        );
+        config_write(0x04, 0x06);
+        assert_eq!(*notify.lock().unwrap(), at(0x1_c000_0000), "decoding on");
+        // a BAR whose end wraps past 2^64 decodes nothing
+        config_write(0x14, 0xffff_ffff);
+        config_write(0x10, 0xffff_0000);
+        assert_eq!(*notify.lock().unwrap(), vec![None, None], "BAR wraps");
+        config_write(0x14, 0);
+        config_write(0x10, 0xe000_0000);
+        assert_eq!(*notify.lock().unwrap(), at(0xe000_0000));
+        // a reboot puts the BAR back, memory decoding off
+        t.lock().unwrap().power_on_reset();
+        assert_eq!(
+            *notify.lock().unwrap(),
+            vec![None, None],
+            "after the reboot"
+        );
+        config_write(0x04, 0x06);
+        assert_eq!(*notify.lock().unwrap(), at(0xe000_0000));
+    }
+
+    #[test]
+    fn the_most_queues_a_config_allows_fit_the_msix_table() {
+        use crate::config::MAX_QUEUE_UNITS;
+        use crate::virtio::device_type::QueueUnits;
+        let vectors = (MSIX_PBA - MSIX_TABLE) / 16;
+        for id in [TYPE_NET, TYPE_BLOCK, TYPE_BALLOON, 26] {
+            let kind = DeviceType::of(id);
+            let queues = kind.expected_backend_queue_count(QueueUnits(MAX_QUEUE_UNITS), u64::MAX);
+            let needed = queues as u64 + 1; // and the configuration-change vector
+            assert!(
+                needed <= vectors,
+                "{}: {needed} MSI-X vectors needed, {vectors} fit the BAR",
+                kind.name
+            );
+        }
     }
 }

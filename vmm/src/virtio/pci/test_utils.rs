@@ -11,12 +11,15 @@ use super::*;
 pub type Activations = Arc<Mutex<Vec<Vec<usize>>>>;
 /// The `(config, queues)` arguments of each [`TransportWiring::update_routes`] call.
 pub type RouteUpdates = Arc<Mutex<Vec<(InterruptSource, Vec<InterruptSource>)>>>;
+/// Where each queue's notification eventfd is registered now (`None`: nowhere).
+pub type NotifyAddresses = Arc<Mutex<Vec<Option<u64>>>>;
 
-/// Eventfds that go nowhere; route updates are recorded.
+/// Eventfds that go nowhere; route updates and notification addresses are recorded.
 pub struct TestWiring {
     queues: Vec<(EventFd, EventFd)>,
     config: EventFd,
     updates: RouteUpdates,
+    notify: NotifyAddresses,
 }
 
 fn eventfd() -> EventFd {
@@ -34,6 +37,12 @@ impl TransportWiring for TestWiring {
     }
     fn raise_config_interrupt(&self) {
         self.config.write(1).expect("config interrupt");
+    }
+    fn move_notifications(&mut self, addresses: Option<&[u64]>) {
+        let mut notify = self.notify.lock().unwrap();
+        for (i, at) in notify.iter_mut().enumerate() {
+            *at = addresses.and_then(|a| a.get(i).copied());
+        }
     }
     fn update_routes(&self, _msix: &Msix, config: InterruptSource, queues: &[InterruptSource]) {
         self.updates.lock().unwrap().push((config, queues.to_vec()));
@@ -75,22 +84,33 @@ impl VirtioDevice for TestDevice {
 /// A transport at BAR address 0xe000_0000 for a device with queues of `max_sizes`, what the
 /// device's activations got, and the wiring's route updates.
 pub fn test_transport(max_sizes: &[u16]) -> (VirtioPciDevice, Activations, RouteUpdates) {
+    let (transport, activations, updates, _) = wired_transport(max_sizes);
+    (transport, activations, updates)
+}
+
+/// [`test_transport`], and where the wiring's notification eventfds are registered.
+pub fn wired_transport(
+    max_sizes: &[u16],
+) -> (VirtioPciDevice, Activations, RouteUpdates, NotifyAddresses) {
     let activations = Activations::default();
     let updates = RouteUpdates::default();
-    let recorded = updates.clone();
+    let notify = NotifyAddresses::default();
+    let (recorded, registered) = (updates.clone(), notify.clone());
     let device = TestDevice {
         max_sizes: max_sizes.to_vec(),
         activations: activations.clone(),
     };
     let transport = VirtioPciDevice::with_wiring("blk0", Box::new(device), 0xe000_0000, |addrs| {
+        *registered.lock().unwrap() = addrs.iter().map(|a| Some(*a)).collect();
         Ok(Box::new(TestWiring {
             queues: addrs.iter().map(|_| (eventfd(), eventfd())).collect(),
             config: eventfd(),
             updates: recorded,
+            notify: registered,
         }))
     })
     .expect("transport");
-    (transport, activations, updates)
+    (transport, activations, updates, notify)
 }
 
 /// A `len`-byte write of `value` to the common configuration at `offset`.
