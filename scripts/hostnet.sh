@@ -25,9 +25,15 @@ die() { echo "hostnet: $*" >&2; exit 1; }
 have_link() { ip link show "$1" >/dev/null 2>&1; }
 [ "$(id -u)" -eq 0 ] || die "run as root"
 
+# A fixed, locally administered MAC for a bridge, from its name. Without one a bridge takes its
+# lowest port's MAC, so when a VM's tap (its only port) goes away and comes back — a restarted
+# net backend — the bridge's MAC changes and the guest's ARP entry for it points nowhere until
+# it expires (libvirt pins its bridges' MACs for the same reason).
+bridge_mac() { printf '%s' "$1" | md5sum | sed 's/^\(..\)\(..\)\(..\)\(..\)\(..\).*/02:\1:\2:\3:\4:\5/'; }
+
 bridge_up() { # BR [ADDR]
     local br=$1 addr=${2:-}
-    have_link "$br" || ip link add "$br" type bridge
+    have_link "$br" || ip link add "$br" address "$(bridge_mac "$br")" type bridge
     ip link set "$br" up
     [ -z "$addr" ] || ip addr replace "$addr" dev "$br"
 }

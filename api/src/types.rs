@@ -46,9 +46,26 @@ pub struct DeviceInfo {
     pub queues: u16,
     /// The device status byte the guest's driver wrote (4 = DRIVER_OK set).
     pub status: u8,
-    /// The backend is gone or never came: the guest sees DEVICE_NEEDS_RESET.
+    /// No backend was reachable when the VM started (or it refused the driver's setup): the
+    /// guest sees DEVICE_NEEDS_RESET. A backend that goes away later is reconnected instead
+    /// (see `backend`).
     pub needs_reset: bool,
     pub counters: DeviceCounters,
+    /// The backend connection (absent for a device that never had one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendLink>,
+}
+
+/// A device's link to its vhost-user backend process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackendLink {
+    /// false while the backend is away and the vmm reconnects (the guest sees a pause).
+    pub connected: bool,
+    /// Successful reconnections since the VM started.
+    pub reconnects: u64,
+    /// How long the last finished outage lasted (hang-up to rings running again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outage_ms: Option<u64>,
 }
 
 /// How often the guest reached the vmm instead of the backend (flat while I/O runs).

@@ -76,10 +76,35 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
         }
     };
     let persistent = store.persistent(name);
+    // each device's link to its backend process, from the running vmm
+    let devices: Vec<api::types::DeviceInfo> = match st {
+        DomState::ShutOff => Vec::new(),
+        _ => api(store, name)
+            .get::<api::types::VmInfo>("vm.info")
+            .map(|i| i.devices)
+            .unwrap_or_default(),
+    };
+    let backends: Vec<Value> = devices
+        .iter()
+        .filter_map(|dev| {
+            let b = dev.backend.as_ref()?;
+            Some(json!({"device": dev.name, "connected": b.connected,
+                        "reconnects": b.reconnects, "last_outage_ms": b.last_outage_ms}))
+        })
+        .collect();
+    // the supervisor's restarts of each backend process
+    let restarts: Value = match st {
+        DomState::ShutOff => json!({}),
+        _ => std::fs::read_to_string(store.runtime(name).backends_status())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| json!({})),
+    };
     let j = json!({
         "id": pid, "name": d.name, "uuid": d.uuid, "state": st.to_string(), "vcpus": d.vcpus,
         "cpu_time_s": cpu, "max_memory_kib": max_kib, "used_memory_kib": used_kib,
-        "persistent": persistent, "autostart": d.autostart,
+        "persistent": persistent, "autostart": d.autostart, "backends": backends,
+        "backend_processes": restarts,
     });
     let yn = |b: bool| if b { "yes" } else { "no" };
     let rows = [
@@ -98,8 +123,40 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
             if d.autostart { "enable" } else { "disable" }.into(),
         ),
     ];
+    let backend_rows = devices.iter().filter_map(|dev| {
+        let b = dev.backend.as_ref()?;
+        let link = if b.connected {
+            "connected"
+        } else {
+            "reconnecting"
+        };
+        let outage = b
+            .last_outage_ms
+            .map_or(String::new(), |ms| format!(", last outage {ms} ms"));
+        Some((
+            format!("Backend {}", dev.name),
+            format!("{link}, {} reconnect(s){outage}", b.reconnects),
+        ))
+    });
+    let process_rows = restarts.as_object().into_iter().flatten().map(|(what, v)| {
+        let state = if v["down"] == true {
+            "left down"
+        } else {
+            "running"
+        };
+        (
+            format!("Process {what}"),
+            format!(
+                "{state}, {} restart(s)",
+                v["restarts"].as_u64().unwrap_or(0)
+            ),
+        )
+    });
     let text: String = rows
-        .iter()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(backend_rows)
+        .chain(process_rows)
         .map(|(k, v)| format!("{:<16}{v}\n", format!("{k}:")))
         .collect();
     out.print(text, j);

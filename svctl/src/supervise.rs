@@ -40,9 +40,23 @@ struct Proc {
     child: Child,
 }
 
+/// A backend the supervisor keeps running: its process, how to start it again, and its
+/// restarts.
+struct Backend {
+    proc: Proc,
+    program: &'static str,
+    args: Vec<String>,
+    restarts: Restarts,
+}
+
+/// The process's log in the runtime dir, appended to (a restarted backend keeps its history).
 fn log_file(rt: &Runtime, what: &str) -> Result<File, String> {
     let path = rt.dir.join(format!("{what}.log"));
-    File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
 
 fn command(program: PathBuf, args: &[String], log: File) -> Result<Command, String> {
@@ -146,9 +160,81 @@ fn backend_configs(
     Ok(out)
 }
 
+/// How often the supervisor looks at its children.
+const POLL: Duration = Duration::from_millis(50);
+/// A backend that dies this often within [`RESTART_WINDOW`] is left down.
+const RESTART_LIMIT: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(30);
+
+/// A backend's restarts: how many, the recent ones (for the limit), and whether the
+/// supervisor gave up on it.
+#[derive(Default)]
+struct Restarts {
+    count: u64,
+    recent: std::collections::VecDeque<Instant>,
+    gave_up: bool,
+}
+
+/// Start every backend that died again (unless it keeps dying: then it is left down, with one
+/// log line). Whether anything changed.
+fn revive_dead(rt: &Runtime, backends: &mut [Backend]) -> bool {
+    let mut changed = false;
+    for b in backends.iter_mut().filter(|b| !b.restarts.gave_up) {
+        let Ok(Some(status)) = b.proc.child.try_wait() else {
+            continue;
+        };
+        changed = true;
+        let what = b.proc.what.clone();
+        let r = &mut b.restarts;
+        let now = Instant::now();
+        r.recent.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if r.recent.len() >= RESTART_LIMIT {
+            r.gave_up = true;
+            tracing::error!(
+                what,
+                %status,
+                "backend died {RESTART_LIMIT} times within {RESTART_WINDOW:?}: left down"
+            );
+            eprintln!("svctl: backend {what} keeps dying ({status}); left down");
+            continue;
+        }
+        r.recent.push_back(now);
+        tracing::warn!(what, %status, "backend died; starting it again");
+        match start_backend(rt, &what, b.program, b.args.clone()) {
+            Ok(p) => {
+                b.proc = p;
+                b.restarts.count += 1;
+            }
+            // counted as a death: the next look tries again, up to the limit
+            Err(e) => tracing::error!(what, error = %e, "backend restart failed"),
+        }
+    }
+    changed
+}
+
+/// `<runtime>/backends.json`: each backend's PID, restarts and whether it is left down
+/// (`svctl dominfo` shows it).
+fn write_status(rt: &Runtime, backends: &[Backend]) {
+    let status: serde_json::Map<String, serde_json::Value> = backends
+        .iter()
+        .map(|b| {
+            let v = serde_json::json!({"pid": b.proc.child.id(), "restarts": b.restarts.count,
+                                       "down": b.restarts.gave_up});
+            (b.proc.what.clone(), v)
+        })
+        .collect();
+    let _ = std::fs::write(
+        rt.backends_status(),
+        serde_json::Value::Object(status).to_string(),
+    );
+}
+
 fn stop(procs: &mut [Proc]) {
-    for p in procs.iter() {
-        // SAFETY: kill on our own child's PID (not yet reaped, so not reused).
+    for p in procs.iter_mut() {
+        if !matches!(p.child.try_wait(), Ok(None)) {
+            continue; // already gone (and reaped: its PID may belong to someone else now)
+        }
+        // SAFETY: kill on our own child's PID, checked above to be running and not reaped.
         unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
     }
     let start = Instant::now();
@@ -223,40 +309,77 @@ pub fn supervise(store: &Store, name: &str) -> Result<i32, String> {
 
 fn run(d: &Domain, rt: &Runtime) -> Result<i32, String> {
     let mut procs = Vec::new();
+    // every configuration is written before the first backend starts, so that a failure
+    // here leaves nothing running
+    let mut configs = Vec::new();
     for (what, program, cfg) in backend_configs(d, rt)? {
         let cfg_path = rt.dir.join(format!("{what}.json"));
         std::fs::write(&cfg_path, cfg)
             .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
         let args = vec!["--config".to_string(), cfg_path.display().to_string()];
-        match start_backend(rt, &what, program, args) {
-            Ok(p) => procs.push(p),
+        configs.push((what, program, args));
+    }
+    let mut backends = Vec::new();
+    for (what, program, args) in configs {
+        match start_backend(rt, &what, program, args.clone()) {
+            Ok(p) => backends.push(Backend {
+                proc: p,
+                program,
+                args,
+                restarts: Restarts::default(),
+            }),
             Err(e) => {
+                procs.extend(backends.into_iter().map(|b: Backend| b.proc));
                 stop(&mut procs);
                 return Err(e);
             }
         }
     }
+    write_status(rt, &backends);
     let cfg_path = rt.dir.join("vm.json");
     let cfg = serde_json::to_string_pretty(&vm_config(d, rt)).map_err(|e| e.to_string())?;
-    std::fs::write(&cfg_path, cfg)
-        .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+    let stop_all = |backends: Vec<Backend>| {
+        let mut procs: Vec<Proc> = backends.into_iter().map(|b| b.proc).collect();
+        stop(&mut procs);
+    };
+    if let Err(e) = std::fs::write(&cfg_path, cfg) {
+        stop_all(backends);
+        return Err(format!("cannot write {}: {e}", cfg_path.display()));
+    }
     let args = vec!["--config".to_string(), cfg_path.display().to_string()];
-    let mut cmd = command(bin("splitvisor"), &args, log_file(rt, "vmm")?)?;
-    let mut vmm = match cmd.spawn() {
+    let spawned = log_file(rt, "vmm")
+        .and_then(|log| command(bin("splitvisor"), &args, log))
+        .and_then(|mut cmd| {
+            cmd.spawn()
+                .map_err(|e| format!("cannot start splitvisor: {e}"))
+        });
+    let mut vmm = match spawned {
         Ok(c) => c,
         Err(e) => {
-            stop(&mut procs);
-            return Err(format!("cannot start splitvisor: {e}"));
+            stop_all(backends);
+            return Err(e);
         }
     };
     let _ = std::fs::write(rt.vmm_pid(), format!("{}\n", vmm.id()));
     if let Err(e) = forward_stop_signals(vmm.id()) {
         tracing::warn!("cannot forward stop signals: {e}");
     }
-    let status = vmm
-        .wait()
-        .map_err(|e| format!("waiting for splitvisor: {e}"))?;
+    // while the guest runs, a backend that dies is started again (the vmm reconnects to it)
+    let status = loop {
+        match vmm.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                stop_all(backends);
+                return Err(format!("waiting for splitvisor: {e}"));
+            }
+        }
+        if revive_dead(rt, &mut backends) {
+            write_status(rt, &backends);
+        }
+        std::thread::sleep(POLL);
+    };
     tracing::info!(%status, "vmm ended");
-    stop(&mut procs);
+    stop_all(backends);
     Ok(status.code().unwrap_or(128))
 }

@@ -24,7 +24,8 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::pci::bus::PciBus;
 use crate::power_on::{PowerOnError, PowerOnState};
 use crate::run_control::RunControl;
-use crate::vhost_user::{monitor, VhostUserDevice};
+use crate::vhost_user::reconnect::{self, SharedVhostUser};
+use crate::vhost_user::VhostUserDevice;
 use crate::virtio::absent_device::AbsentDevice;
 use crate::virtio::device_type::{DeviceType, QueueUnits};
 use crate::virtio::pci::{VirtioPciDevice, BAR_SIZE};
@@ -140,7 +141,7 @@ impl Vm {
         for (i, dev) in cfg.devices.iter().enumerate() {
             let name = format!("{}{i}", DeviceType::of(dev.virtio_type).name);
             let mut channel = None;
-            let (backend, fd): (Box<dyn VirtioDevice>, _) = match VhostUserDevice::connect(
+            let (backend, shared): (Box<dyn VirtioDevice>, _) = match VhostUserDevice::connect(
                 &name,
                 &dev.socket,
                 dev.virtio_type,
@@ -149,9 +150,9 @@ impl Vm {
                 ram.memory().clone(),
             ) {
                 Ok(mut b) => {
-                    let fd = b.socket_fd();
                     channel = b.take_backend_channel();
-                    (Box::new(b), Some(fd))
+                    let shared = Arc::new(Mutex::new(b));
+                    (Box::new(SharedVhostUser(shared.clone())), Some(shared))
                 }
                 Err(e) => {
                     // the VM runs without this device; the guest sees it as needing a reset
@@ -171,7 +172,7 @@ impl Vm {
                         source,
                     }
                 })?;
-            if fd.is_none() {
+            if shared.is_none() {
                 transport.needs_reset();
             }
             let transport = Arc::new(Mutex::new(transport));
@@ -180,12 +181,15 @@ impl Vm {
                 name: name.clone(),
                 cfg: dev.clone(),
                 transport: transport.clone(),
+                link: shared
+                    .as_ref()
+                    .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).link_status()),
             });
             if let Some(channel) = channel {
                 channel.spawn(transport.clone()).map_err(VmError::Thread)?;
             }
-            if let Some(fd) = fd {
-                monitor::spawn(name.clone(), dev.socket.clone(), fd, transport)
+            if let Some(shared) = shared {
+                reconnect::spawn(name.clone(), dev.socket.clone(), shared, transport)
                     .map_err(VmError::Thread)?;
             }
             tracing::info!(device = %name, slot, bar, "virtio-pci device added");

@@ -23,7 +23,9 @@ use crate::exit::{ExitHandle, VmExit};
 use crate::run_control::RunControl;
 use crate::virtio::pci::VirtioPciDevice;
 use crate::virtio::{STATUS_DEVICE_NEEDS_RESET, TYPE_BALLOON};
-use ::api::types::{ApiError, BalloonTarget, DeviceCounters, DeviceInfo, VmInfo, VmState};
+use ::api::types::{
+    ApiError, BackendLink, BalloonTarget, DeviceCounters, DeviceInfo, VmInfo, VmState,
+};
 
 /// What the handlers can see of the VM.
 pub struct ApiContext {
@@ -39,6 +41,8 @@ pub struct ApiDevice {
     pub name: String,
     pub cfg: DeviceConfig,
     pub transport: Arc<Mutex<VirtioPciDevice>>,
+    /// The backend connection's status (None: no backend was reachable at start).
+    pub link: Option<Arc<crate::vhost_user::reconnect::LinkStatus>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,11 @@ fn device_info(d: &ApiDevice) -> DeviceInfo {
             config_reads: c.config_reads.load(Ordering::Relaxed),
             activations: c.activations.load(Ordering::Relaxed),
         },
+        backend: d.link.as_ref().map(|l| BackendLink {
+            connected: l.is_up(),
+            reconnects: l.reconnects(),
+            last_outage_ms: l.last_outage().map(|d| d.as_millis() as u64),
+        }),
     }
 }
 

@@ -2,10 +2,13 @@
 //! The whole negotiation sequence lives here (connect, owner, features, protocol features,
 //! queue count, config space, memory table, rings); what the vmm knows of a device type (queues
 //! per unit, config size, whose queue count wins) is the table in
-//! [`crate::virtio::device_type`]. What a snapshot keeps of the device is in [`persist`].
+//! [`crate::virtio::device_type`]. What a snapshot keeps of the device is in [`persist`]; how a
+//! device survives its backend's restart is in [`reconnect`].
 
-pub mod monitor;
 pub mod persist;
+pub mod reconnect;
+#[cfg(test)]
+mod test_backend;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -54,6 +57,12 @@ pub enum FrontendError {
         regions: usize,
         max: u64,
     },
+    #[error("device {device}: the backend on {socket} cannot take over the device: {what}")]
+    Reconnect {
+        device: String,
+        socket: PathBuf,
+        what: String,
+    },
     #[error("device {device}: the {what} address {gpa:#x} is outside guest memory")]
     RingAddress {
         device: String,
@@ -94,6 +103,39 @@ pub struct VhostUserDevice {
     backend_channel: Option<BackendChannel>,
     /// With CONFIGURE_MEM_SLOTS: whether ADD_MEM_REG has sent the regions on this connection.
     regions_added: bool,
+    /// The queues the driver's last activation started (with their own handles on the kick
+    /// and call eventfds), to start them again on a new connection.
+    ring_setups: Vec<RingSetup>,
+    /// The config space as last read from the backend, served while it cannot be reached.
+    config_cache: Vec<u8>,
+    /// Whether the backend is reachable, and the reconnect counters.
+    link: reconnect::Link,
+}
+
+/// One queue as the driver set it up, kept for replaying it to a new backend connection.
+struct RingSetup {
+    index: usize,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    kick: vmm_sys_util::eventfd::EventFd,
+    call: vmm_sys_util::eventfd::EventFd,
+}
+
+/// Connect to a backend socket that exists, retrying a few times while it is refused (the
+/// backend may be between bind and listen).
+fn connect_stream(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let mut tries = 0;
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn wait_for_socket(path: &Path) -> bool {
@@ -105,6 +147,72 @@ fn wait_for_socket(path: &Path) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// The protocol features the frontend uses when the backend offers them.
+const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
+    .union(VhostUserProtocolFeatures::REPLY_ACK)
+    .union(VhostUserProtocolFeatures::CONFIG)
+    .union(VhostUserProtocolFeatures::BACKEND_REQ)
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+
+/// What the driver-independent part of the negotiation learned from one connection.
+struct Handshake {
+    backend_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    /// The backend's GET_QUEUE_NUM (with MQ).
+    queue_num: Option<usize>,
+    channel: Option<BackendChannel>,
+}
+
+/// SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM and SET_BACKEND_REQ_FD on a
+/// new connection: the same sequence at start and at every reconnect.
+fn handshake(
+    name: &str,
+    socket: &Path,
+    frontend: &mut Frontend,
+    want: VhostUserProtocolFeatures,
+) -> Result<Handshake, FrontendError> {
+    let err = |step| protocol_err(name, socket, step);
+    frontend.set_owner().map_err(err("SET_OWNER"))?;
+    let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
+    if backend_features & F_VERSION_1 == 0 {
+        return Err(FrontendError::MissingFeature {
+            device: name.into(),
+            socket: socket.into(),
+            feature: "VIRTIO_F_VERSION_1",
+        });
+    }
+    let mut hs = Handshake {
+        backend_features,
+        protocol: VhostUserProtocolFeatures::empty(),
+        queue_num: None,
+        channel: None,
+    };
+    if backend_features & F_PROTOCOL_FEATURES == 0 {
+        return Ok(hs);
+    }
+    // always GET before SET, also on a reconnect, or a backend never honours REPLY_ACK
+    let offered = frontend
+        .get_protocol_features()
+        .map_err(err("GET_PROTOCOL_FEATURES"))?;
+    hs.protocol = offered & want;
+    frontend
+        .set_protocol_features(hs.protocol)
+        .map_err(err("SET_PROTOCOL_FEATURES"))?;
+    if hs.protocol.contains(VhostUserProtocolFeatures::MQ) {
+        hs.queue_num = Some(frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize);
+    }
+    if hs.protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+        let reply_ack = hs.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let channel = BackendChannel::new(name, reply_ack)
+            .map_err(|e| err("backend channel")(vhost::Error::VhostUserProtocol(e)))?;
+        frontend
+            .set_backend_request_fd(&channel.backend_end())
+            .map_err(err("SET_BACKEND_REQ_FD"))?;
+        hs.channel = Some(channel);
+    }
+    Ok(hs)
 }
 
 impl VhostUserDevice {
@@ -127,54 +235,27 @@ impl VhostUserDevice {
         }
         let err = |step| protocol_err(name, socket, step);
         let kind = DeviceType::of(device_type);
+        let stream = connect_stream(socket).map_err(|e| {
+            err("connect")(vhost::Error::VhostUserProtocol(
+                vhost::vhost_user::Error::SocketConnect(e),
+            ))
+        })?;
+        let mut frontend = reconnect::new_frontend(stream);
+        let hs = handshake(name, socket, &mut frontend, WANTED_PROTOCOL)?;
         let mut queue_count = kind.queue_count(units);
-        let mut frontend = Frontend::connect(socket, 64).map_err(err("connect"))?;
-        frontend.set_owner().map_err(err("SET_OWNER"))?;
-        let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
-        if backend_features & F_VERSION_1 == 0 {
-            return Err(FrontendError::MissingFeature {
-                device: name.into(),
-                socket: socket.into(),
-                feature: "VIRTIO_F_VERSION_1",
-            });
-        }
-        let mut protocol = VhostUserProtocolFeatures::empty();
-        let mut backend_channel = None;
-        if backend_features & F_PROTOCOL_FEATURES != 0 {
-            let offered = frontend
-                .get_protocol_features()
-                .map_err(err("GET_PROTOCOL_FEATURES"))?;
-            let wanted = VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::BACKEND_REQ
-                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
-            protocol = offered & wanted;
-            frontend
-                .set_protocol_features(protocol)
-                .map_err(err("SET_PROTOCOL_FEATURES"))?;
-            if protocol.contains(VhostUserProtocolFeatures::MQ) {
-                let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize;
-                let expected = kind.expected_backend_queue_count(units, backend_features);
-                if kind.queue_count_rule == QueueCountRule::Backend && max != expected {
-                    tracing::info!(
-                        device = name,
-                        queues = max,
-                        "using the backend's queue count"
-                    );
-                }
-                queue_count = kind.negotiated_queue_count(units, max);
+        if let Some(max) = hs.queue_num {
+            let expected = kind.expected_backend_queue_count(units, hs.backend_features);
+            if kind.queue_count_rule == QueueCountRule::Backend && max != expected {
+                tracing::info!(
+                    device = name,
+                    queues = max,
+                    "using the backend's queue count"
+                );
             }
-            if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
-                let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
-                let channel = BackendChannel::new(name, reply_ack)
-                    .map_err(|e| err("backend channel")(vhost::Error::VhostUserProtocol(e)))?;
-                frontend
-                    .set_backend_request_fd(&channel.backend_end())
-                    .map_err(err("SET_BACKEND_REQ_FD"))?;
-                backend_channel = Some(channel);
-            }
+            queue_count = kind.negotiated_queue_count(units, max);
         }
+        let (backend_features, protocol, backend_channel) =
+            (hs.backend_features, hs.protocol, hs.channel);
         tracing::info!(device = name, socket = %socket.display(), features = format_args!("{backend_features:#x}"), ?protocol, queues = queue_count, "vhost-user backend connected");
         Ok(VhostUserDevice {
             name: name.into(),
@@ -190,6 +271,9 @@ impl VhostUserDevice {
             vrings: Vec::new(),
             backend_channel,
             regions_added: false,
+            ring_setups: Vec::new(),
+            config_cache: vec![0; kind.config_size as usize],
+            link: reconnect::Link::default(),
         })
     }
 
@@ -199,7 +283,7 @@ impl VhostUserDevice {
         self.backend_channel.take()
     }
 
-    /// The connection to the backend, for [`monitor`].
+    /// The connection to the backend, for [`reconnect`]'s watch.
     pub fn socket_fd(&self) -> RawFd {
         self.frontend.as_raw_fd()
     }
@@ -215,14 +299,16 @@ impl VhostUserDevice {
             })
     }
 
-    fn setup(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), FrontendError> {
+    /// Start the rings of the driver's last activation on the current connection:
+    /// SET_FEATURES, the memory table, then per ring SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE.
+    /// A fresh activation starts every ring at 0; a new connection under a running driver
+    /// (`resume`) starts each where the guest's used ring says the old backend got to.
+    fn start_rings(&mut self, resume: bool) -> Result<(), FrontendError> {
         let (name, socket) = (self.name.clone(), self.socket.clone());
         let err = |step| protocol_err(&name, &socket, step);
-        let acked = features | (self.backend_features & F_PROTOCOL_FEATURES);
         self.frontend
-            .set_features(acked)
+            .set_features(self.acked_features)
             .map_err(err("SET_FEATURES"))?;
-        self.acked_features = acked;
         let regions: Vec<VhostUserMemoryRegionInfo> = self
             .mem
             .iter()
@@ -259,20 +345,23 @@ impl VhostUserDevice {
                 .set_mem_table(&regions)
                 .map_err(err("SET_MEM_TABLE"))?;
         }
-        for q in queues {
+        self.vrings.clear();
+        for q in 0..self.ring_setups.len() {
+            let r = &self.ring_setups[q];
+            let (i, size, used) = (r.index, r.size, r.used);
             let config = VringConfigData {
-                queue_max_size: self.queue_sizes.get(q.index).copied().unwrap_or(q.size),
-                queue_size: q.size,
+                queue_max_size: self.queue_sizes.get(i).copied().unwrap_or(size),
+                queue_size: size,
                 flags: 0,
-                desc_table_addr: self.host_addr(q.desc, "descriptor table")?,
-                used_ring_addr: self.host_addr(q.used, "used ring")?,
-                avail_ring_addr: self.host_addr(q.avail, "available ring")?,
+                desc_table_addr: self.host_addr(r.desc, "descriptor table")?,
+                used_ring_addr: self.host_addr(r.used, "used ring")?,
+                avail_ring_addr: self.host_addr(r.avail, "available ring")?,
                 log_addr: None,
             };
-            let i = q.index;
-            let base = 0;
+            let base = if resume { self.used_index(used)? } else { 0 };
+            let r = &self.ring_setups[q];
             self.frontend
-                .set_vring_num(i, q.size)
+                .set_vring_num(i, size)
                 .map_err(err("SET_VRING_NUM"))?;
             self.frontend
                 .set_vring_addr(i, &config)
@@ -281,10 +370,10 @@ impl VhostUserDevice {
                 .set_vring_base(i, base)
                 .map_err(err("SET_VRING_BASE"))?;
             self.frontend
-                .set_vring_call(i, q.call)
+                .set_vring_call(i, &r.call)
                 .map_err(err("SET_VRING_CALL"))?;
             self.frontend
-                .set_vring_kick(i, q.kick)
+                .set_vring_kick(i, &r.kick)
                 .map_err(err("SET_VRING_KICK"))?;
             if self.backend_features & F_PROTOCOL_FEATURES != 0 {
                 self.frontend
@@ -293,13 +382,27 @@ impl VhostUserDevice {
             }
             self.vrings.push(VringState {
                 index: i as u32,
-                size: q.size,
+                size,
                 start_base: u32::from(base),
                 running: true,
                 stop_base: None,
             });
         }
         Ok(())
+    }
+
+    /// The used ring's index (the guest-visible count of completed buffers) of the ring whose
+    /// used ring is at `used`.
+    fn used_index(&self, used: u64) -> Result<u16, FrontendError> {
+        use vm_memory::{Address, Bytes};
+        let addr = GuestAddress(used).checked_add(2);
+        addr.and_then(|a| self.mem.read_obj::<u16>(a).ok())
+            .map(u16::from_le)
+            .ok_or_else(|| FrontendError::RingAddress {
+                device: self.name.clone(),
+                what: "used ring",
+                gpa: used,
+            })
     }
 }
 
@@ -324,25 +427,17 @@ impl VirtioDevice for VhostUserDevice {
         {
             return;
         }
-        // QEMU's convention: fetch the whole space from offset 0, then slice it
-        let size = self.config_size;
-        match self.frontend.get_config(
-            0,
-            size,
-            VhostUserConfigFlags::WRITABLE,
-            &vec![0u8; size as usize],
-        ) {
-            Ok((_, payload)) => {
-                if let Some(src) = payload.get(offset as usize..end as usize) {
-                    data.copy_from_slice(src);
-                }
-            }
-            Err(e) => tracing::warn!(device = %self.name, error = %e, "GET_CONFIG failed"),
+        // while the backend is away the guest reads the space as it was last seen
+        if self.link.is_up() {
+            let _ = self.refresh_config();
+        }
+        if let Some(src) = self.config_cache.get(offset as usize..end as usize) {
+            data.copy_from_slice(src);
         }
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) || !self.link.is_up() {
             return;
         }
         if let Err(e) =
@@ -355,12 +450,51 @@ impl VirtioDevice for VhostUserDevice {
 
     fn activate(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), String> {
         self.vrings.clear();
-        self.setup(features, queues).map_err(|e| e.to_string())
+        self.ring_setups.clear();
+        for q in queues {
+            let (kick, call) = match (q.kick.try_clone(), q.call.try_clone()) {
+                (Ok(k), Ok(c)) => (k, c),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Err(format!("cannot keep a queue's eventfds: {e}"))
+                }
+            };
+            self.ring_setups.push(RingSetup {
+                index: q.index,
+                size: q.size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+                kick,
+                call,
+            });
+        }
+        self.acked_features = features | (self.backend_features & F_PROTOCOL_FEATURES);
+        if !self.link.is_up() {
+            // started on the next connection (the guest sees a stall, not an error)
+            tracing::info!(device = %self.name, "activation waits for the backend to come back");
+            return Ok(());
+        }
+        match self.start_rings(false) {
+            Ok(()) => Ok(()),
+            // the backend failed or timed out: a new connection gets the rings
+            Err(e @ FrontendError::Protocol { .. }) => {
+                tracing::warn!(device = %self.name, error = %e, "activation waits for the backend to come back");
+                self.close_connection();
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn reset(&mut self) {
+        self.ring_setups.clear();
+        let up = self.link.is_up();
+        let mut failed = false;
         for ring in self.vrings.iter_mut().filter(|r| r.running) {
             ring.running = false;
+            if !up {
+                continue; // the backend is gone: nothing runs the ring
+            }
             let i = ring.index as usize;
             // GET_VRING_BASE stops the ring in the backend
             match self.frontend.get_vring_base(i) {
@@ -368,8 +502,12 @@ impl VirtioDevice for VhostUserDevice {
                 Err(e) => {
                     let device = &self.name;
                     tracing::warn!(%device, queue = i, error = %e, "GET_VRING_BASE failed");
+                    failed = true;
                 }
             }
+        }
+        if failed {
+            self.close_connection();
         }
     }
 

@@ -74,83 +74,20 @@ impl VhostUserDevice {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-    use std::os::unix::net::{UnixListener, UnixStream};
-    use std::path::PathBuf;
-
-    use vmm_sys_util::eventfd::EventFd;
-
     use super::*;
-    use crate::config::{ByteSize, MemoryConfig};
-    use crate::memory::GuestRam;
+    use crate::vhost_user::test_backend;
     use crate::virtio::device_type::QueueUnits;
-    use crate::virtio::{QueueSetup, VirtioDevice, VirtioDeviceState, F_VERSION_1, TYPE_BLOCK};
+    use crate::virtio::{VirtioDevice, VirtioDeviceState, F_VERSION_1, TYPE_BLOCK};
 
-    const GET_FEATURES: u32 = 1;
-    const GET_VRING_BASE: u32 = 11;
-    const GET_PROTOCOL_FEATURES: u32 = 15;
-    /// Reply flags: version 1 | REPLY.
-    const REPLY: u32 = 0x5;
     const F_PROTOCOL_FEATURES: u64 = 1 << 30;
     const F_BLK_SIZE: u64 = 1 << 6;
 
-    fn reply(stream: &mut UnixStream, request: u32, payload: &[u8]) {
-        let mut msg = Vec::new();
-        for word in [request, REPLY, payload.len() as u32] {
-            msg.extend_from_slice(&word.to_le_bytes());
-        }
-        msg.extend_from_slice(payload);
-        stream.write_all(&msg).unwrap();
-    }
-
-    /// A backend that answers only what this test's frontend asks: features, no protocol
-    /// features, and ring bases 100 + index. Every other message needs no reply.
-    fn scripted_backend(listener: UnixListener) {
-        let (mut stream, _) = listener.accept().unwrap();
-        loop {
-            let mut header = [0u8; 12];
-            if stream.read_exact(&mut header).is_err() {
-                return; // the frontend went away
-            }
-            let word = |i: usize| u32::from_le_bytes(header[i * 4..i * 4 + 4].try_into().unwrap());
-            let mut payload = vec![0u8; word(2) as usize];
-            stream.read_exact(&mut payload).unwrap();
-            match word(0) {
-                GET_FEATURES => {
-                    let features = F_VERSION_1 | F_PROTOCOL_FEATURES | F_BLK_SIZE;
-                    reply(&mut stream, GET_FEATURES, &features.to_le_bytes());
-                }
-                GET_PROTOCOL_FEATURES => {
-                    reply(&mut stream, GET_PROTOCOL_FEATURES, &0u64.to_le_bytes());
-                }
-                GET_VRING_BASE => {
-                    let index = u32::from_le_bytes(payload[..4].try_into().unwrap());
-                    let mut state = index.to_le_bytes().to_vec();
-                    state.extend_from_slice(&(100 + index).to_le_bytes());
-                    reply(&mut stream, GET_VRING_BASE, &state);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn socket_path() -> PathBuf {
-        let path = std::env::temp_dir().join(format!("vmm-persist-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        path
-    }
-
     #[test]
     fn state_follows_negotiation_activation_and_reset() {
-        let ram = GuestRam::new(&MemoryConfig {
-            size: ByteSize(64 << 20),
-            hugepages: false,
-            mergeable: false,
-        })
-        .unwrap();
-        let path = socket_path();
-        let listener = UnixListener::bind(&path).unwrap();
-        let backend = std::thread::spawn(move || scripted_backend(listener));
+        let ram = test_backend::guest_ram();
+        let backend =
+            test_backend::start("persist", F_VERSION_1 | F_PROTOCOL_FEATURES | F_BLK_SIZE);
+        let path = backend.path.clone();
         let mut dev = VhostUserDevice::connect(
             "blk0",
             &path,
@@ -174,25 +111,8 @@ mod tests {
         assert_eq!(s.config_size, 60);
         assert!(s.vrings.is_empty());
 
-        let fds: Vec<(EventFd, EventFd)> = (0..2)
-            .map(|_| {
-                let fd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
-                (fd(), fd())
-            })
-            .collect();
-        let setups: Vec<QueueSetup> = fds
-            .iter()
-            .enumerate()
-            .map(|(index, (kick, call))| QueueSetup {
-                index,
-                size: 64,
-                desc: 0x10_0000 + index as u64 * 0x1_0000,
-                avail: 0x10_4000 + index as u64 * 0x1_0000,
-                used: 0x10_8000 + index as u64 * 0x1_0000,
-                kick,
-                call,
-            })
-            .collect();
+        let rings = test_backend::Rings::new();
+        let setups = rings.setups();
         dev.activate(F_VERSION_1 | F_BLK_SIZE, &setups).unwrap();
         let s = dev.vhost_user_state();
         assert_eq!(
@@ -221,6 +141,6 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<VhostUserState>(&json).unwrap(), s);
         drop(dev);
-        backend.join().unwrap();
+        backend.thread.join().unwrap();
     }
 }

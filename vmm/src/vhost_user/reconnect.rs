@@ -1,0 +1,552 @@
+//! A backend that goes away (killed, crashed, restarted for an upgrade) is reconnected, and the
+//! guest sees only a pause. One thread per vhost-user device watches its connection:
+//!
+//! ```text
+//!   Up ──(socket hang-up, or a call that fails on a dead socket)──► Down(since)
+//!   Down ──(connect to the same path: at once, then backoff doubling to 100 ms, forever)──►
+//!        handshake (owner, features ⊇ negotiated, protocol features ⊇ negotiated, queue count)
+//!        ──► if the driver runs the device: SET_FEATURES, memory table, every ring from the
+//!            guest's used index, one kick and one call per ring ──► Up (reconnects += 1)
+//!   a failed handshake or replay stays Down (logged once per distinct error) and tries again
+//! ```
+//!
+//! While Down, the guest's kicks accumulate in the KVM ioeventfds (the new backend gets the
+//! same eventfds), config reads are served from the copy last read, a driver reset or a
+//! reboot just forgets the rings, and an activation is recorded and replayed on the next
+//! connection. No DEVICE_NEEDS_RESET: Linux ignores it, so it only ever turned a short outage
+//! into a dead disk.
+//!
+//! Ring positions: each ring restarts at the used index in guest memory, so what the guest
+//! saw completed is never redone and what it did not see is redone — exact for devices that
+//! complete in order (net, balloon, blk's sync engine). A device completing out of order (blk
+//! on io_uring) needs the backend's in-flight record (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) to
+//! skip what it completed after an earlier request; see docs/architecture.md.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+
+use vhost::vhost_user::VhostUserProtocolFeatures;
+
+use super::backend_requests::BackendChannel;
+use super::{handshake, FrontendError, Handshake, VhostUserDevice, F_PROTOCOL_FEATURES};
+use crate::virtio::pci::VirtioPciDevice;
+use crate::virtio::{QueueSetup, VirtioDevice, VirtioDeviceState};
+
+/// The longest pause between two connection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(100);
+const NO_OUTAGE: u64 = u64::MAX;
+
+/// Whether a device's backend is reachable, and how its outages went: shared with the API,
+/// which reads it without taking any lock (a hung backend never blocks `vm.info`).
+#[derive(Debug)]
+pub struct LinkStatus {
+    up: AtomicBool,
+    reconnects: AtomicU64,
+    last_outage_ms: AtomicU64,
+}
+
+impl Default for LinkStatus {
+    fn default() -> Self {
+        LinkStatus {
+            up: AtomicBool::new(true),
+            reconnects: AtomicU64::new(0),
+            last_outage_ms: AtomicU64::new(NO_OUTAGE),
+        }
+    }
+}
+
+impl LinkStatus {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+    /// Successful reconnections since the VM started.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+    /// How long the last finished outage lasted, from the hang-up to the replayed rings.
+    pub fn last_outage(&self) -> Option<Duration> {
+        match self.last_outage_ms.load(Ordering::Relaxed) {
+            NO_OUTAGE => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// The device's side of the link: the shared status and when the current outage began.
+#[derive(Debug, Default)]
+pub struct Link {
+    pub status: Arc<LinkStatus>,
+    down_since: Option<Instant>,
+}
+
+impl Link {
+    pub fn is_up(&self) -> bool {
+        self.down_since.is_none()
+    }
+}
+
+/// How long one vhost-user call may wait for the backend (sending or for its reply). A
+/// backend that takes longer is treated as gone: the connection is closed and the device
+/// reconnects, so a stopped or stuck backend never holds a vCPU or the API for longer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A frontend on `stream`, whose calls time out after [`CALL_TIMEOUT`].
+pub(super) fn new_frontend(stream: UnixStream) -> Frontend {
+    let _ = stream.set_read_timeout(Some(CALL_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CALL_TIMEOUT));
+    Frontend::from_stream(stream, 64)
+}
+
+impl VhostUserDevice {
+    /// Close the connection (a call failed or timed out, so replies may be out of step) and
+    /// go down: the reconnect thread sees the hang-up and brings the backend back.
+    pub(super) fn close_connection(&mut self) {
+        // SAFETY: shutdown on the Frontend's own open socket; it stays open (and owned).
+        unsafe { libc::shutdown(self.frontend.as_raw_fd(), libc::SHUT_RDWR) };
+        self.backend_gone();
+    }
+
+    /// Whether the backend's end of the connection is closed (checked without blocking).
+    #[cfg(test)]
+    pub(super) fn peer_gone(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.frontend.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd that lives across the call; timeout 0 never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// The backend went away: the device is Down until [`Self::reconnect`] succeeds. Logged
+    /// once per outage.
+    pub fn backend_gone(&mut self) {
+        if self.link.down_since.is_some() {
+            return;
+        }
+        self.link.down_since = Some(Instant::now());
+        self.link.status.up.store(false, Ordering::Release);
+        tracing::error!(
+            device = %self.name,
+            socket = %self.socket.display(),
+            "backend gone; reconnecting (the guest sees a pause)"
+        );
+        eprintln!(
+            "splitvisor: device {}: the vhost-user backend on {} disconnected; reconnecting",
+            self.name,
+            self.socket.display()
+        );
+    }
+
+    /// The status the API shows.
+    pub fn link_status(&self) -> Arc<LinkStatus> {
+        self.link.status.clone()
+    }
+
+    /// Fetch the whole config space from the backend into the copy reads are served from;
+    /// false if the backend failed to answer (the connection is then closed).
+    pub(super) fn refresh_config(&mut self) -> bool {
+        use vhost::vhost_user::message::VhostUserConfigFlags;
+        let size = self.config_size;
+        // QEMU's convention: fetch the whole space from offset 0, then slice it
+        match self.frontend.get_config(
+            0,
+            size,
+            VhostUserConfigFlags::WRITABLE,
+            &vec![0u8; size as usize],
+        ) {
+            Ok((_, payload)) if payload.len() == self.config_cache.len() => {
+                self.config_cache.copy_from_slice(&payload);
+                true
+            }
+            Ok(_) => {
+                tracing::warn!(device = %self.name, "GET_CONFIG answered a wrong size");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.name, error = %e, "GET_CONFIG failed");
+                self.close_connection();
+                false
+            }
+        }
+    }
+
+    /// Take over a new connection to the backend: the handshake, the checks that the new
+    /// backend can serve what the guest already negotiated, and the rings the driver runs.
+    /// Returns the backend's request channel to serve, if it has one. (The reconnect thread
+    /// does the handshake without holding the device, then [`Self::take_over`].)
+    pub fn reconnect(
+        &mut self,
+        stream: UnixStream,
+    ) -> Result<Option<BackendChannel>, FrontendError> {
+        let mut frontend = new_frontend(stream);
+        let hs = handshake(&self.name, &self.socket, &mut frontend, self.protocol)?;
+        self.take_over(frontend, hs)
+    }
+
+    /// What the reconnect thread needs to run a handshake without holding the device: the
+    /// device's name, its socket and the protocol features to ask for.
+    fn identity(&self) -> (String, PathBuf, VhostUserProtocolFeatures) {
+        (self.name.clone(), self.socket.clone(), self.protocol)
+    }
+
+    /// The checks and the replay of [`Self::reconnect`] on a connection whose handshake is
+    /// done. On failure the device stays down, and a connection it started using is closed
+    /// (the backend serves one frontend at a time and must see us go).
+    fn take_over(
+        &mut self,
+        frontend: Frontend,
+        hs: Handshake,
+    ) -> Result<Option<BackendChannel>, FrontendError> {
+        let (device, socket) = (self.name.clone(), self.socket.clone());
+        let refused = |what: String| FrontendError::Reconnect {
+            device: device.clone(),
+            socket: socket.clone(),
+            what,
+        };
+        // what the guest may already rely on: the features it acked, or (before it did) the
+        // ones it was offered
+        let needed = match self.acked_features {
+            0 => self.backend_features,
+            acked => acked,
+        } & !F_PROTOCOL_FEATURES;
+        let missing = needed & !hs.backend_features;
+        if missing != 0 {
+            return Err(refused(format!(
+                "it does not offer features {missing:#x} the guest negotiated"
+            )));
+        }
+        if hs.protocol != self.protocol {
+            return Err(refused(format!(
+                "it offers protocol features {:?}, not the negotiated {:?}",
+                hs.protocol, self.protocol
+            )));
+        }
+        if let Some(max) = hs.queue_num {
+            if max < self.queue_sizes.len() {
+                return Err(refused(format!(
+                    "it serves {max} queues, the device has {}",
+                    self.queue_sizes.len()
+                )));
+            }
+        }
+        self.frontend = frontend;
+        self.regions_added = false;
+        if !self.ring_setups.is_empty() {
+            if let Err(e) = self.start_rings(true) {
+                self.close_connection();
+                return Err(e);
+            }
+            for r in &self.ring_setups {
+                // work the guest queued while we were down, and completions it may have missed
+                let _ = r.kick.write(1);
+                let _ = r.call.write(1);
+            }
+        }
+        if self.protocol.contains(VhostUserProtocolFeatures::CONFIG) && !self.refresh_config() {
+            return Err(refused("GET_CONFIG failed".into()));
+        }
+        let outage = self.link.down_since.take().map(|t| t.elapsed());
+        let status = &self.link.status;
+        status.reconnects.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = outage {
+            status.last_outage_ms.store(
+                d.as_millis().min(u128::from(NO_OUTAGE - 1)) as u64,
+                Ordering::Relaxed,
+            );
+        }
+        status.up.store(true, Ordering::Release);
+        tracing::warn!(
+            device = %self.name,
+            rings = self.ring_setups.len(),
+            outage_ms = outage.map(|d| d.as_millis() as u64),
+            "the vhost-user backend is back"
+        );
+        Ok(hs.channel)
+    }
+}
+
+/// A [`VhostUserDevice`] that the transport and the reconnect thread share. The transport's
+/// calls lock it; the reconnect thread never holds it while it waits.
+pub struct SharedVhostUser(pub Arc<Mutex<VhostUserDevice>>);
+
+impl SharedVhostUser {
+    fn lock(&self) -> MutexGuard<'_, VhostUserDevice> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl VirtioDevice for SharedVhostUser {
+    fn device_type(&self) -> u32 {
+        self.lock().device_type()
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        self.lock().queue_max_sizes()
+    }
+    fn features(&self) -> u64 {
+        self.lock().features()
+    }
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        self.lock().read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.lock().write_config(offset, data)
+    }
+    fn activate(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), String> {
+        self.lock().activate(features, queues)
+    }
+    fn reset(&mut self) {
+        self.lock().reset()
+    }
+    fn state(&self) -> VirtioDeviceState {
+        self.lock().state()
+    }
+}
+
+/// Wait until the other end of `file` hangs up (or the descriptor fails).
+fn wait_for_hangup(file: &File) {
+    let mut pfd = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd that lives across the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n < 0
+            || pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+        {
+            return;
+        }
+    }
+}
+
+/// A duplicate of the device's current connection, to poll without holding the device.
+fn watch_handle(device: &Mutex<VhostUserDevice>) -> std::io::Result<File> {
+    let fd = device.lock().unwrap_or_else(|e| e.into_inner()).socket_fd();
+    // SAFETY: dup of a descriptor the device's Frontend owns; the copy is owned by the File.
+    let dup = unsafe { libc::dup(fd) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor nothing else owns.
+    Ok(unsafe { File::from_raw_fd(dup) })
+}
+
+/// Watch `device`'s backend connection and bring it back whenever it goes away, for as long
+/// as the vmm runs. `transport` is what a new backend request channel raises interrupts on.
+pub fn spawn(
+    name: String,
+    socket: PathBuf,
+    device: Arc<Mutex<VhostUserDevice>>,
+    transport: Arc<Mutex<VirtioPciDevice>>,
+) -> std::io::Result<()> {
+    let mut handle = watch_handle(&device)?;
+    std::thread::Builder::new()
+        .name(format!("{name}-reconnect"))
+        .spawn(move || loop {
+            wait_for_hangup(&handle);
+            device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .backend_gone();
+            let channel = reconnect_until_up(&name, &socket, &device);
+            if let Some(channel) = channel {
+                if let Err(e) = channel.spawn(transport.clone()) {
+                    tracing::error!(device = %name, error = %e, "cannot serve the backend's requests");
+                }
+            }
+            handle = match watch_handle(&device) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(device = %name, error = %e, "cannot watch the backend connection");
+                    return;
+                }
+            };
+        })
+        .map(|_| ())
+}
+
+/// Connect and take the connection over until it works; the backoff doubles from 1 ms to
+/// [`MAX_BACKOFF`]. Each distinct failure is logged once.
+fn reconnect_until_up(
+    name: &str,
+    socket: &std::path::Path,
+    device: &Mutex<VhostUserDevice>,
+) -> Option<BackendChannel> {
+    let mut delay = Duration::ZERO;
+    let mut last_error = String::new();
+    loop {
+        std::thread::sleep(delay);
+        delay = (delay * 2).clamp(Duration::from_millis(1), MAX_BACKOFF);
+        let stream = match UnixStream::connect(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                note(name, &mut last_error, format!("cannot connect: {e}"));
+                continue;
+            }
+        };
+        // the handshake talks to a backend that may hang: not while holding the device
+        let (dev_name, dev_socket, protocol) =
+            device.lock().unwrap_or_else(|e| e.into_inner()).identity();
+        let mut frontend = new_frontend(stream);
+        let result = handshake(&dev_name, &dev_socket, &mut frontend, protocol).and_then(|hs| {
+            device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_over(frontend, hs)
+        });
+        match result {
+            Ok(channel) => return channel,
+            Err(e) => note(name, &mut last_error, e.to_string()),
+        }
+    }
+}
+
+fn note(name: &str, last: &mut String, error: String) {
+    if *last != error {
+        tracing::warn!(device = %name, %error, "reconnect attempt failed; trying again");
+        *last = error;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Shutdown;
+
+    use super::*;
+    use crate::vhost_user::test_backend::{
+        self, Rings, SET_FEATURES, SET_VRING_CALL, SET_VRING_KICK,
+    };
+    use crate::virtio::device_type::QueueUnits;
+    use crate::virtio::{F_VERSION_1, TYPE_NET};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const F_MAC: u64 = 1 << 5;
+    const F_MRG_RXBUF: u64 = 1 << 15;
+    const USED: [u64; 2] = Rings::USED;
+
+    /// A net device (1 pair: rx, tx) activated on `first`.
+    fn activated_device(
+        first: &test_backend::ScriptedBackend,
+        ram: &crate::memory::GuestRam,
+        rings: &Rings,
+    ) -> VhostUserDevice {
+        let mut dev = VhostUserDevice::connect(
+            "net0",
+            &first.path,
+            TYPE_NET,
+            QueueUnits(1),
+            64,
+            ram.memory().clone(),
+        )
+        .unwrap();
+        dev.activate(F_VERSION_1 | F_MAC, &rings.setups()).unwrap();
+        dev
+    }
+
+    #[test]
+    fn a_new_backend_gets_the_rings_from_the_guests_used_index() {
+        let ram = test_backend::guest_ram();
+        let rings = Rings::new();
+        let offer = F_VERSION_1 | F_MAC | F_MRG_RXBUF;
+        let first = test_backend::start("reconnect-a", offer);
+        let mut dev = activated_device(&first, &ram, &rings);
+        first.wait_for(SET_VRING_KICK, 2);
+        assert_eq!(first.vring_bases(), vec![(0, 0), (1, 0)]);
+
+        // the backend dies after completing 7 and 9 buffers
+        let mem = ram.memory();
+        mem.write_obj(7u16.to_le(), GuestAddress(USED[0] + 2))
+            .unwrap();
+        mem.write_obj(9u16.to_le(), GuestAddress(USED[1] + 2))
+            .unwrap();
+        first.conn.recv().unwrap().shutdown(Shutdown::Both).unwrap();
+        first.thread.join().unwrap();
+        assert!(dev.peer_gone());
+        dev.backend_gone();
+        let status = dev.link_status();
+        assert!(!status.is_up());
+        // meanwhile the driver's reset and a new activation only touch the vmm's records
+        dev.reset();
+        dev.activate(F_VERSION_1 | F_MAC, &rings.setups()).unwrap();
+        for (kick, call) in &rings.fds {
+            assert!(
+                kick.read().is_err() && call.read().is_err(),
+                "nothing signalled yet"
+            );
+        }
+
+        let second = test_backend::start("reconnect-b", offer);
+        let stream = UnixStream::connect(&second.path).unwrap();
+        let channel = dev.reconnect(stream).unwrap();
+        assert!(channel.is_none(), "the scripted backend has no BACKEND_REQ");
+        second.wait_for(SET_VRING_KICK, 2);
+        assert_eq!(second.vring_bases(), vec![(0, 7), (1, 9)]);
+        let acked = F_VERSION_1 | F_MAC;
+        assert_eq!(
+            second.messages(SET_FEATURES),
+            vec![acked.to_le_bytes().to_vec()]
+        );
+        assert_eq!(second.messages(SET_VRING_KICK).len(), 2);
+        assert_eq!(second.messages(SET_VRING_CALL).len(), 2);
+        for (kick, call) in &rings.fds {
+            assert_eq!(
+                kick.read().unwrap(),
+                1,
+                "one kick for work queued while down"
+            );
+            assert_eq!(
+                call.read().unwrap(),
+                1,
+                "one call for completions the guest missed"
+            );
+        }
+        assert!(status.is_up());
+        assert_eq!(status.reconnects(), 1);
+        assert!(status.last_outage().is_some());
+        let s = dev.vhost_user_state();
+        assert_eq!(
+            s.vrings.iter().map(|r| r.start_base).collect::<Vec<_>>(),
+            vec![7, 9]
+        );
+        drop(dev);
+        second.thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_backend_that_lacks_a_negotiated_feature_is_refused() {
+        let ram = test_backend::guest_ram();
+        let rings = Rings::new();
+        let first = test_backend::start("refuse-a", F_VERSION_1 | F_MAC);
+        let mut dev = activated_device(&first, &ram, &rings);
+        first.conn.recv().unwrap().shutdown(Shutdown::Both).unwrap();
+        first.thread.join().unwrap();
+        dev.backend_gone();
+
+        let older = test_backend::start("refuse-b", F_VERSION_1);
+        let err = match dev.reconnect(UnixStream::connect(&older.path).unwrap()) {
+            Ok(_) => panic!("a backend without MAC was taken"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("net0") && err.contains("0x20"), "{err}");
+        assert!(
+            !dev.link_status().is_up(),
+            "still down: the next attempt may do better"
+        );
+        assert!(older.vring_bases().is_empty(), "no ring was started on it");
+        drop(dev);
+        older.thread.join().unwrap();
+    }
+}
