@@ -9,7 +9,9 @@
 //! reads and in-place writes of allocated clusters do their data I/O outside it.
 
 mod header;
+mod layout;
 mod refcount;
+mod snapshots;
 mod tables;
 
 use std::fs::File;
@@ -20,7 +22,10 @@ use std::sync::Mutex;
 
 use super::file_io::{self, GuestIovecs};
 use super::{Disk, OpenOptions};
+pub use header::Field;
 use header::Header;
+use layout::Layout;
+pub use layout::{Area, LayoutError};
 use refcount::Refcounts;
 use tables::{Mapping, Tables, COPIED, ZERO};
 
@@ -29,6 +34,14 @@ use tables::{Mapping, Tables, COPIED, ZERO};
 pub enum Qcow2Error {
     #[error("malformed qcow2 header: {0}")]
     BadHeader(String),
+    #[error("the qcow2 header field {field} = {value:#x} is invalid: {reason}")]
+    BadField {
+        field: Field,
+        value: u64,
+        reason: String,
+    },
+    #[error("snapshot {index} in the snapshot table is invalid: {reason}")]
+    BadSnapshot { index: u32, reason: String },
     #[error("the image uses {0}, which splitvisor-blk does not support")]
     Unsupported(String),
     #[error("cannot read the image's metadata")]
@@ -57,6 +70,8 @@ pub struct Qcow2Disk {
 struct Meta {
     tables: Tables,
     refs: Refcounts,
+    /// Where the file holds what: every offset and write is checked against it.
+    layout: Layout,
 }
 
 /// A piece of a request inside one guest cluster.
@@ -85,6 +100,9 @@ impl Qcow2Disk {
             file.read_exact_at(&mut first, 0)?;
             header = Header::parse(&first)?;
         }
+        let file_len = file.metadata()?.len();
+        header.check_layout(file_len)?;
+        let mut layout = image_layout(&file, &header, file_len)?;
         let backing = match &header.backing_file {
             Some(name) => Some(open_backing(
                 path,
@@ -95,30 +113,37 @@ impl Qcow2Disk {
             )?),
             None => None,
         };
-        if !opts.readonly && header.version == 3 && first.get(88..96) != Some(&[0u8; 8][..]) {
-            // autoclear features (e.g. persistent bitmaps) we do not keep up to date
-            file.write_all_at(&[0u8; 8], 88)?;
-        }
         let tables = Tables::load(
             &file,
+            &mut layout,
             header.cluster_bits,
             header.l1_table_offset,
             header.l1_size,
         )?;
         let refs = Refcounts::load(
             &file,
+            &mut layout,
             header.cluster_bits,
             header.refcount_order,
             header.refcount_table_offset,
             header.refcount_table_clusters,
         )?;
+        // written only once the image passed every check
+        if !opts.readonly && header.version == 3 && first.get(88..96) != Some(&[0u8; 8][..]) {
+            // autoclear features (e.g. persistent bitmaps) we do not keep up to date
+            file.write_all_at(&[0u8; 8], 88)?;
+        }
         Ok(Qcow2Disk {
             file,
             cluster_bits: header.cluster_bits,
             size: header.size & !511,
             version: header.version,
             backing,
-            meta: Mutex::new(Meta { tables, refs }),
+            meta: Mutex::new(Meta {
+                tables,
+                refs,
+                layout,
+            }),
         })
     }
 
@@ -234,7 +259,8 @@ impl Qcow2Disk {
     ) -> io::Result<()> {
         let cs = self.cluster_size();
         let cluster_start = p.guest - p.guest % cs;
-        let new = meta.refs.allocate(&self.file)?;
+        let new = meta.refs.allocate(&self.file, &mut meta.layout)?;
+        meta.layout.check_write(Area::DataCluster, new, cs, None)?;
         if p.len as u64 == cs {
             src.write(&self.file, p, new)?;
         } else {
@@ -246,6 +272,7 @@ impl Qcow2Disk {
         meta.tables.set(
             &self.file,
             &mut meta.refs,
+            &mut meta.layout,
             cluster_start >> self.cluster_bits,
             new | COPIED,
         )?;
@@ -258,16 +285,20 @@ impl Qcow2Disk {
     fn write(&self, src: Source, offset: u64, len: u64) -> io::Result<()> {
         let pieces = self.pieces(offset, len);
         let mut meta = self.meta()?;
+        let m = &mut *meta;
         for p in &pieces {
-            match meta
-                .tables
-                .lookup(&self.file, p.guest >> self.cluster_bits)?
-            {
+            let cluster = p.guest >> self.cluster_bits;
+            match m.tables.lookup(&self.file, &m.layout, cluster)? {
                 Mapping::Data {
                     offset: host,
                     copied: true,
-                } => src.write(&self.file, p, host + p.guest % self.cluster_size())?,
-                old => self.write_allocating(&mut meta, src, p, old)?,
+                } => {
+                    let at = host + p.guest % self.cluster_size();
+                    m.layout
+                        .check_write(Area::DataCluster, at, p.len as u64, None)?;
+                    src.write(&self.file, p, at)?
+                }
+                old => self.write_allocating(m, src, p, old)?,
             }
         }
         Ok(())
@@ -301,11 +332,11 @@ impl Qcow2Disk {
                 continue;
             }
             let m = &mut *meta;
-            let old = m.tables.set(&self.file, &mut m.refs, cluster, entry)?;
-            for c in tables::referenced_clusters(
-                tables::decode(old, self.cluster_bits),
-                self.cluster_bits,
-            ) {
+            // checked before anything it references is released
+            let old = m.tables.lookup(&self.file, &m.layout, cluster)?;
+            m.tables
+                .set(&self.file, &mut m.refs, &mut m.layout, cluster, entry)?;
+            for c in tables::referenced_clusters(old, self.cluster_bits) {
                 m.refs.release_later(c);
             }
         }
@@ -347,9 +378,13 @@ impl Disk for Qcow2Disk {
         let pieces = self.pieces(offset, bufs.len() as u64);
         let maps = {
             let mut meta = self.meta()?;
+            let m = &mut *meta;
             pieces
                 .iter()
-                .map(|p| meta.tables.lookup(&self.file, p.guest >> self.cluster_bits))
+                .map(|p| {
+                    m.tables
+                        .lookup(&self.file, &m.layout, p.guest >> self.cluster_bits)
+                })
                 .collect::<io::Result<Vec<_>>>()?
         };
         for (p, m) in pieces.iter().zip(maps) {
@@ -366,13 +401,15 @@ impl Disk for Qcow2Disk {
         let mut meta = self.meta()?;
         self.file.sync_data()?;
         // the references dropped since the last flush are stable: free their clusters
-        meta.refs.apply_pending_frees(&self.file)
+        let m = &mut *meta;
+        m.refs.apply_pending_frees(&self.file, &mut m.layout)
     }
 
     fn close(&self) -> io::Result<()> {
         self.flush()?;
         let mut meta = self.meta()?;
-        meta.refs.return_reserve(&self.file)?;
+        let m = &mut *meta;
+        m.refs.return_reserve(&self.file, &mut m.layout)?;
         self.file.sync_data()
     }
 
@@ -383,6 +420,32 @@ impl Disk for Qcow2Disk {
     fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
         self.deallocate(offset, len, true)
     }
+}
+
+/// The image's fixed metadata regions (header cluster, L1 and refcount tables, snapshot
+/// table and snapshot L1 tables); the snapshot regions must keep clear of the others.
+fn image_layout(file: &File, header: &Header, file_len: u64) -> Result<Layout, Qcow2Error> {
+    let cs = header.cluster_size();
+    let mut layout = Layout::new(header.cluster_bits, file_len);
+    layout.add_span(Area::Header, 0, cs);
+    let l1_len = u64::from(header.l1_size) * 8;
+    layout.add_span(Area::L1Table, header.l1_table_offset, l1_len);
+    let rt_len = u64::from(header.refcount_table_clusters) * cs;
+    layout.add_span(Area::RefcountTable, header.refcount_table_offset, rt_len);
+    let snapshot_regions = snapshots::regions(file, header, file_len)?;
+    for &(area, offset, len) in &snapshot_regions {
+        if let Err(e) = layout.check_write(area, offset, len, None) {
+            return Err(Qcow2Error::BadField {
+                field: Field::SnapshotsOffset,
+                value: header.snapshots_offset,
+                reason: e.to_string(),
+            });
+        }
+    }
+    for (area, offset, len) in snapshot_regions {
+        layout.add_span(area, offset, len);
+    }
+    Ok(layout)
 }
 
 /// Open the backing file named in the header (relative names are relative to the image).
@@ -414,5 +477,7 @@ fn open_backing(
     })
 }
 
+#[cfg(test)]
+mod crafted_tests;
 #[cfg(test)]
 mod tests;

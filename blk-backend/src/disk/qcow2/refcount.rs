@@ -8,14 +8,32 @@
 //! - a cluster whose last reference was removed is freed (refcount decremented) only after the
 //!   removal is on stable storage (at the next flush), so it cannot be reused while an old
 //!   reference might still come back after a crash.
+//!
+//! Allocation is bounded: the free-cluster search starts from a hint, skips refcount blocks
+//! known to be full (a free count per block, kept up to date) and gives up a few clusters past
+//! the end of the file (where a sound image has only free clusters), so a table of full blocks
+//! fails the write instead of spinning. Blocks are cached up to a memory cap, oldest dropped
+//! first (write-through, so dropping is free). Refcount block offsets are checked when a block
+//! is read; a missing block is never placed on the header or other metadata.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use super::layout::{Area, Layout, LayoutError};
+
 /// Clusters reserved per `fdatasync`.
 const RESERVE_BATCH: usize = 32;
+/// How far past the end of the file (or the hint) the free search looks.
+const SCAN_SLACK: u64 = RESERVE_BATCH as u64 + 2;
+/// Memory for cached refcount blocks, and the fewest blocks cached whatever the cluster size.
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
+const BLOCK_CACHE_MIN: usize = 4;
+/// Reserved bits of a refcount table entry.
+const REFT_OFFSET_MASK: u64 = !511;
+/// Free count not known yet (the block was never read).
+const UNKNOWN: u32 = u32::MAX;
 
 pub struct Refcounts {
     cluster_bits: u32,
@@ -23,8 +41,12 @@ pub struct Refcounts {
     order: u32,
     table_offset: u64,
     table: Vec<u64>,
-    /// Refcount blocks read so far, raw (big-endian entries), by their offset.
+    /// Free entries per refcount block (by table index), `UNKNOWN` until the block is read.
+    free: Vec<u32>,
+    /// Refcount blocks in memory, raw (big-endian entries), by their offset; oldest first in
+    /// `cached`.
     blocks: HashMap<u64, Vec<u8>>,
+    cached: VecDeque<u64>,
     /// First cluster index that may be free.
     free_hint: u64,
     /// Clusters with refcount 1 on stable storage, not referenced yet.
@@ -33,36 +55,34 @@ pub struct Refcounts {
     pending_free: Vec<u64>,
 }
 
-fn other(msg: String) -> io::Error {
-    io::Error::other(msg)
-}
-
 impl Refcounts {
+    /// Read the refcount table (its size was checked with the header); the refcount blocks
+    /// it points to are recorded in `layout`.
     pub fn load(
         file: &File,
+        layout: &mut Layout,
         cluster_bits: u32,
         order: u32,
         table_offset: u64,
         table_clusters: u32,
     ) -> io::Result<Refcounts> {
-        let bytes = (u64::from(table_clusters) << cluster_bits) as usize;
-        if bytes > 64 << 20 {
-            return Err(other(format!(
-                "refcount table of {bytes} bytes is too large"
-            )));
-        }
-        let mut raw = vec![0u8; bytes];
+        let mut raw = vec![0u8; (u64::from(table_clusters) << cluster_bits) as usize];
         file.read_exact_at(&mut raw, table_offset)?;
-        let table = raw
+        let table: Vec<u64> = raw
             .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])) & !((1 << 9) - 1))
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])) & REFT_OFFSET_MASK)
             .collect();
+        for &offset in table.iter().filter(|&&o| o != 0) {
+            layout.add(Area::RefcountBlock, offset);
+        }
         Ok(Refcounts {
             cluster_bits,
             order,
             table_offset,
+            free: vec![UNKNOWN; table.len()],
             table,
             blocks: HashMap::new(),
+            cached: VecDeque::new(),
             free_hint: 0,
             reserve: VecDeque::new(),
             pending_free: Vec::new(),
@@ -77,92 +97,177 @@ impl Refcounts {
         (1u64 << self.cluster_bits) / self.entry_bytes() as u64
     }
 
-    fn locate(&self, cluster: u64) -> io::Result<(usize, usize)> {
+    fn locate(&self, cluster: u64) -> Result<(usize, usize), LayoutError> {
         let per = self.entries_per_block();
-        let t = (cluster / per) as usize;
-        if t >= self.table.len() {
-            return Err(other(format!(
-                "cluster {cluster} is beyond what the refcount table covers (image too large)"
-            )));
+        let t = cluster / per;
+        if t >= self.table.len() as u64 {
+            return Err(LayoutError::BeyondRefcountTable { cluster });
         }
-        Ok((t, (cluster % per) as usize))
+        Ok((t as usize, (cluster % per) as usize))
     }
 
-    fn block<'a>(&'a mut self, file: &File, offset: u64) -> io::Result<&'a mut Vec<u8>> {
+    /// Refcount block `t` in memory (read, checked and counted on first use); `None` when the
+    /// table has no block there (every cluster it would cover is free).
+    fn block(&mut self, file: &File, layout: &Layout, t: usize) -> io::Result<Option<&mut [u8]>> {
+        let offset = self.table[t];
+        if offset == 0 {
+            return Ok(None);
+        }
         if !self.blocks.contains_key(&offset) {
+            layout.check_cluster(Area::RefcountBlock, offset)?;
+            let cap = (BLOCK_CACHE_BYTES >> self.cluster_bits).max(BLOCK_CACHE_MIN);
+            while self.blocks.len() >= cap {
+                let Some(old) = self.cached.pop_front() else {
+                    break;
+                };
+                self.blocks.remove(&old);
+            }
             let mut raw = vec![0u8; 1 << self.cluster_bits];
             file.read_exact_at(&mut raw, offset)?;
             self.blocks.insert(offset, raw);
+            self.cached.push_back(offset);
         }
-        Ok(self.blocks.get_mut(&offset).expect("just inserted"))
+        let n = self.entry_bytes();
+        let block = self
+            .blocks
+            .get_mut(&offset)
+            .ok_or_else(|| io::Error::other("refcount block cache lost a block"))?;
+        if self.free[t] == UNKNOWN {
+            let free = block.chunks_exact(n).filter(|e| e.iter().all(|b| *b == 0));
+            self.free[t] = free.count() as u32;
+        }
+        Ok(Some(block.as_mut_slice()))
     }
 
     /// The refcount of host cluster index `cluster`.
-    pub fn get(&mut self, file: &File, cluster: u64) -> io::Result<u64> {
+    pub fn get(&mut self, file: &File, layout: &Layout, cluster: u64) -> io::Result<u64> {
         let (t, i) = self.locate(cluster)?;
-        let block_off = self.table[t];
-        if block_off == 0 {
-            return Ok(0);
-        }
         let n = self.entry_bytes();
-        let block = self.block(file, block_off)?;
-        Ok(block[i * n..(i + 1) * n]
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        Ok(match self.block(file, layout, t)? {
+            None => 0,
+            Some(block) => block[i * n..(i + 1) * n]
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+        })
     }
 
     /// Set the refcount of `cluster` (write-through).
-    fn set(&mut self, file: &File, cluster: u64, value: u64) -> io::Result<()> {
+    fn set(
+        &mut self,
+        file: &File,
+        layout: &mut Layout,
+        cluster: u64,
+        value: u64,
+    ) -> io::Result<()> {
         let (t, i) = self.locate(cluster)?;
         if self.table[t] == 0 {
-            self.new_block(file, t, cluster)?;
+            self.new_block(file, layout, t, cluster)?;
         }
         let block_off = self.table[t];
         let n = self.entry_bytes();
+        let at = block_off + (i * n) as u64;
+        layout.check_write(Area::RefcountBlock, at, n as u64, Some(Area::RefcountBlock))?;
         let bytes = &value.to_be_bytes()[8 - n..];
-        let block = self.block(file, block_off)?;
-        block[i * n..(i + 1) * n].copy_from_slice(bytes);
-        file.write_all_at(bytes, block_off + (i * n) as u64)
+        let block = self
+            .block(file, layout, t)?
+            .ok_or_else(|| io::Error::other("refcount block vanished"))?;
+        let entry = &mut block[i * n..(i + 1) * n];
+        let was_free = entry.iter().all(|b| *b == 0);
+        entry.copy_from_slice(bytes);
+        match (was_free, value == 0) {
+            (true, false) => self.free[t] = self.free[t].saturating_sub(1),
+            (false, true) => self.free[t] = self.free[t].saturating_add(1),
+            _ => {}
+        }
+        file.write_all_at(bytes, at)
     }
 
-    /// Create refcount block `t`, placed inside the range it covers (so it counts itself), at a
-    /// cluster other than `avoid`; the block is on disk before the table points to it.
-    fn new_block(&mut self, file: &File, t: usize, avoid: u64) -> io::Result<()> {
+    /// Create refcount block `t`, placed inside the range it covers (so it counts itself) on
+    /// the first cluster that is not `avoid`, not the header and no other metadata. Metadata
+    /// clusters in its range get refcount 1 (they are in use, whatever the missing block
+    /// said). The block is on disk before the table points to it.
+    fn new_block(
+        &mut self,
+        file: &File,
+        layout: &mut Layout,
+        t: usize,
+        avoid: u64,
+    ) -> io::Result<()> {
         let per = self.entries_per_block();
         let first = t as u64 * per;
-        // no block means every cluster of the range is free
-        let at = if first == avoid { first + 1 } else { first };
+        let metadata = layout.metadata_clusters(first, first + per);
+        let at = (first..first + per)
+            .find(|c| *c != avoid && metadata.binary_search(c).is_err())
+            .ok_or(LayoutError::NoFreeCluster { scanned: per })?;
         let offset = at << self.cluster_bits;
-        let mut raw = vec![0u8; 1 << self.cluster_bits];
+        let cs = 1u64 << self.cluster_bits;
+        let table_entry_at = self.table_offset + t as u64 * 8;
+        layout.grow_to_cluster(at);
+        layout.check_write(Area::RefcountBlock, offset, cs, None)?;
+        layout.check_write(
+            Area::RefcountTable,
+            table_entry_at,
+            8,
+            Some(Area::RefcountTable),
+        )?;
+        let mut raw = vec![0u8; cs as usize];
         let n = self.entry_bytes();
-        let i = (at - first) as usize;
-        raw[(i + 1) * n - 1] = 1;
+        for c in metadata.iter().copied().chain([at]) {
+            if c != at {
+                tracing::warn!("qcow2: metadata cluster {c} had no refcount block; counted now");
+            }
+            raw[((c - first) as usize + 1) * n - 1] = 1;
+        }
         file.write_all_at(&raw, offset)?;
         file.sync_data()?;
-        self.blocks.insert(offset, raw);
+        layout.add(Area::RefcountBlock, offset);
+        self.free[t] = (per - metadata.len() as u64 - 1) as u32;
         self.table[t] = offset;
-        file.write_all_at(&offset.to_be_bytes(), self.table_offset + t as u64 * 8)?;
+        file.write_all_at(&offset.to_be_bytes(), table_entry_at)?;
         file.sync_data()
     }
 
     /// One free host cluster (offset) whose refcount 1 is on stable storage.
-    pub fn allocate(&mut self, file: &File) -> io::Result<u64> {
+    pub fn allocate(&mut self, file: &File, layout: &mut Layout) -> io::Result<u64> {
         if self.reserve.is_empty() {
-            self.fill_reserve(file)?;
+            self.fill_reserve(file, layout)?;
         }
         self.reserve
             .pop_front()
-            .ok_or_else(|| other("no free cluster".into()))
+            .ok_or_else(|| io::Error::from(LayoutError::NoFreeCluster { scanned: 0 }))
     }
 
-    fn fill_reserve(&mut self, file: &File) -> io::Result<()> {
-        let mut cluster = self.free_hint;
-        while self.reserve.len() < RESERVE_BATCH {
-            if self.get(file, cluster)? == 0 {
-                self.set(file, cluster, 1)?;
-                self.reserve.push_back(cluster << self.cluster_bits);
+    /// Reserve up to a batch of free clusters, searching from the hint to a few clusters past
+    /// the end of the file; fails only when none is found.
+    fn fill_reserve(&mut self, file: &File, layout: &mut Layout) -> io::Result<()> {
+        let per = self.entries_per_block();
+        let start = self.free_hint;
+        let mut cluster = start;
+        while self.reserve.len() < RESERVE_BATCH
+            && cluster < layout.end_cluster().max(start) + SCAN_SLACK
+        {
+            let (t, _) = self.locate(cluster)?;
+            self.block(file, layout, t)?;
+            if self.table[t] != 0 && self.free[t] == 0 {
+                cluster = (t as u64 + 1) * per; // a full block
+                continue;
+            }
+            if self.get(file, layout, cluster)? == 0 {
+                self.set(file, layout, cluster, 1)?;
+                if layout.is_metadata(cluster) {
+                    tracing::warn!("qcow2: metadata cluster {cluster} had refcount 0; set to 1");
+                } else {
+                    layout.grow_to_cluster(cluster);
+                    self.reserve.push_back(cluster << self.cluster_bits);
+                }
             }
             cluster += 1;
+        }
+        if self.reserve.is_empty() {
+            return Err(LayoutError::NoFreeCluster {
+                scanned: cluster - start,
+            }
+            .into());
         }
         self.free_hint = cluster;
         file.sync_data()
@@ -174,11 +279,15 @@ impl Refcounts {
     }
 
     /// After the caller's `fdatasync`: apply the deferred decrements.
-    pub fn apply_pending_frees(&mut self, file: &File) -> io::Result<()> {
+    pub fn apply_pending_frees(&mut self, file: &File, layout: &mut Layout) -> io::Result<()> {
         for offset in std::mem::take(&mut self.pending_free) {
             let cluster = offset >> self.cluster_bits;
-            let rc = self.get(file, cluster)?;
-            self.set(file, cluster, rc.saturating_sub(1))?;
+            let rc = self.get(file, layout, cluster)?;
+            if rc == 0 {
+                tracing::warn!("qcow2: cluster {cluster} released with refcount 0");
+                continue;
+            }
+            self.set(file, layout, cluster, rc - 1)?;
             if rc <= 1 {
                 self.free_hint = self.free_hint.min(cluster);
             }
@@ -187,12 +296,50 @@ impl Refcounts {
     }
 
     /// Clean shutdown: the unused reserve is freed again.
-    pub fn return_reserve(&mut self, file: &File) -> io::Result<()> {
+    pub fn return_reserve(&mut self, file: &File, layout: &mut Layout) -> io::Result<()> {
         for offset in std::mem::take(&mut self.reserve) {
             let cluster = offset >> self.cluster_bits;
-            self.set(file, cluster, 0)?;
+            self.set(file, layout, cluster, 0)?;
             self.free_hint = self.free_hint.min(cluster);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_cache_stays_within_its_cap() {
+        // 64 KiB clusters, 16-bit refcounts: a table (cluster 1) of 300 blocks (clusters
+        // 10..310, all zero: every cluster free), more than the cache holds
+        let path = std::env::temp_dir().join(format!("sv-refcount-cache-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap(); // the open file outlives its name
+        file.set_len(400 << 16).unwrap();
+        let table: Vec<u8> = (0..300u64)
+            .flat_map(|t| ((10 + t) << 16).to_be_bytes())
+            .collect();
+        file.write_all_at(&table, 1 << 16).unwrap();
+        let mut layout = Layout::new(16, 400 << 16);
+        let mut refs = Refcounts::load(&file, &mut layout, 16, 4, 1 << 16, 1).unwrap();
+        let cap = BLOCK_CACHE_BYTES >> 16;
+        for t in 0..300u64 {
+            assert_eq!(refs.get(&file, &layout, t * 32768).unwrap(), 0);
+            assert!(
+                refs.blocks.len() <= cap,
+                "{} blocks cached",
+                refs.blocks.len()
+            );
+            assert_eq!(refs.blocks.len(), refs.cached.len());
+        }
+        assert_eq!(refs.free[299], 32768, "free counts outlive eviction");
     }
 }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use super::layout::{Area, Layout, LayoutError};
 use super::refcount::Refcounts;
 
 /// Entry flags.
@@ -15,8 +16,10 @@ pub const ZERO: u64 = 1;
 /// Bits 9..=55: a cluster offset.
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
-/// Most L2 tables kept in memory (write-through, so dropping them is free).
-const L2_CACHE_TABLES: usize = 256;
+/// Memory for cached L2 tables (write-through, so dropping them is free), and the fewest
+/// tables cached whatever the cluster size.
+const L2_CACHE_BYTES: usize = 16 << 20;
+const L2_CACHE_MIN_TABLES: usize = 8;
 
 /// Where a guest cluster's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +51,24 @@ fn read_be64s(file: &File, offset: u64, count: usize) -> io::Result<Vec<u64>> {
 }
 
 impl Tables {
-    pub fn load(file: &File, cluster_bits: u32, l1_offset: u64, l1_size: u32) -> io::Result<Self> {
+    /// Read the L1 table; the L2 tables it points to are recorded in `layout`.
+    pub fn load(
+        file: &File,
+        layout: &mut Layout,
+        cluster_bits: u32,
+        l1_offset: u64,
+        l1_size: u32,
+    ) -> io::Result<Self> {
+        let l1 = read_be64s(file, l1_offset, l1_size as usize)?;
+        for entry in &l1 {
+            if entry & OFFSET_MASK != 0 {
+                layout.add(Area::L2Table, entry & OFFSET_MASK);
+            }
+        }
         Ok(Tables {
             cluster_bits,
             l1_offset,
-            l1: read_be64s(file, l1_offset, l1_size as usize)?,
+            l1,
             l2_cache: HashMap::new(),
         })
     }
@@ -69,9 +85,18 @@ impl Tables {
         Ok((l1, (guest_cluster % self.l2_entries()) as usize))
     }
 
+    /// The L2 table offset of L1 entry `l1i` (0: none), checked.
+    fn l2_offset(&self, layout: &Layout, l1i: usize) -> Result<u64, LayoutError> {
+        match self.l1[l1i] & OFFSET_MASK {
+            0 => Ok(0),
+            off => layout.check_cluster(Area::L2Table, off),
+        }
+    }
+
     fn l2_table(&mut self, file: &File, offset: u64) -> io::Result<&mut Vec<u64>> {
         if !self.l2_cache.contains_key(&offset) {
-            if self.l2_cache.len() >= L2_CACHE_TABLES {
+            let cap = (L2_CACHE_BYTES >> self.cluster_bits).max(L2_CACHE_MIN_TABLES);
+            if self.l2_cache.len() >= cap {
                 self.l2_cache.clear();
             }
             let table = read_be64s(file, offset, self.l2_entries() as usize)?;
@@ -80,16 +105,30 @@ impl Tables {
         Ok(self.l2_cache.get_mut(&offset).expect("just inserted"))
     }
 
-    /// Where guest cluster `guest_cluster` lives.
-    pub fn lookup(&mut self, file: &File, guest_cluster: u64) -> io::Result<Mapping> {
+    /// Where guest cluster `guest_cluster` lives. Every offset on the way is checked against
+    /// `layout`: a misaligned one, one past the end of the file or on metadata fails.
+    pub fn lookup(
+        &mut self,
+        file: &File,
+        layout: &Layout,
+        guest_cluster: u64,
+    ) -> io::Result<Mapping> {
         let (l1i, l2i) = self.split(guest_cluster)?;
-        let l2_off = self.l1[l1i] & OFFSET_MASK;
+        let l2_off = self.l2_offset(layout, l1i)?;
         if l2_off == 0 {
             return Ok(Mapping::Unallocated);
         }
         let cluster_bits = self.cluster_bits;
         let entry = self.l2_table(file, l2_off)?[l2i];
-        Ok(decode(entry, cluster_bits))
+        let m = decode(entry, cluster_bits);
+        match m {
+            Mapping::Data { offset, .. } | Mapping::Zero(Some(offset)) => {
+                layout.check_cluster(Area::DataCluster, offset)?;
+            }
+            Mapping::Compressed { offset, len } => layout.check_compressed(offset, len)?,
+            Mapping::Unallocated | Mapping::Zero(None) => {}
+        }
+        Ok(m)
     }
 
     /// Point guest cluster `guest_cluster` at `entry` (an encoded L2 entry). Creates or
@@ -98,15 +137,18 @@ impl Tables {
         &mut self,
         file: &File,
         refs: &mut Refcounts,
+        layout: &mut Layout,
         guest_cluster: u64,
         entry: u64,
     ) -> io::Result<u64> {
         let (l1i, l2i) = self.split(guest_cluster)?;
-        let l2_off = self.writable_l2(file, refs, l1i)?;
+        let l2_off = self.writable_l2(file, refs, layout, l1i)?;
+        let at = l2_off + l2i as u64 * 8;
+        layout.check_write(Area::L2Table, at, 8, Some(Area::L2Table))?;
         let table = self.l2_table(file, l2_off)?;
         let old = table[l2i];
         table[l2i] = entry;
-        file.write_all_at(&entry.to_be_bytes(), l2_off + l2i as u64 * 8)?;
+        file.write_all_at(&entry.to_be_bytes(), at)?;
         Ok(old)
     }
 
@@ -120,13 +162,22 @@ impl Tables {
 
     /// The L2 table for L1 index `l1i`, allocated (zeroed) or copied (shared with a snapshot)
     /// so that this image alone owns it.
-    fn writable_l2(&mut self, file: &File, refs: &mut Refcounts, l1i: usize) -> io::Result<u64> {
-        let l1_entry = self.l1[l1i];
-        let old_off = l1_entry & OFFSET_MASK;
-        if old_off != 0 && l1_entry & COPIED != 0 {
+    fn writable_l2(
+        &mut self,
+        file: &File,
+        refs: &mut Refcounts,
+        layout: &mut Layout,
+        l1i: usize,
+    ) -> io::Result<u64> {
+        let old_off = self.l2_offset(layout, l1i)?;
+        if old_off != 0 && self.l1[l1i] & COPIED != 0 {
             return Ok(old_off);
         }
-        let new_off = refs.allocate(file)?;
+        let l1_entry_at = self.l1_offset + l1i as u64 * 8;
+        layout.check_write(Area::L1Table, l1_entry_at, 8, Some(Area::L1Table))?;
+        let new_off = refs.allocate(file, layout)?;
+        let cs = 1u64 << self.cluster_bits;
+        layout.check_write(Area::L2Table, new_off, cs, None)?;
         let table = if old_off == 0 {
             vec![0u64; self.l2_entries() as usize]
         } else {
@@ -134,11 +185,14 @@ impl Tables {
         };
         let raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
         file.write_all_at(&raw, new_off)?;
+        layout.add(Area::L2Table, new_off);
         self.l2_cache.insert(new_off, table);
         let entry = new_off | COPIED;
         self.l1[l1i] = entry;
-        file.write_all_at(&entry.to_be_bytes(), self.l1_offset + l1i as u64 * 8)?;
+        file.write_all_at(&entry.to_be_bytes(), l1_entry_at)?;
         if old_off != 0 {
+            // still a snapshot's table, which keeps its own reference
+            layout.remove(Area::L2Table, old_off);
             refs.release_later(old_off);
         }
         Ok(new_off)

@@ -6,16 +6,16 @@ use super::*;
 use crate::disk::{open, Format};
 use std::process::Command;
 
-struct Dir(PathBuf);
+pub(super) struct Dir(pub(super) PathBuf);
 
 impl Dir {
-    fn new(tag: &str) -> Dir {
+    pub(super) fn new(tag: &str) -> Dir {
         let d = std::env::temp_dir().join(format!("sv-qcow2-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         Dir(d)
     }
-    fn path(&self, name: &str) -> PathBuf {
+    pub(super) fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
@@ -26,7 +26,7 @@ impl Drop for Dir {
     }
 }
 
-fn qemu_img(args: &[&str]) -> std::process::Output {
+pub(super) fn qemu_img(args: &[&str]) -> std::process::Output {
     let out = Command::new("qemu-img")
         .args(args)
         .output()
@@ -39,7 +39,7 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
     out
 }
 
-fn rw() -> OpenOptions {
+pub(super) fn rw() -> OpenOptions {
     OpenOptions {
         readonly: false,
         direct: false,
@@ -61,7 +61,7 @@ fn read(disk: &dyn Disk, offset: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
+pub(super) fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| seed.wrapping_add((i / 512) as u8) ^ (i as u8))
         .collect()
