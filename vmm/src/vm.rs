@@ -177,6 +177,10 @@ impl Vm {
             }
             let transport = Arc::new(Mutex::new(transport));
             let slot = pci.add(transport.clone())?;
+            let (counters, status) = {
+                let t = transport.lock().unwrap_or_else(|e| e.into_inner());
+                (t.counters(), t.status())
+            };
             api_devices.push(ApiDevice {
                 name: name.clone(),
                 cfg: dev.clone(),
@@ -184,6 +188,8 @@ impl Vm {
                 link: shared
                     .as_ref()
                     .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).link_status()),
+                counters,
+                last_status: std::sync::atomic::AtomicU8::new(status),
             });
             if let Some(channel) = channel {
                 channel.spawn(transport.clone()).map_err(VmError::Thread)?;

@@ -43,6 +43,10 @@ pub struct ApiDevice {
     pub transport: Arc<Mutex<VirtioPciDevice>>,
     /// The backend connection's status (None: no backend was reachable at start).
     pub link: Option<Arc<crate::vhost_user::reconnect::LinkStatus>>,
+    /// The transport's exit counters (atomics: read without its lock).
+    pub counters: Arc<crate::virtio::pci::Counters>,
+    /// The device status last read, reported while a vCPU holds the transport.
+    pub last_status: std::sync::atomic::AtomicU8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,16 +119,39 @@ async fn ping() -> Json<Value> {
     Json(json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}))
 }
 
+/// How long `vm.info` waits for a device a vCPU is busy with (e.g. a call to a backend that
+/// does not answer, bounded by the frontend's call timeout) before it reports the device's
+/// last known status instead: the API never waits on a backend.
+const DEVICE_LOCK_WAIT: Duration = Duration::from_millis(200);
+
 fn device_info(d: &ApiDevice) -> DeviceInfo {
-    let t = d.transport.lock().unwrap_or_else(|e| e.into_inner());
-    let c = t.counters();
+    let waited = Instant::now();
+    let transport = loop {
+        match d.transport.try_lock() {
+            Ok(t) => break Some(t),
+            Err(std::sync::TryLockError::Poisoned(e)) => break Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if waited.elapsed() < DEVICE_LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => break None,
+        }
+    };
+    let status = match &transport {
+        Some(t) => {
+            d.last_status.store(t.status(), Ordering::Relaxed);
+            t.status()
+        }
+        None => d.last_status.load(Ordering::Relaxed),
+    };
+    let c = d.counters.clone();
+    drop(transport);
     DeviceInfo {
         name: d.name.clone(),
         virtio_type: d.cfg.virtio_type,
         socket: d.cfg.socket.clone(),
         queues: d.cfg.queues,
-        status: t.status(),
-        needs_reset: t.status() & STATUS_DEVICE_NEEDS_RESET != 0,
+        status,
+        needs_reset: status & STATUS_DEVICE_NEEDS_RESET != 0,
         counters: DeviceCounters {
             bar_exits: c.bar_exits.load(Ordering::Relaxed),
             notify_exits: c.notify_exits.load(Ordering::Relaxed),

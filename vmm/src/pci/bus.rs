@@ -1,7 +1,7 @@
 //! PCI bus 0: the configuration mechanism #1 ports (0xcf8 address, 0xcfc data) and dispatch
 //! of MMIO accesses to device BARs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::PciDevice;
 
@@ -23,6 +23,21 @@ pub struct PciBus {
     /// Device `n` is in slot `n` (function 0); slot 0 is the host bridge.
     devices: Vec<SharedDevice>,
     config_address: Mutex<u32>,
+    /// Where each slot's BARs decode now: (BAR index, base, size), kept up to date on every
+    /// config-space write, so that an MMIO exit finds its device without locking any other
+    /// (a vCPU waiting on one device's backend must not stall accesses to the rest).
+    bar_map: RwLock<Vec<Vec<(usize, u64, u64)>>>,
+}
+
+/// The BAR ranges `d` decodes (none while memory decoding is off).
+fn decoded_bars(d: &dyn PciDevice) -> Vec<(usize, u64, u64)> {
+    if !d.config().memory_enabled() {
+        return Vec::new();
+    }
+    d.bars()
+        .into_iter()
+        .map(|(index, size)| (index, d.config().bar_addr(index), size))
+        .collect()
 }
 
 fn lock(d: &SharedDevice) -> std::sync::MutexGuard<'_, dyn PciDevice + 'static> {
@@ -34,6 +49,7 @@ impl PciBus {
         PciBus {
             devices: vec![Arc::new(Mutex::new(super::HostBridge::new()))],
             config_address: Mutex::new(0),
+            bar_map: RwLock::new(vec![Vec::new()]),
         }
     }
 
@@ -42,8 +58,24 @@ impl PciBus {
         if self.devices.len() >= MAX_SLOTS {
             return Err(BusError::Full);
         }
+        let bars = decoded_bars(&*lock(&device));
         self.devices.push(device);
+        self.bar_map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(bars);
         Ok(self.devices.len() - 1)
+    }
+
+    fn set_bars(&self, slot: usize, bars: Vec<(usize, u64, u64)>) {
+        if let Some(entry) = self
+            .bar_map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(slot)
+        {
+            *entry = bars;
+        }
     }
 
     /// Reset every device to its power-on state (the guest rebooted).
@@ -52,13 +84,15 @@ impl PciBus {
             .config_address
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = 0;
-        for d in &self.devices {
-            lock(d).power_on_reset();
+        for (slot, d) in self.devices.iter().enumerate() {
+            let mut d = lock(d);
+            d.power_on_reset();
+            self.set_bars(slot, decoded_bars(&*d));
         }
     }
 
-    /// The device addressed by the config address register, and the register offset.
-    fn target(&self) -> Option<(&SharedDevice, usize)> {
+    /// The device addressed by the config address register, its slot and the register offset.
+    fn target(&self) -> Option<(&SharedDevice, usize, usize)> {
         let a = *self
             .config_address
             .lock()
@@ -69,7 +103,7 @@ impl PciBus {
         }
         self.devices
             .get(slot as usize)
-            .map(|d| (d, (a & 0xfc) as usize))
+            .map(|d| (d, slot as usize, (a & 0xfc) as usize))
     }
 
     /// Port reads in 0xcf8..=0xcff; false if the port is not ours.
@@ -83,7 +117,7 @@ impl PciBus {
                 read_bytes(a, usize::from(port - CONFIG_ADDRESS_PORT), data);
             }
             CONFIG_DATA_PORT..=0xcff => match self.target() {
-                Some((dev, reg)) => {
+                Some((dev, _, reg)) => {
                     let v = lock(dev).config().read(reg);
                     read_bytes(v, usize::from(port - CONFIG_DATA_PORT), data);
                 }
@@ -110,11 +144,12 @@ impl PciBus {
                 }
             }
             CONFIG_DATA_PORT..=0xcff => {
-                if let Some((dev, reg)) = self.target() {
+                if let Some((dev, slot, reg)) = self.target() {
                     let offset = reg + usize::from(port - CONFIG_DATA_PORT);
                     let mut d = lock(dev);
                     d.config_mut().write(offset, data);
                     d.config_written(offset);
+                    self.set_bars(slot, decoded_bars(&*d));
                 }
             }
             _ => return false,
@@ -123,14 +158,11 @@ impl PciBus {
     }
 
     fn find_bar(&self, addr: u64) -> Option<(&SharedDevice, usize, u64)> {
-        self.devices.iter().find_map(|dev| {
-            let d = lock(dev);
-            if !d.config().memory_enabled() {
-                return None;
-            }
-            d.bars().into_iter().find_map(|(index, size)| {
-                let base = d.config().bar_addr(index);
-                (addr >= base && addr - base < size).then_some((dev, index, addr - base))
+        let map = self.bar_map.read().unwrap_or_else(|e| e.into_inner());
+        map.iter().enumerate().find_map(|(slot, bars)| {
+            bars.iter().find_map(|&(index, base, size)| {
+                (addr >= base && addr - base < size)
+                    .then(|| (&self.devices[slot], index, addr - base))
             })
         })
     }
@@ -203,5 +235,76 @@ mod tests {
         bus.pio_read(CONFIG_DATA_PORT, &mut d);
         assert_eq!(d, [0xff; 4]);
         assert!(!bus.pio_read(0x3f8, &mut d));
+    }
+
+    /// A device with one 4 KiB BAR at `addr` whose reads return its `tag`.
+    struct Tagged {
+        config: crate::pci::config::ConfigSpace,
+        tag: u8,
+    }
+
+    impl PciDevice for Tagged {
+        fn config(&self) -> &crate::pci::config::ConfigSpace {
+            &self.config
+        }
+        fn config_mut(&mut self) -> &mut crate::pci::config::ConfigSpace {
+            &mut self.config
+        }
+        fn bars(&self) -> Vec<(usize, u64)> {
+            vec![(0, 0x1000)]
+        }
+        fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+            data.fill(self.tag);
+        }
+    }
+
+    fn tagged(addr: u64, tag: u8) -> Arc<Mutex<Tagged>> {
+        let mut config = crate::pci::config::ConfigSpace::new(&crate::pci::config::Header {
+            vendor: 0x1af4,
+            device: 0x1000 + u16::from(tag),
+            class: 0xff_00_00,
+            revision: 0,
+            subsystem_vendor: 0,
+            subsystem: 0,
+        });
+        config.add_bar64(0, addr, 0x1000).unwrap();
+        Arc::new(Mutex::new(Tagged { config, tag }))
+    }
+
+    #[test]
+    fn an_access_to_one_device_does_not_wait_for_another() {
+        let mut bus = PciBus::new();
+        let (a, b) = (tagged(0xe000_0000, 1), tagged(0xe000_1000, 2));
+        bus.add(a.clone()).unwrap();
+        bus.add(b.clone()).unwrap();
+        // the guest enables memory decoding on both (command register, offset 4)
+        for slot in [1, 2] {
+            select(&bus, slot, 4);
+            bus.pio_write(CONFIG_DATA_PORT, &[0x06, 0]);
+        }
+        let mut d = [0u8; 4];
+        assert!(bus.mmio_read(0xe000_1004, &mut d));
+        assert_eq!(d, [2; 4]);
+        // device 1 is held (a vCPU waiting on its backend): device 2 still answers at once
+        let held = a.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bus = Arc::new(bus);
+        let reader = bus.clone();
+        std::thread::spawn(move || {
+            let mut d = [0u8; 4];
+            let found = reader.mmio_read(0xe000_1008, &mut d);
+            tx.send((found, d)).unwrap();
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        assert_eq!(
+            got,
+            Ok((true, [2; 4])),
+            "blocked behind the other device's lock"
+        );
+        // decoding off: the BAR no longer answers
+        select(&bus, 2, 4);
+        bus.pio_write(CONFIG_DATA_PORT, &[0, 0]);
+        assert!(!bus.mmio_read(0xe000_1004, &mut d));
     }
 }
