@@ -103,6 +103,19 @@ done
 con 60 'dd if=/dev/zero of=/dev/vda bs=4k count=64 seek=1024 conv=fsync && echo IO-AFTER-RESTART-$((2 + 3))' IO-AFTER-RESTART-5
 step dominfo-after-restart
 sv dominfo vm1
+# the disk's backend stopped (SIGSTOP): its I/O waits, but the console and the API answer;
+# after SIGCONT the disk carries on
+step stop-blk-backend
+pid=$(sed -n 's/.*"blk0":{"down":[a-z]*,"pid":\([0-9]*\).*/\1/p' /tmp/run/vm1/backends.json)
+echo "BLK0-PID ${pid:-none}" >> $S
+[ -n "$pid" ] && kill -STOP $pid
+con 60 '(dd if=/dev/zero of=/dev/vda bs=4k count=16 seek=2048 conv=fsync; echo STOPPED-WRITE-$?) & echo STOPPED-CONSOLE-$((4 + 4))' STOPPED-CONSOLE-8
+t0=$(l1_up)
+svctl dominfo vm1 > /dev/null 2>&1
+echo "DOMINFO-SECS-STOPPED $(l1_up) $t0" >> $S
+sleep 3
+[ -n "$pid" ] && kill -CONT $pid
+con 60 'wait; echo AFTER-CONT-$((5 + 5))' AFTER-CONT-10
 # on a terminal (script(1) gives it a pty): raw input, Ctrl-] detaches, the domain runs on
 step console-tty
 (
@@ -309,6 +322,33 @@ fn the_supervisor_restarts_a_killed_backend_and_the_guest_writes_on() {
     );
     let link = field(&info, "Backend blk0");
     assert!(link.starts_with("connected, 1 reconnect(s)"), "{info}");
+}
+
+/// A stopped backend holds only its own disk's I/O: the console and `dominfo` (the vmm's
+/// vm.info) answer meanwhile, and the write waiting on it completes after SIGCONT.
+#[test]
+fn a_stopped_backend_blocks_neither_the_console_nor_the_api() {
+    let stopped = step("stop-blk-backend");
+    assert!(!stopped.contains("BLK0-PID none"), "{stopped}");
+    assert!(
+        console(8).contains("STOPPED-CONSOLE-8"),
+        "{}",
+        tail(&console(8))
+    );
+    let secs: Vec<f64> = guest::value(&steps(), "DOMINFO-SECS-STOPPED")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert_eq!(secs.len(), 2, "{}", steps());
+    assert!(
+        secs[0] - secs[1] < 1.0,
+        "dominfo took {:.2} s",
+        secs[0] - secs[1]
+    );
+    let after = console(9);
+    assert!(after.contains("STOPPED-WRITE-0"), "{}", tail(&after));
+    assert!(after.contains("AFTER-CONT-10"), "{}", tail(&after));
 }
 
 #[test]
