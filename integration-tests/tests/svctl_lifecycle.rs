@@ -89,33 +89,6 @@ con 30 'probe B' 'PROBE-B '
 step dominfo-running
 sv dominfo vm1
 con 60 'dd if=/dev/vda of=/dev/null bs=64k count=32; ip link set eth0 up; ip addr add 10.0.3.15/24 dev eth0; ping -c 3 10.0.3.1; echo IO-$((1 + 1))-DONE' IO-2-DONE
-# the disk's backend is killed: the supervisor starts it again, the vmm reconnects, the guest
-# writes on (bounded waits)
-step kill-blk-backend
-pid=$(sed -n 's/.*"blk0":{"down":[a-z]*,"pid":\([0-9]*\).*/\1/p' /tmp/run/vm1/backends.json)
-echo "BLK0-PID ${pid:-none}" >> $S
-[ -n "$pid" ] && kill -9 $pid
-i=0
-while [ $i -lt 150 ]; do
-    svctl dominfo vm1 | grep -q 'Process blk0: *running, 1 restart' && break
-    sleep 0.2; i=$((i + 1))
-done
-con 60 'dd if=/dev/zero of=/dev/vda bs=4k count=64 seek=1024 conv=fsync && echo IO-AFTER-RESTART-$((2 + 3))' IO-AFTER-RESTART-5
-step dominfo-after-restart
-sv dominfo vm1
-# the disk's backend stopped (SIGSTOP): its I/O waits, but the console and the API answer;
-# after SIGCONT the disk carries on
-step stop-blk-backend
-pid=$(sed -n 's/.*"blk0":{"down":[a-z]*,"pid":\([0-9]*\).*/\1/p' /tmp/run/vm1/backends.json)
-echo "BLK0-PID ${pid:-none}" >> $S
-[ -n "$pid" ] && kill -STOP $pid
-con 60 '(dd if=/dev/zero of=/dev/vda bs=4k count=16 seek=2048 conv=fsync; echo STOPPED-WRITE-$?) & echo STOPPED-CONSOLE-$((4 + 4))' STOPPED-CONSOLE-8
-t0=$(l1_up)
-svctl dominfo vm1 > /dev/null 2>&1
-echo "DOMINFO-SECS-STOPPED $(l1_up) $t0" >> $S
-sleep 3
-[ -n "$pid" ] && kill -CONT $pid
-con 60 'wait; echo AFTER-CONT-$((5 + 5))' AFTER-CONT-10
 # on a terminal (script(1) gives it a pty): raw input, Ctrl-] detaches, the domain runs on
 step console-tty
 (
@@ -153,6 +126,33 @@ step dominfo-ballooned
 sv dominfo vm1
 step dommemstat
 sv dommemstat vm1
+# the disk's backend is killed: the supervisor starts it again, the vmm reconnects, the guest
+# writes on (bounded waits)
+step kill-blk-backend
+pid=$(sed -n 's/.*"blk0":{"down":[a-z]*,"pid":\([0-9]*\).*/\1/p' /tmp/run/vm1/backends.json)
+echo "BLK0-PID ${pid:-none}" >> $S
+[ -n "$pid" ] && kill -9 $pid
+i=0
+while [ $i -lt 150 ]; do
+    svctl dominfo vm1 | grep -q 'Process blk0: *running, 1 restart' && break
+    sleep 0.2; i=$((i + 1))
+done
+con 60 'dd if=/dev/zero of=/dev/vda bs=4k count=64 seek=1024 conv=fsync && echo IO-AFTER-RESTART-$((2 + 3))' IO-AFTER-RESTART-5
+step dominfo-after-restart
+sv dominfo vm1
+# the disk's backend stopped (SIGSTOP): its I/O waits, but the console and the API answer;
+# after SIGCONT the disk carries on
+step stop-blk-backend
+pid=$(sed -n 's/.*"blk0":{"down":[a-z]*,"pid":\([0-9]*\).*/\1/p' /tmp/run/vm1/backends.json)
+echo "BLK0-PID ${pid:-none}" >> $S
+[ -n "$pid" ] && kill -STOP $pid
+con 60 '(dd if=/dev/zero of=/dev/vda bs=4k count=16 seek=2048 conv=fsync; echo STOPPED-WRITE-$? > /tmp/stopped-write) & echo STOPPED-CONSOLE-$((4 + 4))' STOPPED-CONSOLE-8
+t0=$(l1_up)
+svctl dominfo vm1 > /dev/null 2>&1
+echo "DOMINFO-SECS-STOPPED $(l1_up) $t0" >> $S
+sleep 3
+[ -n "$pid" ] && kill -CONT $pid
+con 60 'i=0; while [ ! -s /tmp/stopped-write ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done; cat /tmp/stopped-write; echo AFTER-CONT-$((5 + 5))' AFTER-CONT-10
 step shutdown
 t0=$(l1_up)
 sv shutdown vm1 --timeout 120
