@@ -2,7 +2,7 @@
 //! becomes a configuration-change interrupt for the guest (e.g. after an online disk resize,
 //! the guest's driver rereads the capacity).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use vhost::vhost_user::{FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
@@ -57,9 +57,27 @@ impl BackendChannel {
                 .unwrap_or_else(|e| e.into_inner())
                 .config_changed_by_device()
         }))
+        .map(|_| ())
     }
 
-    fn serve(mut self, on_config_change: OnConfigChange) -> std::io::Result<()> {
+    /// What ends this channel's serving thread once its backend is gone: the thread never sees
+    /// the backend's end close by itself, because the handler keeps that end too.
+    pub fn closer(&self) -> std::io::Result<ChannelCloser> {
+        // SAFETY: dup of the handler's open socket; the copy is owned by the OwnedFd.
+        let fd = unsafe { libc::dup(self.handler.get_tx_raw_fd()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        Ok(ChannelCloser(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd)
+        }))
+    }
+
+    fn serve(
+        mut self,
+        on_config_change: OnConfigChange,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let _ = self.relay.on_config_change.set(on_config_change);
         let name = self.relay.name.clone();
         std::thread::Builder::new()
@@ -75,7 +93,17 @@ impl BackendChannel {
                     }
                 }
             })
-            .map(|_| ())
+    }
+}
+
+/// Shuts a backend request channel down (see [`BackendChannel::closer`]).
+pub struct ChannelCloser(std::os::fd::OwnedFd);
+
+impl ChannelCloser {
+    /// The backend is gone: end the channel, so that its thread returns.
+    pub fn close(self) {
+        // SAFETY: shutdown on our own open descriptor (closed when `self` drops).
+        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
 
@@ -103,7 +131,7 @@ mod tests {
             .unwrap();
         let calls = Arc::new(AtomicU32::new(0));
         let seen = calls.clone();
-        channel
+        let _thread = channel
             .serve(Box::new(move || {
                 seen.fetch_add(1, Ordering::SeqCst);
             }))
@@ -116,5 +144,23 @@ mod tests {
         assert_eq!(reply[4] & 0x07, 0x05);
         assert_eq!(&reply[12..], &[0u8; 8]);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_closed_channel_ends_its_thread() {
+        let channel = BackendChannel::new("blk0", true).unwrap();
+        let closer = channel.closer().unwrap();
+        let thread = channel.serve(Box::new(|| {})).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!thread.is_finished(), "it serves until the backend is gone");
+        closer.close();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            thread.is_finished(),
+            "the thread still waits on a closed channel"
+        );
     }
 }

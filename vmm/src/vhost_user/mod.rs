@@ -101,6 +101,8 @@ pub struct VhostUserDevice {
     /// The rings the last activation started, in order; stopped again by a reset.
     vrings: Vec<VringState>,
     backend_channel: Option<BackendChannel>,
+    /// Ends the current backend request channel's thread when the backend goes away.
+    channel_closer: Option<backend_requests::ChannelCloser>,
     /// With CONFIGURE_MEM_SLOTS: whether ADD_MEM_REG has sent the regions on this connection.
     regions_added: bool,
     /// The queues the driver's last activation started (with their own handles on the kick
@@ -256,6 +258,7 @@ impl VhostUserDevice {
         }
         let (backend_features, protocol, backend_channel) =
             (hs.backend_features, hs.protocol, hs.channel);
+        let channel_closer = backend_channel.as_ref().and_then(|c| c.closer().ok());
         tracing::info!(device = name, socket = %socket.display(), features = format_args!("{backend_features:#x}"), ?protocol, queues = queue_count, "vhost-user backend connected");
         Ok(VhostUserDevice {
             name: name.into(),
@@ -270,6 +273,7 @@ impl VhostUserDevice {
             mem,
             vrings: Vec::new(),
             backend_channel,
+            channel_closer,
             regions_added: false,
             ring_setups: Vec::new(),
             config_cache: vec![0; kind.config_size as usize],

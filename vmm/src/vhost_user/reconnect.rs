@@ -134,6 +134,9 @@ impl VhostUserDevice {
         }
         self.link.down_since = Some(Instant::now());
         self.link.status.up.store(false, Ordering::Release);
+        if let Some(closer) = self.channel_closer.take() {
+            closer.close(); // its thread would wait on the dead backend for good
+        }
         tracing::error!(
             device = %self.name,
             socket = %self.socket.display(),
@@ -240,6 +243,10 @@ impl VhostUserDevice {
         }
         self.frontend = frontend;
         self.regions_added = false;
+        if let Some(old) = self.channel_closer.take() {
+            old.close();
+        }
+        self.channel_closer = hs.channel.as_ref().and_then(|c| c.closer().ok());
         if !self.ring_setups.is_empty() {
             if let Err(e) = self.start_rings(true) {
                 self.close_connection();
