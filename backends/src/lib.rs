@@ -36,10 +36,32 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Every backend's `main` after clap: its options (the command line over its `--config FILE`,
+/// if any), then [`run_main`] with `run` on them. `daemon` finds the daemon options in `T`.
+pub fn run_with_options<T, E>(
+    name: &str,
+    file: Option<&std::path::Path>,
+    cli: T,
+    matches: &clap::ArgMatches,
+    daemon: fn(&T) -> &api::backend::DaemonConfig,
+    run: impl FnOnce(T) -> Result<(), E>,
+) -> std::process::ExitCode
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    E: std::error::Error,
+{
+    let options = match load_options(name, file, cli, matches, daemon) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let policy = daemon(&options).sched;
+    run_main(name, policy, || run(options))
+}
+
 /// A backend's options: its command line over its `--config FILE` (if any), with a
 /// vhost-user socket to serve, checked before anything is opened or created. A problem is one
 /// line `NAME: what: why` and exit status 1, as for any other bad input.
-pub fn load_options<T: serde::Serialize + serde::de::DeserializeOwned>(
+fn load_options<T: serde::Serialize + serde::de::DeserializeOwned>(
     name: &str,
     file: Option<&std::path::Path>,
     cli: T,

@@ -134,17 +134,12 @@ fn main() -> ExitCode {
     if let Some(Ctl::Ctl { control, json, op }) = args.ctl {
         return ctl(control, json, op);
     }
-    let options = match backends::load_options(
+    backends::run_with_options(
         "splitvisor-balloon",
         args.config.as_deref(),
         args.options,
         &matches,
         |o| &o.daemon,
-    ) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
-    let config = Config::from(options);
-    let policy = config.daemon.sched;
-    backends::run_main("splitvisor-balloon", policy, || start_backend(config))
+        |o| start_backend(Config::from(o)),
+    )
 }

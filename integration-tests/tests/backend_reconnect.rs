@@ -8,11 +8,11 @@
 //!   and `qemu-img check` finds the qcow2 image clean afterwards.
 //!
 //! Run by hand (`cargo test --release -p integration-tests --test backend_reconnect --
-//! --ignored`), not in CI yet: from a clean clone L1 stopped printing (not even its heartbeat)
-//! right after a kill in 5 of 5 runs, while the same test from the development tree passed 6
-//! of 6 (and 2 of 2 with either half swapped: that tree's test binary with the clone's
-//! binaries and the reverse). The cause is not found; issue 24 tracks it. The kill, restart
-//! and stop paths that CI runs are in svctl_lifecycle.rs.
+//! --ignored`), not in CI yet: run from a clean clone, L1 went silent (no heartbeat for 100 s)
+//! after a kill in both attempts of three runs and in the first attempt of a fourth (whose
+//! retry passed); during the silence QEMU's CPU use fell to zero, i.e. L1 idled and never woke.
+//! Runs from the development tree passed. The cause is not found; issue 24 tracks it. The
+//! kill, restart and stop paths that CI runs are in svctl_lifecycle.rs.
 //!
 //! The disks use in-order completion (the sync engine; qcow2 is always synchronous): the vmm
 //! restarts each ring at the guest's used index, which is exact only then. Out-of-order

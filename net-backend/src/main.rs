@@ -23,18 +23,12 @@ struct Args {
 fn main() -> ExitCode {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let options = match backends::load_options(
+    backends::run_with_options(
         "splitvisor-net",
         args.config.as_deref(),
         args.options,
         &matches,
         |o| &o.daemon,
-    ) {
-        Ok(o) => o,
-        Err(code) => return code,
-    };
-    let policy = options.daemon.sched;
-    backends::run_main("splitvisor-net", policy, || {
-        start_backend(Config::try_from(options)?)
-    })
+        |o| start_backend(Config::try_from(o)?),
+    )
 }
