@@ -15,6 +15,8 @@ pub mod backend;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod types;
 pub mod unix_socket;
 

@@ -6,6 +6,8 @@
 pub mod config_space;
 pub mod descriptor_chain;
 pub mod frontend_channel;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod guest_iovecs;
 pub mod guest_memory;
 pub mod logging;

@@ -7,6 +7,8 @@
 //! `state.rs` holds what outlives a connection, `control.rs` is the control socket.
 
 pub mod control;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod pages;
 pub mod state;
 pub mod vhu_balloon;

@@ -9,6 +9,7 @@
 //! Every page frame number and range comes from the guest and is checked against guest RAM;
 //! pages outside it or already in the balloon are counted and skipped.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -46,44 +47,80 @@ pub struct Outcome {
     pub pages: u64,
 }
 
-/// Which 4 KiB guest pages are in the balloon (one bit each).
+/// Which 4 KiB guest pages are in the balloon: one bit each, in words of 64 pages that exist
+/// only while one of their pages is in the balloon. A page is put in only once the backing
+/// says it is guest RAM, so the bookkeeping grows with the guest RAM actually present (at
+/// most a word per 64 of its pages), never with how high its addresses reach: a region at
+/// the top of the address space costs no more than one at 0.
 #[derive(Default)]
 pub struct Balloon {
-    bits: Vec<u64>,
+    /// Page frame number / 64 → the word's bits; no word is zero.
+    words: BTreeMap<u64, u64>,
+    /// Bits set in `words`.
+    pages: u64,
 }
 
 impl Balloon {
-    /// Room for guest addresses below `end`.
-    pub fn new(end: u64) -> Balloon {
-        Balloon {
-            bits: vec![0; ((end >> PAGE_SHIFT) as usize).div_ceil(64)],
-        }
+    /// An empty balloon.
+    pub fn new() -> Balloon {
+        Balloon::default()
     }
 
     fn get(&self, pfn: u64) -> bool {
-        self.bits
-            .get((pfn / 64) as usize)
+        self.words
+            .get(&(pfn / 64))
             .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
     }
 
     fn set(&mut self, pfn: u64, on: bool) {
-        if let Some(w) = self.bits.get_mut((pfn / 64) as usize) {
-            if on {
-                *w |= 1 << (pfn % 64);
-            } else {
-                *w &= !(1 << (pfn % 64));
+        let (key, bit) = (pfn / 64, 1u64 << (pfn % 64));
+        if on {
+            let w = self.words.entry(key).or_insert(0);
+            if *w & bit == 0 {
+                *w |= bit;
+                self.pages += 1;
+            }
+        } else if let Some(w) = self.words.get_mut(&key) {
+            if *w & bit != 0 {
+                *w &= !bit;
+                self.pages -= 1;
+                if *w == 0 {
+                    self.words.remove(&key);
+                }
             }
         }
     }
 
     /// Pages in the balloon.
     pub fn count(&self) -> u64 {
-        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
+        self.pages
     }
 
-    /// Whether every 4 KiB page of the huge page at `start` is in the balloon.
+    /// Words of bookkeeping held (what the balloon costs: 8 bytes and a map entry each).
+    #[cfg(test)]
+    pub fn words(&self) -> usize {
+        self.words.len()
+    }
+
+    /// Whether every 4 KiB page of the huge page at `start` is in the balloon (a word at a
+    /// time: 4096 look-ups for a 1 GiB page, not 262144).
     fn whole(&self, start: u64, size: u64) -> bool {
-        (start >> PAGE_SHIFT..(start + size) >> PAGE_SHIFT).all(|pfn| self.get(pfn))
+        let (mut pfn, end) = (start >> PAGE_SHIFT, (start + size) >> PAGE_SHIFT);
+        while pfn < end {
+            let stop = ((pfn / 64 + 1) * 64).min(end);
+            let n = stop - pfn;
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1 << n) - 1) << (pfn % 64)
+            };
+            let word = self.words.get(&(pfn / 64)).copied().unwrap_or(0);
+            if word & mask != mask {
+                return false;
+            }
+            pfn = stop;
+        }
+        true
     }
 
     /// The guest put these pages in the balloon: free them on the host.
@@ -114,15 +151,26 @@ impl Balloon {
                 _ => runs.push((gpa, PAGE_SIZE, region)),
             }
         }
+        // the runs are in address order; two of them can share a huge page, which is looked
+        // at (and released) once
+        let mut done = 0;
         for (gpa, len, region) in runs {
-            out.released += self.release_run(gpa, len, region, backing);
+            out.released += self.release_run(gpa, len, region, backing, &mut done);
         }
         out
     }
 
     /// Free a run of newly inflated pages: all of it with small pages; with huge pages, each
-    /// huge page the run touches that is now entirely in the balloon.
-    fn release_run(&self, gpa: u64, len: u64, region: Region, backing: &dyn Backing) -> u64 {
+    /// huge page the run touches that is now entirely in the balloon. Backing pages below
+    /// `done` were seen to by an earlier run; `done` moves past this run's.
+    fn release_run(
+        &self,
+        gpa: u64,
+        len: u64,
+        region: Region,
+        backing: &dyn Backing,
+        done: &mut u64,
+    ) -> u64 {
         let ps = region.page_size;
         let (start, end) = if ps == PAGE_SIZE {
             (gpa, gpa + len)
@@ -130,7 +178,8 @@ impl Balloon {
             (gpa & !(ps - 1), (gpa + len).div_ceil(ps) * ps)
         };
         let mut released = 0;
-        let mut at = start;
+        let mut at = start.max(*done);
+        *done = end.max(*done);
         while at < end {
             let n = if ps == PAGE_SIZE { end - at } else { ps };
             if (ps == PAGE_SIZE || self.whole(at, ps)) && at + n <= region.start + region.len {

@@ -2,7 +2,7 @@
 //! target, `actual` written by the driver), and the queues — inflate and deflate (page frame
 //! numbers), stats (one buffer the device holds until it wants fresh numbers) and free page
 //! reporting (free ranges). All queues share one worker thread: the balloon is not a data
-//! path, and one thread keeps the page bitmap without contention.
+//! path, and one thread keeps the page bookkeeping without contention.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -168,7 +168,7 @@ impl VhostUserBalloon {
                     }
                 }
             }
-            queue.add_used(&*mem, head, 0).map_err(io::Error::other)?;
+            backends::queue::return_chain(queue, &*mem, head, 0);
             used += 1;
         }
         if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
@@ -228,19 +228,16 @@ impl VhostUserBackend for VhostUserBalloon {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        let (ram, end) = {
-            let m = mem.memory();
-            let ram: u64 = m.iter().map(|r| r.len()).sum();
-            let end = m
-                .iter()
-                .map(|r| r.start_addr().0 + r.len())
-                .max()
-                .unwrap_or(0);
-            (ram, end)
-        };
+        let mut balloon = self.balloon.lock().map_err(lock_err)?;
+        // a table the handle refuses (a region past the end of its file) ends the connection
+        // before anything is counted or read
+        self.mem.set(mem.clone())?;
+        let ram: u64 = mem.memory().iter().map(|r| r.len()).sum();
         self.state.ram.store(ram, Ordering::Relaxed);
-        *self.balloon.lock().map_err(lock_err)? = Balloon::new(end);
-        self.mem.set(mem)
+        // the pages in the balloon were the old table's; the bookkeeping grows with the pages
+        // put in, so a region however high costs nothing until then
+        *balloon = Balloon::new();
+        Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

@@ -114,3 +114,18 @@ fn the_stats_queue_and_a_stats_request_racing_do_not_deadlock() {
     assert!(counts.iter().all(|&(_, n)| n > 0), "{counts:?}");
     assert_eq!(state.counters.malformed_chains.load(Ordering::Relaxed), 0);
 }
+
+/// A memory table whose one region sits at the top of the guest address space: the page
+/// bookkeeping is sized by the RAM present (1 MiB here), not by the highest address (which
+/// once asked for a 2^48-byte bitmap and aborted the process). The region is served: its RAM
+/// is counted, and inflating a page below it is refused as outside guest RAM (a page frame
+/// number is 32 bits, so no page of this region can be named).
+#[test]
+fn a_memory_table_at_the_top_of_the_address_space_is_served_without_an_abort() {
+    let top = GuestAddress(1 << 63);
+    let mem = GuestMemoryMmap::from_ranges(&[(top, 1 << 20)]).unwrap();
+    let state = Arc::new(BalloonState::default());
+    let dev = VhostUserBalloon::new(state.clone(), false, false);
+    dev.update_memory(GuestMemoryAtomic::new(mem)).unwrap();
+    assert_eq!(state.ram.load(Ordering::Relaxed), 1 << 20);
+}

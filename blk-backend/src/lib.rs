@@ -7,6 +7,8 @@
 
 pub mod blk;
 pub mod disk;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod request;
 pub mod stats;
 pub mod uring;

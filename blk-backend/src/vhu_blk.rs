@@ -45,9 +45,7 @@ struct QueueState {
 /// Put finished requests in the used ring; returns how many.
 fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, done: &[Completed]) -> usize {
     for c in done {
-        if let Err(e) = queue.add_used(mem, c.head, c.len) {
-            warn!("cannot return descriptor {} to the guest: {e}", c.head);
-        }
+        backends::queue::return_chain(queue, mem, c.head, c.len);
     }
     done.len()
 }

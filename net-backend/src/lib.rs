@@ -8,6 +8,8 @@
 
 pub mod ctrl;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod rx;
 pub mod stats;
 pub mod tap;

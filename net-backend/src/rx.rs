@@ -111,7 +111,7 @@ impl RxQueue {
             let (placed, bad) = self.place(queue, mem, len, mergeable);
             for head in &bad {
                 // a malformed chain is returned unused, so the guest gets its buffer back
-                queue.add_used(mem, *head, 0).map_err(io::Error::other)?;
+                backends::queue::return_chain(queue, mem, *head, 0);
             }
             add(&stats.malformed_chains, bad.len() as u64);
             used += bad.len();
@@ -177,9 +177,7 @@ impl RxQueue {
             let n = bufs.len().min(len - at);
             bufs.copy_from(&self.buf[at..at + n]);
             at += n;
-            if let Err(e) = queue.add_used(mem, head, n as u32) {
-                tracing::warn!("cannot return receive buffer {head}: {e}");
-            }
+            backends::queue::return_chain(queue, mem, head, n as u32);
         }
         (Placed::Delivered(count), bad)
     }

@@ -200,7 +200,7 @@ impl VhostUserNet {
                 }
                 Sent::Refused => add(&counters.tx_dropped, 1),
             }
-            queue.add_used(&*mem, head, 0).map_err(io::Error::other)?;
+            backends::queue::return_chain(queue, &*mem, head, 0);
             used += 1;
         }
         if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
@@ -223,7 +223,7 @@ impl VhostUserNet {
                 Err(e) => {
                     tracing::debug!("dropped a control chain: {}", backends::error_chain(&e));
                     add(&self.stats.malformed_chains, 1);
-                    queue.add_used(&*mem, head, 0).map_err(io::Error::other)?;
+                    backends::queue::return_chain(queue, &*mem, head, 0);
                     used += 1;
                     continue;
                 }
@@ -240,7 +240,7 @@ impl VhostUserNet {
                 Ok(()) => 1,
                 Err(_) => 0,
             };
-            queue.add_used(&*mem, head, len).map_err(io::Error::other)?;
+            backends::queue::return_chain(queue, &*mem, head, len);
             used += 1;
         }
         if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {

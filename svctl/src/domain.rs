@@ -154,7 +154,16 @@ impl Domain {
                 self.memory
             )));
         }
+        let units = 1..=api::config::MAX_QUEUE_UNITS;
         for d in &self.disks {
+            if !units.contains(&d.queues) {
+                return Err(bad(format!(
+                    "disk {}: queues {} is out of range (1-{})",
+                    d.path.display(),
+                    d.queues,
+                    units.end()
+                )));
+            }
             if !["raw", "qcow2", "auto"].contains(&d.format.as_str()) {
                 return Err(bad(format!(
                     "disk {}: format {:?} is not raw, qcow2 or auto",
@@ -164,6 +173,13 @@ impl Domain {
             }
         }
         for (i, n) in self.nics.iter().enumerate() {
+            if !units.contains(&n.queues) {
+                return Err(bad(format!(
+                    "nic {i}: queues {} is out of range (1-{})",
+                    n.queues,
+                    units.end()
+                )));
+            }
             if n.bridge.is_some() == n.tap.is_some() {
                 return Err(bad(format!("nic {i}: give exactly one of bridge or tap")));
             }
@@ -412,7 +428,12 @@ pub fn new_uuid() -> String {
 pub fn read(path: &Path) -> Result<Domain, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut d: Domain = serde_json::from_str(&text)
+    parse(&text, path)
+}
+
+/// [`read`]'s checks on the text of the domain file at `path`.
+pub fn parse(text: &str, path: &Path) -> Result<Domain, String> {
+    let mut d: Domain = serde_json::from_str(text)
         .map_err(|e| format!("malformed domain file {}: {e}", path.display()))?;
     if !d.uuid.is_empty() {
         let uuid = uuid::Uuid::parse_str(&d.uuid).map_err(|e| {

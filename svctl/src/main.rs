@@ -7,7 +7,6 @@
 
 mod console;
 mod define;
-mod domain;
 mod info;
 mod lifecycle;
 mod store;
@@ -22,6 +21,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 use store::Store;
+use svctl::domain;
 
 #[derive(Parser)]
 #[command(

@@ -29,9 +29,14 @@ pub fn bin(name: &str) -> PathBuf {
                 .parent()
                 .map(Path::to_path_buf)
         });
+    bin_in(dir, name)
+}
+
+/// `name` in `dir` if it is there, else the bare name (looked up in PATH).
+fn bin_in(dir: Option<PathBuf>, name: &str) -> PathBuf {
     match dir {
         Some(d) if d.join(name).exists() => d.join(name),
-        _ => PathBuf::from(name), // from PATH
+        _ => PathBuf::from(name),
     }
 }
 
@@ -158,6 +163,45 @@ fn backend_configs(
         out.push(("balloon".into(), "splitvisor-balloon", cfg));
     }
     Ok(out)
+}
+
+/// A program's arguments: `--config` and its configuration file.
+fn config_args(path: &Path) -> Vec<String> {
+    vec!["--config".to_string(), path.display().to_string()]
+}
+
+/// How to start one backend: its name in the runtime dir, its program and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BackendCommand {
+    what: String,
+    program: &'static str,
+    args: Vec<String>,
+}
+
+/// Write every backend's configuration file, `<runtime>/<name>.json` (all of them before the
+/// first backend starts, so that a failure here leaves nothing running); how to start each.
+fn write_backend_configs(d: &Domain, rt: &Runtime) -> Result<Vec<BackendCommand>, String> {
+    let mut configs = Vec::new();
+    for (what, program, cfg) in backend_configs(d, rt)? {
+        let cfg_path = rt.dir.join(format!("{what}.json"));
+        std::fs::write(&cfg_path, cfg)
+            .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+        configs.push(BackendCommand {
+            what,
+            program,
+            args: config_args(&cfg_path),
+        });
+    }
+    Ok(configs)
+}
+
+/// Write the vmm's configuration file, `<runtime>/vm.json`; the vmm's arguments.
+fn write_vmm_config(d: &Domain, rt: &Runtime) -> Result<Vec<String>, String> {
+    let cfg_path = rt.dir.join("vm.json");
+    let cfg = serde_json::to_string_pretty(&vm_config(d, rt)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg_path, cfg)
+        .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+    Ok(config_args(&cfg_path))
 }
 
 /// How often the supervisor looks at its children.
@@ -309,18 +353,13 @@ pub fn supervise(store: &Store, name: &str) -> Result<i32, String> {
 
 fn run(d: &Domain, rt: &Runtime) -> Result<i32, String> {
     let mut procs = Vec::new();
-    // every configuration is written before the first backend starts, so that a failure
-    // here leaves nothing running
-    let mut configs = Vec::new();
-    for (what, program, cfg) in backend_configs(d, rt)? {
-        let cfg_path = rt.dir.join(format!("{what}.json"));
-        std::fs::write(&cfg_path, cfg)
-            .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
-        let args = vec!["--config".to_string(), cfg_path.display().to_string()];
-        configs.push((what, program, args));
-    }
     let mut backends = Vec::new();
-    for (what, program, args) in configs {
+    for BackendCommand {
+        what,
+        program,
+        args,
+    } in write_backend_configs(d, rt)?
+    {
         match start_backend(rt, &what, program, args.clone()) {
             Ok(p) => backends.push(Backend {
                 proc: p,
@@ -336,17 +375,17 @@ fn run(d: &Domain, rt: &Runtime) -> Result<i32, String> {
         }
     }
     write_status(rt, &backends);
-    let cfg_path = rt.dir.join("vm.json");
-    let cfg = serde_json::to_string_pretty(&vm_config(d, rt)).map_err(|e| e.to_string())?;
     let stop_all = |backends: Vec<Backend>| {
         let mut procs: Vec<Proc> = backends.into_iter().map(|b| b.proc).collect();
         stop(&mut procs);
     };
-    if let Err(e) = std::fs::write(&cfg_path, cfg) {
-        stop_all(backends);
-        return Err(format!("cannot write {}: {e}", cfg_path.display()));
-    }
-    let args = vec!["--config".to_string(), cfg_path.display().to_string()];
+    let args = match write_vmm_config(d, rt) {
+        Ok(args) => args,
+        Err(e) => {
+            stop_all(backends);
+            return Err(e);
+        }
+    };
     let spawned = log_file(rt, "vmm")
         .and_then(|log| command(bin("splitvisor"), &args, log))
         .and_then(|mut cmd| {
@@ -382,4 +421,163 @@ fn run(d: &Domain, rt: &Runtime) -> Result<i32, String> {
     tracing::info!(%status, "vmm ended");
     stop_all(backends);
     Ok(status.code().unwrap_or(128))
+}
+
+#[cfg(test)]
+mod tests {
+    use api::backend::balloon::BalloonBackendConfig;
+    use api::backend::blk::BlkBackendConfig;
+    use api::backend::net::NetBackendConfig;
+    use api::config::VmConfig;
+    use serde::de::DeserializeOwned;
+
+    use super::*;
+
+    /// A runtime directory of its own (the tests run in parallel), removed when dropped.
+    struct TempRuntime(Runtime);
+
+    impl TempRuntime {
+        fn new() -> TempRuntime {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("svctl-supervise-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("runtime dir");
+            TempRuntime(Runtime { dir })
+        }
+    }
+
+    impl Drop for TempRuntime {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0.dir);
+        }
+    }
+
+    fn domain(json: &str) -> Domain {
+        serde_json::from_str(json).expect("domain")
+    }
+
+    fn web() -> Domain {
+        domain(
+            r#"{"name": "web", "uuid": "0123abcd-0000-4000-8000-000000000000", "memory": "512M",
+                "kernel": "/k", "disks": [{"path": "/a.raw", "format": "raw"},
+                {"path": "/b.qcow2", "format": "qcow2", "readonly": true, "queues": 2}],
+                "nics": [{"bridge": "br0"}], "balloon": {"stats_interval": 5}}"#,
+        )
+    }
+
+    /// The file as the backend reads it (its `--config`).
+    fn read<T: DeserializeOwned>(path: &str) -> T {
+        let text = std::fs::read_to_string(path).expect("config file");
+        serde_json::from_str(&text).expect("the backend's config type")
+    }
+
+    fn config_path(args: &[String]) -> &str {
+        match args {
+            [flag, path] if flag == "--config" => path,
+            _ => panic!("not `--config FILE`: {args:?}"),
+        }
+    }
+
+    #[test]
+    fn each_backend_gets_its_derived_config_file() {
+        let (d, tmp) = (web(), TempRuntime::new());
+        let rt = &tmp.0;
+        let started = write_backend_configs(&d, rt).expect("configs");
+        let at = |what: &str| rt.dir.join(format!("{what}.json")).display().to_string();
+        let want: Vec<BackendCommand> = [
+            ("blk0", "splitvisor-blk"),
+            ("blk1", "splitvisor-blk"),
+            ("net0", "splitvisor-net"),
+            ("balloon", "splitvisor-balloon"),
+        ]
+        .iter()
+        .map(|(what, program)| {
+            let args = vec!["--config".to_string(), at(what)];
+            BackendCommand {
+                what: what.to_string(),
+                program,
+                args,
+            }
+        })
+        .collect();
+        assert_eq!(started, want);
+        for (i, started) in started[..2].iter().enumerate() {
+            let blk: BlkBackendConfig = read(config_path(&started.args));
+            assert_eq!(blk, d.blk_backend(i, rt), "blk{i}");
+        }
+        let net: NetBackendConfig = read(config_path(&started[2].args));
+        assert_eq!(net, d.net_backend(0, rt));
+        let balloon: BalloonBackendConfig = read(config_path(&started[3].args));
+        assert_eq!(Some(balloon), d.balloon_backend(rt));
+    }
+
+    #[test]
+    fn a_domain_without_devices_starts_no_backend() {
+        let d = domain(r#"{"name": "bare", "memory": "512M", "kernel": "/k", "balloon": null}"#);
+        let tmp = TempRuntime::new();
+        assert_eq!(write_backend_configs(&d, &tmp.0).expect("configs"), []);
+        let files = std::fs::read_dir(&tmp.0.dir).expect("dir").count();
+        assert_eq!(files, 0, "no file written");
+    }
+
+    #[test]
+    fn the_vmm_gets_the_domains_vm_config() {
+        let (d, tmp) = (web(), TempRuntime::new());
+        let rt = &tmp.0;
+        let args = write_vmm_config(&d, rt).expect("vm.json");
+        let path = rt.dir.join("vm.json");
+        assert_eq!(args, ["--config".to_string(), path.display().to_string()]);
+        let vm: VmConfig = read(config_path(&args));
+        assert_eq!(vm, vm_config(&d, rt));
+        assert_eq!(vm.devices.len(), 4, "two disks, a NIC and the balloon");
+    }
+
+    #[test]
+    fn an_unwritable_runtime_dir_is_reported_with_the_path() {
+        let rt = Runtime {
+            dir: "/nonexistent/svctl-runtime".into(),
+        };
+        let err = write_backend_configs(&web(), &rt).expect_err("refused");
+        assert!(
+            err.starts_with("cannot write /nonexistent/svctl-runtime/blk0.json: "),
+            "{err}"
+        );
+        let err = write_vmm_config(&web(), &rt).expect_err("refused");
+        assert!(
+            err.starts_with("cannot write /nonexistent/svctl-runtime/vm.json: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_child_gets_its_argv_and_the_log_for_its_output() {
+        let tmp = TempRuntime::new();
+        let log = log_file(&tmp.0, "child").expect("log");
+        let script = "echo \"$0 $1\"; echo to-stderr >&2";
+        let args = ["-c", script, "first", "second"].map(String::from);
+        let mut cmd = command(PathBuf::from("/bin/sh"), &args, log).expect("command");
+        assert_eq!(cmd.get_program(), "/bin/sh");
+        assert!(cmd.get_args().eq(args.iter().map(std::ffi::OsStr::new)));
+        let status = cmd.status().expect("run");
+        assert!(status.success(), "{status}");
+        let text = std::fs::read_to_string(tmp.0.dir.join("child.log")).expect("log");
+        assert_eq!(text, "first second\nto-stderr\n");
+    }
+
+    #[test]
+    fn binaries_are_found_beside_svctl_else_in_path() {
+        let tmp = TempRuntime::new();
+        let dir = tmp.0.dir.clone();
+        std::fs::write(dir.join("splitvisor-blk"), "").expect("file");
+        assert_eq!(
+            bin_in(Some(dir.clone()), "splitvisor-blk"),
+            dir.join("splitvisor-blk")
+        );
+        assert_eq!(
+            bin_in(Some(dir), "splitvisor-net"),
+            PathBuf::from("splitvisor-net")
+        );
+        assert_eq!(bin_in(None, "splitvisor"), PathBuf::from("splitvisor"));
+    }
 }

@@ -8,6 +8,8 @@ pub use ::api::config;
 pub mod cpu;
 pub mod devices;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod irq_routing;
 pub mod layout;
 pub mod memory;

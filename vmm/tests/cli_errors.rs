@@ -119,16 +119,31 @@ fn memory_too_large_for_the_host() {
 
 #[test]
 fn hugepages_without_free_huge_pages() {
-    let free = std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .unwrap_or_default();
-    if free.trim().parse::<u64>().unwrap_or(0) >= 8192 {
-        return; // this host has 16 GiB of free huge pages: nothing to provoke
-    }
+    // one 2 MiB page more than the host has free, however many that is (the vmm counts a
+    // missing file as none free)
+    const FREE: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+    let free: u64 = match std::fs::read_to_string(FREE) {
+        Ok(text) => text.trim().parse().expect("free_hugepages is a number"),
+        Err(_) => 0,
+    };
+    let mib = ((free + 1) * 2).max(64); // 64 MiB: the smallest --memory
+    let need = mib / 2;
     let k = fake_kernel();
-    expect_error(
-        &["--kernel", &k, "--memory", "16G,hugepages=on"],
-        1,
-        "/proc/sys/vm/nr_hugepages",
+    let out = splitvisor(&["--kernel", &k, "--memory", &format!("{mib}M,hugepages=on")]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    // the count of free pages is the vmm's own reading: another process may take some meanwhile
+    let message = out
+        .stderr
+        .trim()
+        .strip_prefix(&format!(
+            "splitvisor: error: hugepages=on needs {need} free 2 MiB huge pages but "
+        ))
+        .and_then(|rest| rest.strip_suffix(" are free: raise /proc/sys/vm/nr_hugepages"))
+        .and_then(|free| free.parse::<u64>().ok());
+    assert!(
+        message.is_some_and(|free| free < need),
+        "expected the huge page error for {need} pages, got {:?}",
+        out.stderr
     );
 }
 

@@ -92,12 +92,12 @@ impl Qcow2Disk {
         depth: u32,
     ) -> Result<Self, Qcow2Error> {
         let mut first = vec![0u8; 4096];
-        file.read_exact_at(&mut first, 0)?;
+        read_head(&file, &mut first)?;
         let mut header = Header::parse(&first)?;
         if header.cluster_size() > 4096 {
             // header extensions may use the whole first cluster
             first = vec![0u8; header.cluster_size() as usize];
-            file.read_exact_at(&mut first, 0)?;
+            read_head(&file, &mut first)?;
             header = Header::parse(&first)?;
         }
         let file_len = file.metadata()?.len();
@@ -420,6 +420,21 @@ impl Disk for Qcow2Disk {
     fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
         self.deallocate(offset, len, true)
     }
+}
+
+/// Fill `buf` (zeroed) from the start of the file; what lies past the end of the file stays
+/// zero, as QEMU reads it (an image with 512-byte clusters can be shorter than 4 KiB).
+fn read_head(file: &File, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The image's fixed metadata regions (header cluster, L1 and refcount tables, snapshot

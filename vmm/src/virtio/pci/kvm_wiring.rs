@@ -16,7 +16,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{InterruptSource, TransportWiring};
-use crate::irq_routing::IrqRouter;
+use crate::irq_routing::{IrqRouter, IrqRoutingError};
 use crate::virtio::msix::{Msix, NO_VECTOR};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,12 @@ pub enum KvmWiringError {
         what: &'static str,
         #[source]
         source: kvm_ioctls::Error,
+    },
+    #[error("cannot give {what} a GSI")]
+    Gsi {
+        what: &'static str,
+        #[source]
+        source: IrqRoutingError,
     },
 }
 
@@ -65,6 +71,7 @@ impl KvmWiring {
         notify_addresses: &[u64],
     ) -> Result<KvmWiring, KvmWiringError> {
         let kvm = |what| move |source| KvmWiringError::Kvm { what, source };
+        let no_gsi = |what| move |source| KvmWiringError::Gsi { what, source };
         let mut queues = Vec::new();
         for addr in notify_addresses {
             let (kick, call) = (eventfd()?, eventfd()?);
@@ -72,7 +79,7 @@ impl KvmWiring {
                 .vm()
                 .register_ioevent(&kick, &IoEventAddress::Mmio(*addr), NoDatamatch)
                 .map_err(kvm("a queue notification ioeventfd"))?;
-            let gsi = router.allocate();
+            let gsi = router.allocate().map_err(no_gsi("a queue interrupt"))?;
             router
                 .vm()
                 .register_irqfd(&call, gsi)
@@ -85,7 +92,9 @@ impl KvmWiring {
             });
         }
         let config_evt = eventfd()?;
-        let config_gsi = router.allocate();
+        let config_gsi = router
+            .allocate()
+            .map_err(no_gsi("the config-change interrupt"))?;
         router
             .vm()
             .register_irqfd(&config_evt, config_gsi)
@@ -108,7 +117,13 @@ impl KvmWiring {
         match self.router.set(gsi, msg) {
             Ok(unmasked) => unmasked,
             Err(e) => {
-                tracing::error!(device = %self.name, error = %e, "cannot route an interrupt");
+                // the cause (KVM's errno) is in the chain
+                let chain: Vec<String> =
+                    std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                        .map(ToString::to_string)
+                        .collect();
+                let error = chain.join(": ");
+                tracing::error!(device = %self.name, %error, "cannot route an interrupt");
                 false
             }
         }
@@ -202,5 +217,37 @@ mod tests {
         assert!(none(&old) && none(&new), "nowhere");
         wiring.move_notifications(Some(&old));
         assert!(all(&old) && none(&new), "back");
+    }
+
+    /// Named for the filter `irq_routing`: the wiring's side of the GSI limit.
+    #[test]
+    fn wiring_fails_cleanly_once_irq_routing_has_no_gsi_left() {
+        let kvm = Kvm::new().expect("/dev/kvm is missing or inaccessible: this test needs KVM");
+        let vm = Arc::new(kvm.create_vm().expect("VM"));
+        vm.create_irq_chip().expect("irqchip");
+        let router = Arc::new(IrqRouter::new(vm));
+        let mut handed_out = Vec::new();
+        for _ in 0..=kvm_bindings::KVM_MAX_IRQ_ROUTES {
+            match router.allocate() {
+                Ok(gsi) => handed_out.push(gsi),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            !handed_out.is_empty(),
+            "the router handed out no GSI at all"
+        );
+        let out_of = |r: Result<KvmWiring, KvmWiringError>| match r {
+            Err(KvmWiringError::Gsi {
+                what,
+                source: IrqRoutingError::Exhausted { .. },
+            }) => what,
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("wired without a GSI"),
+        };
+        let err = out_of(KvmWiring::new("blk0", router.clone(), &[0xe000_3000]));
+        assert_eq!(err, "a queue interrupt");
+        let err = out_of(KvmWiring::new("blk1", router, &[]));
+        assert_eq!(err, "the config-change interrupt");
     }
 }

@@ -10,8 +10,9 @@
 mod common_config;
 pub mod kvm_wiring;
 pub mod persist;
-#[cfg(test)]
-mod test_utils;
+// also the fuzz harness's transport (crate::fuzz_harness), so compiled in every build
+#[doc(hidden)]
+pub mod test_utils;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
