@@ -63,9 +63,10 @@ pub enum Error {
     Serve(#[from] ServeError),
 }
 
-struct BalloonFactory {
-    state: Arc<BalloonState>,
-    config: Config,
+/// A fresh vhost-user face for each connection over the one balloon state.
+pub(crate) struct BalloonFactory {
+    pub(crate) state: Arc<BalloonState>,
+    pub(crate) config: Config,
 }
 
 impl BackendFactory for BalloonFactory {

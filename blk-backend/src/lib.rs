@@ -27,7 +27,7 @@ use vhost_user_backend::VringEpollHandler;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::blk::{BlkDevice, MAX_SEGMENTS};
-use crate::disk::{Format, OpenError, OpenOptions};
+use crate::disk::{Disk, Format, OpenError, OpenOptions};
 use crate::stats::Stats;
 use crate::vhu_blk::VhostUserBlk;
 use crate::virtio_blk::BlkConfig;
@@ -87,8 +87,19 @@ pub enum Error {
     Serve(#[from] ServeError),
 }
 
+/// What the device is made of besides its image: the checked options of [`start_backend`].
+pub(crate) struct DeviceOptions {
+    pub readonly: bool,
+    pub serial: Vec<u8>,
+    pub queues: usize,
+    pub threads: usize,
+    pub queue_size: usize,
+    /// Asynchronous I/O with io_uring (the caller made sure the kernel has it).
+    pub uring: bool,
+}
+
 /// Makes a fresh vhost-user face for each connection over the one open device.
-struct BlkFactory {
+pub(crate) struct BlkFactory {
     device: Arc<BlkDevice>,
     /// The current connection's channel to its frontend, for config-change messages.
     channel: Arc<Mutex<FrontendChannel>>,
@@ -97,6 +108,47 @@ struct BlkFactory {
     threads: usize,
     queue_size: usize,
     uring: bool,
+}
+
+impl BlkFactory {
+    /// The device over `disk` and its config space, as `options` say.
+    pub(crate) fn new(disk: Box<dyn Disk>, options: DeviceOptions) -> BlkFactory {
+        let capacity = disk.capacity();
+        // a request is at most one header, one status and queue_size - 2 data descriptors
+        let seg_max = options.queue_size as u32 - 2;
+        let device = Arc::new(BlkDevice {
+            disk,
+            readonly: options.readonly,
+            serial: options.serial,
+            max_request_bytes: u64::from(seg_max) * u64::from(SIZE_MAX),
+            stats: Arc::new(Stats::default()),
+        });
+        let config = BlkConfig {
+            capacity: capacity >> virtio_blk::SECTOR_SHIFT,
+            size_max: SIZE_MAX,
+            seg_max,
+            blk_size: 512,
+            physical_block_exp: 3,
+            min_io_size: 1,
+            opt_io_size: 0,
+            num_queues: options.queues as u16,
+            max_discard_sectors: u32::MAX >> 9,
+            max_discard_seg: MAX_SEGMENTS,
+            discard_sector_alignment: 8,
+            max_write_zeroes_sectors: u32::MAX >> 9,
+            max_write_zeroes_seg: MAX_SEGMENTS,
+            write_zeroes_may_unmap: 1,
+        };
+        BlkFactory {
+            device,
+            channel: Arc::new(Mutex::new(FrontendChannel::default())),
+            config,
+            queues: options.queues,
+            threads: options.threads,
+            queue_size: options.queue_size,
+            uring: options.uring,
+        }
+    }
 }
 
 impl BackendFactory for BlkFactory {
@@ -206,31 +258,6 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         },
     )?;
     let capacity = disk.capacity();
-    // a request is at most one header, one status and queue_size - 2 data descriptors
-    let seg_max = config.queue_size as u32 - 2;
-    let device = Arc::new(BlkDevice {
-        disk,
-        readonly: config.readonly,
-        serial: config.serial.as_bytes().to_vec(),
-        max_request_bytes: u64::from(seg_max) * u64::from(SIZE_MAX),
-        stats: Arc::new(Stats::default()),
-    });
-    let blk_config = BlkConfig {
-        capacity: capacity >> virtio_blk::SECTOR_SHIFT,
-        size_max: SIZE_MAX,
-        seg_max,
-        blk_size: 512,
-        physical_block_exp: 3,
-        min_io_size: 1,
-        opt_io_size: 0,
-        num_queues: config.queues as u16,
-        max_discard_sectors: u32::MAX >> 9,
-        max_discard_seg: MAX_SEGMENTS,
-        discard_sector_alignment: 8,
-        max_write_zeroes_sectors: u32::MAX >> 9,
-        max_write_zeroes_seg: MAX_SEGMENTS,
-        write_zeroes_may_unmap: 1,
-    };
     tracing::info!(
         "serving {} ({} bytes{}) with {} queue(s) of {} on {} worker thread(s)",
         config.image.display(),
@@ -244,15 +271,15 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
     if config.uring && !uring {
         tracing::warn!("io_uring is unavailable here: serving requests synchronously");
     }
-    let factory = BlkFactory {
-        device,
-        channel: Arc::new(Mutex::new(FrontendChannel::default())),
-        config: blk_config,
+    let options = DeviceOptions {
+        readonly: config.readonly,
+        serial: config.serial.as_bytes().to_vec(),
         queues: config.queues,
         threads,
         queue_size: config.queue_size,
         uring,
     };
+    let factory = BlkFactory::new(disk, options);
     serve::serve("splitvisor-blk", &config.daemon, factory)?;
     Ok(())
 }

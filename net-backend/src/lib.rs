@@ -104,11 +104,30 @@ pub enum Error {
 }
 
 /// A fresh vhost-user face for each connection over the one tap.
-struct NetFactory {
+pub(crate) struct NetFactory {
     tap: Arc<Tap>,
     config: NetConfig,
     queue_size: usize,
     stats: Arc<NetStats>,
+}
+
+impl NetFactory {
+    /// The factory over `tap` (one queue pair per tap queue), its config space saying `mac`
+    /// and `mtu`, with rings of up to `queue_size` entries.
+    pub(crate) fn new(tap: Tap, mac: [u8; 6], mtu: u16, queue_size: usize) -> NetFactory {
+        let config = NetConfig {
+            mac,
+            status: VIRTIO_NET_S_LINK_UP,
+            max_virtqueue_pairs: tap.queue_count() as u16,
+            mtu,
+        };
+        NetFactory {
+            stats: Arc::new(NetStats::new(tap.queue_count())),
+            tap: Arc::new(tap),
+            config,
+            queue_size,
+        }
+    }
 }
 
 impl BackendFactory for NetFactory {
@@ -185,18 +204,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         format_mac(&config.mac),
         config.mtu
     );
-    let net_config = NetConfig {
-        mac: config.mac,
-        status: VIRTIO_NET_S_LINK_UP,
-        max_virtqueue_pairs: tap.queue_count() as u16,
-        mtu: config.mtu,
-    };
-    let factory = NetFactory {
-        stats: Arc::new(NetStats::new(tap.queue_count())),
-        tap: Arc::new(tap),
-        config: net_config,
-        queue_size: config.queue_size,
-    };
+    let factory = NetFactory::new(tap, config.mac, config.mtu, config.queue_size);
     serve::serve("splitvisor-net", &config.daemon, factory)?;
     Ok(())
 }

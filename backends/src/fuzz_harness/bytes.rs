@@ -16,6 +16,17 @@ impl<'a> Input<'a> {
         self.data.is_empty()
     }
 
+    /// A harness's operations: `op` on what is left of the input, until it ends, at most `max`
+    /// times.
+    pub fn run_ops(&mut self, max: usize, mut op: impl FnMut(&mut Self)) {
+        for _ in 0..max {
+            if self.is_empty() {
+                break;
+            }
+            op(self);
+        }
+    }
+
     /// Up to `n` bytes (fewer at the end of the input).
     pub fn bytes(&mut self, n: usize) -> &'a [u8] {
         let (head, rest) = self.data.split_at(n.min(self.data.len()));

@@ -87,6 +87,14 @@ where
     }
 }
 
+/// A fuzz target's end of a run: what the input did is dropped; a harness that could not set
+/// up (descriptors, sockets, threads) panics, saying it was not the input's doing.
+pub fn expect_set_up(run: io::Result<Outcome>) {
+    if let Err(e) = run {
+        panic!("the vhost-user harness could not set up (not the input's doing): {e}");
+    }
+}
+
 /// Serve `data`'s message stream to `backend` on one connection (see the module
 /// documentation). Panics only when the stack under test does: a panic in the handler's
 /// thread, or a handler that neither answers nor closes within 10 s; a worker that cannot be

@@ -3,6 +3,7 @@
 
 use vhost::vhost_user::message::FrontendReq;
 
+use super::test_inputs::Rng;
 use super::{FRONTEND_VA, MAX_MESSAGES, MAX_PAYLOAD, MAX_STREAM, NEED_REPLY};
 
 /// The descriptors a message carries.
@@ -260,13 +261,8 @@ pub fn mutations(seeds: &[(String, Vec<u8>)], count: usize) -> Vec<Vec<u8>> {
     if seeds.is_empty() {
         return Vec::new();
     }
-    let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ count as u64;
-    let mut next = move |n: usize| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % n.max(1) as u64) as usize
-    };
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d_u64 ^ count as u64);
+    let mut next = |n: usize| rng.below(n);
     const EDGES: [u64; 10] = [
         0,
         1,

@@ -53,21 +53,35 @@
 //!
 //! Files: `input.rs` (the format, and mutations for the tests), `seeds.rs` (message bodies and
 //! the vmm's sequences, for every backend's seeds), `driver.rs` (one connection),
-//! `exit_events.rs` (the descriptors the library leaves open).
+//! `exit_events.rs` (the descriptors the library leaves open), `backend_checks.rs` (what the
+//! backends' tests of their harness check alike).
+//!
+//! # The queue harnesses' shared parts
+//!
+//! The net and balloon queue harnesses read their inputs with [`bytes`] and play the guest
+//! driver with [`guest_driver`] (guest memory, split rings, chains, the driver's hostile
+//! moves), whose seeds [`driver_seed`] writes; [`test_inputs`] makes the inputs of every
+//! harness's unit tests.
 
+pub mod backend_checks;
 pub mod bytes;
 mod driver;
+pub mod driver_seed;
 mod exit_events;
+pub mod guest_driver;
 mod input;
 mod seeds;
+pub mod test_inputs;
 #[cfg(test)]
 mod tests;
 
-pub use driver::{drive, drive_messages, drive_with_ram, memory_file, Footprint, Outcome, Reply};
+pub use driver::{
+    drive, drive_messages, drive_with_ram, expect_set_up, memory_file, Footprint, Outcome, Reply,
+};
 pub use input::{decode, encode, mutations, FdKind, Input, Message};
 pub use seeds::{
-    body, config, mem_table, region, ring_addresses, single_region, u64_body, vring_addr,
-    vring_state, Device, VMM_PROTOCOL,
+    backend_seeds, body, config, mem_table, region, ring_addresses, single_region, u64_body,
+    vring_addr, vring_state, Device, Seeds, VMM_PROTOCOL,
 };
 
 /// At most this many messages per input (the vmm's start and stop of a net device with four

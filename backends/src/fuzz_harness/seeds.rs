@@ -1,12 +1,15 @@
 //! What the backends' seeds are written with: the bodies of the vhost crate's messages, and
 //! the sequences our vmm (and QEMU) send, valid and broken, for any device.
 
+use std::io;
+
 use vhost::vhost_user::message::{
     FrontendReq, VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfig,
     VhostUserConfigFlags, VhostUserInflight, VhostUserLog, VhostUserMemory, VhostUserMemoryRegion,
     VhostUserProtocolFeatures, VhostUserSingleMemoryRegion, VhostUserTransferDeviceState,
     VhostUserU64, VhostUserVringAddr, VhostUserVringAddrFlags, VhostUserVringState,
 };
+use vhost_user_backend::VhostUserBackend;
 use vm_memory::ByteValued;
 
 use super::{encode, FdKind, Message, FRONTEND_VA, GUEST_RAM};
@@ -14,6 +17,18 @@ use super::{encode, FdKind, Message, FRONTEND_VA, GUEST_RAM};
 /// The bytes of one of the vhost crate's message bodies.
 pub fn body<T: ByteValued>(value: &T) -> Vec<u8> {
     value.as_slice().to_vec()
+}
+
+/// A `VhostUserInflight` body (size and offset 0) with its 4 bytes of tail padding written as
+/// zeroes: [`body`] would copy whatever the padding holds, and seeds must be the same bytes
+/// on every run.
+pub fn inflight_body(num_queues: u16, queue_size: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 16];
+    b.extend(num_queues.to_le_bytes());
+    b.extend(queue_size.to_le_bytes());
+    b.extend([0u8; 4]);
+    assert_eq!(b.len(), std::mem::size_of::<VhostUserInflight>());
+    b
 }
 
 pub fn u64_body(value: u64) -> Vec<u8> {
@@ -93,6 +108,19 @@ pub const VMM_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::M
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
 
 impl Device {
+    /// What the seeds need to know of `backend`, which setup byte `setup` chose, and whose
+    /// config space is `config_size` bytes.
+    pub fn of<B: VhostUserBackend>(backend: &B, setup: u8, config_size: usize) -> Device {
+        Device {
+            setup,
+            features: backend.features(),
+            protocol: backend.protocol_features(),
+            queues: backend.num_queues() as u32,
+            queue_size: backend.max_queue_size() as u32,
+            config_size: config_size as u32,
+        }
+    }
+
     /// What the vmm acks: the features it wants that the backend offers (with REPLY_ACK, which
     /// the vhost crate always offers).
     pub fn acked_protocol(&self) -> VhostUserProtocolFeatures {
@@ -199,6 +227,12 @@ impl Device {
     pub fn seed(&self, name: &str, relay: bool, messages: &[Message]) -> (String, Vec<u8>) {
         let setup = self.setup & !1 | u8::from(relay);
         (name.to_string(), encode(setup, messages))
+    }
+
+    /// The vmm's start and stop, through the relay, named `vmm-start-stop-<variant>`.
+    pub fn start_stop_seed(&self, variant: &str) -> (String, Vec<u8>) {
+        let life = [self.start(false), self.stop()].concat();
+        self.seed(&format!("vmm-start-stop-{variant}"), true, &life)
     }
 
     /// Seeds every backend shares: the vmm's start and stop (through the relay and straight),
@@ -329,10 +363,7 @@ impl Device {
             (
                 "inflight-fd",
                 false,
-                with_everything(Message::new(
-                    R::GET_INFLIGHT_FD,
-                    body(&VhostUserInflight::new(0, 0, 1, 256)),
-                )),
+                with_everything(Message::new(R::GET_INFLIGHT_FD, inflight_body(1, 256))),
             ),
             (
                 "short-body",
@@ -460,6 +491,28 @@ impl Device {
             .map(|(name, relay, m)| self.seed(&format!("broken-{name}"), relay, &m))
             .collect()
     }
+}
+
+/// Named inputs: (name, bytes).
+pub type Seeds = Vec<(String, Vec<u8>)>;
+
+/// A backend's seeds: every backend's ([`Device::seeds`]) for the device `base` makes, then
+/// the vmm's start and stop of the device each variant makes (named after it; one that cannot
+/// be made is left out). `None` when `base` makes no device. Also returns `base`'s device, for
+/// the backend's own seeds.
+pub fn backend_seeds<S: Copy>(
+    base: S,
+    variants: &[(&str, S)],
+    device: impl Fn(S) -> io::Result<Device>,
+) -> Option<(Device, Seeds)> {
+    let one = device(base).ok()?;
+    let mut seeds = one.seeds();
+    for &(name, setup) in variants {
+        if let Ok(d) = device(setup) {
+            seeds.push(d.start_stop_seed(name));
+        }
+    }
+    Some((one, seeds))
 }
 
 /// VHOST_USER_F_PROTOCOL_FEATURES, the feature bit that enables the protocol features.

@@ -2,7 +2,7 @@
 //! relay and straight, reply acks, every seed, and what 200 inputs leave behind.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -11,6 +11,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use super::backend_checks::{check_nothing_left_behind, check_seeds_run, serial};
 use super::*;
 
 /// A two-queue device on two worker threads that serves nothing.
@@ -81,13 +82,6 @@ fn device() -> Device {
         queue_size: 256,
         config_size: 8,
     }
-}
-
-/// Tests that count threads and descriptors run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[test]
@@ -162,20 +156,7 @@ fn the_vmm_start_negotiates_through_the_relay_and_straight() {
 #[test]
 fn every_seed_runs_and_the_broken_ones_end_the_connection() {
     let _serial = serial();
-    for (name, data) in device().seeds() {
-        assert!(name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
-        let out = drive_messages(idle(), &data).unwrap();
-        // the whole stream fitted in the socket before the handler read it
-        assert!(out.sent >= decode(&data).messages.len(), "{name}");
-        // the broken ones end the connection before the end of the stream, the others not
-        assert_eq!(
-            out.completed,
-            !name.starts_with("broken-"),
-            "{name}: {out:?}"
-        );
-    }
+    check_seeds_run(&device().seeds(), |data| drive_messages(idle(), data));
 }
 
 #[test]
@@ -202,23 +183,7 @@ fn reply_acks_answer_every_request_that_asked() {
 fn two_hundred_inputs_leave_no_thread_and_no_descriptor_behind() {
     let _serial = serial();
     let inputs = mutations(&device().seeds(), 200);
-    // one input first: what the process makes once exists
-    let _ = drive_messages(idle(), &inputs[0]);
-    let before = Footprint::now();
-    let started = std::time::Instant::now();
-    let mut swept = 0;
-    for data in &inputs {
-        swept += drive_messages(idle(), data).unwrap().swept;
-    }
-    let elapsed = started.elapsed();
-    let after = before.settled_after();
-    eprintln!("200 inputs in {elapsed:?}: {before:?} -> {after:?}, {swept} exit events closed");
-    // other tests of this binary may run meanwhile: a little slack, far below one per input
-    assert!(
-        after.threads <= before.threads + 4,
-        "{before:?} -> {after:?}"
-    );
-    assert!(after.fds <= before.fds + 8, "{before:?} -> {after:?}");
+    let swept = check_nothing_left_behind("idle", &inputs, |data| drive_messages(idle(), data));
     assert_eq!(swept, 400, "two workers: two leaked exit events per input");
 }
 

@@ -105,10 +105,7 @@ pub(super) fn run(config: u8, input: &mut Input) {
         pages: vec![false; (END >> PAGE_SHIFT) as usize],
         page_size,
     };
-    for _ in 0..MAX_OPS {
-        if input.is_empty() {
-            break;
-        }
+    input.run_ops(MAX_OPS, |input| {
         backing.punched.borrow_mut().clear();
         match input.u8() % 3 {
             OP_INFLATE => {
@@ -168,7 +165,7 @@ pub(super) fn run(config: u8, input: &mut Input) {
                 assert_eq!(out.released, released, "report {gpa:#x}+{len:#x}");
             }
         }
-    }
+    });
     assert_eq!(
         balloon.count(),
         model.pages.iter().filter(|p| **p).count() as u64

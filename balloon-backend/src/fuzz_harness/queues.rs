@@ -24,7 +24,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use super::driver::{Driver, RINGS};
+use super::driver::{self, Driver, RINGS};
 use super::input::{Input, Seed};
 use crate::state::BalloonState;
 use crate::vhu_balloon::VhostUserBalloon;
@@ -115,35 +115,19 @@ pub(super) fn run_keeping_memory(data: &[u8]) -> (Report, Option<Driver>) {
     let Some(mut h) = Harness::new(Config::read(a, b)) else {
         return (Report::default(), None);
     };
-    for _ in 0..MAX_OPS {
-        if input.is_empty() {
-            break;
-        }
-        h.step(&mut input);
-    }
+    input.run_ops(MAX_OPS, |input| h.step(input));
     h.finish()
 }
 
 impl Harness {
     fn new(config: Config) -> Option<Harness> {
-        let driver = Driver::new(1 << config.size_log2)?;
+        let driver = driver::new(1 << config.size_log2)?;
         let memory = GuestMemoryAtomic::new(driver.mem.clone());
         let state = Arc::new(BalloonState::default());
         let device = VhostUserBalloon::new(state.clone(), config.deflate_on_oom, config.reporting);
         device.update_memory(memory.clone()).ok()?;
         device.set_event_idx(config.event_idx);
-        let mut vrings = Vec::new();
-        for ring in driver.rings.iter().take(device.num_queues()) {
-            let vring = VringRwLock::new(memory.clone(), 256).ok()?;
-            vring.set_queue_size(driver.size);
-            vring
-                .set_queue_info(ring.desc, ring.avail, ring.used)
-                .ok()?;
-            vring.set_queue_event_idx(config.event_idx);
-            vring.set_queue_ready(true);
-            vring.set_enabled(true);
-            vrings.push(vring);
-        }
+        let vrings = driver.vrings(&memory, device.num_queues(), config.event_idx)?;
         Some(Harness {
             driver,
             memory,

@@ -3,49 +3,48 @@
 //! reported ranges, whole and not), plus the malformed chains and hostile rings a driver can
 //! post, and `pages.rs` with huge pages on its own.
 
-use super::driver::{Desc, Fill, EDGES, RINGS, WRITE};
+use backends::fuzz_harness::driver_seed::{Desc, DriverSeed, Fill};
+use backends::fuzz_harness::guest_driver::WRITE;
+
+use super::driver::{EDGES, RINGS};
 use super::huge_pages::{write_pfns, AT_TOP, OP_DEFLATE, OP_INFLATE, OP_REPORT};
 use super::input::Seed;
 use super::queues::{Config, OP_ASK_STATS, OP_MEM_TABLE, PAGES_MODE};
 use super::seed_builder::{
-    config, list, pfn_bytes, reporting, stat_bytes, Build, DEFLATE, INFLATE, REPORTING, STATS,
+    build, config, list, pfn_bytes, reporting, stat_bytes, BalloonSeed, DEFLATE, INFLATE,
+    REPORTING, STATS,
 };
 
 fn inflate_deflate_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let one = |desc: Desc| {
-        Build::new(config())
-            .chain(INFLATE, &[desc])
-            .kick(INFLATE)
-            .done()
-    };
+    let one = |desc: Desc| build(config()).chain(INFLATE, &[desc]).kick(INFLATE).done();
     vec![
         (
             "inflate-run-and-lone-page",
-            Build::new(config())
+            build(config())
                 .poke(0x1_0000, b"guest data")
                 .pfns(INFLATE, 0, &[0x10, 0x11, 0x12, 0x40])
                 .done(),
         ),
         (
             "inflate-out-of-range-and-duplicates",
-            Build::new(config())
+            build(config())
                 .pfns(INFLATE, 0, &[0x90, 0x140, u32::MAX, 0x20, 0x20])
                 .pfns(INFLATE, 1, &[0x20])
                 .done(),
         ),
         (
             "inflate-the-ring-pages",
-            Build::new(config())
+            build(config())
                 .pfns(INFLATE, 0, &[0, 1, 2, 3])
                 .pfns(INFLATE, 1, &[0x30])
                 .done(),
         ),
         (
             "inflate-then-deflate",
-            Build::new(config())
+            build(config())
                 .chain(
                     INFLATE,
-                    &[Desc::new(list(0), 32, 0).fill(Fill::pfns_from(0x30))],
+                    &[Desc::new(list(0), 32, 0).fill(Fill::u32s_from(0x30))],
                 )
                 .kick(INFLATE)
                 .pfns(DEFLATE, 1, &[0x30, 0x31, 0x90, 0x50, 0x31])
@@ -53,7 +52,7 @@ fn inflate_deflate_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "inflate-across-adjacent-regions",
-            Build::new(config())
+            build(config())
                 .pfns(INFLATE, 0, &[0x3e, 0x3f, 0x40, 0x41, 0x100, 0x13f])
                 .done(),
         ),
@@ -68,13 +67,13 @@ fn inflate_deflate_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "inflate-more-than-4096-pfns",
-            one(Desc::new(list(0), 4 * 4096 + 4, 0).fill(Fill::pfns_from(0x10))),
+            one(Desc::new(list(0), 4 * 4096 + 4, 0).fill(Fill::u32s_from(0x10))),
         ),
         ("inflate-writable-buffer", one(Desc::new(list(0), 8, WRITE))),
         ("inflate-outside-memory", one(Desc::new(1 << 40, 8, 0))),
         (
             "inflate-two-buffers",
-            Build::new(config())
+            build(config())
                 .chain(
                     INFLATE,
                     &[
@@ -87,7 +86,7 @@ fn inflate_deflate_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "inflate-event-idx-and-deflate-on-oom",
-            Build::new(Config {
+            build(Config {
                 event_idx: true,
                 deflate_on_oom: true,
                 ..config()
@@ -99,7 +98,7 @@ fn inflate_deflate_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "inflate-again-after-a-new-memory-table",
-            Build::new(config())
+            build(config())
                 .pfns(INFLATE, 0, &[0x20])
                 .op(OP_MEM_TABLE)
                 .pfns(INFLATE, 1, &[0x20])
@@ -113,19 +112,19 @@ fn stats_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut buffer = stat_bytes(&stats);
     buffer.extend(stat_bytes(&[(99, 1)]));
     buffer.push(7); // a partial entry
-    let stats_chain = |b: &mut Build| {
+    let stats_chain = |b: &mut DriverSeed| {
         b.chain(
             STATS,
             &[Desc::new(list(4), buffer.len() as u32, 0).fill(Fill::literal(&buffer))],
         )
         .kick(STATS);
     };
-    let mut given_back = Build::new(config());
+    let mut given_back = build(config());
     stats_chain(&mut given_back);
     given_back.op(OP_ASK_STATS);
     stats_chain(&mut given_back);
     given_back.op(OP_ASK_STATS).op(OP_ASK_STATS);
-    let mut two = Build::new(config());
+    let mut two = build(config());
     stats_chain(&mut two);
     stats_chain(&mut two);
     two.op(OP_ASK_STATS);
@@ -134,11 +133,11 @@ fn stats_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("stats-second-buffer-before-the-ask", two.done()),
         (
             "stats-ask-without-a-buffer",
-            Build::new(config()).op(OP_ASK_STATS).done(),
+            build(config()).op(OP_ASK_STATS).done(),
         ),
         (
             "stats-buffer-too-long-and-writable",
-            Build::new(config())
+            build(config())
                 .chain(STATS, &[Desc::new(list(4), 641, 0)])
                 .kick(STATS)
                 .chain(STATS, &[Desc::new(list(4), 10, WRITE)])
@@ -153,7 +152,7 @@ fn reporting_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             "reporting-whole-and-partial-pages",
-            Build::new(reporting())
+            build(reporting())
                 .poke(0x2_0000, b"free page")
                 .chain(
                     REPORTING,
@@ -168,7 +167,7 @@ fn reporting_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "reporting-out-of-range",
-            Build::new(reporting())
+            build(reporting())
                 .chain(
                     REPORTING,
                     &[
@@ -183,7 +182,7 @@ fn reporting_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "reporting-readable-buffers-counted",
-            Build::new(reporting())
+            build(reporting())
                 .chain(
                     REPORTING,
                     &[
@@ -197,7 +196,7 @@ fn reporting_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "reporting-offered-not-acked",
-            Build::new(reporting())
+            build(reporting())
                 .ack(1)
                 .chain(REPORTING, &[Desc::new(0x2_0000, 0x1000, WRITE)])
                 .kick(REPORTING)
@@ -205,7 +204,7 @@ fn reporting_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "reporting-acked-without-stats",
-            Build::new(reporting())
+            build(reporting())
                 .ack(4)
                 .chain(STATS, &[Desc::new(0x2_0000, 0x1000, WRITE)])
                 .kick(STATS)
@@ -216,7 +215,7 @@ fn reporting_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 fn hostile_ring_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let ahead = |event_idx: bool| {
-        Build::new(Config {
+        build(Config {
             event_idx,
             ..config()
         })
@@ -235,7 +234,7 @@ fn hostile_ring_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("ring-avail-idx-far-ahead-event-idx", ahead(true)),
         (
             "ring-head-past-the-table",
-            Build::new(config())
+            build(config())
                 .chain(INFLATE, &[Desc::new(list(0), 4, 0)])
                 .poke(avail_inflate, &200u16.to_le_bytes())
                 .kick(INFLATE)
@@ -243,11 +242,11 @@ fn hostile_ring_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "ring-kick-for-unknown-queues",
-            Build::new(config()).kick(3).kick(4).kick(5).done(),
+            build(config()).kick(3).kick(4).kick(5).done(),
         ),
         (
             "ring-size-one",
-            Build::new(Config {
+            build(Config {
                 size_log2: 0,
                 ..config()
             })

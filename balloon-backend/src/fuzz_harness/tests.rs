@@ -3,13 +3,14 @@
 //! and random bytes run too, and the spin the harness steers around is shown.
 
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use backends::fuzz_harness::test_inputs::{byte_mutations, check_seeds, seed_named, Rng};
+use vhost_user_backend::VhostUserBackend;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 
-use super::driver::Driver;
+use super::driver;
 use super::queues::{run, run_keeping_memory, Report};
 use super::seed_builder::{INFLATE, REPORTING, STATS};
 use super::seeds::all;
@@ -17,11 +18,7 @@ use crate::state::BalloonState;
 use crate::vhu_balloon::VhostUserBalloon;
 
 fn seed(name: &str) -> Vec<u8> {
-    all()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no seed {name}"))
-        .1
+    seed_named(all(), name)
 }
 
 fn report(name: &str) -> Report {
@@ -30,29 +27,15 @@ fn report(name: &str) -> Report {
 
 #[test]
 fn every_seed_runs_quickly_under_a_file_name() {
-    let seeds = all();
-    let mut names: Vec<_> = seeds.iter().map(|(n, _)| n.clone()).collect();
-    for name in &names {
-        let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
-        assert!(!name.is_empty() && name.bytes().all(ok), "{name}");
-    }
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), seeds.len(), "seed names are unique");
-    for (name, input) in &seeds {
-        let start = Instant::now();
-        super::queues(input);
-        // the budget is 5 ms in an optimised build; a debug build gets more
-        let took = start.elapsed();
-        assert!(took < Duration::from_millis(500), "{name}: {took:?}");
-    }
+    // the budget is 5 ms in an optimised build; a debug build gets more
+    check_seeds(&all(), super::queues, Duration::from_millis(500));
 }
 
 #[test]
 fn inflated_pages_are_punched_out_of_the_memfd() {
     let (r, driver) = run_keeping_memory(&seed("inflate-run-and-lone-page"));
     assert_eq!((r.inflated_pages, r.released_bytes), (4, 4 * 4096));
-    assert_eq!(r.used[usize::from(INFLATE)], 1);
+    assert_eq!(r.used[INFLATE], 1);
     let mut data = [0xffu8; 10];
     let mem = driver.unwrap().mem;
     mem.read_slice(&mut data, GuestAddress(0x1_0000)).unwrap();
@@ -101,7 +84,7 @@ fn inflated_pages_are_punched_out_of_the_memfd() {
 
 #[test]
 fn stats_buffers_are_held_until_asked_for() {
-    let stats = usize::from(STATS);
+    let stats = STATS;
     let r = report("stats-buffer-with-tags-given-back");
     assert_eq!((r.stats_given_back, r.used[stats]), (2, 2));
     let r = report("stats-second-buffer-before-the-ask");
@@ -115,7 +98,7 @@ fn stats_buffers_are_held_until_asked_for() {
 fn reported_ranges_free_whole_pages_inside_ram() {
     let (r, driver) = run_keeping_memory(&seed("reporting-whole-and-partial-pages"));
     assert_eq!(r.reported_bytes, 0x8000 + 0x2000 + 0x1000);
-    assert_eq!(r.used[usize::from(REPORTING)], 1);
+    assert_eq!(r.used[REPORTING], 1);
     let mut data = [0xffu8; 9];
     let mem = driver.unwrap().mem;
     mem.read_slice(&mut data, GuestAddress(0x2_0000)).unwrap();
@@ -148,23 +131,12 @@ fn hostile_rings_get_nothing_served() {
 /// so it fails rather than hangs.
 #[test]
 fn a_kick_with_the_avail_index_far_ahead_returns() {
-    let driver = Driver::new(16).unwrap();
+    let driver = driver::new(16).unwrap();
     let memory = GuestMemoryAtomic::new(driver.mem.clone());
     let device = VhostUserBalloon::new(Arc::new(BalloonState::default()), false, false);
     device.update_memory(memory.clone()).unwrap();
     device.set_event_idx(true);
-    let vrings: Vec<VringRwLock> = driver.rings[..3]
-        .iter()
-        .map(|ring| {
-            let v = VringRwLock::new(memory.clone(), 256).unwrap();
-            v.set_queue_size(16);
-            v.set_queue_info(ring.desc, ring.avail, ring.used).unwrap();
-            v.set_queue_event_idx(true);
-            v.set_queue_ready(true);
-            v.set_enabled(true);
-            v
-        })
-        .collect();
+    let vrings = driver.vrings(&memory, 3, true).unwrap();
     driver.set_avail_idx(0, 0x8000);
     let (done, returned) = mpsc::channel();
     let worker = std::thread::spawn(move || {
@@ -177,45 +149,10 @@ fn a_kick_with_the_avail_index_far_ahead_returns() {
     assert!(in_time, "the kick did not return within a second");
 }
 
-/// xorshift64: the same "random" inputs on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 #[test]
 fn mutated_seeds_and_random_bytes_run() {
     let mut rng = Rng(0xba11_0070_5eed_0001);
-    let mut inputs = Vec::new();
-    for (_, input) in all() {
-        for _ in 0..30 {
-            let mut m = input.clone();
-            for _ in 0..1 + rng.below(4) {
-                let i = rng.below(m.len() + 1);
-                match rng.below(3) {
-                    0 if i < m.len() => m[i] ^= 1 << rng.below(8),
-                    1 if i < m.len() => m[i] = rng.next() as u8,
-                    _ => m.insert(i, rng.next() as u8),
-                }
-            }
-            inputs.push(m);
-        }
-    }
-    for _ in 0..300 {
-        let len = rng.below(400);
-        inputs.push((0..len).map(|_| rng.next() as u8).collect());
-    }
-    for input in &inputs {
-        super::queues(input);
+    for input in byte_mutations(&all(), &mut rng, 30, 300) {
+        super::queues(&input);
     }
 }

@@ -8,24 +8,20 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use backends::frontend_channel::FrontendChannel;
 use backends::fuzz_harness::{self as harness, Device, Message, Outcome};
-use backends::serve::BackendFactory;
+use backends::serve::{BackendFactory, DaemonConfig};
 use vhost::vhost_user::message::FrontendReq;
-use vhost_user_backend::VhostUserBackend;
 
 use crate::state::BalloonState;
-use crate::vhu_balloon::VhostUserBalloon;
 use crate::virtio_balloon::{ACTUAL_OFFSET, CONFIG_LEN};
+use crate::{BalloonFactory, Config};
 
 /// `num_pages` with bit 3 of the setup byte: 64 MiB asked back.
 const TARGET_PAGES: u32 = 16384;
 
 /// Run one input (see the module documentation).
 pub fn messages(data: &[u8]) {
-    if let Err(e) = run(data) {
-        panic!("the vhost-user harness could not set up (not the input's doing): {e}");
-    }
+    harness::expect_set_up(run(data));
 }
 
 /// The device the setup byte chooses.
@@ -52,48 +48,27 @@ impl Setup {
     }
 }
 
-/// The serve loop's factory as `lib.rs` makes it (`BalloonFactory`).
-struct Factory {
-    state: Arc<BalloonState>,
-    setup: Setup,
-}
-
-impl Factory {
-    fn new(setup: Setup) -> Factory {
-        let state = Arc::new(BalloonState::default());
-        if setup.target {
-            state.num_pages.store(TARGET_PAGES, Ordering::Relaxed);
-        }
-        Factory { state, setup }
+/// The serve loop's factory as `start_backend` makes it, over a fresh state (with a target
+/// when `setup` says so), without a control socket.
+fn factory(setup: Setup) -> BalloonFactory {
+    let state = Arc::new(BalloonState::default());
+    if setup.target {
+        state.num_pages.store(TARGET_PAGES, Ordering::Relaxed);
     }
-}
-
-impl BackendFactory for Factory {
-    type Backend = Arc<VhostUserBalloon>;
-
-    fn create(&mut self) -> io::Result<Self::Backend> {
-        let device = Arc::new(VhostUserBalloon::new(
-            self.state.clone(),
-            self.setup.deflate_on_oom,
-            self.setup.reporting,
-        ));
-        if let Ok(mut d) = self.state.device.lock() {
-            *d = Arc::downgrade(&device);
-        }
-        Ok(device)
-    }
-
-    fn connected(&mut self, _backend: &Self::Backend, channel: FrontendChannel) {
-        if let Ok(mut c) = self.state.channel.lock() {
-            *c = channel;
-        }
-    }
+    let config = Config {
+        control: None,
+        deflate_on_oom: setup.deflate_on_oom,
+        free_page_reporting: setup.reporting,
+        stats_interval: 0,
+        daemon: DaemonConfig::default(),
+    };
+    BalloonFactory { state, config }
 }
 
 /// Run one input and say what it did, with the balloon's state after it.
 fn run_with_state(data: &[u8]) -> io::Result<(Outcome, Arc<BalloonState>)> {
     let setup = Setup::from_byte(data.first().copied().unwrap_or(0));
-    let factory = Factory::new(setup);
+    let factory = factory(setup);
     let state = factory.state.clone();
     let outcome = harness::drive("splitvisor-balloon", factory, data)?;
     Ok((outcome, state))
@@ -106,15 +81,8 @@ pub fn run(data: &[u8]) -> io::Result<Outcome> {
 
 /// What the seeds need to know of the device `setup` makes.
 fn device(setup: Setup) -> io::Result<Device> {
-    let vu = Factory::new(setup).create()?;
-    Ok(Device {
-        setup: setup.byte(),
-        features: vu.features(),
-        protocol: vu.protocol_features(),
-        queues: vu.num_queues() as u32,
-        queue_size: vu.max_queue_size() as u32,
-        config_size: CONFIG_LEN as u32,
-    })
+    let vu = factory(setup).create()?;
+    Ok(Device::of(&vu, setup.byte(), CONFIG_LEN))
 }
 
 /// The seeds: every backend's (inflate, deflate and stats queues), the vmm's start and stop with
@@ -123,10 +91,6 @@ fn device(setup: Setup) -> io::Result<Device> {
 pub fn messages_seeds() -> Vec<(String, Vec<u8>)> {
     use FrontendReq as R;
     let base = Setup::from_byte(0);
-    let Ok(one) = device(base) else {
-        return Vec::new();
-    };
-    let mut seeds = one.seeds();
     let variants = [
         (
             "free-page-reporting",
@@ -144,12 +108,9 @@ pub fn messages_seeds() -> Vec<(String, Vec<u8>)> {
             },
         ),
     ];
-    for (name, setup) in variants {
-        if let Ok(d) = device(setup) {
-            let life = [d.start(false), d.stop()].concat();
-            seeds.push(d.seed(&format!("vmm-start-stop-{name}"), true, &life));
-        }
-    }
+    let Some((one, mut seeds)) = harness::backend_seeds(base, &variants, device) else {
+        return Vec::new();
+    };
     let actual = harness::config(ACTUAL_OFFSET, 4, &1234u32.to_le_bytes());
     let driver_writes = [
         one.start(false),
@@ -180,59 +141,28 @@ pub fn messages_seeds() -> Vec<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backends::fuzz_harness::{mutations, Footprint};
-    use std::sync::Mutex;
-    use std::time::Instant;
+    use backends::fuzz_harness::backend_checks::{check_vmm_start, serial, vmm_start_seeds};
+    use backends::fuzz_harness::test_inputs::seed_named;
     use vhost::vhost_user::message::VhostUserMemoryRegion;
 
-    /// Tests that count threads and descriptors run one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
-
     fn seed(name: &str) -> Vec<u8> {
-        let seeds = messages_seeds();
-        let found = seeds.into_iter().find(|(n, _)| n == name);
-        found.map(|(_, d)| d).unwrap_or_default()
+        seed_named(messages_seeds(), name)
     }
 
-    #[test]
-    fn every_seed_runs_and_only_the_broken_ones_end_early() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let seeds = messages_seeds();
-        assert!(seeds.len() > 30);
-        for (name, data) in seeds {
-            let out = run(&data).unwrap();
-            assert!(out.sent >= harness::decode(&data).messages.len(), "{name}");
-            assert_eq!(
-                out.completed,
-                !name.starts_with("broken-"),
-                "{name}: {out:?}"
-            );
-        }
-    }
+    backends::vhost_user_harness_tests!("balloon", messages_seeds, run);
 
     #[test]
     fn the_vmm_start_negotiates_the_balloon() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, data) in messages_seeds() {
-            if !name.starts_with("vmm-start-stop") {
-                continue;
-            }
+        let _serial = serial();
+        for (name, data) in vmm_start_seeds(messages_seeds()) {
             let setup = Setup::from_byte(data[0]);
             let d = device(setup).unwrap();
-            let (out, state) = run_with_state(&data).unwrap();
-            assert!(out.completed && out.ended.is_none(), "{name}: {out:?}");
-            let features = out.replies_to(FrontendReq::GET_FEATURES)[0].u64();
-            assert_eq!(features, Some(d.features), "{name}");
             // inflate, deflate, stats, and reporting when offered
-            let queues = out.replies_to(FrontendReq::GET_QUEUE_NUM)[0].u64();
-            assert_eq!(queues, Some(3 + u64::from(setup.reporting)), "{name}");
-            let config = &out.replies_to(FrontendReq::GET_CONFIG)[0].body[12..];
+            assert_eq!(d.queues, 3 + u32::from(setup.reporting), "{name}");
+            let (out, state) = run_with_state(&data).unwrap();
+            let config = check_vmm_start(&name, &out, &d);
             let pages = if setup.target { TARGET_PAGES } else { 0 };
             assert_eq!(config[..4], pages.to_le_bytes(), "{name}");
-            assert_eq!(
-                out.replies_to(FrontendReq::GET_VRING_BASE).len(),
-                d.queues as usize
-            );
             // the memory table reached the device: it knows the guest's RAM
             assert_eq!(
                 state.ram.load(Ordering::Relaxed),
@@ -245,7 +175,7 @@ mod tests {
 
     #[test]
     fn the_driver_writes_actual_through_set_config() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = serial();
         let (out, state) = run_with_state(&seed("driver-writes-actual")).unwrap();
         assert!(out.completed, "{out:?}");
         assert_eq!(state.actual.load(Ordering::Relaxed), 1234);
@@ -266,7 +196,7 @@ mod tests {
     #[test]
     fn a_region_at_the_top_of_the_address_space_is_served_without_an_abort() {
         use FrontendReq as R;
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = serial();
         let d = device(Setup::from_byte(0)).unwrap();
         let top = VhostUserMemoryRegion::new(1 << 63, harness::GUEST_RAM, harness::FRONTEND_VA, 0);
         let m = [
@@ -293,7 +223,7 @@ mod tests {
     fn a_region_larger_than_its_file_ends_the_connection_before_a_ring_is_read() {
         use vhost::vhost_user::message::{VhostUserVringAddr, VhostUserVringAddrFlags};
         use FrontendReq as R;
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = serial();
         let region_len = 4 * harness::GUEST_RAM;
         let d = device(Setup::from_byte(0)).unwrap();
         let rings = harness::FRONTEND_VA + region_len / 2;
@@ -313,7 +243,7 @@ mod tests {
         for relay in [1, 0] {
             let data = harness::encode(relay, &m);
             let run_over = |ram_len: u64| {
-                let factory = Factory::new(Setup::from_byte(0));
+                let factory = factory(Setup::from_byte(0));
                 let state = factory.state.clone();
                 let out = harness::drive_with_ram("splitvisor-balloon", factory, &data, ram_len);
                 (out.unwrap(), state)
@@ -331,25 +261,5 @@ mod tests {
             assert_eq!(ack.first().and_then(|r| r.u64()), Some(0), "{out:?}");
             assert_eq!(state.ram.load(Ordering::Relaxed), region_len);
         }
-    }
-
-    #[test]
-    fn two_hundred_inputs_leave_no_thread_and_no_descriptor_behind() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let inputs = mutations(&messages_seeds(), 200);
-        messages(&inputs[0]);
-        let before = Footprint::now();
-        let started = Instant::now();
-        for data in &inputs {
-            messages(data);
-        }
-        let elapsed = started.elapsed();
-        let after = before.settled_after();
-        eprintln!("balloon, 200 inputs in {elapsed:?}: {before:?} -> {after:?}");
-        assert!(
-            after.threads <= before.threads + 4,
-            "{before:?} -> {after:?}"
-        );
-        assert!(after.fds <= before.fds + 8, "{before:?} -> {after:?}");
     }
 }

@@ -68,18 +68,7 @@ impl DeviceSide {
         }
         device.acked_features(acked);
         device.set_event_idx(config.event_idx);
-        let mut vrings = Vec::new();
-        for ring in &driver.rings {
-            let vring = VringRwLock::new(memory.clone(), 256).ok()?;
-            vring.set_queue_size(driver.size);
-            vring
-                .set_queue_info(ring.desc, ring.avail, ring.used)
-                .ok()?;
-            vring.set_queue_event_idx(config.event_idx);
-            vring.set_queue_ready(true);
-            vring.set_enabled(true);
-            vrings.push(vring);
-        }
+        let vrings = driver.vrings(&memory, driver.rings.len(), config.event_idx)?;
         Some(DeviceSide { device, vrings })
     }
 

@@ -24,11 +24,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use backends::fuzz_harness::guest_driver::read_fill;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::device::DeviceSide;
-use super::driver::{read_fill, Driver};
+use super::driver::{self, Driver};
 use super::fake_tap::FakeTap;
 use super::input::{Input, Seed};
 use crate::ctrl::{self, Command};
@@ -150,18 +151,13 @@ pub(super) fn run_keeping_memory(data: &[u8]) -> (Report, Option<Driver>) {
     let Some(mut h) = Harness::new(config) else {
         return (Report::default(), None);
     };
-    for _ in 0..MAX_OPS {
-        if input.is_empty() {
-            break;
-        }
-        h.step(&mut input);
-    }
+    input.run_ops(MAX_OPS, |input| h.step(input));
     h.finish()
 }
 
 impl Harness {
     fn new(config: Config) -> Option<Harness> {
-        let (driver, mut queues) = Driver::new(1 << config.size_log2)?;
+        let (driver, mut queues) = driver::new(1 << config.size_log2)?;
         for q in &mut queues {
             q.set_event_idx(config.event_idx);
         }

@@ -1,9 +1,11 @@
 //! Building the seeds: a configuration, then operations, in the input format of `queues.rs`
 //! and `driver.rs`; and the frames the transmit seeds send.
 
-use super::driver::{write_addr, Desc, Fill, DATA, NEXT, WRITE};
-use super::input::Seed;
-use super::queues::{Config, CTRL, OP_AVAIL_IDX, OP_CHAIN, OP_PACKET, OP_POKE, RX};
+use backends::fuzz_harness::driver_seed::{Desc, DriverSeed, Fill};
+use backends::fuzz_harness::guest_driver::WRITE;
+
+use super::driver::{self, DATA};
+use super::queues::{Config, CTRL, OP_PACKET, RX};
 use crate::virtio_net::NET_HDR_LEN;
 
 /// A 16-entry ring, one queue pair, one tap queue.
@@ -33,55 +35,44 @@ pub(super) fn packet() -> Fill {
     Fill::counting(&[0; NET_HDR_LEN])
 }
 
-/// Builds one seed.
-pub(super) struct Build {
-    seed: Seed,
+/// A seed for `config`: its configuration bytes, operations to follow.
+pub(super) fn build(config: Config) -> DriverSeed {
+    let mut b = driver::seed();
+    config.write(&mut b.seed);
+    b
 }
 
-impl Build {
-    pub(super) fn new(config: Config) -> Build {
-        let mut seed = Seed::default();
-        config.write(&mut seed);
-        Build { seed }
-    }
-
-    /// A chain on queue `q` with NEXT set on all but its last descriptor.
-    pub(super) fn chain(&mut self, q: usize, descs: &[Desc]) -> &mut Self {
-        let mut descs = descs.to_vec();
-        let last = descs.len().saturating_sub(1);
-        for (i, d) in descs.iter_mut().enumerate() {
-            if i < last {
-                d.flags |= NEXT;
-            }
-        }
-        self.raw_chain(q, &descs)
-    }
-
-    /// A chain exactly as given (flags and next fields included).
-    pub(super) fn raw_chain(&mut self, q: usize, descs: &[Desc]) -> &mut Self {
-        self.seed.u8(OP_CHAIN).u8(q as u8).u8(descs.len() as u8 - 1);
-        for d in descs {
-            d.write(&mut self.seed);
-        }
-        self
-    }
-
+/// The seeds' side of this harness's own operations and of the chains its queues take.
+pub(super) trait NetSeed {
     /// A receive chain per length, one writable buffer each, from buffer `first` on.
-    pub(super) fn rx_buffers(&mut self, first: u64, lens: &[u32]) -> &mut Self {
+    fn rx_buffers(&mut self, first: u64, lens: &[u32]) -> &mut Self;
+    /// A packet of a header and `frame` counting bytes arrives at the tap.
+    fn tap_packet(&mut self, frame: u16) -> &mut Self;
+    /// A packet of `len` bytes, a header and counting bytes, arrives at the tap.
+    fn op_packet(&mut self, len: u16) -> &mut Self;
+    /// A control command in one buffer, then its ack byte.
+    fn command(&mut self, bytes: &[u8]) -> &mut Self;
+}
+
+impl NetSeed for DriverSeed {
+    fn rx_buffers(&mut self, first: u64, lens: &[u32]) -> &mut Self {
         for (i, len) in lens.iter().enumerate() {
             self.chain(RX, &[Desc::new(buf(first + i as u64), *len, WRITE)]);
         }
         self
     }
 
-    /// A packet of a header and `frame` counting bytes arrives at the tap.
-    pub(super) fn tap_packet(&mut self, frame: u16) -> &mut Self {
-        self.seed.packet(NET_HDR_LEN as u16 + frame, &packet());
+    fn tap_packet(&mut self, frame: u16) -> &mut Self {
+        self.op_packet(NET_HDR_LEN as u16 + frame)
+    }
+
+    fn op_packet(&mut self, len: u16) -> &mut Self {
+        self.seed.u8(OP_PACKET).u16(len);
+        packet().write(&mut self.seed);
         self
     }
 
-    /// A control command in one buffer, then its ack byte.
-    pub(super) fn command(&mut self, bytes: &[u8]) -> &mut Self {
+    fn command(&mut self, bytes: &[u8]) -> &mut Self {
         self.chain(
             CTRL,
             &[
@@ -89,36 +80,6 @@ impl Build {
                 Desc::new(buf(2), 1, WRITE),
             ],
         )
-    }
-
-    pub(super) fn op(&mut self, op: u8) -> &mut Self {
-        self.seed.op(op);
-        self
-    }
-
-    pub(super) fn done(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.seed.0)
-    }
-}
-
-impl Build {
-    pub(super) fn op_packet(&mut self, len: u16) -> &mut Self {
-        self.seed.packet(len, &packet());
-        self
-    }
-
-    /// The driver sets queue `q`'s avail index.
-    pub(super) fn avail_idx(&mut self, q: usize, idx: u16) -> &mut Self {
-        self.seed.u8(OP_AVAIL_IDX).u8(q as u8).u16(idx);
-        self
-    }
-
-    /// The driver writes `bytes` at `gpa`.
-    pub(super) fn poke(&mut self, gpa: u64, bytes: &[u8]) -> &mut Self {
-        self.seed.u8(OP_POKE);
-        write_addr(&mut self.seed, gpa);
-        self.seed.u8(bytes.len() as u8).bytes(bytes);
-        self
     }
 }
 
@@ -150,31 +111,4 @@ pub(super) fn ipv6_udp() -> Vec<u8> {
     f.extend_from_slice(&53u16.to_be_bytes());
     f.extend_from_slice(&[0, 8, 0, 0]);
     f
-}
-
-/// A split descriptor's 16 bytes (for an indirect table).
-pub(super) fn raw_desc(addr: u64, len: u32, flags: u16, next: u16) -> Vec<u8> {
-    let mut d = addr.to_le_bytes().to_vec();
-    d.extend_from_slice(&len.to_le_bytes());
-    d.extend_from_slice(&flags.to_le_bytes());
-    d.extend_from_slice(&next.to_le_bytes());
-    d
-}
-
-/// The seeds' side of the operations of `queues.rs`.
-pub(super) trait SeedOps {
-    fn op(&mut self, op: u8) -> &mut Self;
-    fn packet(&mut self, len: u16, fill: &Fill) -> &mut Self;
-}
-
-impl SeedOps for Seed {
-    fn op(&mut self, op: u8) -> &mut Self {
-        self.u8(op)
-    }
-
-    fn packet(&mut self, len: u16, fill: &Fill) -> &mut Self {
-        self.u8(OP_PACKET).u16(len);
-        fill.write(self);
-        self
-    }
 }

@@ -3,14 +3,17 @@
 //! a packet waiting for buffers, malformed receive chains, each control command valid and
 //! not), plus flows, indirect tables, loops and a driver moving its avail index anywhere.
 
-use super::driver::{Desc, Fill, EDGES, INDIRECT, NEXT, RINGS, WRITE};
+use backends::fuzz_harness::driver_seed::{raw_desc, Desc, Fill};
+use backends::fuzz_harness::guest_driver::{INDIRECT, NEXT, WRITE};
+
+use super::driver::{EDGES, RINGS};
 use super::queues::{Config, CTRL, DEVICE_MODE, OP_CTRL, OP_RX, OP_TX, OVERSIZED, RX, TX};
-use super::seed_builder::{buf, config, ipv4_tcp, ipv6_udp, mergeable, packet, raw_desc, Build};
+use super::seed_builder::{buf, build, config, ipv4_tcp, ipv6_udp, mergeable, packet, NetSeed};
 use crate::virtio_net::NET_HDR_LEN;
 
 fn transmit_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let one = |d: Desc| Build::new(config()).chain(TX, &[d]).op(OP_TX).done();
-    let mut flows = Build::new(Config {
+    let one = |d: Desc| build(config()).chain(TX, &[d]).op(OP_TX).done();
+    let mut flows = build(Config {
         taps: 3,
         ..config()
     });
@@ -26,7 +29,7 @@ fn transmit_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             "tx-packet-in-two-buffers",
-            Build::new(config())
+            build(config())
                 .chain(
                     TX,
                     &[
@@ -52,7 +55,7 @@ fn transmit_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "tx-chain-loops-to-itself",
-            Build::new(config())
+            build(config())
                 .raw_chain(
                     TX,
                     &[Desc {
@@ -65,7 +68,7 @@ fn transmit_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "tx-next-past-the-table",
-            Build::new(config())
+            build(config())
                 .raw_chain(
                     TX,
                     &[Desc {
@@ -83,7 +86,7 @@ fn receive_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             "rx-merged-across-three-chains",
-            Build::new(mergeable())
+            build(mergeable())
                 .rx_buffers(0, &[1000, 1000, 1000])
                 .tap_packet(2500)
                 .op(OP_RX)
@@ -91,7 +94,7 @@ fn receive_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "rx-packet-waits-for-buffers",
-            Build::new(mergeable())
+            build(mergeable())
                 .tap_packet(100)
                 .tap_packet(200)
                 .op(OP_RX)
@@ -103,7 +106,7 @@ fn receive_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "rx-too-big-without-merging",
-            Build::new(config())
+            build(config())
                 .rx_buffers(0, &[500])
                 .tap_packet(1000)
                 .tap_packet(300)
@@ -112,7 +115,7 @@ fn receive_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "rx-malformed-chains",
-            Build::new(mergeable())
+            build(mergeable())
                 .chain(RX, &[Desc::new(buf(0), 4096, 0)])
                 .chain(RX, &[Desc::new(0x4000_0000, 4096, WRITE)])
                 .chain(
@@ -128,7 +131,7 @@ fn receive_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "rx-event-idx-waits-past-posted",
-            Build::new(Config {
+            build(Config {
                 event_idx: true,
                 ..mergeable()
             })
@@ -141,7 +144,7 @@ fn receive_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "rx-oversized-and-short-packets",
-            Build::new(mergeable())
+            build(mergeable())
                 .chain(RX, &[Desc::new(EDGES[0] - 0x800, 0x1000, WRITE)])
                 .rx_buffers(0, &[0xf000, 0xf000, 0xf000, 0xf000, 0xf000])
                 .op_packet(OVERSIZED)
@@ -158,8 +161,8 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         pairs: n,
         ..config()
     };
-    let cmd = |bytes: &[u8]| Build::new(pairs(2)).command(bytes).op(OP_CTRL).done();
-    let mut rx_modes = Build::new(config());
+    let cmd = |bytes: &[u8]| build(pairs(2)).command(bytes).op(OP_CTRL).done();
+    let mut rx_modes = build(config());
     for mode in 0..6 {
         rx_modes.command(&[0, mode, 1]);
     }
@@ -175,7 +178,7 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("ctrl-rx-modes", rx_modes.op(OP_CTRL).done()),
         (
             "ctrl-mac-table-set",
-            Build::new(config())
+            build(config())
                 .chain(
                     CTRL,
                     &[
@@ -195,7 +198,7 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("ctrl-mq-pairs-set-cut-short", cmd(&[4, 0, 2])),
         (
             "ctrl-mq-pairs-set-header-and-data-apart",
-            Build::new(pairs(4))
+            build(pairs(4))
                 .chain(
                     CTRL,
                     &[
@@ -212,7 +215,7 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("ctrl-header-only-class", cmd(&[4])),
         (
             "ctrl-no-ack-byte",
-            Build::new(config())
+            build(config())
                 .chain(
                     CTRL,
                     &[Desc::new(buf(1), 3, 0).fill(Fill::literal(&[0, 0, 1]))],
@@ -222,7 +225,7 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "ctrl-empty-ack-buffer",
-            Build::new(config())
+            build(config())
                 .chain(
                     CTRL,
                     &[
@@ -235,7 +238,7 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "ctrl-command-longer-than-4k",
-            Build::new(config())
+            build(config())
                 .chain(
                     CTRL,
                     &[
@@ -248,7 +251,7 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "ctrl-junk-after-the-ack",
-            Build::new(config())
+            build(config())
                 .chain(
                     CTRL,
                     &[
@@ -266,7 +269,7 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
 /// A driver breaking the ring rules rather than the chain rules.
 fn hostile_ring_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let ahead = |event_idx: bool| {
-        let mut b = Build::new(Config {
+        let mut b = build(Config {
             event_idx,
             ..mergeable()
         });
@@ -283,7 +286,7 @@ fn hostile_ring_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("ring-avail-idx-far-ahead-event-idx", ahead(true)),
         (
             "ring-head-past-the-table",
-            Build::new(config())
+            build(config())
                 .chain(TX, &[Desc::new(buf(0), 100, 0).fill(packet())])
                 .poke(avail_tx, &200u16.to_le_bytes())
                 .op(OP_TX)
@@ -291,7 +294,7 @@ fn hostile_ring_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "ring-size-one-every-queue",
-            Build::new(Config {
+            build(Config {
                 size_log2: 0,
                 ..mergeable()
             })

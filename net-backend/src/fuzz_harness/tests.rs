@@ -1,8 +1,9 @@
 //! Every seed runs, the seeds reach the code they are named after (used-ring entries, packets
 //! at the fake tap, acks), and mutated seeds and random bytes run too.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use backends::fuzz_harness::test_inputs::{byte_mutations, check_seeds, seed_named, Rng};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::queues::{run, run_keeping_memory, Report, CTRL, RX, TX};
@@ -10,11 +11,7 @@ use super::seeds::all;
 use crate::virtio_net::{CTRL_ERR, CTRL_OK, NET_HDR_LEN, NUM_BUFFERS_OFFSET};
 
 fn seed(name: &str) -> Vec<u8> {
-    all()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no seed {name}"))
-        .1
+    seed_named(all(), name)
 }
 
 fn report(name: &str) -> Report {
@@ -23,30 +20,8 @@ fn report(name: &str) -> Report {
 
 #[test]
 fn every_seed_runs_quickly_under_a_file_name() {
-    let seeds = all();
-    let mut names: Vec<_> = seeds.iter().map(|(n, _)| n.clone()).collect();
-    for name in &names {
-        assert!(
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-            "{name}"
-        );
-    }
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), seeds.len(), "seed names are unique");
-    for (name, input) in &seeds {
-        let start = Instant::now();
-        super::queues(input);
-        // the budget is 5 ms in an optimised build; a debug build gets more
-        assert!(
-            start.elapsed() < Duration::from_millis(500),
-            "{name}: {:?}",
-            start.elapsed()
-        );
-    }
+    // the budget is 5 ms in an optimised build; a debug build gets more
+    check_seeds(&all(), super::queues, Duration::from_millis(500));
 }
 
 #[test]
@@ -163,53 +138,10 @@ fn device_mode_seeds_reach_the_device_itself() {
     assert_eq!((far_ahead.unsettled, far_ahead.used[TX]), (0, 0));
 }
 
-/// xorshift64: the same "random" inputs on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 #[test]
 fn mutated_seeds_and_random_bytes_run() {
     let mut rng = Rng(0x5eed_0ff0_2222);
-    let mut inputs = Vec::new();
-    for (_, input) in all() {
-        for _ in 0..15 {
-            let mut m = input.clone();
-            for _ in 0..1 + rng.below(4) {
-                match rng.below(3) {
-                    0 if !m.is_empty() => {
-                        let i = rng.below(m.len());
-                        m[i] ^= 1 << rng.below(8);
-                    }
-                    1 if !m.is_empty() => {
-                        let i = rng.below(m.len());
-                        m[i] = rng.next() as u8;
-                    }
-                    _ => {
-                        let i = rng.below(m.len() + 1);
-                        m.insert(i, rng.next() as u8);
-                    }
-                }
-            }
-            inputs.push(m);
-        }
-    }
-    for _ in 0..300 {
-        let len = rng.below(400);
-        inputs.push((0..len).map(|_| rng.next() as u8).collect());
-    }
-    for input in &inputs {
-        super::queues(input);
+    for input in byte_mutations(&all(), &mut rng, 15, 300) {
+        super::queues(&input);
     }
 }

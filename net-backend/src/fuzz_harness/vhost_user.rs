@@ -10,25 +10,20 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
 
 use backends::fuzz_harness::{self as harness, Device, Message, Outcome};
 use backends::serve::BackendFactory;
 use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 
-use crate::stats::NetStats;
 use crate::tap::Tap;
-use crate::vhu_net::VhostUserNet;
-use crate::virtio_net::{NetConfig, NET_HDR_LEN, VIRTIO_NET_S_LINK_UP};
+use crate::virtio_net::{NetConfig, NET_HDR_LEN};
+use crate::NetFactory;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// Run one input (see the module documentation).
 pub fn messages(data: &[u8]) {
-    if let Err(e) = run(data) {
-        panic!("the vhost-user harness could not set up (not the input's doing): {e}");
-    }
+    harness::expect_set_up(run(data));
 }
 
 /// The device the setup byte chooses.
@@ -58,86 +53,38 @@ impl Setup {
     }
 }
 
-/// The serve loop's factory as `lib.rs` makes it (`NetFactory` and `start_backend`), and the
-/// host's ends of the stand-in tap.
-struct Factory {
-    tap: Arc<Tap>,
-    config: NetConfig,
-    queue_size: usize,
-    stats: Arc<NetStats>,
-    _host: Vec<UnixDatagram>,
-}
-
-impl Factory {
-    fn new(setup: Setup) -> io::Result<Factory> {
-        let mut host = Vec::new();
-        let mut queues = Vec::new();
-        for _ in 0..setup.pairs {
-            let (ours, device) = UnixDatagram::pair()?;
-            device.set_nonblocking(true)?;
-            if setup.packet_waiting {
-                let mut packet = vec![0u8; NET_HDR_LEN + 60];
-                packet[NET_HDR_LEN..NET_HDR_LEN + 6].copy_from_slice(&[0xff; 6]);
-                ours.send(&packet)?;
-            }
-            host.push(ours);
-            queues.push(File::from(OwnedFd::from(device)));
+/// The serve loop's factory as `start_backend` makes it, over a stand-in tap, and the host's
+/// ends of the tap (to keep while the device runs).
+fn factory(setup: Setup) -> io::Result<(NetFactory, Vec<UnixDatagram>)> {
+    let mut host = Vec::new();
+    let mut queues = Vec::new();
+    for _ in 0..setup.pairs {
+        let (ours, device) = UnixDatagram::pair()?;
+        device.set_nonblocking(true)?;
+        if setup.packet_waiting {
+            let mut packet = vec![0u8; NET_HDR_LEN + 60];
+            packet[NET_HDR_LEN..NET_HDR_LEN + 6].copy_from_slice(&[0xff; 6]);
+            ours.send(&packet)?;
         }
-        let tap = Tap::stand_in(queues);
-        let config = NetConfig {
-            mac: MAC,
-            status: VIRTIO_NET_S_LINK_UP,
-            max_virtqueue_pairs: tap.queue_count() as u16,
-            mtu: if setup.jumbo { 9000 } else { 1500 },
-        };
-        Ok(Factory {
-            stats: Arc::new(NetStats::new(tap.queue_count())),
-            tap: Arc::new(tap),
-            config,
-            queue_size: setup.queue_size,
-            _host: host,
-        })
+        host.push(ours);
+        queues.push(File::from(OwnedFd::from(device)));
     }
-}
-
-impl BackendFactory for Factory {
-    type Backend = Arc<VhostUserNet>;
-
-    fn create(&mut self) -> io::Result<Self::Backend> {
-        Ok(Arc::new(VhostUserNet::new(
-            self.tap.clone(),
-            self.config.clone(),
-            self.queue_size,
-            self.stats.clone(),
-        )))
-    }
-
-    fn attach(
-        &mut self,
-        backend: &Self::Backend,
-        workers: &[Arc<VringEpollHandler<Self::Backend>>],
-    ) -> io::Result<()> {
-        backend.attach_taps(workers)
-    }
+    let mtu = if setup.jumbo { 9000 } else { 1500 };
+    let tap = Tap::stand_in(queues);
+    Ok((NetFactory::new(tap, MAC, mtu, setup.queue_size), host))
 }
 
 /// Run one input and say what it did.
 pub fn run(data: &[u8]) -> io::Result<Outcome> {
     let setup = Setup::from_byte(data.first().copied().unwrap_or(0));
-    harness::drive("splitvisor-net", Factory::new(setup)?, data)
+    let (factory, _host) = factory(setup)?;
+    harness::drive("splitvisor-net", factory, data)
 }
 
 /// What the seeds need to know of the device `setup` makes.
 fn device(setup: Setup) -> io::Result<Device> {
-    let vu = Factory::new(setup)?.create()?;
-    Ok(Device {
-        setup: setup.byte(),
-        features: vu.features(),
-        protocol: vu.protocol_features(),
-        queues: vu.num_queues() as u32,
-        queue_size: setup.queue_size as u32,
-        config_size: NetConfig::LEN as u32,
-    })
+    let vu = factory(setup)?.0.create()?;
+    Ok(Device::of(&vu, setup.byte(), NetConfig::LEN))
 }
 
 /// QEMU's start of a vhost-user-net device (7.2 and later): pair 0's rings enabled as soon as
@@ -166,10 +113,6 @@ fn qemu_start(d: &Device) -> Vec<Message> {
 /// only the relay lets through).
 pub fn messages_seeds() -> Vec<(String, Vec<u8>)> {
     let base = Setup::from_byte(0);
-    let Ok(one) = device(base) else {
-        return Vec::new();
-    };
-    let mut seeds = one.seeds();
     let variants = [
         ("mq-2-pairs", Setup { pairs: 2, ..base }),
         ("mq-4-pairs", Setup { pairs: 4, ..base }),
@@ -196,12 +139,9 @@ pub fn messages_seeds() -> Vec<(String, Vec<u8>)> {
             },
         ),
     ];
-    for (name, setup) in variants {
-        if let Ok(d) = device(setup) {
-            let life = [d.start(false), d.stop()].concat();
-            seeds.push(d.seed(&format!("vmm-start-stop-{name}"), true, &life));
-        }
-    }
+    let Some((one, mut seeds)) = harness::backend_seeds(base, &variants, device) else {
+        return Vec::new();
+    };
     let qemu = [qemu_start(&one), one.stop()].concat();
     seeds.push(one.seed("qemu-early-enable", true, &qemu));
     seeds.push(one.seed("broken-early-enable-direct", false, &qemu));
@@ -211,57 +151,29 @@ pub fn messages_seeds() -> Vec<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backends::fuzz_harness::{mutations, Footprint};
-    use std::sync::Mutex;
-    use std::time::Instant;
+    use backends::fuzz_harness::backend_checks::{check_vmm_start, serial, vmm_start_seeds};
 
-    /// Tests that count threads and descriptors run one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
-
-    #[test]
-    fn every_seed_runs_and_only_the_broken_ones_end_early() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let seeds = messages_seeds();
-        assert!(seeds.len() > 30);
-        for (name, data) in seeds {
-            let out = run(&data).unwrap();
-            assert!(out.sent >= harness::decode(&data).messages.len(), "{name}");
-            assert_eq!(
-                out.completed,
-                !name.starts_with("broken-"),
-                "{name}: {out:?}"
-            );
-        }
-    }
+    backends::vhost_user_harness_tests!("net", messages_seeds, run);
 
     #[test]
     fn the_vmm_start_negotiates_the_net_device() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, data) in messages_seeds() {
-            if !name.starts_with("vmm-start-stop") {
-                continue;
-            }
+        let _serial = serial();
+        for (name, data) in vmm_start_seeds(messages_seeds()) {
             let setup = Setup::from_byte(data[0]);
             let d = device(setup).unwrap();
-            let out = run(&data).unwrap();
-            assert!(out.completed && out.ended.is_none(), "{name}: {out:?}");
-            let features = out.replies_to(FrontendReq::GET_FEATURES)[0].u64();
-            assert_eq!(features, Some(d.features), "{name}");
             // two queues per pair and the control queue
-            let queues = out.replies_to(FrontendReq::GET_QUEUE_NUM)[0].u64();
-            assert_eq!(queues, Some(2 * setup.pairs as u64 + 1), "{name}");
-            let config = &out.replies_to(FrontendReq::GET_CONFIG)[0].body[12..];
+            assert_eq!(d.queues as usize, 2 * setup.pairs + 1, "{name}");
+            let out = run(&data).unwrap();
+            let config = check_vmm_start(&name, &out, &d);
             assert_eq!(config[..6], MAC, "{name}");
             assert_eq!(config[8..10], (setup.pairs as u16).to_le_bytes(), "{name}");
-            let bases = out.replies_to(FrontendReq::GET_VRING_BASE);
-            assert_eq!(bases.len(), 2 * setup.pairs + 1, "{name}");
             assert_eq!(out.swept, setup.pairs, "{name}: one exit event per worker");
         }
     }
 
     #[test]
     fn qemu_enables_rings_early_only_through_the_relay() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = serial();
         let seeds = messages_seeds();
         let find = |n: &str| seeds.iter().find(|(name, _)| name == n).map(|(_, d)| d);
         let relayed = run(find("qemu-early-enable").unwrap()).unwrap();
@@ -275,25 +187,5 @@ mod tests {
         assert!(!direct.completed, "{direct:?}");
         let ended = direct.ended.unwrap_or_default();
         assert!(ended.contains("inactive feature"), "{ended}");
-    }
-
-    #[test]
-    fn two_hundred_inputs_leave_no_thread_and_no_descriptor_behind() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let inputs = mutations(&messages_seeds(), 200);
-        messages(&inputs[0]);
-        let before = Footprint::now();
-        let started = Instant::now();
-        for data in &inputs {
-            messages(data);
-        }
-        let elapsed = started.elapsed();
-        let after = before.settled_after();
-        eprintln!("net, 200 inputs in {elapsed:?}: {before:?} -> {after:?}");
-        assert!(
-            after.threads <= before.threads + 4,
-            "{before:?} -> {after:?}"
-        );
-        assert!(after.fds <= before.fds + 8, "{before:?} -> {after:?}");
     }
 }

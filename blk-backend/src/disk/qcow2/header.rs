@@ -290,12 +290,10 @@ impl Header {
 fn check_incompatible(incompat: u64) -> Result<(), Qcow2Error> {
     let unsupported = |what: &str| Err(Qcow2Error::Unsupported(what.into()));
     if incompat & INCOMPAT_DIRTY != 0 {
-        return unsupported(
-            "the image is marked dirty (lazy refcounts): run `qemu-img check -r all` first",
-        );
+        return Err(Qcow2Error::NeedsRepair("dirty (lazy refcounts)"));
     }
     if incompat & INCOMPAT_CORRUPT != 0 {
-        return unsupported("the image is marked corrupt: run `qemu-img check -r all` first");
+        return Err(Qcow2Error::NeedsRepair("corrupt"));
     }
     if incompat & INCOMPAT_DATA_FILE != 0 {
         return unsupported("an external data file");

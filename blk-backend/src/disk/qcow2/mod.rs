@@ -44,6 +44,8 @@ pub enum Qcow2Error {
     BadSnapshot { index: u32, reason: String },
     #[error("the image uses {0}, which splitvisor-blk does not support")]
     Unsupported(String),
+    #[error("the image is marked {0}: run `qemu-img check -r all` on it first")]
+    NeedsRepair(&'static str),
     #[error("cannot read the image's metadata")]
     Io(#[from] io::Error),
     #[error("cannot open the backing file {path}")]

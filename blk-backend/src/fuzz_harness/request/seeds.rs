@@ -2,6 +2,8 @@
 //! malformed chains and rings a hostile driver can post; built with a small encoder of the
 //! harness's input format. The tests check that each seed reaches what it is named for.
 
+use backends::fuzz_harness::driver_seed::raw_desc;
+
 use super::*;
 
 const F_NEXT: u8 = 1;
@@ -328,25 +330,17 @@ pub fn request_seeds() -> Vec<(String, Vec<u8>)> {
 
 /// An indirect table entry (a plain descriptor).
 fn indirect(addr: u64, len: u32, flags: u8, next: u16) -> Vec<u8> {
-    let mut d = addr.to_le_bytes().to_vec();
-    d.extend_from_slice(&len.to_le_bytes());
-    d.extend_from_slice(&u16::from(flags).to_le_bytes());
-    d.extend_from_slice(&next.to_le_bytes());
-    d
+    raw_desc(addr, len, u16::from(flags), next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backends::fuzz_harness::test_inputs::{is_seed_name, seed_named};
     use std::sync::atomic::Ordering::Relaxed;
 
     fn seed(name: &str) -> Vec<u8> {
-        let name = format!("blk-request-{name}");
-        request_seeds()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, bytes)| bytes)
-            .unwrap_or_else(|| panic!("no seed {name}"))
+        seed_named(request_seeds(), &format!("blk-request-{name}"))
     }
 
     /// (chains, ok, ioerr, unsupp, unanswered)
@@ -358,11 +352,7 @@ mod tests {
     fn every_seed_runs_and_names_are_file_names() {
         let seeds = request_seeds();
         for (name, bytes) in &seeds {
-            assert!(
-                name.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-                "{name}"
-            );
+            assert!(is_seed_name(name), "{name}");
             let r = run(bytes);
             assert!(r.chains >= 1 || name.contains("past-queue"), "{name}");
         }
