@@ -63,6 +63,15 @@ pub enum FrontendError {
         socket: PathBuf,
         what: String,
     },
+    #[error(
+        "device {device}: the backend on {socket} serves {count} queues; splitvisor takes 1 to {max}"
+    )]
+    QueueCount {
+        device: String,
+        socket: PathBuf,
+        count: u64,
+        max: usize,
+    },
     #[error("device {device}: the {what} address {gpa:#x} is outside guest memory")]
     RingAddress {
         device: String,
@@ -203,7 +212,17 @@ fn handshake(
         .set_protocol_features(hs.protocol)
         .map_err(err("SET_PROTOCOL_FEATURES"))?;
     if hs.protocol.contains(VhostUserProtocolFeatures::MQ) {
-        hs.queue_num = Some(frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize);
+        let count = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
+        let max = crate::virtio::pci::MAX_QUEUES;
+        if !(1..=max as u64).contains(&count) {
+            return Err(FrontendError::QueueCount {
+                device: name.into(),
+                socket: socket.into(),
+                count,
+                max,
+            });
+        }
+        hs.queue_num = Some(count as usize);
     }
     if hs.protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
         let reply_ack = hs.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
@@ -517,5 +536,53 @@ impl VirtioDevice for VhostUserDevice {
 
     fn state(&self) -> VirtioDeviceState {
         VirtioDeviceState::VhostUser(self.vhost_user_state())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhost_user::test_backend;
+    use crate::virtio::pci::MAX_QUEUES;
+    use crate::virtio::{F_VERSION_1, TYPE_BLOCK};
+
+    const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+    fn connect_to(
+        backend: &test_backend::ScriptedBackend,
+    ) -> Result<VhostUserDevice, FrontendError> {
+        let ram = test_backend::guest_ram();
+        let dev = VhostUserDevice::connect(
+            "blk0",
+            &backend.path,
+            TYPE_BLOCK,
+            QueueUnits(2),
+            128,
+            ram.memory().clone(),
+        );
+        let _ = std::fs::remove_file(&backend.path);
+        dev
+    }
+
+    #[test]
+    fn a_backend_queue_count_the_transport_cannot_serve_is_refused() {
+        let features = F_VERSION_1 | F_PROTOCOL_FEATURES;
+        for count in [0, MAX_QUEUES as u64 + 1, 0x8000] {
+            let backend = test_backend::start_mq(&format!("queues-{count}"), features, count);
+            match connect_to(&backend) {
+                Err(FrontendError::QueueCount { count: c, max, .. }) => {
+                    assert_eq!((c, max), (count, MAX_QUEUES))
+                }
+                Err(e) => panic!("{count} queues: {e}"),
+                Ok(_) => panic!("a backend serving {count} queues was taken"),
+            }
+        }
+        let backend = test_backend::start_mq("queues-4", features, 4);
+        let dev = connect_to(&backend).expect("a backend serving 4 queues");
+        assert_eq!(
+            dev.queue_sizes.len(),
+            2,
+            "blk takes the two queues it asked for"
+        );
     }
 }

@@ -22,6 +22,9 @@ pub const GET_VRING_BASE: u32 = 11;
 pub const SET_VRING_KICK: u32 = 12;
 pub const SET_VRING_CALL: u32 = 13;
 pub const GET_PROTOCOL_FEATURES: u32 = 15;
+pub const GET_QUEUE_NUM: u32 = 17;
+/// VHOST_USER_PROTOCOL_F_MQ.
+const PROTOCOL_F_MQ: u64 = 1 << 0;
 /// Reply flags: version 1 | REPLY.
 const REPLY: u32 = 0x5;
 
@@ -47,6 +50,16 @@ fn reply(stream: &mut UnixStream, request: u32, payload: &[u8]) {
 
 /// Listen on a fresh path (`tag` names it) and serve one connection offering `features`.
 pub fn start(tag: &str, features: u64) -> ScriptedBackend {
+    serve(tag, features, 0, 0)
+}
+
+/// [`start`], also offering the MQ protocol feature and answering GET_QUEUE_NUM with
+/// `queue_num` (`features` must include VHOST_USER_F_PROTOCOL_FEATURES).
+pub fn start_mq(tag: &str, features: u64, queue_num: u64) -> ScriptedBackend {
+    serve(tag, features, PROTOCOL_F_MQ, queue_num)
+}
+
+fn serve(tag: &str, features: u64, protocol: u64, queue_num: u64) -> ScriptedBackend {
     let path = std::env::temp_dir().join(format!("vmm-{tag}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).unwrap();
@@ -70,7 +83,8 @@ pub fn start(tag: &str, features: u64) -> ScriptedBackend {
             record.lock().unwrap().push((request, payload.clone()));
             match request {
                 GET_FEATURES => reply(&mut stream, request, &features.to_le_bytes()),
-                GET_PROTOCOL_FEATURES => reply(&mut stream, request, &0u64.to_le_bytes()),
+                GET_PROTOCOL_FEATURES => reply(&mut stream, request, &protocol.to_le_bytes()),
+                GET_QUEUE_NUM => reply(&mut stream, request, &queue_num.to_le_bytes()),
                 GET_VRING_BASE => {
                     let index = u32::from_le_bytes(payload[..4].try_into().unwrap());
                     let mut state = index.to_le_bytes().to_vec();

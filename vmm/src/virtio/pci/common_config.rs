@@ -127,8 +127,15 @@ impl VirtioPciDevice {
                 self.update_routes();
             }
             QUEUE_ENABLE if writable => {
+                let (name, index) = (self.name.clone(), self.queue_select);
                 if let Some(q) = self.selected() {
-                    q.enabled = v == 1;
+                    // a split ring's size is a power of two (virtio 1.2, 2.7): anything else
+                    // never reaches the backend, where it would end the connection
+                    if v == 1 && !q.size.is_power_of_two() {
+                        tracing::warn!(device = %name, queue = index, size = q.size, "the driver enabled a queue whose size is not a power of two: it stays disabled");
+                    } else {
+                        q.enabled = v == 1;
+                    }
                 }
             }
             QUEUE_DESC_LO..=QUEUE_USED_HI if writable => {
@@ -149,6 +156,7 @@ impl VirtioPciDevice {
 #[cfg(test)]
 mod tests {
     use super::super::test_utils::{test_transport, write_common};
+    use crate::virtio::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK};
     use super::*;
     use crate::pci::PciDevice;
 
@@ -183,5 +191,45 @@ mod tests {
         let mut d = [0u8; 8];
         t.bar_read(0, DEVICE_FEATURE_SELECT, &mut d);
         assert_eq!(u64::from_le_bytes(d), (1 << 6) << 32);
+    }
+
+    #[test]
+    fn a_queue_size_that_is_not_a_power_of_two_is_never_enabled() {
+        let (mut t, _, _) = test_transport(&[256]);
+        for (size, enabled) in [(0, 0), (100, 0), (255, 0), (64, 1)] {
+            write_common(&mut t, QUEUE_SIZE, 2, size);
+            write_common(&mut t, QUEUE_ENABLE, 2, 1);
+            let mut d = [0u8; 2];
+            t.bar_read(0, QUEUE_ENABLE, &mut d);
+            assert_eq!(u16::from_le_bytes(d), enabled, "queue size {size}");
+            write_common(&mut t, QUEUE_ENABLE, 2, 0);
+        }
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_activates_nothing() {
+        let (mut t, activations, _) = test_transport(&[8]);
+        write_common(&mut t, QUEUE_SIZE, 2, 8);
+        write_common(&mut t, QUEUE_ENABLE, 2, 1);
+        // the driver accepts a feature the device did not offer: FEATURES_OK does not stick
+        write_common(&mut t, DRIVER_FEATURE_SELECT, 4, 1);
+        write_common(&mut t, DRIVER_FEATURE, 4, 1 << 31);
+        let (ack, driver) = (u64::from(STATUS_ACKNOWLEDGE), u64::from(STATUS_DRIVER));
+        write_common(
+            &mut t,
+            DEVICE_STATUS,
+            1,
+            ack | driver | u64::from(STATUS_FEATURES_OK),
+        );
+        write_common(
+            &mut t,
+            DEVICE_STATUS,
+            1,
+            ack | driver | u64::from(STATUS_FEATURES_OK | STATUS_DRIVER_OK),
+        );
+        assert!(
+            activations.lock().unwrap().is_empty(),
+            "activated without FEATURES_OK"
+        );
     }
 }

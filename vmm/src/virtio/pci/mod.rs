@@ -37,6 +37,9 @@ const NOTIFY: u64 = 0x3000;
 const NOTIFY_MULTIPLIER: u32 = 4;
 const MSIX_TABLE: u64 = 0x8000;
 const MSIX_PBA: u64 = 0x9000;
+/// The most virtqueues a transport serves: one MSI-X vector each and one for configuration
+/// changes must fit the table's 4 KiB (16 bytes per entry) in the BAR layout above.
+pub const MAX_QUEUES: usize = ((MSIX_PBA - MSIX_TABLE) / 16) as usize - 1;
 
 const VIRTIO_VENDOR: u16 = 0x1af4;
 const VIRTIO_MODERN_DEVICE_BASE: u16 = 0x1040;
@@ -53,6 +56,8 @@ pub enum TransportError {
     Config(#[from] crate::pci::config::ConfigError),
     #[error(transparent)]
     Wiring(#[from] KvmWiringError),
+    #[error("the device has {0} queues; a virtio-pci transport serves 1 to {MAX_QUEUES}")]
+    QueueCount(usize),
 }
 
 /// One interrupt as the wiring needs to know it: its MSI-X vector, and whether it may have
@@ -193,9 +198,12 @@ impl VirtioPciDevice {
             subsystem_vendor: VIRTIO_VENDOR,
             subsystem: 0x40,
         });
+        let max_sizes = device.queue_max_sizes();
+        if !(1..=MAX_QUEUES).contains(&max_sizes.len()) {
+            return Err(TransportError::QueueCount(max_sizes.len()));
+        }
         config.add_bar64(0, bar_addr, BAR_SIZE)?;
         config.add_capability(&virtio_cap(CFG_COMMON, COMMON, COMMON_LEN, None), &[])?;
-        let max_sizes = device.queue_max_sizes();
         let notify_len = (max_sizes.len() as u64 * u64::from(NOTIFY_MULTIPLIER)).max(4);
         let notify = virtio_cap(CFG_NOTIFY, NOTIFY, notify_len, Some(NOTIFY_MULTIPLIER));
         config.add_capability(&notify, &[])?;
@@ -326,7 +334,8 @@ impl VirtioPciDevice {
     }
 
     /// The driver wrote the device status: 0 resets, FEATURES_OK is refused for features the
-    /// device did not offer, DRIVER_OK activates the device. DEVICE_NEEDS_RESET stays set.
+    /// device did not offer, DRIVER_OK activates the device if FEATURES_OK stuck.
+    /// DEVICE_NEEDS_RESET stays set.
     fn set_status(&mut self, v: u8) {
         if v == 0 {
             self.reset("driver");
@@ -339,7 +348,10 @@ impl VirtioPciDevice {
         }
         let newly_ok = v & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
         self.status = v | (self.status & STATUS_DEVICE_NEEDS_RESET);
-        if newly_ok && !self.activated {
+        if newly_ok && v & STATUS_FEATURES_OK == 0 {
+            // a modern device runs only with features the device accepted (virtio 1.2, 3.1.1)
+            tracing::warn!(device = %self.name, "DRIVER_OK without FEATURES_OK: the device is not started");
+        } else if newly_ok && !self.activated {
             self.activate();
         }
     }
