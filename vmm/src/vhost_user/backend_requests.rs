@@ -163,4 +163,33 @@ mod tests {
             "the thread still waits on a closed channel"
         );
     }
+
+    #[test]
+    fn a_malformed_request_ends_the_channel() {
+        let channel = BackendChannel::new("blk0", true).unwrap();
+        // SAFETY: a dup of the channel's backend end, owned by the stream from here on.
+        let mut backend =
+            unsafe { UnixStream::from_raw_fd(libc::dup(channel.backend_end().as_raw_fd())) };
+        let calls = Arc::new(AtomicU32::new(0));
+        let seen = calls.clone();
+        let thread = channel
+            .serve(Box::new(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }))
+            .unwrap();
+        // CONFIG_CHANGE_MSG carries no payload; this one says it has 8 bytes, and has them
+        let mut msg = CONFIG_CHANGE_MSG;
+        msg[8] = 8;
+        backend.write_all(&msg).unwrap();
+        backend.write_all(&[0; 8]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(
+            thread.is_finished(),
+            "it still serves a stream it cannot trust"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "the device was not told");
+    }
 }

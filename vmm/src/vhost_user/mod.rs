@@ -5,6 +5,11 @@
 //! [`crate::virtio::device_type`]. What a snapshot keeps of the device is in [`persist`]; how a
 //! device survives its backend's restart is in [`reconnect`].
 
+mod call_deadline;
+#[cfg(test)]
+mod config_space_tests;
+#[cfg(test)]
+mod frontend_tests;
 pub mod persist;
 pub mod reconnect;
 #[cfg(test)]
@@ -121,6 +126,8 @@ pub struct VhostUserDevice {
     config_cache: Vec<u8>,
     /// Whether the backend is reachable, and the reconnect counters.
     link: reconnect::Link,
+    /// How long one exchange with the backend may take ([`reconnect::CALL_TIMEOUT`]).
+    call_timeout: Duration,
 }
 
 /// One queue as the driver set it up, kept for replaying it to a new backend connection.
@@ -149,9 +156,10 @@ fn connect_stream(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream
     }
 }
 
-fn wait_for_socket(path: &Path) -> bool {
+/// Whether `path` exists, or appears within `within` ([`SOCKET_WAIT`] but in tests).
+fn wait_for_socket(path: &Path, within: Duration) -> bool {
     let start = Instant::now();
-    while start.elapsed() < SOCKET_WAIT {
+    while start.elapsed() < within {
         if path.exists() {
             return true;
         }
@@ -177,14 +185,16 @@ struct Handshake {
 }
 
 /// SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM and SET_BACKEND_REQ_FD on a
-/// new connection: the same sequence at start and at every reconnect.
+/// new connection: the same sequence at start and at every reconnect, within `timeout`.
 fn handshake(
     name: &str,
     socket: &Path,
     frontend: &mut Frontend,
     want: VhostUserProtocolFeatures,
+    timeout: Duration,
 ) -> Result<Handshake, FrontendError> {
     let err = |step| protocol_err(name, socket, step);
+    let _deadline = call_deadline::armed(name, frontend.as_raw_fd(), timeout);
     frontend.set_owner().map_err(err("SET_OWNER"))?;
     let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
     if backend_features & F_VERSION_1 == 0 {
@@ -248,7 +258,7 @@ impl VhostUserDevice {
         queue_size: u16,
         mem: GuestMemoryMmap,
     ) -> Result<VhostUserDevice, FrontendError> {
-        if !wait_for_socket(socket) {
+        if !wait_for_socket(socket, SOCKET_WAIT) {
             return Err(FrontendError::NoSocket {
                 device: name.into(),
                 socket: socket.into(),
@@ -262,7 +272,8 @@ impl VhostUserDevice {
             ))
         })?;
         let mut frontend = reconnect::new_frontend(stream);
-        let hs = handshake(name, socket, &mut frontend, WANTED_PROTOCOL)?;
+        let call_timeout = reconnect::CALL_TIMEOUT;
+        let hs = handshake(name, socket, &mut frontend, WANTED_PROTOCOL, call_timeout)?;
         let mut queue_count = kind.queue_count(units);
         if let Some(max) = hs.queue_num {
             let expected = kind.expected_backend_queue_count(units, hs.backend_features);
@@ -297,6 +308,7 @@ impl VhostUserDevice {
             ring_setups: Vec::new(),
             config_cache: vec![0; kind.config_size as usize],
             link: reconnect::Link::default(),
+            call_timeout,
         })
     }
 
@@ -309,6 +321,11 @@ impl VhostUserDevice {
     /// The connection to the backend, for [`reconnect`]'s watch.
     pub fn socket_fd(&self) -> RawFd {
         self.frontend.as_raw_fd()
+    }
+
+    /// Put the exchange about to start on the current connection under its deadline.
+    fn deadline(&self) -> call_deadline::Armed {
+        call_deadline::armed(&self.name, self.frontend.as_raw_fd(), self.call_timeout)
     }
 
     fn host_addr(&self, gpa: u64, what: &'static str) -> Result<u64, FrontendError> {
@@ -329,6 +346,7 @@ impl VhostUserDevice {
     fn start_rings(&mut self, resume: bool) -> Result<(), FrontendError> {
         let (name, socket) = (self.name.clone(), self.socket.clone());
         let err = |step| protocol_err(&name, &socket, step);
+        let _deadline = self.deadline();
         self.frontend
             .set_features(self.acked_features)
             .map_err(err("SET_FEATURES"))?;
@@ -463,6 +481,7 @@ impl VirtioDevice for VhostUserDevice {
         if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) || !self.link.is_up() {
             return;
         }
+        let _deadline = self.deadline();
         if let Err(e) =
             self.frontend
                 .set_config(offset as u32, VhostUserConfigFlags::WRITABLE, data)
@@ -512,6 +531,7 @@ impl VirtioDevice for VhostUserDevice {
     fn reset(&mut self) {
         self.ring_setups.clear();
         let up = self.link.is_up();
+        let _deadline = (up && self.vrings.iter().any(|r| r.running)).then(|| self.deadline());
         let mut failed = false;
         for ring in self.vrings.iter_mut().filter(|r| r.running) {
             ring.running = false;
@@ -536,53 +556,5 @@ impl VirtioDevice for VhostUserDevice {
 
     fn state(&self) -> VirtioDeviceState {
         VirtioDeviceState::VhostUser(self.vhost_user_state())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::vhost_user::test_backend;
-    use crate::virtio::pci::MAX_QUEUES;
-    use crate::virtio::{F_VERSION_1, TYPE_BLOCK};
-
-    const F_PROTOCOL_FEATURES: u64 = 1 << 30;
-
-    fn connect_to(
-        backend: &test_backend::ScriptedBackend,
-    ) -> Result<VhostUserDevice, FrontendError> {
-        let ram = test_backend::guest_ram();
-        let dev = VhostUserDevice::connect(
-            "blk0",
-            &backend.path,
-            TYPE_BLOCK,
-            QueueUnits(2),
-            128,
-            ram.memory().clone(),
-        );
-        let _ = std::fs::remove_file(&backend.path);
-        dev
-    }
-
-    #[test]
-    fn a_backend_queue_count_the_transport_cannot_serve_is_refused() {
-        let features = F_VERSION_1 | F_PROTOCOL_FEATURES;
-        for count in [0, MAX_QUEUES as u64 + 1, 0x8000] {
-            let backend = test_backend::start_mq(&format!("queues-{count}"), features, count);
-            match connect_to(&backend) {
-                Err(FrontendError::QueueCount { count: c, max, .. }) => {
-                    assert_eq!((c, max), (count, MAX_QUEUES))
-                }
-                Err(e) => panic!("{count} queues: {e}"),
-                Ok(_) => panic!("a backend serving {count} queues was taken"),
-            }
-        }
-        let backend = test_backend::start_mq("queues-4", features, 4);
-        let dev = connect_to(&backend).expect("a backend serving 4 queues");
-        assert_eq!(
-            dev.queue_sizes.len(),
-            2,
-            "blk takes the two queues it asked for"
-        );
     }
 }

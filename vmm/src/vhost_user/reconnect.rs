@@ -92,15 +92,15 @@ impl Link {
     }
 }
 
-/// How long one vhost-user call may wait for the backend (sending or for its reply). A
-/// backend that takes longer is treated as gone: the connection is closed and the device
+/// How long one exchange with the backend (a handshake, an activation, a reset, a config read
+/// or write: sending and waiting for the replies) may take. A backend that takes longer is
+/// treated as gone: the connection is closed (see [`super::call_deadline`]) and the device
 /// reconnects, so a stopped or stuck backend never holds a vCPU or the API for longer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A frontend on `stream`, whose calls time out after [`CALL_TIMEOUT`].
+/// A frontend on `stream`; its exchanges are bounded by [`super::call_deadline`], not by
+/// socket timeouts (vhost retries a timed-out receive for ever).
 pub(super) fn new_frontend(stream: UnixStream) -> Frontend {
-    let _ = stream.set_read_timeout(Some(CALL_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(CALL_TIMEOUT));
     Frontend::from_stream(stream, 64)
 }
 
@@ -160,12 +160,15 @@ impl VhostUserDevice {
         use vhost::vhost_user::message::VhostUserConfigFlags;
         let size = self.config_size;
         // QEMU's convention: fetch the whole space from offset 0, then slice it
-        match self.frontend.get_config(
+        let deadline = self.deadline();
+        let reply = self.frontend.get_config(
             0,
             size,
             VhostUserConfigFlags::WRITABLE,
             &vec![0u8; size as usize],
-        ) {
+        );
+        drop(deadline);
+        match reply {
             Ok((_, payload)) if payload.len() == self.config_cache.len() => {
                 self.config_cache.copy_from_slice(&payload);
                 true
@@ -191,14 +194,16 @@ impl VhostUserDevice {
         stream: UnixStream,
     ) -> Result<Option<BackendChannel>, FrontendError> {
         let mut frontend = new_frontend(stream);
-        let hs = handshake(&self.name, &self.socket, &mut frontend, self.protocol)?;
+        let (name, socket, protocol, timeout) = self.identity();
+        let hs = handshake(&name, &socket, &mut frontend, protocol, timeout)?;
         self.take_over(frontend, hs)
     }
 
     /// What the reconnect thread needs to run a handshake without holding the device: the
-    /// device's name, its socket and the protocol features to ask for.
-    fn identity(&self) -> (String, PathBuf, VhostUserProtocolFeatures) {
-        (self.name.clone(), self.socket.clone(), self.protocol)
+    /// device's name, its socket, the protocol features to ask for and the call timeout.
+    fn identity(&self) -> (String, PathBuf, VhostUserProtocolFeatures, Duration) {
+        let (name, socket) = (self.name.clone(), self.socket.clone());
+        (name, socket, self.protocol, self.call_timeout)
     }
 
     /// The checks and the replay of [`Self::reconnect`] on a connection whose handshake is
@@ -405,10 +410,11 @@ fn reconnect_until_up(
             }
         };
         // the handshake talks to a backend that may hang: not while holding the device
-        let (dev_name, dev_socket, protocol) =
+        let (dev_name, dev_socket, protocol, timeout) =
             device.lock().unwrap_or_else(|e| e.into_inner()).identity();
         let mut frontend = new_frontend(stream);
-        let result = handshake(&dev_name, &dev_socket, &mut frontend, protocol).and_then(|hs| {
+        let hs = handshake(&dev_name, &dev_socket, &mut frontend, protocol, timeout);
+        let result = hs.and_then(|hs| {
             device
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -557,3 +563,7 @@ mod tests {
         older.thread.join().unwrap();
     }
 }
+
+#[cfg(test)]
+#[path = "reconnect_tests.rs"]
+mod reconnect_tests;

@@ -156,9 +156,9 @@ impl VirtioPciDevice {
 #[cfg(test)]
 mod tests {
     use super::super::test_utils::{test_transport, write_common};
-    use crate::virtio::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK};
     use super::*;
     use crate::pci::PciDevice;
+    use crate::virtio::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK};
 
     #[test]
     fn a_64_bit_access_is_two_32_bit_ones() {

@@ -250,4 +250,151 @@ mod tests {
         let err = out_of(KvmWiring::new("blk1", router, &[]));
         assert_eq!(err, "the config-change interrupt");
     }
+
+    /// A VM with an in-kernel irqchip and vCPU 0, whose local APIC accepts interrupts.
+    fn vm_with_a_lapic() -> (Arc<kvm_ioctls::VmFd>, kvm_ioctls::VcpuFd) {
+        let kvm = Kvm::new().expect("/dev/kvm is missing or inaccessible: this test needs KVM");
+        let vm = Arc::new(kvm.create_vm().expect("VM"));
+        vm.create_irq_chip().expect("irqchip");
+        let vcpu = vm.create_vcpu(0).expect("vCPU");
+        let mut lapic = vcpu.get_lapic().expect("LAPIC");
+        // the spurious-interrupt register: APIC software-enabled (bit 8), vector 0xff
+        for (i, b) in 0x1ffu32.to_le_bytes().iter().enumerate() {
+            lapic.regs[0xf0 + i] = *b as _;
+        }
+        vcpu.set_lapic(&lapic).expect("LAPIC");
+        (vm, vcpu)
+    }
+
+    /// Whether `vector` waits in the LAPIC's interrupt request register.
+    fn requested(vcpu: &kvm_ioctls::VcpuFd, vector: u8) -> bool {
+        let lapic = vcpu.get_lapic().expect("LAPIC");
+        let word = 0x200 + usize::from(vector / 32) * 0x10;
+        let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[word + i] as u8);
+        u32::from_le_bytes(bytes) & (1 << (vector % 32)) != 0
+    }
+
+    /// Forget every requested interrupt (as if the guest had taken them).
+    fn clear_requests(vcpu: &kvm_ioctls::VcpuFd) {
+        let mut lapic = vcpu.get_lapic().expect("LAPIC");
+        for b in &mut lapic.regs[0x200..0x280] {
+            *b = 0;
+        }
+        vcpu.set_lapic(&lapic).expect("LAPIC");
+    }
+
+    /// An MSI-X table whose vector `v` sends vector `0x41 + v` to vCPU 0, all unmasked.
+    fn msix_to_cpu0(vectors: u16) -> Msix {
+        let mut msix = Msix::new(vectors);
+        for v in 0..u64::from(vectors) {
+            msix.write_table(v * 16, &0xfee0_0000u32.to_le_bytes());
+            msix.write_table(v * 16 + 8, &(0x41 + v as u32).to_le_bytes());
+            msix.write_table(v * 16 + 12, &0u32.to_le_bytes());
+        }
+        msix.set_control(0x8000);
+        msix
+    }
+
+    #[test]
+    fn interrupts_reach_the_vector_the_driver_chose_and_an_unmasked_one_is_sent_once() {
+        let (vm, vcpu) = vm_with_a_lapic();
+        let router = Arc::new(IrqRouter::new(vm));
+        let wiring = KvmWiring::new("blk0", router, &[0xe000_3000]).expect("wiring");
+        let (kick, call) = wiring.queue_eventfds(0).expect("queue 0");
+        assert!(wiring.queue_eventfds(1).is_none());
+        let (config, queue) = (0x41, 0x42);
+        let source = |vector, may_be_pending| InterruptSource {
+            vector,
+            may_be_pending,
+        };
+        let eventually = |vector| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !requested(&vcpu, vector) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "vector {vector:#x} never came"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+
+        // no route yet: a signal goes nowhere
+        call.write(1).unwrap();
+        assert!(!requested(&vcpu, queue));
+
+        // routed: the config interrupt, which may be pending, is sent as the vector opens
+        let mut msix = msix_to_cpu0(2);
+        wiring.update_routes(&msix, source(0, true), &[source(1, false)]);
+        eventually(config);
+        assert!(!requested(&vcpu, queue), "the queue's had nothing pending");
+        clear_requests(&vcpu);
+        call.write(1).unwrap();
+        eventually(queue);
+        clear_requests(&vcpu);
+        wiring.raise_config_interrupt();
+        eventually(config);
+        clear_requests(&vcpu);
+
+        // the driver masks the queue's vector: its signals are dropped
+        msix.write_table(16 + 12, &1u32.to_le_bytes());
+        wiring.update_routes(&msix, source(0, true), &[source(1, true)]);
+        call.write(1).unwrap();
+        wiring.raise_config_interrupt(); // a marker that the write above was handled
+        eventually(config);
+        assert!(!requested(&vcpu, queue), "masked");
+        clear_requests(&vcpu);
+
+        // unmasked: the queue's interrupt is sent once, as if it had been pending; the
+        // config vector, which stayed routed, is not sent again
+        msix.write_table(16 + 12, &0u32.to_le_bytes());
+        wiring.update_routes(&msix, source(0, true), &[source(1, true)]);
+        eventually(queue);
+        assert!(!requested(&vcpu, config));
+
+        // no vector at all: no route
+        clear_requests(&vcpu);
+        wiring.update_routes(&msix, source(NO_VECTOR, true), &[source(1, false)]);
+        wiring.raise_config_interrupt();
+        call.write(1).unwrap();
+        eventually(queue);
+        assert!(!requested(&vcpu, config), "NO_VECTOR routes nowhere");
+
+        // a write to the notify area that exits to the vmm still kicks the queue
+        assert!(kick.read().is_err(), "nothing kicked yet");
+        wiring.notify(0);
+        wiring.notify(7); // no such queue: ignored
+        assert_eq!(kick.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_notification_that_cannot_move_leaves_its_queue_to_exit_and_is_retried_later() {
+        let kvm = Kvm::new().expect("/dev/kvm is missing or inaccessible: this test needs KVM");
+        let vm = Arc::new(kvm.create_vm().expect("VM"));
+        vm.create_irq_chip().expect("irqchip");
+        let router = Arc::new(IrqRouter::new(vm.clone()));
+        let (old, new) = ([0xe000_3000, 0xe000_3004], [0xd000_3000, 0xd000_3004]);
+        let mut wiring = KvmWiring::new("blk0", router, &old).expect("wiring");
+        // something else holds queue 0's new address
+        let squatter = EventFd::new(0).expect("eventfd");
+        let at = IoEventAddress::Mmio(new[0]);
+        vm.register_ioevent(&squatter, &at, NoDatamatch)
+            .expect("squatter");
+        wiring.move_notifications(Some(&new));
+        let places: Vec<_> = wiring.queues.iter().map(|q| q.notify_at).collect();
+        assert_eq!(
+            places,
+            vec![None, Some(new[1])],
+            "queue 1 moved, queue 0 nowhere"
+        );
+
+        // queue 1's ioeventfd vanished behind the wiring's back: the next move still works
+        let (kick1, _) = wiring.queue_eventfds(1).expect("queue 1");
+        vm.unregister_ioevent(kick1, &IoEventAddress::Mmio(new[1]), NoDatamatch)
+            .expect("unregister");
+        vm.unregister_ioevent(&squatter, &at, NoDatamatch)
+            .expect("squatter");
+        wiring.move_notifications(Some(&old));
+        let places: Vec<_> = wiring.queues.iter().map(|q| q.notify_at).collect();
+        assert_eq!(places, vec![Some(old[0]), Some(old[1])], "both back");
+    }
 }
