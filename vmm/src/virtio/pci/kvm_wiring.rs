@@ -188,9 +188,7 @@ mod tests {
 
     #[test]
     fn moved_ioeventfds_leave_the_old_addresses_for_the_new() {
-        let kvm = Kvm::new().expect("/dev/kvm is missing or inaccessible: this test needs KVM");
-        let vm = Arc::new(kvm.create_vm().expect("VM"));
-        vm.create_irq_chip().expect("irqchip");
+        let vm = vm_with_an_irqchip();
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let (old, new) = ([0xe000_3000, 0xe000_3004], [0xd000_3000, 0xd000_3004]);
         let mut wiring = KvmWiring::new("blk0", router, &old).expect("wiring");
@@ -222,10 +220,7 @@ mod tests {
     /// Named for the filter `irq_routing`: the wiring's side of the GSI limit.
     #[test]
     fn wiring_fails_cleanly_once_irq_routing_has_no_gsi_left() {
-        let kvm = Kvm::new().expect("/dev/kvm is missing or inaccessible: this test needs KVM");
-        let vm = Arc::new(kvm.create_vm().expect("VM"));
-        vm.create_irq_chip().expect("irqchip");
-        let router = Arc::new(IrqRouter::new(vm));
+        let router = Arc::new(IrqRouter::new(vm_with_an_irqchip()));
         let mut handed_out = Vec::new();
         for _ in 0..=kvm_bindings::KVM_MAX_IRQ_ROUTES {
             match router.allocate() {
@@ -251,11 +246,17 @@ mod tests {
         assert_eq!(err, "the config-change interrupt");
     }
 
-    /// A VM with an in-kernel irqchip and vCPU 0, whose local APIC accepts interrupts.
-    fn vm_with_a_lapic() -> (Arc<kvm_ioctls::VmFd>, kvm_ioctls::VcpuFd) {
+    /// A VM with an in-kernel irqchip (the tests' one line if /dev/kvm is missing).
+    fn vm_with_an_irqchip() -> Arc<kvm_ioctls::VmFd> {
         let kvm = Kvm::new().expect("/dev/kvm is missing or inaccessible: this test needs KVM");
         let vm = Arc::new(kvm.create_vm().expect("VM"));
         vm.create_irq_chip().expect("irqchip");
+        vm
+    }
+
+    /// A VM with an in-kernel irqchip and vCPU 0, whose local APIC accepts interrupts.
+    fn vm_with_a_lapic() -> (Arc<kvm_ioctls::VmFd>, kvm_ioctls::VcpuFd) {
+        let vm = vm_with_an_irqchip();
         let vcpu = vm.create_vcpu(0).expect("vCPU");
         let mut lapic = vcpu.get_lapic().expect("LAPIC");
         // the spurious-interrupt register: APIC software-enabled (bit 8), vector 0xff
@@ -368,9 +369,7 @@ mod tests {
 
     #[test]
     fn a_notification_that_cannot_move_leaves_its_queue_to_exit_and_is_retried_later() {
-        let kvm = Kvm::new().expect("/dev/kvm is missing or inaccessible: this test needs KVM");
-        let vm = Arc::new(kvm.create_vm().expect("VM"));
-        vm.create_irq_chip().expect("irqchip");
+        let vm = vm_with_an_irqchip();
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let (old, new) = ([0xe000_3000, 0xe000_3004], [0xd000_3000, 0xd000_3004]);
         let mut wiring = KvmWiring::new("blk0", router, &old).expect("wiring");
