@@ -12,22 +12,14 @@ use super::test_backend::*;
 use super::*;
 use crate::memory::GuestRam;
 use crate::virtio::pci::MAX_QUEUES;
-use crate::virtio::{VirtioDevice, F_VERSION_1, TYPE_BLOCK, TYPE_NET};
+use crate::virtio::{VirtioDevice, F_VERSION_1, TYPE_BLOCK};
 
 const F_BLK_SIZE: u64 = 1 << 6;
 const F_MAC: u64 = 1 << 5;
 
-/// A net device (one pair: rx, tx) on the backend.
+/// A net device (one pair: rx, tx, queues of 256) on `backend`.
 fn net(backend: &ScriptedBackend, ram: &GuestRam) -> VhostUserDevice {
-    VhostUserDevice::connect(
-        "net0",
-        &backend.path,
-        TYPE_NET,
-        QueueUnits(1),
-        256,
-        ram.memory().clone(),
-    )
-    .unwrap()
+    crate::vhost_user::test_backend::net_device(backend, ram, 256)
 }
 
 #[test]

@@ -12,24 +12,15 @@ use super::*;
 use crate::memory::GuestRam;
 use crate::vhost_user::test_backend::*;
 use crate::vhost_user::F_PROTOCOL_FEATURES;
-use crate::virtio::device_type::QueueUnits;
 use crate::virtio::pci::test_utils::test_transport;
 use crate::virtio::{F_VERSION_1, TYPE_NET};
 
 const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
 
-/// A net device (one pair: rx, tx) on `backend`.
+/// A net device (one pair: rx, tx, queues of 64) on `backend`.
 fn net(backend: &ScriptedBackend, ram: &GuestRam) -> VhostUserDevice {
-    VhostUserDevice::connect(
-        "net0",
-        &backend.path,
-        TYPE_NET,
-        QueueUnits(1),
-        64,
-        ram.memory().clone(),
-    )
-    .unwrap()
+    crate::vhost_user::test_backend::net_device(backend, ram, 64)
 }
 
 /// The backend dies and the device notices.

@@ -408,3 +408,20 @@ pub fn guest_ram() -> GuestRam {
     })
     .unwrap()
 }
+
+/// A net device (one pair: rx, tx) with queues of `queue_size`, connected to `backend`.
+pub fn net_device(
+    backend: &ScriptedBackend,
+    ram: &GuestRam,
+    queue_size: u16,
+) -> super::VhostUserDevice {
+    super::VhostUserDevice::connect(
+        "net0",
+        &backend.path,
+        crate::virtio::TYPE_NET,
+        crate::virtio::device_type::QueueUnits(1),
+        queue_size,
+        ram.memory().clone(),
+    )
+    .unwrap()
+}
