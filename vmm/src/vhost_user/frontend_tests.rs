@@ -68,7 +68,8 @@ fn the_handshake_takes_only_the_protocol_features_it_uses() {
         | PROTOCOL_F_BACKEND_REQ
         | PROTOCOL_F_CONFIG
         | PROTOCOL_F_CONFIGURE_MEM_SLOTS
-        | PROTOCOL_F_INFLIGHT_SHMFD;
+        | PROTOCOL_F_INFLIGHT_SHMFD
+        | PROTOCOL_F_LOG_SHMFD;
     let backend = start_with(
         "protocol",
         Script {
@@ -90,7 +91,7 @@ fn the_handshake_takes_only_the_protocol_features_it_uses() {
             SET_BACKEND_REQ_FD,
         ]
     );
-    let wanted = offered & !PROTOCOL_F_INFLIGHT_SHMFD;
+    let wanted = offered & !PROTOCOL_F_LOG_SHMFD;
     assert_eq!(
         backend.messages(SET_PROTOCOL_FEATURES),
         vec![wanted.to_le_bytes()]
@@ -208,14 +209,7 @@ fn activation_sends_the_memory_table_then_each_ring_in_order() {
     dev.activate(F_VERSION_1 | F_MAC, &setups).unwrap();
     backend.wait_for(SET_VRING_ENABLE, 2);
 
-    let ring = [
-        SET_VRING_NUM,
-        SET_VRING_ADDR,
-        SET_VRING_BASE,
-        SET_VRING_CALL,
-        SET_VRING_KICK,
-        SET_VRING_ENABLE,
-    ];
+    let ring = RING_SETUP;
     let mut expected = vec![SET_FEATURES, SET_MEM_TABLE];
     expected.extend(ring.iter().chain(&ring));
     assert_eq!(backend.requests()[handshake..], expected[..]);

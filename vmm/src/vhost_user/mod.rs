@@ -3,13 +3,17 @@
 //! queue count, config space, memory table, rings); what the vmm knows of a device type (queues
 //! per unit, config size, whose queue count wins) is the table in
 //! [`crate::virtio::device_type`]. What a snapshot keeps of the device is in [`persist`]; how a
-//! device survives its backend's restart is in [`reconnect`].
+//! device survives its backend's restart is in [`reconnect`], with the backend's in-flight
+//! record it hands over in [`inflight`].
 
 mod call_deadline;
 #[cfg(test)]
 mod config_space_tests;
 #[cfg(test)]
 mod frontend_tests;
+pub mod inflight;
+#[cfg(test)]
+mod inflight_tests;
 pub mod persist;
 pub mod reconnect;
 #[cfg(test)]
@@ -83,6 +87,15 @@ pub enum FrontendError {
         what: &'static str,
         gpa: u64,
     },
+    #[error(
+        "device {device}: the backend on {socket} answered GET_INFLIGHT_FD with an unusable \
+         region: {problem}"
+    )]
+    Inflight {
+        device: String,
+        socket: PathBuf,
+        problem: inflight::InflightProblem,
+    },
 }
 
 /// Maps a vhost error of `step` to [`FrontendError::Protocol`] naming the device and socket.
@@ -128,6 +141,9 @@ pub struct VhostUserDevice {
     link: reconnect::Link,
     /// How long one exchange with the backend may take ([`reconnect::CALL_TIMEOUT`]).
     call_timeout: Duration,
+    /// With INFLIGHT_SHMFD: the backend's in-flight record, from the first activation's
+    /// GET_INFLIGHT_FD to the driver's reset; every new connection gets the same one.
+    inflight: Option<inflight::InflightRegion>,
 }
 
 /// One queue as the driver set it up, kept for replaying it to a new backend connection.
@@ -173,7 +189,8 @@ const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::REPLY_ACK)
     .union(VhostUserProtocolFeatures::CONFIG)
     .union(VhostUserProtocolFeatures::BACKEND_REQ)
-    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    .union(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
 
 /// What the driver-independent part of the negotiation learned from one connection.
 struct Handshake {
@@ -309,6 +326,7 @@ impl VhostUserDevice {
             config_cache: vec![0; kind.config_size as usize],
             link: reconnect::Link::default(),
             call_timeout,
+            inflight: None,
         })
     }
 
@@ -340,7 +358,8 @@ impl VhostUserDevice {
     }
 
     /// Start the rings of the driver's last activation on the current connection:
-    /// SET_FEATURES, the memory table, then per ring SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE.
+    /// SET_FEATURES, the memory table, the in-flight region (with INFLIGHT_SHMFD), then per
+    /// ring SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE.
     /// A fresh activation starts every ring at 0; a new connection under a running driver
     /// (`resume`) starts each where the guest's used ring says the old backend got to.
     fn start_rings(&mut self, resume: bool) -> Result<(), FrontendError> {
@@ -386,6 +405,7 @@ impl VhostUserDevice {
                 .set_mem_table(&regions)
                 .map_err(err("SET_MEM_TABLE"))?;
         }
+        self.send_inflight_region()?;
         self.vrings.clear();
         for q in 0..self.ring_setups.len() {
             let r = &self.ring_setups[q];
@@ -530,6 +550,8 @@ impl VirtioDevice for VhostUserDevice {
 
     fn reset(&mut self) {
         self.ring_setups.clear();
+        // the driver starts over: the next activation asks for a fresh in-flight record
+        self.inflight = None;
         let up = self.link.is_up();
         let _deadline = (up && self.vrings.iter().any(|r| r.running)).then(|| self.deadline());
         let mut failed = false;

@@ -34,6 +34,10 @@ pub struct VhostUserState {
     pub memory_regions_added: bool,
     /// The rings the last activation started, in the order it started them.
     pub vrings: Vec<VringState>,
+    /// With INFLIGHT_SHMFD: whether the vmm holds the backend's in-flight region (from the
+    /// activation's GET_INFLIGHT_FD until the driver's reset). Absent in older captures.
+    #[serde(default)]
+    pub inflight_tracking: bool,
 }
 
 impl VhostUserState {
@@ -68,6 +72,7 @@ impl VhostUserDevice {
             config_size: self.config_size,
             memory_regions_added: self.regions_added,
             vrings: self.vrings.clone(),
+            inflight_tracking: self.inflight_tracking(),
         }
     }
 }

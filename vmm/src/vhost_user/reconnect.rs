@@ -5,8 +5,9 @@
 //!   Up ──(socket hang-up, or a call that fails on a dead socket)──► Down(since)
 //!   Down ──(connect to the same path: at once, then backoff doubling to 100 ms, forever)──►
 //!        handshake (owner, features ⊇ negotiated, protocol features ⊇ negotiated, queue count)
-//!        ──► if the driver runs the device: SET_FEATURES, memory table, every ring from the
-//!            guest's used index, one kick and one call per ring ──► Up (reconnects += 1)
+//!        ──► if the driver runs the device: SET_FEATURES, memory table, the same in-flight
+//!            region (INFLIGHT_SHMFD), every ring from the guest's used index, one kick and
+//!            one call per ring ──► Up (reconnects += 1)
 //!   a failed handshake or replay stays Down (logged once per distinct error) and tries again
 //! ```
 //!
@@ -20,7 +21,8 @@
 //! saw completed is never redone and what it did not see is redone — exact for devices that
 //! complete in order (net, balloon, blk's sync engine). A device completing out of order (blk
 //! on io_uring) needs the backend's in-flight record (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) to
-//! skip what it completed after an earlier request; see docs/architecture.md.
+//! skip what it completed after an earlier request: the vmm hands the new backend the region
+//! the old one kept it in ([`super::inflight`]); see docs/architecture.md.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};

@@ -1,15 +1,16 @@
 //! A scripted vhost-user backend for the frontend's unit tests. It answers what the frontend
 //! asks of a backend (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS,
-//! GET_CONFIG from a config space SET_CONFIG writes, GET_VRING_BASE with 100 + index, and an
-//! ack to any message that asks for one), records every message with the descriptors that came
-//! with it, can play hung on one request, and hands the test its end of the connection so that
-//! the test can "kill" it. A second backend started with the same tag listens on the same
-//! path, as a restarted backend process would.
+//! GET_CONFIG from a config space SET_CONFIG writes, GET_VRING_BASE with 100 + index,
+//! GET_INFLIGHT_FD with a memfd it creates, and an ack to any message that asks for one),
+//! records every message with the descriptors that came with it, can play hung on one request,
+//! and hands the test its end of the connection so that the test can "kill" it. A second
+//! backend started with the same tag listens on the same path, as a restarted backend process
+//! would.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
@@ -45,10 +46,23 @@ pub const SET_VRING_ENABLE: u32 = 18;
 pub const SET_BACKEND_REQ_FD: u32 = 21;
 pub const GET_CONFIG: u32 = 24;
 pub const SET_CONFIG: u32 = 25;
+pub const GET_INFLIGHT_FD: u32 = 31;
+pub const SET_INFLIGHT_FD: u32 = 32;
 pub const GET_MAX_MEM_SLOTS: u32 = 36;
 pub const ADD_MEM_REG: u32 = 37;
 
+/// What the frontend sends to start one ring, in order.
+pub const RING_SETUP: [u32; 6] = [
+    SET_VRING_NUM,
+    SET_VRING_ADDR,
+    SET_VRING_BASE,
+    SET_VRING_CALL,
+    SET_VRING_KICK,
+    SET_VRING_ENABLE,
+];
+
 pub const PROTOCOL_F_MQ: u64 = 1 << 0;
+pub const PROTOCOL_F_LOG_SHMFD: u64 = 1 << 1;
 pub const PROTOCOL_F_REPLY_ACK: u64 = 1 << 3;
 pub const PROTOCOL_F_BACKEND_REQ: u64 = 1 << 5;
 pub const PROTOCOL_F_CONFIG: u64 = 1 << 9;
@@ -87,6 +101,11 @@ pub struct Script {
     pub config: Arc<Mutex<Vec<u8>>>,
     /// A request the backend reads and never answers, like a hung backend.
     pub hang_on: Arc<Mutex<Option<u32>>>,
+    /// The mmap_size GET_INFLIGHT_FD answers (the shape echoes the request's, the offset is
+    /// 0), with a new memfd of that size.
+    pub inflight_size: u64,
+    /// A duplicate of each memfd GET_INFLIGHT_FD handed out, in order.
+    pub inflight_regions: Arc<Mutex<Vec<File>>>,
 }
 
 impl Script {
@@ -140,8 +159,34 @@ impl Script {
                 }
                 (msg.flags & NEED_REPLY != 0).then(|| 0u64.to_le_bytes().to_vec())
             }
+            GET_INFLIGHT_FD => {
+                // VhostUserInflight: mmap_size, mmap_offset, num_queues and queue_size as
+                // asked, padded to 24 bytes (its C size)
+                let mut reply = self.inflight_size.to_le_bytes().to_vec();
+                reply.extend_from_slice(&0u64.to_le_bytes());
+                reply.extend_from_slice(&msg.payload[16..20]);
+                reply.extend_from_slice(&[0; 4]);
+                Some(reply)
+            }
             _ => (msg.flags & NEED_REPLY != 0).then(|| 0u64.to_le_bytes().to_vec()),
         }
+    }
+
+    /// The descriptor the reply to `request` carries: for GET_INFLIGHT_FD a new memfd of
+    /// `inflight_size` bytes, recorded in `inflight_regions`.
+    fn answer_fd(&self, request: u32) -> Option<File> {
+        if request != GET_INFLIGHT_FD {
+            return None;
+        }
+        // SAFETY: a NUL-terminated name that outlives the call; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"inflight".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(self.inflight_size).unwrap();
+        let mut regions = self.inflight_regions.lock().unwrap();
+        regions.push(file.try_clone().unwrap());
+        Some(file)
     }
 }
 
@@ -154,13 +199,17 @@ pub struct ScriptedBackend {
     pub script: Script,
 }
 
-fn reply(stream: &mut UnixStream, request: u32, payload: &[u8]) {
+fn reply(stream: &mut UnixStream, request: u32, payload: &[u8], fd: Option<&File>) {
     let mut msg = Vec::new();
     for word in [request, REPLY, payload.len() as u32] {
         msg.extend_from_slice(&word.to_le_bytes());
     }
     msg.extend_from_slice(payload);
-    let _ = stream.write_all(&msg);
+    match fd {
+        // the descriptor comes with the message's first bytes, in one sendmsg
+        Some(f) => drop(stream.send_with_fd(&msg[..], f.as_raw_fd())),
+        None => drop(stream.write_all(&msg)),
+    }
 }
 
 /// The next message on `stream` with its descriptors; `None` once the frontend is gone.
@@ -233,7 +282,8 @@ pub fn start_with(tag: &str, script: Script) -> ScriptedBackend {
             let (request, answer) = (msg.request, answers.answer(&msg));
             record.lock().unwrap().push(msg);
             if let Some(payload) = answer {
-                reply(&mut stream, request, &payload);
+                let fd = answers.answer_fd(request);
+                reply(&mut stream, request, &payload, fd.as_ref());
             }
         }
     });
