@@ -3,9 +3,12 @@
 //! the readable bytes copied out (up to a cap), or either part as iovecs for the zero-copy
 //! paths (`preadv`/`pwritev`, io_uring, `writev` to a tap).
 //!
-//! The chain is walked once, with virtio-queue's iterator: it bounds the walk (at most a queue
-//! size of descriptors, or an indirect table's, no nested tables, at most 4 GiB in all) and
-//! simply stops where it would not go on. A chain whose last descriptor still names a next one
+//! The chain is walked once, from any iterator of its descriptors that walks as virtio-queue's
+//! does: its `DescriptorChain`, for a chain popped from the available ring, or
+//! [`SavedChain`](crate::saved_chain::SavedChain), for one resubmitted from a saved head index.
+//! Either bounds the walk (at most a queue size of descriptors, or an indirect table's, no
+//! nested tables, at most 4 GiB in all), ends after a descriptor without NEXT and simply stops
+//! where it would not go on. A chain whose last descriptor still names a next one
 //! was cut short there — a loop, a next index past the table, lengths that add up past 4 GiB,
 //! a bad indirect table after other descriptors — and is refused ([`ChainError::CutShort`]):
 //! what is left of it is not the request the driver wrote. (A chain that is nothing but an
@@ -22,12 +25,8 @@
 //! whole, so nothing outside guest memory is ever read or written, and buffers a device
 //! ignores are never looked at.
 
-use std::ops::Deref;
-
-use virtio_queue::DescriptorChain;
-use vm_memory::{
-    Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice,
-};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use crate::guest_iovecs::GuestIovecs;
 
@@ -146,12 +145,13 @@ pub struct ChainBuffers {
 }
 
 impl ChainBuffers {
-    /// Walk `chain`; `out_of_order` says what a readable descriptor after a writable one does.
-    pub fn new<M>(chain: DescriptorChain<M>, out_of_order: OutOfOrder) -> Result<Self, ChainError>
-    where
-        M: Deref,
-        M::Target: GuestMemory,
-    {
+    /// Walk `chain` (a walk that ends after a descriptor without NEXT, as virtio-queue's and
+    /// [`SavedChain`](crate::saved_chain::SavedChain)'s do); `out_of_order` says what a
+    /// readable descriptor after a writable one does.
+    pub fn new(
+        chain: impl IntoIterator<Item = Descriptor>,
+        out_of_order: OutOfOrder,
+    ) -> Result<Self, ChainError> {
         let mut buffers = Vec::new();
         let mut first_writable = None;
         let mut first_out_of_order = None;
@@ -192,28 +192,19 @@ impl ChainBuffers {
 
     /// Walk a chain that must hold device-readable buffers only (a packet to send, page
     /// numbers).
-    pub fn readable_only<M>(chain: DescriptorChain<M>) -> Result<Self, ChainError>
-    where
-        M: Deref,
-        M::Target: GuestMemory,
-    {
+    pub fn readable_only(chain: impl IntoIterator<Item = Descriptor>) -> Result<Self, ChainError> {
         Self::one_way(chain, false)
     }
 
     /// Walk a chain that must hold device-writable buffers only (receive buffers).
-    pub fn writable_only<M>(chain: DescriptorChain<M>) -> Result<Self, ChainError>
-    where
-        M: Deref,
-        M::Target: GuestMemory,
-    {
+    pub fn writable_only(chain: impl IntoIterator<Item = Descriptor>) -> Result<Self, ChainError> {
         Self::one_way(chain, true)
     }
 
-    fn one_way<M>(chain: DescriptorChain<M>, writable: bool) -> Result<Self, ChainError>
-    where
-        M: Deref,
-        M::Target: GuestMemory,
-    {
+    fn one_way(
+        chain: impl IntoIterator<Item = Descriptor>,
+        writable: bool,
+    ) -> Result<Self, ChainError> {
         let bufs = Self::new(chain, OutOfOrder::Refuse)?;
         if writable && !bufs.readable().is_empty() {
             Err(ChainError::UnexpectedReadable)

@@ -46,6 +46,12 @@ pub trait BackendFactory: Send + 'static {
     /// a socket once the frontend sends SET_BACKEND_REQ_FD.
     fn connected(&mut self, _backend: &Self::Backend, _channel: FrontendChannel) {}
 
+    /// For a device that tracks inflight requests (INFLIGHT_SHMFD): the slot the relay puts
+    /// the frontend's region in for `backend`.
+    fn inflight(&self, _backend: &Self::Backend) -> Option<crate::inflight::InflightSlot> {
+        None
+    }
+
     /// SIGUSR1: log the counters.
     fn log_stats(&self) -> Box<dyn Fn() + Send> {
         Box::new(|| {})
@@ -137,7 +143,11 @@ fn serve_connections<F: BackendFactory>(
         let frontend = accept(listener)?;
         let channel = FrontendChannel::default();
         factory.connected(&backend, channel.clone());
-        start_behind_relay(&mut daemon, frontend, channel)?;
+        let hooks = relay::Hooks {
+            channel,
+            inflight: factory.inflight(&backend),
+        };
+        start_behind_relay(&mut daemon, frontend, hooks)?;
         info!("{name}: frontend connected");
         match daemon.wait() {
             Ok(())
@@ -170,7 +180,7 @@ fn accept(listener: &mut Listener) -> Result<UnixStream, ServeError> {
 fn start_behind_relay<B>(
     daemon: &mut VhostUserDaemon<B>,
     frontend: UnixStream,
-    channel: FrontendChannel,
+    hooks: relay::Hooks,
 ) -> Result<(), ServeError>
 where
     B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
@@ -194,7 +204,7 @@ where
         daemon
             .start(&mut inner)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        relay::spawn(frontend, backend, channel).map_err(relay_err)
+        relay::spawn(frontend, backend, hooks).map_err(relay_err)
     })();
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&dir);

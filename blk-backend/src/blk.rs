@@ -89,7 +89,17 @@ impl BlkDevice {
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
-        match request::parse(chain, &self.limits()) {
+        self.start_descriptors(chain, mem)
+    }
+
+    /// [`BlkDevice::start`] for a chain given as its descriptors (a resubmitted inflight
+    /// request, walked again from its saved head).
+    pub fn start_descriptors(
+        &self,
+        chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
+        mem: &GuestMemoryMmap,
+    ) -> Start {
+        match request::parse_descriptors(chain, mem, &self.limits()) {
             Ok(req) if self.is_file_io(&req) => {
                 self.count(&req);
                 Stats::add(&self.stats.in_flight, 1);

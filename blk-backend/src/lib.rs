@@ -172,6 +172,10 @@ impl BackendFactory for BlkFactory {
         }
     }
 
+    fn inflight(&self, backend: &Self::Backend) -> Option<backends::inflight::InflightSlot> {
+        Some(backend.inflight_slot())
+    }
+
     fn on_reload(&self) -> Box<dyn Fn() + Send> {
         // SIGUSR2: online resize — take the image's new size and tell the guest
         let device = self.device.clone();

@@ -12,6 +12,7 @@
 use std::ops::Deref;
 
 use backends::descriptor_chain::{ChainBuffer, ChainBuffers, ChainError, OutOfOrder};
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap, Le32, Le64};
 
@@ -126,10 +127,18 @@ pub fn parse<M>(chain: DescriptorChain<M>, limits: &Limits) -> Result<Request, B
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let mem = chain.memory();
+    parse_descriptors(chain.clone(), chain.memory(), limits)
+}
+
+/// Parse and validate a chain given as its descriptors (a popped chain, or one walked again
+/// from its saved head by `backends::saved_chain` when an inflight request is resubmitted).
+pub fn parse_descriptors(
+    chain: impl IntoIterator<Item = Descriptor>,
+    mem: &GuestMemoryMmap,
+    limits: &Limits,
+) -> Result<Request, BadRequest> {
     let bad = |status, reason| BadRequest { status, reason };
-    let bufs =
-        ChainBuffers::new(chain.clone(), OutOfOrder::Keep).map_err(|e| bad(None, e.into()))?;
+    let bufs = ChainBuffers::new(chain, OutOfOrder::Keep).map_err(|e| bad(None, e.into()))?;
     let descs = bufs.buffers();
 
     // the status descriptor first, so that every later failure can still be reported

@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use backends::guest_memory::GuestMemoryHandle;
-use tracing::warn;
+use backends::inflight::{InflightSlot, Recovery, Tracker};
+use backends::saved_chain::SavedChain;
+use tracing::{info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -35,17 +37,35 @@ pub struct VhostUserBlk {
     /// Per queue: its io_uring (when the disk allows asynchronous I/O) and its vring (known
     /// from the first event, needed to complete requests when the ring is stopped).
     queues: Vec<Mutex<QueueState>>,
+    /// The inflight region the frontend gave this connection (INFLIGHT_SHMFD).
+    inflight: InflightSlot,
 }
 
 struct QueueState {
     uring: Option<UringQueue>,
     vring: Option<VringRwLock>,
+    /// Where this queue's requests are tracked in the inflight region, if there is one.
+    tracker: Option<Tracker>,
+    /// The region generation the queue took over last (0: none yet).
+    generation: u64,
 }
 
-/// Put finished requests in the used ring; returns how many.
-fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, done: &[Completed]) -> usize {
+/// Put finished requests in the used ring, each in the publish order of the inflight region
+/// (`tracker`); returns how many.
+fn give_back(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    done: &[Completed],
+    tracker: Option<&Tracker>,
+) -> usize {
     for c in done {
+        if let Some(t) = tracker {
+            t.publishing(c.head);
+        }
         backends::queue::return_chain(queue, mem, c.head, c.len);
+        if let Some(t) = tracker {
+            t.published(c.head, queue.next_used());
+        }
     }
     done.len()
 }
@@ -99,7 +119,12 @@ impl VhostUserBlk {
                 } else {
                     None
                 };
-                Ok(Mutex::new(QueueState { uring, vring: None }))
+                Ok(Mutex::new(QueueState {
+                    uring,
+                    vring: None,
+                    tracker: None,
+                    generation: 0,
+                }))
             })
             .collect::<io::Result<_>>()?;
         Ok(VhostUserBlk {
@@ -111,7 +136,13 @@ impl VhostUserBlk {
             event_idx: AtomicBool::new(false),
             mem: GuestMemoryHandle::new(),
             queues,
+            inflight: InflightSlot::new(num_queues as u16, queue_size as u16),
         })
+    }
+
+    /// Where the relay puts the frontend's inflight region for this connection.
+    pub fn inflight_slot(&self) -> InflightSlot {
+        self.inflight.clone()
     }
 
     /// The worker thread that serves `queue`.
@@ -153,26 +184,105 @@ impl VhostUserBlk {
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
         let mut used = 0;
-        let file = self.device.disk.identity_file();
         while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
-            let len = match self.device.start(chain, &mem) {
-                Start::Done(len) => len,
-                Start::Io(req) => match (qs.uring.as_mut(), file) {
-                    (Some(ring), Some(file)) => match ring.push(file, head, req, atomic.memory()) {
-                        Ok(()) => continue,
-                        Err(req) => self.device.finish_sync(&mem, &req),
-                    },
-                    _ => self.device.finish_sync(&mem, &req),
-                },
-            };
-            used += give_back(queue, &mem, &[Completed { head, len }]);
+            if let Some(t) = qs.tracker.as_mut() {
+                t.popped(head);
+            }
+            let started = self.device.start(chain, &mem);
+            if let Some(len) = self.run(qs, head, started, &atomic) {
+                used += give_back(queue, &mem, &[Completed { head, len }], qs.tracker.as_ref());
+            }
         }
         if let Some(ring) = qs.uring.as_mut() {
             ring.submit()?;
             // whatever completed meanwhile goes back in this same pass (one interrupt for
             // both), as QEMU does after each submission
-            used += give_back(queue, &mem, &ring.reap(&self.device, false)?);
+            let done = ring.reap(&self.device, false)?;
+            used += give_back(queue, &mem, &done, qs.tracker.as_ref());
+        }
+        if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
+            state.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Carry a started request on: its used length if it is done, `None` if it went to the
+    /// queue's io_uring.
+    fn run(
+        &self,
+        qs: &mut QueueState,
+        head: u16,
+        started: Start,
+        atomic: &GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> Option<u32> {
+        let mem = atomic.memory();
+        match started {
+            Start::Done(len) => Some(len),
+            Start::Io(req) => match (qs.uring.as_mut(), self.device.disk.identity_file()) {
+                (Some(ring), Some(file)) => match ring.push(file, head, req, atomic.memory()) {
+                    Ok(()) => None,
+                    Err(req) => Some(self.device.finish_sync(&mem, &req)),
+                },
+                _ => Some(self.device.finish_sync(&mem, &req)),
+            },
+        }
+    }
+
+    /// On the queue's first event after the frontend set an inflight region: take over what
+    /// a previous backend left in it — resubmit, oldest first, the requests the guest still
+    /// waits for, and pop next where that backend would have — then track in it.
+    fn take_over_inflight(
+        &self,
+        index: usize,
+        qs: &mut QueueState,
+        vring: &VringRwLock,
+    ) -> io::Result<()> {
+        let Some((generation, region)) = self.inflight.newer_than(qs.generation) else {
+            return Ok(());
+        };
+        qs.generation = generation;
+        qs.tracker = region.and_then(|r| r.queue(index)).map(Tracker::new);
+        let atomic = self.mem.get()?;
+        let mem = atomic.memory();
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        let Some(tracker) = qs.tracker.as_mut() else {
+            return Ok(());
+        };
+        let ring_used = queue
+            .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(io::Error::other)?
+            .0;
+        let recovery = tracker
+            .recover(ring_used, queue.size())
+            .unwrap_or_else(|e| {
+                warn!("queue {index}: {e}: nothing is resubmitted from it");
+                tracker.reinitialize(ring_used);
+                Recovery {
+                    resubmit: Vec::new(),
+                    next_avail: ring_used,
+                }
+            });
+        queue.set_next_used(ring_used);
+        queue.set_next_avail(recovery.next_avail);
+        if recovery.resubmit.is_empty() {
+            return Ok(());
+        }
+        info!(
+            "queue {index}: resubmitting {} request(s) the guest still waits for",
+            recovery.resubmit.len()
+        );
+        let mut used = 0;
+        for head in recovery.resubmit {
+            let chain = SavedChain::new(&mem, GuestAddress(queue.desc_table()), queue.size(), head);
+            let started = self.device.start_descriptors(chain, &mem);
+            if let Some(len) = self.run(qs, head, started, &atomic) {
+                used += give_back(queue, &mem, &[Completed { head, len }], qs.tracker.as_ref());
+            }
+        }
+        if let Some(ring) = qs.uring.as_mut() {
+            ring.submit()?;
         }
         if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
             state.signal_used_queue()?;
@@ -193,7 +303,7 @@ impl VhostUserBlk {
         let mem = atomic.memory();
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
-        give_back(queue, &mem, &done);
+        give_back(queue, &mem, &done, qs.tracker.as_ref());
         if queue.needs_notification(&*mem).unwrap_or(true) {
             state.signal_used_queue()?;
         }
@@ -238,6 +348,7 @@ impl VhostUserBackend for VhostUserBlk {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -299,6 +410,7 @@ impl VhostUserBackend for VhostUserBlk {
         if qs.vring.is_none() {
             qs.vring = Some(vring.clone());
         }
+        self.take_over_inflight(queue, &mut qs, vring)?;
         backends::queue::drain(vring, self.event_idx.load(Ordering::Relaxed), || {
             self.process_queue(&mut qs, vring)
         })

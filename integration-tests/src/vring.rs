@@ -49,12 +49,24 @@ impl Ring {
 
     /// Tell the backend about ring `index` at `base` and enable it.
     pub fn setup(f: &mut Frontend, mem: &GuestMemoryMmap, index: usize, base: u64) -> Result<Ring> {
+        Self::resume(f, mem, index, base, 0)
+    }
+
+    /// [`Ring::setup`] for a ring already in use: the backend starts at `vring_base` (the used
+    /// index), as after a backend restart.
+    pub fn resume(
+        f: &mut Frontend,
+        mem: &GuestMemoryMmap,
+        index: usize,
+        base: u64,
+        vring_base: u16,
+    ) -> Result<Ring> {
         let ring = Ring {
             base,
             kick: EventFd::new(0)?,
             call: EventFd::new(0)?,
-            avail_idx: 0,
-            last_used: 0,
+            avail_idx: vring_base,
+            last_used: vring_base,
         };
         let host =
             |gpa: u64| -> Result<u64> { Ok(mem.get_host_address(GuestAddress(gpa))? as u64) };
@@ -71,7 +83,7 @@ impl Ring {
                 log_addr: None,
             },
         )?;
-        f.set_vring_base(index, 0)?;
+        f.set_vring_base(index, vring_base)?;
         f.set_vring_call(index, &ring.call)?;
         f.set_vring_kick(index, &ring.kick)
             .context("SET_VRING_KICK")?;

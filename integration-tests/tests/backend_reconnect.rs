@@ -2,7 +2,7 @@
 //! reconnects to the restarted backend and the guest sees only a pause.
 //! - splitvisor-net is SIGKILLed twice during a 20 s iperf3 TCP run and started again (its
 //!   tap comes back on the namespace's bridge): the connection survives, iperf3 exits 0.
-//! - two disks (raw on the synchronous engine, and qcow2), each on its own splitvisor-blk,
+//! - two disks (raw on io_uring, and qcow2), each on its own splitvisor-blk,
 //!   2 queues, fio randwrite with crc32c verify on both while their backends are SIGKILLed and
 //!   restarted in turn (up to 10 times each): fio exits 0, no I/O error in the guest's log,
 //!   and `qemu-img check` finds the qcow2 image clean afterwards.
@@ -14,9 +14,9 @@
 //! Runs from the development tree passed. The cause is not found; issue 24 tracks it. The
 //! kill, restart and stop paths that CI runs are in svctl_lifecycle.rs.
 //!
-//! The disks use in-order completion (the sync engine; qcow2 is always synchronous): the vmm
-//! restarts each ring at the guest's used index, which is exact only then. Out-of-order
-//! completion (io_uring) needs the in-flight region of VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD.
+//! The raw disk completes out of order (io_uring): each restarted backend resubmits what the
+//! killed one left in flight, from the INFLIGHT_SHMFD region the vmm keeps across reconnects
+//! (`backends::inflight`; the exact cases are in blk_inflight.rs).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -94,19 +94,19 @@ wait $VM
 kill $NET $SRV; wait $NET $SRV 2>/dev/null
 $IP netns del ns1
 
-# --- blk: raw (sync engine) and qcow2, 2 queues each ---
+# --- blk: raw (io_uring) and qcow2, 2 queues each ---
 truncate -s 64M $W/d.raw
 /job/hostbin/qemu-img create -q -f qcow2 $W/d.qcow2 64M
 start_disk() { # start_disk NAME IMAGE ARGS...
     _d=$1 _img=$2
     shift 2
     rm -f $W/$_d.pid
-    splitvisor-blk --socket $W/$_d.sock --image $_img --queues 2 --pidfile $W/$_d.pid "$@" \
-        2>>"$JOB/$_d-blk.err" &
+    RUST_LOG=info splitvisor-blk --socket $W/$_d.sock --image $_img --queues 2 \
+        --pidfile $W/$_d.pid "$@" 2>>"$JOB/$_d-blk.err" &
     eval PID_$_d=$!
     wait_for . $W/$_d.pid 30 || echo "NO-PIDFILE $_d" >> "$JOB/l1.txt"
 }
-start_disk raw $W/d.raw --format raw --io-engine sync
+start_disk raw $W/d.raw --format raw
 start_disk qcow $W/d.qcow2 --format qcow2
 boot_case blk 600 --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs.cpio.gz --cpus 2 --memory 512M \
     --cmdline "console=ttyS0 quiet sv.cmd64=$BLK64" \
@@ -123,7 +123,7 @@ if wait_for GUEST-FIO-START "$JOB/blk.log" 300; then
             eval p=\$PID_$d
             kill -9 $p; wait $p 2>/dev/null
             if [ $d = raw ]; then
-                start_disk raw $W/d.raw --format raw --io-engine sync
+                start_disk raw $W/d.raw --format raw
             else
                 start_disk qcow $W/d.qcow2 --format qcow2
             fi
@@ -132,6 +132,7 @@ if wait_for GUEST-FIO-START "$JOB/blk.log" 300; then
     done
 fi
 echo "BLK-KILLS $kills" >> "$JOB/l1.txt"
+echo "BLK-RESUBMITS $(cat "$JOB"/raw-blk.err "$JOB"/qcow-blk.err | grep -c resubmitting)" >> "$JOB/l1.txt"
 wait $VM
 kill $PID_raw $PID_qcow; wait $PID_raw $PID_qcow 2>/dev/null
 /job/hostbin/qemu-img check $W/d.qcow2 > "$JOB/check.txt" 2>&1

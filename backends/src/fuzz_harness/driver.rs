@@ -215,7 +215,11 @@ where
         if let Some(relay_end) = relay_end {
             let handler_end = UnixStream::connect_addr(&address)?;
             self.start(&mut listener)?;
-            crate::relay::spawn(relay_end, handler_end, channel)?;
+            let hooks = crate::relay::Hooks {
+                channel,
+                inflight: factory.inflight(backend),
+            };
+            crate::relay::spawn(relay_end, handler_end, hooks)?;
             // the end of the stream: a GET_FEATURES, written now that the relay reads
             let get_features = Message::new(FrontendReq::GET_FEATURES, []);
             match self.write(&mut frontend, &get_features, true) {
