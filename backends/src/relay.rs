@@ -10,8 +10,11 @@
 //! the frontend asked for an ack), and the last one for each ring is passed on right after
 //! `SET_FEATURES` — QEMU does not send it again when it starts the device. For a device that
 //! tracks inflight requests the relay also answers GET_INFLIGHT_FD and SET_INFLIGHT_FD, which
-//! the handler refuses ([`crate::inflight`]). Only control messages cross the relay; the data
-//! path is the shared memory and eventfds.
+//! the handler refuses ([`crate::inflight`]). A `SET_CONFIG` flagged
+//! `VHOST_USER_CONFIG_LIVE_MIGRATION` (the vmm restoring the config space a killed backend
+//! served) never reaches the handler, which drops the flags and could not tell it from a
+//! driver's write: it goes to [`Hooks::config_restore`], or is dropped. Only control messages
+//! cross the relay; the data path is the shared memory and eventfds.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -32,6 +35,12 @@ const REQ_SET_FEATURES: u32 = 2;
 const REQ_SET_PROTOCOL_FEATURES: u32 = 16;
 const REQ_SET_VRING_ENABLE: u32 = 18;
 const REQ_SET_BACKEND_REQ_FD: u32 = 21;
+const REQ_SET_CONFIG: u32 = 25;
+/// SET_CONFIG's flag for a restored config space (the vhost crate's
+/// `VhostUserConfigFlags::LIVE_MIGRATION`).
+const CONFIG_F_LIVE_MIGRATION: u32 = 0x2;
+/// SET_CONFIG's body before the payload: offset, size and flags (u32 each).
+const CONFIG_HEADER_LEN: usize = 12;
 const FLAG_VERSION_1: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
@@ -63,6 +72,13 @@ impl Message {
             self.header[6],
             self.header[7],
         ])
+    }
+    /// The little-endian u32 at `at` in the body (0 past its end).
+    fn body_u32(&self, at: usize) -> u32 {
+        self.body
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
     }
     fn body_u64(&self) -> u64 {
         self.body
@@ -131,6 +147,10 @@ struct Negotiation {
     protocol_features: AtomicU64,
 }
 
+/// Takes a config space the frontend restores: its offset and bytes (not checked: the device
+/// checks them against its space). An error refuses it (the frontend's ack says so).
+pub type ConfigRestore = Arc<dyn Fn(u32, &[u8]) -> io::Result<()> + Send + Sync>;
+
 /// What the relay serves itself for the device behind it.
 #[derive(Clone, Default)]
 pub struct Hooks {
@@ -138,6 +158,9 @@ pub struct Hooks {
     pub channel: crate::frontend_channel::FrontendChannel,
     /// For a device that tracks inflight requests: where SET_INFLIGHT_FD's region goes.
     pub inflight: Option<InflightSlot>,
+    /// For a device whose state is in its config space: takes a restored space (SET_CONFIG
+    /// with LIVE_MIGRATION). Without it such a message is acked and dropped.
+    pub config_restore: Option<ConfigRestore>,
 }
 
 /// Relay messages between `frontend` and `backend` (the handler's end) until either side
@@ -230,6 +253,19 @@ fn frontend_to_backend(
                     }
                     continue;
                 }
+                REQ_SET_CONFIG if is_config_restore(&m) => {
+                    let acks =
+                        state.protocol_features.load(Ordering::Relaxed) & PROTOCOL_F_REPLY_ACK != 0;
+                    if let Some(reply) =
+                        serve_config_restore(hooks.config_restore.as_ref(), &m, acks)
+                    {
+                        let mut front = front_writer
+                            .lock()
+                            .map_err(|_| io::Error::other("relay lock poisoned"))?;
+                        send(&mut front, &reply)?;
+                    }
+                    continue;
+                }
                 REQ_SET_VRING_ENABLE if !state.features_set.load(Ordering::Relaxed) => {
                     tracing::debug!("early SET_VRING_ENABLE held by the relay until SET_FEATURES");
                     let wants_ack = m.flags() & FLAG_NEED_REPLY != 0
@@ -293,6 +329,48 @@ fn serve_inflight(slot: &InflightSlot, m: &Message, acks: bool) -> Option<Messag
         Ok(()) => 0,
         Err(e) => {
             tracing::warn!("SET_INFLIGHT_FD refused: {e}");
+            1
+        }
+    };
+    (acks && m.flags() & FLAG_NEED_REPLY != 0)
+        .then(|| reply_message(m.request(), status.to_le_bytes().to_vec(), Vec::new()))
+}
+
+/// Whether a SET_CONFIG restores a saved config space (its flags word has LIVE_MIGRATION).
+fn is_config_restore(m: &Message) -> bool {
+    m.body
+        .get(8..CONFIG_HEADER_LEN)
+        .and_then(|b| b.try_into().ok())
+        .is_some_and(|b| u32::from_le_bytes(b) & CONFIG_F_LIVE_MIGRATION != 0)
+}
+
+/// Hand a restored config space to `hook` (none: nothing to restore); the ack when asked
+/// and `acks`: 0 if it was taken (or there was no hook), 1 if it was refused.
+fn serve_config_restore(hook: Option<&ConfigRestore>, m: &Message, acks: bool) -> Option<Message> {
+    let offset = m.body_u32(0);
+    let payload = m.body.get(CONFIG_HEADER_LEN..).unwrap_or_default();
+    let result = if payload.len() != m.body_u32(4) as usize {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it announces {} bytes and carries {}",
+                m.body_u32(4),
+                payload.len()
+            ),
+        ))
+    } else {
+        match hook {
+            Some(restore) => restore(offset, payload),
+            None => {
+                tracing::debug!("a restored config space, for a device with nothing to restore");
+                Ok(())
+            }
+        }
+    };
+    let status: u64 = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::warn!("restored config space refused (offset {offset}): {e}");
             1
         }
     };

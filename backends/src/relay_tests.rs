@@ -20,7 +20,7 @@ struct Ends {
 fn relay_with(channel: FrontendChannel) -> Ends {
     relay_with_hooks(Hooks {
         channel,
-        inflight: None,
+        ..Hooks::default()
     })
 }
 
@@ -312,8 +312,8 @@ fn inflight_messages_are_answered_by_the_relay_for_a_tracking_device() {
     use crate::inflight::messages::{InflightInfo, REQ_GET_INFLIGHT_FD, REQ_SET_INFLIGHT_FD};
     let slot = crate::inflight::InflightSlot::new(2, 256);
     let ends = relay_with_hooks(Hooks {
-        channel: FrontendChannel::default(),
         inflight: Some(slot.clone()),
+        ..Hooks::default()
     });
     let (front, back) = (&ends.front, &ends.back);
     let protocol = message(
@@ -378,6 +378,124 @@ fn inflight_messages_pass_through_for_a_device_that_does_not_track() {
         read_bytes(&ends.back),
         get,
         "left to the handler, which refuses it"
+    );
+}
+
+/// A SET_CONFIG body: offset, size (of `payload`, or `size` when given), flags, payload.
+fn config_body(offset: u32, flags: u32, payload: &[u8], size: Option<u32>) -> Vec<u8> {
+    let size = size.unwrap_or(payload.len() as u32);
+    [offset, size, flags]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .chain(payload.iter().copied())
+        .collect()
+}
+
+const CONFIG_F_WRITABLE: u32 = 0x1;
+
+/// What a config restore hook was given: offset and bytes.
+type Restored = (u32, Vec<u8>);
+
+/// The frontend negotiated REPLY_ACK (the handler saw it too).
+fn negotiate_reply_ack(front: &UnixStream, back: &UnixStream) {
+    let protocol = message(
+        REQ_SET_PROTOCOL_FEATURES,
+        FLAG_VERSION_1,
+        &PROTOCOL_F_REPLY_ACK.to_le_bytes(),
+    );
+    write_with_fd(front, &protocol, None);
+    assert_eq!(read_bytes(back), protocol);
+}
+
+/// The ack the relay gives a SET_CONFIG: `status` 0 taken, 1 refused.
+fn config_ack(status: u8) -> Vec<u8> {
+    let mut ack = message(REQ_SET_CONFIG, FLAG_VERSION_1 | FLAG_REPLY, &[0; 8]);
+    ack[HEADER_LEN] = status;
+    ack
+}
+
+#[test]
+fn a_restored_config_space_goes_to_the_hook_never_to_the_handler() {
+    let taken: Arc<Mutex<Vec<Restored>>> = Arc::default();
+    let record = taken.clone();
+    let ends = relay_with_hooks(Hooks {
+        config_restore: Some(Arc::new(move |offset, bytes: &[u8]| {
+            if offset >= 8 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "past the space",
+                ));
+            }
+            record.lock().expect("lock").push((offset, bytes.to_vec()));
+            Ok(())
+        })),
+        ..Hooks::default()
+    });
+    let (front, back) = (&ends.front, &ends.back);
+    negotiate_reply_ack(front, back);
+    let restore = CONFIG_F_LIVE_MIGRATION;
+    let asks = FLAG_VERSION_1 | FLAG_NEED_REPLY;
+
+    let space = [1, 0, 3, 0, 2, 0, 0, 0];
+    let body = config_body(0, restore, &space, None);
+    write_with_fd(front, &message(REQ_SET_CONFIG, asks, &body), None);
+    assert_eq!(read_bytes(front), config_ack(0), "taken");
+    assert_eq!(*taken.lock().expect("lock"), vec![(0, space.to_vec())]);
+
+    // the hook refuses one; one that says it is longer than it is never reaches the hook
+    let body = config_body(8, restore, &[9; 4], None);
+    write_with_fd(front, &message(REQ_SET_CONFIG, asks, &body), None);
+    assert_eq!(read_bytes(front), config_ack(1), "refused by the device");
+    let body = config_body(4, restore, &[9; 4], Some(8));
+    write_with_fd(front, &message(REQ_SET_CONFIG, asks, &body), None);
+    assert_eq!(read_bytes(front), config_ack(1), "a short payload");
+    // without NEED_REPLY: taken, no ack
+    let body = config_body(4, restore | CONFIG_F_WRITABLE, &[7; 4], None);
+    write_with_fd(front, &message(REQ_SET_CONFIG, FLAG_VERSION_1, &body), None);
+
+    // a driver's write passes through as sent, to the handler, which acks it
+    let write = message(
+        REQ_SET_CONFIG,
+        asks,
+        &config_body(4, CONFIG_F_WRITABLE, &[5, 0, 0, 0], None),
+    );
+    write_with_fd(front, &write, None);
+    assert_eq!(read_bytes(back), write, "the first thing the handler sees");
+    assert_eq!(taken.lock().expect("lock")[1], (4, vec![7; 4]));
+    let handler_ack = config_ack(0);
+    write_with_fd(back, &handler_ack, None);
+    assert_eq!(read_bytes(front), handler_ack, "the only ack since");
+}
+
+#[test]
+fn a_restored_config_space_without_a_hook_is_acked_and_dropped() {
+    let ends = relay();
+    let (front, back) = (&ends.front, &ends.back);
+    let body = config_body(0, CONFIG_F_LIVE_MIGRATION, &[1; 8], None);
+    // before REPLY_ACK: no ack even when asked
+    let asks = FLAG_VERSION_1 | FLAG_NEED_REPLY;
+    write_with_fd(front, &message(REQ_SET_CONFIG, asks, &body), None);
+    // a body too short to have flags is not a restore: passed on (the handler refuses it)
+    let short = message(REQ_SET_CONFIG, FLAG_VERSION_1, &[0; 10]);
+    write_with_fd(front, &short, None);
+    assert_eq!(read_bytes(back), short, "the handler's first message");
+    let reply = message(REQ_GET_FEATURES, FLAG_VERSION_1 | FLAG_REPLY, &[1; 8]);
+    write_with_fd(back, &reply, None);
+    assert_eq!(read_bytes(front), reply, "no ack came before it");
+
+    negotiate_reply_ack(front, back);
+    write_with_fd(front, &message(REQ_SET_CONFIG, asks, &body), None);
+    assert_eq!(
+        read_bytes(front),
+        config_ack(0),
+        "acked: nothing to restore"
+    );
+    let plain = message(REQ_GET_FEATURES, FLAG_VERSION_1, &[]);
+    write_with_fd(front, &plain, None);
+    assert_eq!(
+        read_bytes(back),
+        plain,
+        "the restore never reached the handler"
     );
 }
 

@@ -52,6 +52,14 @@ pub trait BackendFactory: Send + 'static {
         None
     }
 
+    /// For a device whose state is in its config space (the balloon's target): what takes the
+    /// space a frontend restores on a new connection (SET_CONFIG flagged LIVE_MIGRATION, e.g.
+    /// the space the process this one replaced served), which the handler cannot tell from a
+    /// driver's write.
+    fn config_restore(&self, _backend: &Self::Backend) -> Option<relay::ConfigRestore> {
+        None
+    }
+
     /// SIGUSR1: log the counters.
     fn log_stats(&self) -> Box<dyn Fn() + Send> {
         Box::new(|| {})
@@ -141,11 +149,14 @@ fn serve_connections<F: BackendFactory>(
             .attach(&backend, &daemon.get_epoll_handlers())
             .map_err(ServeError::CreateDevice)?;
         let frontend = accept(listener)?;
+        // a worker that fails an event ends this connection (crate::worker::recover)
+        crate::worker::set_connection(frontend.try_clone().ok());
         let channel = FrontendChannel::default();
         factory.connected(&backend, channel.clone());
         let hooks = relay::Hooks {
             channel,
             inflight: factory.inflight(&backend),
+            config_restore: factory.config_restore(&backend),
         };
         start_behind_relay(&mut daemon, frontend, hooks)?;
         info!("{name}: frontend connected");
@@ -156,6 +167,7 @@ fn serve_connections<F: BackendFactory>(
             )) => info!("{name}: frontend disconnected"),
             Err(e) => warn!("{name}: connection ended with an error: {e}"),
         }
+        crate::worker::set_connection(None);
         // dropping the daemon stops and joins its vring worker threads
         drop(daemon);
         if once {

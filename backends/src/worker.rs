@@ -1,8 +1,65 @@
-//! vhost-user-backend's vring worker threads (one epoll loop each) and how they stop.
+//! vhost-user-backend's vring worker threads (one epoll loop each), how they stop, and what
+//! becomes of an event a device fails to handle.
+//!
+//! vhost-user-backend ends a worker thread for good when `handle_event` returns an error: the
+//! queues it serves go dead, silently, while the connection stays up. [`recover`] keeps the
+//! thread: the error is counted ([`errors`]; each log line carries the count so far), logged,
+//! and the frontend connection is shut down ([`set_connection`], by the serve loop), so the
+//! frontend reconnects and sets the device up afresh on a new one — a device reset the guest
+//! does not see (the vmm replays every ring from the guest's used index, and blk resubmits
+//! what was in flight). A backend process serves one connection at a time, so the connection
+//! is one per process.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+
+/// Errors logged at warning level before the rest go to debug (a guest that makes every
+/// connection fail must not flood the host's log).
+const LOUD_ERRORS: u64 = 20;
+
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+static CONNECTION: Mutex<Option<UnixStream>> = Mutex::new(None);
+
+/// The current frontend connection (a copy of its socket), ended by [`recover`] on an error;
+/// `None` when it ends.
+pub fn set_connection(connection: Option<UnixStream>) {
+    if let Ok(mut c) = CONNECTION.lock() {
+        *c = connection;
+    }
+}
+
+/// How many events the workers failed to handle since the process started.
+pub fn errors() -> u64 {
+    ERRORS.load(Ordering::Relaxed)
+}
+
+/// The body of `VhostUserBackend::handle_event`: run `handle`; an error is counted, logged and
+/// ends the frontend connection instead of the worker thread (see the module documentation).
+pub fn recover(worker: usize, handle: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    let Err(e) = handle() else {
+        return Ok(());
+    };
+    let n = ERRORS.fetch_add(1, Ordering::Relaxed) + 1;
+    if n <= LOUD_ERRORS {
+        tracing::warn!(
+            "worker {worker}: {e}; ending the connection so the frontend sets the device up              again (worker error {n})"
+        );
+    } else {
+        tracing::debug!("worker {worker}: {e} (worker error {n})");
+    }
+    if let Ok(c) = CONNECTION.lock() {
+        if let Some(socket) = c.as_ref() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    Ok(())
+}
 
 /// A fresh exit event for one worker thread, the body of `VhostUserBackend::exit_event`.
 /// Without one a worker never leaves its loop and dropping the daemon hangs. `None` if the
@@ -13,6 +70,27 @@ pub fn exit_event() -> Option<(EventConsumer, EventNotifier)> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn an_error_is_counted_ends_the_connection_and_keeps_the_worker() {
+        let (ours, frontend) = UnixStream::pair().unwrap();
+        set_connection(Some(ours));
+        assert!(recover(0, || Ok(())).is_ok());
+        let before = errors();
+        assert!(recover(3, || Err(io::Error::other("broken ring"))).is_ok());
+        assert!(errors() > before, "counted");
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            (&frontend).read(&mut buf).unwrap(),
+            0,
+            "the frontend sees the end"
+        );
+        set_connection(None);
+    }
+
     #[test]
     fn each_worker_gets_its_own_exit_event() {
         let (consumer, notifier) = super::exit_event().unwrap();

@@ -359,4 +359,28 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
+
+    /// A killed daemon leaves its control socket file behind, with nobody listening on it:
+    /// the next daemon serves on the same path (svctl and the vmm know only that path).
+    #[test]
+    fn a_control_socket_left_by_a_killed_daemon_is_served_again() {
+        let dir = std::env::temp_dir().join(format!("sv-ctl-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        // the killed process's socket: closed by the kernel, the file left
+        drop(backends::socket::bind_private(&path).unwrap());
+        assert!(path.exists());
+        assert!(UnixStream::connect(&path).is_err(), "nobody listens");
+
+        let state = Arc::new(BalloonState::default());
+        state.ram.store(1 << 30, Ordering::Relaxed);
+        spawn(&path, state).expect("the stale socket is replaced");
+        let reply = request(&path, &json!({"op": "set-target", "bytes": 512u64 << 20})).unwrap();
+        assert_eq!(reply["target_bytes"], 512u64 << 20, "{reply}");
+        // while it serves, a second daemon on the path is refused, not given the path
+        let second = spawn(&path, Arc::new(BalloonState::default()));
+        assert_eq!(second.unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

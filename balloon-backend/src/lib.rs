@@ -17,6 +17,8 @@ pub mod virtio_balloon;
 #[cfg(test)]
 mod pages_tests;
 #[cfg(test)]
+mod restore_tests;
+#[cfg(test)]
 mod vhu_balloon_tests;
 
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backends::frontend_channel::FrontendChannel;
+use backends::relay::ConfigRestore;
 use backends::serve::{self, BackendFactory, DaemonConfig, ServeError};
 
 use crate::state::BalloonState;
@@ -88,6 +91,16 @@ impl BackendFactory for BalloonFactory {
         if let Ok(mut c) = self.state.channel.lock() {
             *c = channel;
         }
+    }
+
+    fn config_restore(&self, _backend: &Self::Backend) -> Option<ConfigRestore> {
+        let state = self.state.clone();
+        Some(Arc::new(move |offset, bytes: &[u8]| {
+            state
+                .restore_config(offset, bytes)
+                .map(drop)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        }))
     }
 
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {

@@ -3,14 +3,14 @@
 //! the current connection (its frontend channel for config changes, its device for stats).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use backends::frontend_channel::FrontendChannel;
 
 use crate::vhu_balloon::VhostUserBalloon;
-use crate::virtio_balloon::PAGE_SIZE;
+use crate::virtio_balloon::{config_bytes, CONFIG_LEN, PAGE_SIZE};
 
 /// The smallest guest the balloon will squeeze a guest to.
 pub const MIN_TARGET: u64 = 64 << 20;
@@ -27,6 +27,13 @@ pub enum ControlError {
     NoStatsBuffer,
     #[error("the guest did not answer within {0} ms")]
     StatsTimeout(u64),
+}
+
+/// Why a config space restored by the frontend was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error("{len} bytes at offset {offset} do not fit the {CONFIG_LEN}-byte config space")]
+    OutOfBounds { offset: u32, len: usize },
 }
 
 #[derive(Default)]
@@ -57,6 +64,10 @@ pub struct BalloonState {
     pub actual: AtomicU32,
     /// Guest RAM in bytes (from the memory table).
     pub ram: AtomicU64,
+    /// Whether the state above is this process's own: a target was set, a driver wrote
+    /// `actual`, or a restored config space was taken. A later restore is then ignored: it
+    /// can only be older (the vmm's copy of what this process served).
+    settled: AtomicBool,
     pub counters: Counters,
     pub channel: Mutex<FrontendChannel>,
     pub device: Mutex<Weak<VhostUserBalloon>>,
@@ -83,6 +94,7 @@ impl BalloonState {
         }
         let pages = ((ram - target) / PAGE_SIZE) as u32;
         self.num_pages.store(pages, Ordering::Relaxed);
+        self.settled.store(true, Ordering::Release);
         tracing::info!(target, num_pages = pages, "new balloon target");
         match self.channel.lock().map(|c| c.config_changed()) {
             Ok(Ok(true)) => {}
@@ -92,6 +104,55 @@ impl BalloonState {
             ),
         }
         Ok(())
+    }
+
+    /// The driver says it has `pages` in the balloon (its write of `actual`).
+    pub fn driver_wrote_actual(&self, pages: u32) {
+        self.actual.store(pages, Ordering::Relaxed);
+        self.settled.store(true, Ordering::Release);
+    }
+
+    /// Take `bytes` at `offset` of the config space the frontend restores (SET_CONFIG with
+    /// LIVE_MIGRATION): the target and `actual` a killed predecessor served, so that the
+    /// driver, which still holds those pages, sees no change. Only a process with no state of
+    /// its own takes it (see `settled`); whether it was taken.
+    pub fn restore_config(&self, offset: u32, bytes: &[u8]) -> Result<bool, RestoreError> {
+        let out_of_bounds = || RestoreError::OutOfBounds {
+            offset,
+            len: bytes.len(),
+        };
+        let start = usize::try_from(offset).map_err(|_| out_of_bounds())?;
+        let end = start
+            .checked_add(bytes.len())
+            .filter(|&end| !bytes.is_empty() && end <= CONFIG_LEN)
+            .ok_or_else(out_of_bounds)?;
+        let fresh = self
+            .settled
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if !fresh {
+            tracing::info!(
+                "a restored config space ignored: this process's balloon state is newer"
+            );
+            return Ok(false);
+        }
+        let mut space = config_bytes(
+            self.num_pages.load(Ordering::Relaxed),
+            self.actual.load(Ordering::Relaxed),
+        );
+        space[start..end].copy_from_slice(bytes);
+        let word = |at: usize| {
+            u32::from_le_bytes([space[at], space[at + 1], space[at + 2], space[at + 3]])
+        };
+        let (num_pages, actual) = (word(0), word(4));
+        self.num_pages.store(num_pages, Ordering::Relaxed);
+        self.actual.store(actual, Ordering::Relaxed);
+        tracing::info!(
+            num_pages,
+            actual_pages = actual,
+            "balloon state restored from the frontend"
+        );
+        Ok(true)
     }
 
     pub fn target(&self) -> u64 {
@@ -171,5 +232,56 @@ mod tests {
             s.request_stats(Duration::from_millis(10)),
             Err(ControlError::NoStatsBuffer)
         );
+    }
+
+    #[test]
+    fn a_restored_config_space_becomes_the_target_and_actual() {
+        let s = BalloonState::default();
+        let (num_pages, actual) = ((768u32 << 20) / 4096, 190_000u32);
+        assert_eq!(
+            s.restore_config(0, &config_bytes(num_pages, actual)),
+            Ok(true)
+        );
+        assert_eq!(s.num_pages.load(Ordering::Relaxed), num_pages);
+        assert_eq!(s.actual.load(Ordering::Relaxed), actual);
+        // the memory table comes after: the target is then 256 MiB of 1 GiB
+        s.ram.store(1 << 30, Ordering::Relaxed);
+        assert_eq!(s.target(), 256 << 20);
+        assert_eq!(s.balloon_bytes(), u64::from(actual) * 4096);
+        // a second restore (the vmm's copy, maybe older) does not undo what was taken
+        assert_eq!(s.restore_config(0, &config_bytes(1, 2)), Ok(false));
+        assert_eq!(s.num_pages.load(Ordering::Relaxed), num_pages);
+    }
+
+    #[test]
+    fn a_restore_out_of_the_space_is_refused_and_changes_nothing() {
+        let s = BalloonState::default();
+        for (offset, len) in [(0, 9), (4, 5), (8, 1), (0, 0), (u32::MAX, 4), (7, 2)] {
+            assert_eq!(
+                s.restore_config(offset, &vec![0xff; len]),
+                Err(RestoreError::OutOfBounds { offset, len }),
+                "{offset} {len}"
+            );
+        }
+        assert_eq!(s.num_pages.load(Ordering::Relaxed), 0);
+        assert_eq!(s.actual.load(Ordering::Relaxed), 0);
+        // still a fresh process: a part of the space is taken, the rest kept
+        assert_eq!(s.restore_config(4, &7u32.to_le_bytes()), Ok(true));
+        assert_eq!(s.actual.load(Ordering::Relaxed), 7);
+        assert_eq!(s.num_pages.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_process_with_its_own_state_ignores_a_restore() {
+        let set = BalloonState::default();
+        set.ram.store(1 << 30, Ordering::Relaxed);
+        set.set_target(512 << 20).unwrap();
+        assert_eq!(set.restore_config(0, &config_bytes(1, 1)), Ok(false));
+        assert_eq!(set.target(), 512 << 20, "the target set here wins");
+
+        let written = BalloonState::default();
+        written.driver_wrote_actual(5);
+        assert_eq!(written.restore_config(0, &config_bytes(1, 1)), Ok(false));
+        assert_eq!(written.actual.load(Ordering::Relaxed), 5);
     }
 }

@@ -221,7 +221,7 @@ impl VhostUserBackend for VhostUserBalloon {
         // the driver writes only `actual`
         if offset == ACTUAL_OFFSET && buf.len() == 4 {
             let actual = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            self.state.actual.store(actual, Ordering::Relaxed);
+            self.state.driver_wrote_actual(actual);
             tracing::info!(actual_pages = actual, "the guest's balloon changed");
         }
         Ok(())

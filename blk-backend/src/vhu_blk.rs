@@ -392,27 +392,29 @@ impl VhostUserBackend for VhostUserBlk {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            warn!("worker {thread_id}: unexpected event set {evset:?}");
-            return Ok(());
-        }
-        let event = usize::from(device_event);
-        if let Some(queue) = completion_queue(self.num_queues, event) {
+        backends::worker::recover(thread_id, || {
+            if evset != EventSet::IN {
+                warn!("worker {thread_id}: unexpected event set {evset:?}");
+                return Ok(());
+            }
+            let event = usize::from(device_event);
+            if let Some(queue) = completion_queue(self.num_queues, event) {
+                let mut qs = self.queue_state(queue)?;
+                return self.complete(&mut qs, false);
+            }
+            let Some(vring) = vrings.get(event) else {
+                warn!("worker {thread_id}: event for unknown source {device_event}");
+                return Ok(());
+            };
+            let queue = self.queue_of(thread_id, event);
             let mut qs = self.queue_state(queue)?;
-            return self.complete(&mut qs, false);
-        }
-        let Some(vring) = vrings.get(event) else {
-            warn!("worker {thread_id}: event for unknown source {device_event}");
-            return Ok(());
-        };
-        let queue = self.queue_of(thread_id, event);
-        let mut qs = self.queue_state(queue)?;
-        if qs.vring.is_none() {
-            qs.vring = Some(vring.clone());
-        }
-        self.take_over_inflight(queue, &mut qs, vring)?;
-        backends::queue::drain(vring, self.event_idx.load(Ordering::Relaxed), || {
-            self.process_queue(&mut qs, vring)
+            if qs.vring.is_none() {
+                qs.vring = Some(vring.clone());
+            }
+            self.take_over_inflight(queue, &mut qs, vring)?;
+            backends::queue::drain(vring, self.event_idx.load(Ordering::Relaxed), || {
+                self.process_queue(&mut qs, vring)
+            })
         })
     }
 }

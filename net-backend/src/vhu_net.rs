@@ -398,32 +398,35 @@ impl VhostUserBackend for VhostUserNet {
         vrings: &[VringRwLock],
         pair: usize,
     ) -> io::Result<()> {
-        if !evset.contains(EventSet::IN) {
-            warn!("pair {pair}: unexpected event set {evset:?}");
-            return Ok(());
-        }
-        self.sync_tap_queue(pair, vrings);
-        let vring = |i: u16| {
-            vrings
-                .get(usize::from(i))
-                .ok_or_else(|| io::Error::other(format!("pair {pair}: no vring {i}")))
-        };
-        match device_event {
-            RX => self.receive(pair, vring(RX)?),
-            TX => self.transmit_all(pair, vring(TX)?),
-            CTRL if pair == 0 => {
-                // drained like transmit: with EVENT_IDX the driver kicks again only once it is
-                // told where (it sends one command at a time and spins until it is answered)
-                let ctrl = vring(CTRL)?;
-                backends::queue::drain(ctrl, self.event_idx.load(Ordering::Relaxed), || {
-                    self.control(ctrl)
-                })
+        backends::worker::recover(pair, || {
+            if !evset.contains(EventSet::IN) {
+                warn!("pair {pair}: unexpected event set {evset:?}");
+                return Ok(());
             }
-            e if u64::from(e) == self.tap_event() => self.receive(pair, vring(RX)?),
-            other => {
-                warn!("pair {pair}: event for unknown source {other}");
-                Ok(())
+            self.sync_tap_queue(pair, vrings);
+            let vring = |i: u16| {
+                vrings
+                    .get(usize::from(i))
+                    .ok_or_else(|| io::Error::other(format!("pair {pair}: no vring {i}")))
+            };
+            match device_event {
+                RX => self.receive(pair, vring(RX)?),
+                TX => self.transmit_all(pair, vring(TX)?),
+                CTRL if pair == 0 => {
+                    // drained like transmit: with EVENT_IDX the driver kicks again only once it
+                    // is told where (it sends one command at a time and spins until it is
+                    // answered)
+                    let ctrl = vring(CTRL)?;
+                    backends::queue::drain(ctrl, self.event_idx.load(Ordering::Relaxed), || {
+                        self.control(ctrl)
+                    })
+                }
+                e if u64::from(e) == self.tap_event() => self.receive(pair, vring(RX)?),
+                other => {
+                    warn!("pair {pair}: event for unknown source {other}");
+                    Ok(())
+                }
             }
-        }
+        })
     }
 }

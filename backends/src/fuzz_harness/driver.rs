@@ -218,6 +218,7 @@ where
             let hooks = crate::relay::Hooks {
                 channel,
                 inflight: factory.inflight(backend),
+                config_restore: factory.config_restore(backend),
             };
             crate::relay::spawn(relay_end, handler_end, hooks)?;
             // the end of the stream: a GET_FEATURES, written now that the relay reads

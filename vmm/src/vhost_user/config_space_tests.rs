@@ -53,7 +53,8 @@ fn config_reads_fetch_the_whole_space_and_writes_go_to_the_backend() {
     let set = &backend.messages(SET_CONFIG)[0];
     assert_eq!(
         (u32_at(set, 0), u32_at(set, 4), u32_at(set, 8)),
-        (20, 2, flags)
+        (20, 2, CONFIG_FRONTEND),
+        "a driver's write has the spec's FRONTEND type (0), which libvhost-user takes"
     );
     assert_eq!(&set[12..], &[0xaa, 0xbb]);
     // the backend changes its space by itself too: every read while up is fresh

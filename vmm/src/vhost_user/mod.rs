@@ -502,11 +502,21 @@ impl VirtioDevice for VhostUserDevice {
             return;
         }
         let _deadline = self.deadline();
-        if let Err(e) =
-            self.frontend
-                .set_config(offset as u32, VhostUserConfigFlags::WRITABLE, data)
+        // flags 0: the vhost-user spec's VHOST_SET_CONFIG_TYPE_FRONTEND (a driver's write).
+        // The vhost crate's `WRITABLE` is the spec's 1, MIGRATION, which libvhost-user
+        // backends (qemu-storage-daemon) refuse for a driver's write.
+        match self
+            .frontend
+            .set_config(offset as u32, VhostUserConfigFlags::empty(), data)
         {
-            tracing::warn!(device = %self.name, error = %e, "SET_CONFIG failed");
+            Ok(()) => {
+                // the copy a restarted backend is given ([`reconnect`]) has the write too
+                let end = offset as usize + data.len();
+                if let Some(dst) = self.config_cache.get_mut(offset as usize..end) {
+                    dst.copy_from_slice(data);
+                }
+            }
+            Err(e) => tracing::warn!(device = %self.name, error = %e, "SET_CONFIG failed"),
         }
     }
 

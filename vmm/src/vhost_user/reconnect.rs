@@ -7,7 +7,9 @@
 //!        handshake (owner, features ⊇ negotiated, protocol features ⊇ negotiated, queue count)
 //!        ──► if the driver runs the device: SET_FEATURES, memory table, the same in-flight
 //!            region (INFLIGHT_SHMFD), every ring from the guest's used index, one kick and
-//!            one call per ring ──► Up (reconnects += 1)
+//!            one call per ring, the config space as the guest last saw it if the new
+//!            backend's differs (SET_CONFIG, LIVE_MIGRATION) ──► GET_CONFIG ──► Up
+//!            (reconnects += 1)
 //!   a failed handshake or replay stays Down (logged once per distinct error) and tries again
 //! ```
 //!
@@ -81,11 +83,13 @@ impl LinkStatus {
     }
 }
 
-/// The device's side of the link: the shared status and when the current outage began.
+/// The device's side of the link: the shared status, when the current outage began, and
+/// whether the config copy came from a backend (until then it is zeros: nothing to restore).
 #[derive(Debug, Default)]
 pub struct Link {
     pub status: Arc<LinkStatus>,
     down_since: Option<Instant>,
+    config_read: bool,
 }
 
 impl Link {
@@ -104,6 +108,14 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// socket timeouts (vhost retries a timed-out receive for ever).
 pub(super) fn new_frontend(stream: UnixStream) -> Frontend {
     Frontend::from_stream(stream, 64)
+}
+
+/// What a GET_CONFIG of the whole space brought: the space, a reply of another size (the
+/// copy is kept), or no reply (the connection is closed).
+enum Fetched {
+    Space(Vec<u8>),
+    WrongSize,
+    Failed,
 }
 
 impl VhostUserDevice {
@@ -159,9 +171,22 @@ impl VhostUserDevice {
     /// Fetch the whole config space from the backend into the copy reads are served from;
     /// false if the backend failed to answer (the connection is then closed).
     pub(super) fn refresh_config(&mut self) -> bool {
+        match self.fetch_config() {
+            Fetched::Space(space) => {
+                self.config_cache = space;
+                self.link.config_read = true;
+                true
+            }
+            Fetched::WrongSize => true,
+            Fetched::Failed => false,
+        }
+    }
+
+    /// The backend's whole config space (QEMU's convention: from offset 0, then sliced). A
+    /// wrong size or a failure is logged; a failure closes the connection.
+    fn fetch_config(&mut self) -> Fetched {
         use vhost::vhost_user::message::VhostUserConfigFlags;
         let size = self.config_size;
-        // QEMU's convention: fetch the whole space from offset 0, then slice it
         let deadline = self.deadline();
         let reply = self.frontend.get_config(
             0,
@@ -171,19 +196,59 @@ impl VhostUserDevice {
         );
         drop(deadline);
         match reply {
-            Ok((_, payload)) if payload.len() == self.config_cache.len() => {
-                self.config_cache.copy_from_slice(&payload);
-                true
-            }
+            Ok((_, payload)) if payload.len() == self.config_cache.len() => Fetched::Space(payload),
             Ok(_) => {
                 tracing::warn!(device = %self.name, "GET_CONFIG answered a wrong size");
-                true
+                Fetched::WrongSize
             }
             Err(e) => {
                 tracing::warn!(device = %self.name, error = %e, "GET_CONFIG failed");
                 self.close_connection();
-                false
+                Fetched::Failed
             }
+        }
+    }
+
+    /// The config space on a new connection. Under a running driver, a backend whose space
+    /// differs from the one last read (by the guest) gets that one first (SET_CONFIG flagged
+    /// LIVE_MIGRATION: a new balloon process takes back its predecessor's target, others ignore
+    /// it); an unchanged space is not sent (libvhost-user backends die of a SET_CONFIG they
+    /// refuse). False if a GET_CONFIG failed (the connection is then closed).
+    fn take_over_config(&mut self) -> bool {
+        if self.ring_setups.is_empty() || !self.link.config_read {
+            return self.refresh_config();
+        }
+        match self.fetch_config() {
+            Fetched::Space(space) if space != self.config_cache => {
+                self.restore_config();
+                self.refresh_config()
+            }
+            Fetched::Space(_) | Fetched::WrongSize => true,
+            Fetched::Failed => false,
+        }
+    }
+
+    /// Send the backend the config space as last seen (a snapshot restore will too), with an
+    /// ack asked for under REPLY_ACK. A refusal or failure is only logged.
+    pub(super) fn restore_config(&mut self) {
+        use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+        let ack = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        if ack {
+            self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let deadline = self.deadline();
+        let sent =
+            self.frontend
+                .set_config(0, VhostUserConfigFlags::LIVE_MIGRATION, &self.config_cache);
+        drop(deadline);
+        if ack {
+            self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+        }
+        match sent {
+            Ok(()) => {
+                tracing::info!(device = %self.name, "config space restored to the new backend")
+            }
+            Err(e) => tracing::warn!(device = %self.name, error = %e, "config restore failed"),
         }
     }
 
@@ -265,7 +330,7 @@ impl VhostUserDevice {
                 let _ = r.call.write(1);
             }
         }
-        if self.protocol.contains(VhostUserProtocolFeatures::CONFIG) && !self.refresh_config() {
+        if self.protocol.contains(VhostUserProtocolFeatures::CONFIG) && !self.take_over_config() {
             return Err(refused("GET_CONFIG failed".into()));
         }
         let outage = self.link.down_since.take().map(|t| t.elapsed());
@@ -437,135 +502,13 @@ fn note(name: &str, last: &mut String, error: String) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Shutdown;
-
-    use super::*;
-    use crate::vhost_user::test_backend::{
-        self, Rings, SET_FEATURES, SET_VRING_CALL, SET_VRING_KICK,
-    };
-    use crate::virtio::device_type::QueueUnits;
-    use crate::virtio::{F_VERSION_1, TYPE_NET};
-    use vm_memory::{Bytes, GuestAddress};
-
-    const F_MAC: u64 = 1 << 5;
-    const F_MRG_RXBUF: u64 = 1 << 15;
-    const USED: [u64; 2] = Rings::USED;
-
-    /// A net device (1 pair: rx, tx) activated on `first`.
-    fn activated_device(
-        first: &test_backend::ScriptedBackend,
-        ram: &crate::memory::GuestRam,
-        rings: &Rings,
-    ) -> VhostUserDevice {
-        let mut dev = VhostUserDevice::connect(
-            "net0",
-            &first.path,
-            TYPE_NET,
-            QueueUnits(1),
-            64,
-            ram.memory().clone(),
-        )
-        .unwrap();
-        dev.activate(F_VERSION_1 | F_MAC, &rings.setups()).unwrap();
-        dev
-    }
-
-    #[test]
-    fn a_new_backend_gets_the_rings_from_the_guests_used_index() {
-        let ram = test_backend::guest_ram();
-        let rings = Rings::new();
-        let offer = F_VERSION_1 | F_MAC | F_MRG_RXBUF;
-        let first = test_backend::start("reconnect-a", offer);
-        let mut dev = activated_device(&first, &ram, &rings);
-        first.wait_for(SET_VRING_KICK, 2);
-        assert_eq!(first.vring_bases(), vec![(0, 0), (1, 0)]);
-
-        // the backend dies after completing 7 and 9 buffers
-        let mem = ram.memory();
-        mem.write_obj(7u16.to_le(), GuestAddress(USED[0] + 2))
-            .unwrap();
-        mem.write_obj(9u16.to_le(), GuestAddress(USED[1] + 2))
-            .unwrap();
-        first.conn.recv().unwrap().shutdown(Shutdown::Both).unwrap();
-        first.thread.join().unwrap();
-        assert!(dev.peer_gone());
-        dev.backend_gone();
-        let status = dev.link_status();
-        assert!(!status.is_up());
-        // meanwhile the driver's reset and a new activation only touch the vmm's records
-        dev.reset();
-        dev.activate(F_VERSION_1 | F_MAC, &rings.setups()).unwrap();
-        for (kick, call) in &rings.fds {
-            assert!(
-                kick.read().is_err() && call.read().is_err(),
-                "nothing signalled yet"
-            );
-        }
-
-        let second = test_backend::start("reconnect-b", offer);
-        let stream = UnixStream::connect(&second.path).unwrap();
-        let channel = dev.reconnect(stream).unwrap();
-        assert!(channel.is_none(), "the scripted backend has no BACKEND_REQ");
-        second.wait_for(SET_VRING_KICK, 2);
-        assert_eq!(second.vring_bases(), vec![(0, 7), (1, 9)]);
-        let acked = F_VERSION_1 | F_MAC;
-        assert_eq!(
-            second.messages(SET_FEATURES),
-            vec![acked.to_le_bytes().to_vec()]
-        );
-        assert_eq!(second.messages(SET_VRING_KICK).len(), 2);
-        assert_eq!(second.messages(SET_VRING_CALL).len(), 2);
-        for (kick, call) in &rings.fds {
-            assert_eq!(
-                kick.read().unwrap(),
-                1,
-                "one kick for work queued while down"
-            );
-            assert_eq!(
-                call.read().unwrap(),
-                1,
-                "one call for completions the guest missed"
-            );
-        }
-        assert!(status.is_up());
-        assert_eq!(status.reconnects(), 1);
-        assert!(status.last_outage().is_some());
-        let s = dev.vhost_user_state();
-        assert_eq!(
-            s.vrings.iter().map(|r| r.start_base).collect::<Vec<_>>(),
-            vec![7, 9]
-        );
-        drop(dev);
-        second.thread.join().unwrap();
-    }
-
-    #[test]
-    fn a_backend_that_lacks_a_negotiated_feature_is_refused() {
-        let ram = test_backend::guest_ram();
-        let rings = Rings::new();
-        let first = test_backend::start("refuse-a", F_VERSION_1 | F_MAC);
-        let mut dev = activated_device(&first, &ram, &rings);
-        first.conn.recv().unwrap().shutdown(Shutdown::Both).unwrap();
-        first.thread.join().unwrap();
-        dev.backend_gone();
-
-        let older = test_backend::start("refuse-b", F_VERSION_1);
-        let err = match dev.reconnect(UnixStream::connect(&older.path).unwrap()) {
-            Ok(_) => panic!("a backend without MAC was taken"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains("net0") && err.contains("0x20"), "{err}");
-        assert!(
-            !dev.link_status().is_up(),
-            "still down: the next attempt may do better"
-        );
-        assert!(older.vring_bases().is_empty(), "no ring was started on it");
-        drop(dev);
-        older.thread.join().unwrap();
-    }
-}
+#[path = "reconnect_replay_tests.rs"]
+mod tests;
 
 #[cfg(test)]
 #[path = "reconnect_tests.rs"]
 mod reconnect_tests;
+
+#[cfg(test)]
+#[path = "config_restore_tests.rs"]
+mod config_restore_tests;

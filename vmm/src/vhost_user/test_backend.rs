@@ -72,6 +72,10 @@ pub const PROTOCOL_F_CONFIGURE_MEM_SLOTS: u64 = 1 << 15;
 const REPLY: u32 = 0x5;
 /// The header flag asking for a REPLY_ACK.
 pub const NEED_REPLY: u32 = 0x8;
+/// SET_CONFIG's flags: a driver's write (the spec's VHOST_SET_CONFIG_TYPE_FRONTEND), and a
+/// restored space (the vhost crate's LIVE_MIGRATION bit).
+pub const CONFIG_FRONTEND: u32 = 0;
+pub const CONFIG_LIVE_MIGRATION: u32 = 0x2;
 
 /// One message the backend got.
 pub struct Msg {
@@ -106,6 +110,9 @@ pub struct Script {
     pub inflight_size: u64,
     /// A duplicate of each memfd GET_INFLIGHT_FD handed out, in order.
     pub inflight_regions: Arc<Mutex<Vec<File>>>,
+    /// Refuse a SET_CONFIG flagged LIVE_MIGRATION (a restore): the space is left as it is,
+    /// and the ack (if asked for) says 1.
+    pub refuse_restore: bool,
 }
 
 impl Script {
@@ -153,11 +160,13 @@ impl Script {
             }
             SET_CONFIG => {
                 let (offset, size) = (word(0) as usize, word(1) as usize);
+                let refused = self.refuse_restore && word(2) & CONFIG_LIVE_MIGRATION != 0;
                 let mut config = self.config.lock().unwrap();
-                if let Some(dst) = config.get_mut(offset..offset + size) {
+                if let Some(dst) = config.get_mut(offset..offset + size).filter(|_| !refused) {
                     dst.copy_from_slice(&msg.payload[12..12 + size]);
                 }
-                (msg.flags & NEED_REPLY != 0).then(|| 0u64.to_le_bytes().to_vec())
+                let status = u64::from(refused);
+                (msg.flags & NEED_REPLY != 0).then(|| status.to_le_bytes().to_vec())
             }
             GET_INFLIGHT_FD => {
                 // VhostUserInflight: mmap_size, mmap_offset, num_queues and queue_size as
@@ -319,6 +328,15 @@ impl ScriptedBackend {
         log.iter()
             .filter(|m| m.request == request)
             .map(|m| m.payload.clone())
+            .collect()
+    }
+
+    /// The header flags of every message of type `request`.
+    pub fn flags(&self, request: u32) -> Vec<u32> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|m| m.request == request)
+            .map(|m| m.flags)
             .collect()
     }
 
