@@ -5,6 +5,11 @@
 //! transient domain alongside → destroy both → undefine; `list`/`dominfo` after each step, and
 //! no live process or socket left at the end. The bridge lives in a network namespace of the
 //! job's own.
+//!
+//! Before the shutdown, the supervisor is SIGKILLed: the guest runs on, `svctl` answers from the
+//! record, `svctl start` adopts the domain, the new supervisor restarts a killed backend, and
+//! `svctl backend-restart` restarts one under guest writes; vm2 is destroyed after its
+//! supervisor was SIGKILLed.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -153,6 +158,57 @@ echo "DOMINFO-SECS-STOPPED $(l1_up) $t0" >> $S
 sleep 3
 [ -n "$pid" ] && kill -CONT $pid
 con 60 'i=0; while [ ! -s /tmp/stopped-write ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done; cat /tmp/stopped-write; echo AFTER-CONT-$((5 + 5))' AFTER-CONT-10
+# the supervisor is SIGKILLed: the vmm and the backends run on (no parent-death signal, each in
+# a session of its own), svctl answers from the record, and `svctl start` adopts the domain
+state_of() { sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -d' ' -f1; }
+blk0_pid() { sed -n 's/.*"blk0":{"down":[a-z]*,"pid":\([0-9]*\).*/\1/p' /tmp/run/vm1/backends.json; }
+step kill-supervisor
+spid=$(cat /tmp/run/vm1/supervisor.pid 2>/dev/null)
+vpid=$(cat /tmp/run/vm1/vmm.pid 2>/dev/null)
+bpid=$(blk0_pid)
+echo "SUPERVISOR-PID ${spid:-none}" >> $S
+echo "VMM-PID ${vpid:-none}" >> $S
+[ -n "$spid" ] && kill -9 $spid
+sleep 2
+echo "AFTER-KILL supervisor=$(state_of $spid) vmm=$(state_of $vpid) blk0=$(state_of $bpid)" >> $S
+step list-unsupervised
+sv list
+step dominfo-unsupervised
+sv dominfo vm1
+con 30 'echo UNSUPERVISED-$((8 * 8))' UNSUPERVISED-64
+step backend-restart-unsupervised
+sv backend-restart vm1 blk0
+step start-adopts
+sv start vm1
+step dominfo-adopted
+sv dominfo vm1
+# a backend killed now is started again by the new supervisor (which did not start it)
+step kill-blk-backend-adopted
+pid=$(blk0_pid)
+echo "BLK0-PID ${pid:-none}" >> $S
+[ -n "$pid" ] && kill -9 $pid
+i=0
+while [ $i -lt 150 ]; do
+    svctl dominfo vm1 | grep -q 'Process blk0: *running, 2 restart' && break
+    sleep 0.2; i=$((i + 1))
+done
+con 60 'dd if=/dev/zero of=/dev/vda bs=4k count=64 seek=3072 conv=fsync && echo IO-AFTER-ADOPTED-RESTART-$((3 + 4))' IO-AFTER-ADOPTED-RESTART-7
+step dominfo-after-adopted-restart
+sv dominfo vm1
+# a planned restart while the guest writes a pattern over and over: no failed write, no I/O
+# error, the pattern reads back
+con 60 'dd if=/dev/urandom of=/tmp/pat bs=4k count=1024 2>/dev/null; rm -f /tmp/brstop /tmp/brn /tmp/brfail; (n=0; while [ ! -e /tmp/brstop ]; do dd if=/tmp/pat of=/dev/vda bs=4k seek=4096 conv=fsync 2>/dev/null || echo FAIL >> /tmp/brfail; n=$((n + 1)); done; echo $n > /tmp/brn) & echo BR-START-$((5 * 5))' BR-START-25
+sleep 1
+step backend-restart
+sv backend-restart vm1 blk0
+step backend-restart-json
+sv --json backend-restart vm1 vda
+sleep 1
+con 120 'touch /tmp/brstop; i=0; while [ ! -s /tmp/brn ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda of=/tmp/back bs=4k skip=4096 count=1024 2>/dev/null; echo "BR-RESULT $(cat /tmp/brn) $(cat /tmp/brfail 2>/dev/null | wc -l) $(dmesg | grep -ci "i/o error") $(md5sum < /tmp/pat | cut -d" " -f1) $(md5sum < /tmp/back | cut -d" " -f1)"; echo BR-DONE-$((6 * 6))' BR-DONE-36
+step dominfo-after-backend-restart
+sv dominfo vm1
+step backend-restart-nodev
+sv backend-restart vm1 vdz
 step shutdown
 t0=$(l1_up)
 sv shutdown vm1 --timeout 120
@@ -181,6 +237,15 @@ step vmm-count
 live | grep -c '(splitvisor)' >> $S
 step destroy-vm1
 sv destroy vm1
+# vm2's supervisor is SIGKILLed: destroy works from the record alone (it stops the vmm, then
+# the backends, and removes the runtime dir; checked by the steps at the end)
+step kill-supervisor-vm2
+s2=$(cat /tmp/run/vm2/supervisor.pid 2>/dev/null)
+echo "SUPERVISOR2-PID ${s2:-none}" >> $S
+[ -n "$s2" ] && kill -9 $s2
+sleep 1
+step dominfo-vm2-unsupervised
+sv dominfo vm2
 step destroy-vm2
 sv destroy vm2
 step list-after-destroy
@@ -512,4 +577,157 @@ fn destroy_and_undefine_leave_no_process_socket_or_domain() {
     assert_eq!(step("live-end").trim(), "", "processes left");
     assert_eq!(step("runtime-end").trim(), "", "runtime files left");
     assert!(steps().contains("== end"), "{}", steps());
+}
+
+/// The words after `key` on the last console line that starts with it (the typed command's
+/// echo has the key too, but not at the start of a line).
+fn result(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{key} ")))
+        .map(|rest| rest.split_whitespace().map(String::from).collect())
+        .unwrap_or_else(|| panic!("{key} missing:\n{}", tail(text)))
+}
+
+/// What the job wrote after `KEY ` in the steps file ("" if nothing).
+fn l1_value(key: &str) -> String {
+    guest::value(&steps(), key).unwrap_or_default().to_string()
+}
+
+/// A process's state letter in an `AFTER-KILL what=STATE …` line ("" if it is gone).
+fn state_after_kill<'a>(line: &'a str, what: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{what}=")))
+        .unwrap_or_else(|| panic!("{what} missing: {line}"))
+}
+
+/// SIGKILL of the supervisor leaves the vmm, the backends and the guest running; list,
+/// dominfo and console work from the record; backend-restart needs a supervisor.
+#[test]
+fn a_killed_supervisor_leaves_the_guest_running_and_svctl_works_from_the_record() {
+    let killed = step("kill-supervisor");
+    assert!(!killed.contains("PID none"), "{killed}");
+    let after = &l1_value("AFTER-KILL");
+    assert!(
+        matches!(state_after_kill(after, "supervisor"), "" | "Z"),
+        "the supervisor survived SIGKILL: {after}"
+    );
+    for what in ["vmm", "blk0"] {
+        assert!(
+            matches!(state_after_kill(after, what), "R" | "S" | "D"),
+            "the {what} did not outlive its supervisor: {after}"
+        );
+    }
+    let list = ok("list-unsupervised");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("vm1") && l.contains("running")),
+        "{list}"
+    );
+    let info = ok("dominfo-unsupervised");
+    assert_eq!(field(&info, "State"), "running", "{info}");
+    let vmm = l1_value("VMM-PID");
+    assert_eq!(field(&info, "Id"), vmm, "{info}");
+    assert!(field(&info, "Supervisor").starts_with("none"), "{info}");
+    assert!(
+        field(&info, "Process blk0").starts_with("running"),
+        "{info}"
+    );
+    assert!(
+        field(&info, "Backend blk0").starts_with("connected"),
+        "{info}"
+    );
+    let con = console(10);
+    assert!(con.contains("UNSUPERVISED-64"), "{}", tail(&con));
+    fails_with("backend-restart-unsupervised", "has no supervisor");
+}
+
+/// `svctl start` adopts the running domain (same vmm, a new supervisor), which restarts a
+/// backend it did not start when it is killed; `svctl shutdown` then ends the domain.
+#[test]
+fn start_adopts_the_running_domain_and_its_new_supervisor_restarts_backends() {
+    let s = ok("start-adopts");
+    assert!(s.contains("adopted"), "{s}");
+    let info = ok("dominfo-adopted");
+    let vmm = l1_value("VMM-PID");
+    assert_eq!(field(&info, "Id"), vmm, "not the same vmm: {info}");
+    let old = l1_value("SUPERVISOR-PID");
+    let sup = field(&info, "Supervisor");
+    assert!(
+        sup.starts_with("running (pid ") && sup != format!("running (pid {old})"),
+        "{info}"
+    );
+    let killed = step("kill-blk-backend-adopted");
+    assert!(!killed.contains("BLK0-PID none"), "{killed}");
+    let io = console(11);
+    assert!(io.contains("IO-AFTER-ADOPTED-RESTART-7"), "{}", tail(&io));
+    let info = ok("dominfo-after-adopted-restart");
+    assert_eq!(
+        field(&info, "Process blk0"),
+        "running, 2 restart(s)",
+        "{info}"
+    );
+    assert!(
+        field(&info, "Backend blk0").starts_with("connected"),
+        "{info}"
+    );
+    let down = ok("shutdown");
+    assert!(down.contains("has been shut down"), "{down}");
+    assert_eq!(step("live-after-shutdown").trim(), "", "processes left");
+}
+
+/// `svctl backend-restart` (text and --json) restarts the disk's backend while the guest
+/// writes: every write succeeds, no I/O error, the data reads back; not counted as a failure.
+#[test]
+fn backend_restart_restarts_a_backend_under_guest_writes() {
+    let text = ok("backend-restart");
+    assert!(
+        text.contains("Backend blk0 of domain 'vm1' restarted: pid "),
+        "{text}"
+    );
+    assert!(text.contains("the vmm reconnected: outage "), "{text}");
+    let json = ok("backend-restart-json");
+    let body: String = json.lines().take_while(|l| !l.starts_with("rc=")).collect();
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(v["device"], "blk0", "{json}");
+    assert_eq!(v["reconnected"], true, "{json}");
+    assert_eq!(v["killed"], false, "{json}");
+    assert_ne!(v["old_pid"], v["new_pid"], "{json}");
+    assert!(v["outage_ms"].as_u64().is_some(), "{json}");
+    let con = console(13);
+    assert!(con.contains("BR-DONE-36"), "{}", tail(&con));
+    let r = result(&con, "BR-RESULT");
+    assert_eq!(r.len(), 5, "{r:?}");
+    assert!(
+        r[0].parse::<u64>().unwrap_or(0) >= 1,
+        "no write loop ran: {r:?}"
+    );
+    assert_eq!(
+        (r[1].as_str(), r[2].as_str()),
+        ("0", "0"),
+        "failed writes, I/O errors: {r:?}"
+    );
+    assert_eq!(r[3], r[4], "the pattern did not read back: {r:?}");
+    let info = ok("dominfo-after-backend-restart");
+    assert_eq!(
+        field(&info, "Process blk0"),
+        "running, 2 restart(s), 2 planned",
+        "{info}"
+    );
+    fails_with("backend-restart-nodev", "has no device vdz");
+}
+
+/// A domain whose supervisor was SIGKILLed is destroyed from the record alone.
+#[test]
+fn destroy_works_without_a_supervisor() {
+    let killed = step("kill-supervisor-vm2");
+    assert!(!killed.contains("PID none"), "{killed}");
+    let info = ok("dominfo-vm2-unsupervised");
+    assert_eq!(field(&info, "State"), "running", "{info}");
+    assert!(field(&info, "Supervisor").starts_with("none"), "{info}");
+    ok("destroy-vm2");
+    assert!(!ok("list-after-destroy").contains("vm2"));
+    assert_eq!(step("live-end").trim(), "", "processes left");
+    assert_eq!(step("runtime-end").trim(), "", "runtime files left");
 }

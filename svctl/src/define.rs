@@ -38,7 +38,7 @@ pub fn undefine(store: &Store, name: &str, out: &Out) -> Result<(), String> {
             "domain '{name}' is transient: it goes away when it stops"
         ));
     }
-    if store.supervisor(name).is_some() {
+    if crate::lifecycle::state(store, name) != crate::store::DomState::ShutOff {
         return Err(format!(
             "domain '{name}' is running: destroy or shut it down first"
         ));

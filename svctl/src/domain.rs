@@ -353,9 +353,13 @@ impl Runtime {
     pub fn supervisor_pid(&self) -> PathBuf {
         self.dir.join("supervisor.pid")
     }
-    /// The supervisor's record of its backends (PIDs, restarts).
+    /// The supervisor's record of the domain's processes (`record.rs`).
     pub fn backends_status(&self) -> PathBuf {
         self.dir.join("backends.json")
+    }
+    /// The supervisor's control socket (`supervise/control.rs`).
+    pub fn supervisor_socket(&self) -> PathBuf {
+        self.dir.join("supervisor.sock")
     }
     pub fn vmm_pid(&self) -> PathBuf {
         self.dir.join("vmm.pid")

@@ -6,12 +6,12 @@ use serde_json::{json, Value};
 
 use crate::domain::Domain;
 use crate::lifecycle::{api, require_running, state};
-use crate::store::{read_pid, DomState, Store};
+use crate::record::Record;
+use crate::store::{DomState, Store};
 use crate::Out;
 
 fn vmm_pid(store: &Store, name: &str) -> Option<u32> {
-    store.supervisor(name)?;
-    read_pid(&store.runtime(name).vmm_pid())
+    store.vmm(name).map(|v| v.pid)
 }
 
 /// Seconds of CPU the vmm process has used (all its threads, vCPUs included).
@@ -92,20 +92,23 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
                         "reconnects": b.reconnects, "last_outage_ms": b.last_outage_ms}))
         })
         .collect();
-    // the supervisor's restarts of each backend process
-    let restarts: Value = match st {
-        DomState::ShutOff => json!({}),
-        _ => std::fs::read_to_string(store.runtime(name).backends_status())
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_else(|| json!({})),
+    // the supervisor (if one runs) and its record of each backend process
+    let (supervisor, record) = match st {
+        DomState::ShutOff => (None, None),
+        _ => (store.supervisor(name), store.record(name)),
     };
+    let processes = backend_processes(record.as_ref(), supervisor.is_some());
     let j = json!({
         "id": pid, "name": d.name, "uuid": d.uuid, "state": st.to_string(), "vcpus": d.vcpus,
         "cpu_time_s": cpu, "max_memory_kib": max_kib, "used_memory_kib": used_kib,
-        "persistent": persistent, "autostart": d.autostart, "backends": backends,
-        "backend_processes": restarts,
+        "persistent": persistent, "autostart": d.autostart, "supervisor": supervisor,
+        "backends": backends, "backend_processes": processes,
     });
+    let supervisor_row = match (st, supervisor) {
+        (DomState::ShutOff, _) => "-".to_string(),
+        (_, Some(p)) => format!("running (pid {p})"),
+        (_, None) => format!("none (`svctl start {name}` adopts the running domain)"),
+    };
     let yn = |b: bool| if b { "yes" } else { "no" };
     let rows = [
         ("Id", pid.map_or("-".into(), |p| p.to_string())),
@@ -122,6 +125,7 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
             "Autostart",
             if d.autostart { "enable" } else { "disable" }.into(),
         ),
+        ("Supervisor", supervisor_row),
     ];
     let backend_rows = devices.iter().filter_map(|dev| {
         let b = dev.backend.as_ref()?;
@@ -138,20 +142,24 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
             format!("{link}, {} reconnect(s){outage}", b.reconnects),
         ))
     });
-    let process_rows = restarts.as_object().into_iter().flatten().map(|(what, v)| {
-        let state = if v["down"] == true {
-            "left down"
-        } else {
-            "running"
-        };
-        (
-            format!("Process {what}"),
-            format!(
-                "{state}, {} restart(s)",
-                v["restarts"].as_u64().unwrap_or(0)
-            ),
-        )
-    });
+    let process_rows = processes
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(what, v)| {
+            let planned = match v["planned_restarts"].as_u64().unwrap_or(0) {
+                0 => String::new(),
+                n => format!(", {n} planned"),
+            };
+            (
+                format!("Process {what}"),
+                format!(
+                    "{}, {} restart(s){planned}",
+                    v["state"].as_str().unwrap_or("-"),
+                    v["restarts"].as_u64().unwrap_or(0)
+                ),
+            )
+        });
     let text: String = rows
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -161,6 +169,26 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
         .collect();
     out.print(text, j);
     Ok(())
+}
+
+/// Each backend process as the record has it: its PID, whether it runs (checked by its start
+/// time), its restarts.
+fn backend_processes(record: Option<&Record>, supervised: bool) -> Value {
+    let procs = record.into_iter().flat_map(|r| &r.backends);
+    let map = procs
+        .map(|(what, b)| {
+            let state = match (b.down, b.id().is_alive(), supervised) {
+                (true, _, _) => "left down",
+                (false, true, _) => "running",
+                (false, false, true) => "restarting",
+                (false, false, false) => "dead (no supervisor to restart it)",
+            };
+            let v = json!({"pid": b.pid, "state": state, "down": b.down,
+                           "restarts": b.restarts, "planned_restarts": b.planned_restarts});
+            (what.clone(), v)
+        })
+        .collect();
+    Value::Object(map)
 }
 
 pub fn dumpconfig(store: &Store, name: &str, vmm: bool, out: &Out) -> Result<(), String> {
@@ -412,6 +440,6 @@ pub fn domifstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> Re
 }
 
 /// The guest's name for disk `i`: vda, vdb, …
-fn disk_target(i: usize) -> String {
+pub fn disk_target(i: usize) -> String {
     format!("vd{}", (b'a' + i as u8) as char)
 }

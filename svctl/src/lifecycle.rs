@@ -1,22 +1,29 @@
-//! The verbs that start and stop domains: start, create, shutdown, destroy, suspend, resume.
+//! The verbs that start and stop domains: start (afresh, or adopting a domain whose vmm runs
+//! without a supervisor), create, shutdown, destroy, suspend, resume. Each works from the
+//! domain's record (`record.rs`) when its supervisor is gone.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::client::ApiClient;
 
 use crate::domain::{self, Domain};
-use crate::store::{alive, read_pid, DomState, Store};
-use crate::supervise::tail;
+use crate::process::{ProcessId, Watched};
+use crate::store::{DomState, Store};
+use crate::supervise::{tail, teardown};
 
 pub fn api(store: &Store, name: &str) -> ApiClient {
     ApiClient::new(store.runtime(name).api())
 }
 
-/// The state of a domain; paused/running from the vmm itself.
+/// The state of a domain: it runs while its vmm does (paused/running from the vmm itself), or
+/// while its supervisor starts it.
 pub fn state(store: &Store, name: &str) -> DomState {
-    if store.supervisor(name).is_none() {
-        return DomState::ShutOff;
+    if store.vmm(name).is_none() {
+        return match store.supervisor(name) {
+            Some(_) => DomState::Running,
+            None => DomState::ShutOff,
+        };
     }
     match api(store, name).get::<api::types::VmInfo>("vm.info") {
         Ok(info) if info.state == api::types::VmState::Paused => DomState::Paused,
@@ -26,7 +33,7 @@ pub fn state(store: &Store, name: &str) -> DomState {
 
 pub fn require_running(store: &Store, name: &str) -> Result<(), String> {
     store.load(name)?;
-    if store.supervisor(name).is_none() {
+    if state(store, name) == DomState::ShutOff {
         return Err(format!("domain '{name}' is not running"));
     }
     Ok(())
@@ -51,27 +58,23 @@ fn preflight(store: &Store, d: &Domain) -> Result<(), String> {
     Ok(())
 }
 
-/// Start a domain: launch its supervisor, wait until the vmm answers on its API.
-pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<u32, String> {
-    let d = match transient {
-        Some(d) => d.clone(),
-        None => store.load(name)?,
-    };
-    if store.supervisor(name).is_some() {
-        return Err(format!("domain '{name}' is already running"));
-    }
-    preflight(store, &d)?;
+/// How `start` went.
+pub enum Started {
+    /// A new supervisor started the domain.
+    Afresh,
+    /// The domain's vmm ran without a supervisor: a new one adopted it.
+    Adopted { vmm: u32, supervisor: u32 },
+}
+
+/// Launch `svctl __supervise NAME` in a session of its own (a terminal closing does not stop
+/// the domain), its output appended to `<runtime>/NAME/supervisor.log`.
+fn spawn_supervisor(store: &Store, name: &str) -> Result<Child, String> {
     let rt = store.runtime(name);
-    // what a supervisor killed hard may have left
-    let _ = std::fs::remove_dir_all(&rt.dir);
-    std::fs::create_dir_all(&rt.dir)
-        .map_err(|e| format!("cannot create {}: {e}", rt.dir.display()))?;
-    if let Some(d) = transient {
-        let text = serde_json::to_string_pretty(d).map_err(|e| e.to_string())?;
-        std::fs::write(rt.dir.join("domain.json"), text).map_err(|e| e.to_string())?;
-        std::fs::write(rt.transient(), "").map_err(|e| e.to_string())?;
-    }
-    let log = std::fs::File::create(rt.log()).map_err(|e| e.to_string())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(rt.log())
+        .map_err(|e| format!("cannot create {}: {e}", rt.log().display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args(["__supervise", name])
@@ -80,7 +83,6 @@ pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<u3
         .stderr(log);
     {
         use std::os::unix::process::CommandExt;
-        // its own session: a terminal closing does not stop the domain
         // SAFETY: setsid is async-signal-safe and only affects the child.
         unsafe {
             cmd.pre_exec(|| {
@@ -89,25 +91,62 @@ pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<u3
             });
         }
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the supervisor: {e}"))?;
-    std::fs::write(rt.supervisor_pid(), format!("{}\n", child.id())).map_err(|e| e.to_string())?;
+    // it writes supervisor.pid once it holds the domain's supervisor lock (a second one that
+    // does not get the lock exits with an error); reaped by whoever adopts it once we exit
+    cmd.spawn()
+        .map_err(|e| format!("cannot start the supervisor: {e}"))
+}
+
+/// Why a supervisor we started ended early, from the logs it left.
+fn failed(store: &Store, name: &str, status: std::process::ExitStatus) -> String {
+    let logs = store.dir.join("logs").join(name);
+    let rt = store.runtime(name);
+    let why = [rt.log(), logs.join("supervisor.log"), logs.join("vmm.log")]
+        .iter()
+        .map(|p| tail(p))
+        .find(|l| l != "(no output)")
+        .unwrap_or_else(|| status.to_string());
+    format!("domain '{name}' failed to start: {why}")
+}
+
+/// Start a domain: launch its supervisor, wait until the vmm answers on its API. A domain
+/// whose vmm runs without a supervisor (it died) gets a new one that adopts it.
+pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<Started, String> {
+    let d = match transient {
+        Some(d) => d.clone(),
+        None => store.load(name)?,
+    };
+    if store.supervisor(name).is_some() {
+        return Err(format!("domain '{name}' is already running"));
+    }
+    if let Some(vmm) = store.vmm(name) {
+        return adopt(store, name, vmm);
+    }
+    // what a supervisor that died left behind: backends of a vmm that has ended
+    if !teardown::reap_unsupervised(store, name)? {
+        return Err(format!(
+            "domain '{name}' is being started or stopped by another svctl"
+        ));
+    }
+    preflight(store, &d)?;
+    let rt = store.runtime(name);
+    let _ = std::fs::remove_dir_all(&rt.dir);
+    std::fs::create_dir_all(&rt.dir)
+        .map_err(|e| format!("cannot create {}: {e}", rt.dir.display()))?;
+    if let Some(d) = transient {
+        let text = serde_json::to_string_pretty(d).map_err(|e| e.to_string())?;
+        std::fs::write(rt.dir.join("domain.json"), text).map_err(|e| e.to_string())?;
+        std::fs::write(rt.transient(), "").map_err(|e| e.to_string())?;
+    }
+    let mut child = spawn_supervisor(store, name)?;
     let client = api(store, name);
     let start = Instant::now();
     loop {
         if client.get::<serde_json::Value>("vmm.ping").is_ok() {
-            // reaped by whoever adopts it once we exit; its PID file is what we track
-            return Ok(child.id());
+            return Ok(Started::Afresh);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let logs = store.dir.join("logs").join(name);
-            let why = [logs.join("supervisor.log"), logs.join("vmm.log")]
-                .iter()
-                .map(|p| tail(p))
-                .find(|l| l != "(no output)")
-                .unwrap_or_else(|| status.to_string());
-            return Err(format!("domain '{name}' failed to start: {why}"));
+            return Err(failed(store, name, status));
         }
         if start.elapsed() > Duration::from_secs(60) {
             return Err(format!(
@@ -119,16 +158,50 @@ pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<u3
     }
 }
 
-/// Wait (bounded) until the domain's supervisor has ended. True if it did.
-pub fn wait_down(store: &Store, name: &str, limit: Duration) -> bool {
+/// A new supervisor for a domain whose vmm runs: returns once it has taken the domain over
+/// (its PID is in the record).
+fn adopt(store: &Store, name: &str, vmm: ProcessId) -> Result<Started, String> {
+    let mut child = spawn_supervisor(store, name)?;
+    let supervisor = child.id();
     let start = Instant::now();
-    while start.elapsed() < limit {
-        if store.supervisor(name).is_none() {
-            return true;
+    loop {
+        let rec = store.record(name);
+        if rec
+            .and_then(|r| r.supervisor)
+            .is_some_and(|s| s.pid == supervisor)
+        {
+            return Ok(Started::Adopted {
+                vmm: vmm.pid,
+                supervisor,
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(failed(store, name, status));
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "domain '{name}': the new supervisor did not take over within 60 s (see {})",
+                store.runtime(name).log().display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait (bounded) until the domain is down: its vmm has ended and its supervisor has stopped
+/// the backends and cleaned up, or, with no supervisor, we have. True if it is.
+pub fn wait_down(store: &Store, name: &str, limit: Duration) -> Result<bool, String> {
+    let start = Instant::now();
+    loop {
+        let down = store.supervisor(name).is_none() && store.vmm(name).is_none();
+        if down && teardown::reap_unsupervised(store, name)? {
+            return Ok(true);
+        }
+        if start.elapsed() >= limit {
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    false
 }
 
 pub fn shutdown(store: &Store, name: &str, timeout: Duration) -> Result<(), String> {
@@ -139,7 +212,7 @@ pub fn shutdown(store: &Store, name: &str, timeout: Duration) -> Result<(), Stri
     if timeout.is_zero() {
         return Ok(());
     }
-    if wait_down(store, name, timeout) {
+    if wait_down(store, name, timeout)? {
         Ok(())
     } else {
         Err(format!(
@@ -149,26 +222,28 @@ pub fn shutdown(store: &Store, name: &str, timeout: Duration) -> Result<(), Stri
     }
 }
 
-/// Hard stop: the vmm's `vm.stop`, else SIGKILL; then wait for the cleanup.
+/// SIGKILL a recorded process through its pidfd (never one that took over its PID).
+fn kill(id: Option<ProcessId>) {
+    if let Some(p) = id.and_then(|id| Watched::adopt(id).ok()) {
+        let _ = p.signal(libc::SIGKILL);
+    }
+}
+
+/// Hard stop: the vmm's `vm.stop`, else SIGKILL; then wait for the cleanup (the supervisor's,
+/// or ours when it has none).
 pub fn destroy(store: &Store, name: &str) -> Result<(), String> {
     require_running(store, name)?;
-    let rt = store.runtime(name);
     if api(store, name).put("vm.stop", None).is_err() {
-        if let Some(pid) = read_pid(&rt.vmm_pid()).filter(|&p| alive(p)) {
-            // SAFETY: kill of the domain's vmm PID, which is alive (checked just before).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
+        kill(store.vmm(name));
     }
-    if wait_down(store, name, Duration::from_secs(15)) {
+    if wait_down(store, name, Duration::from_secs(15))? {
         return Ok(());
     }
-    // the supervisor is stuck: kill it; its children follow (PDEATHSIG)
-    if let Some(pid) = store.supervisor(name) {
-        // SAFETY: kill of the domain's supervisor PID, alive just now.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-    if wait_down(store, name, Duration::from_secs(5)) {
-        let _ = std::fs::remove_dir_all(&rt.dir);
+    // the supervisor is stuck: kill it (its children do not follow it), then the vmm; the
+    // backends are stopped by the cleanup
+    kill(store.supervisor(name).and_then(|p| ProcessId::of(p).ok()));
+    kill(store.vmm(name));
+    if wait_down(store, name, Duration::from_secs(5))? {
         return Ok(());
     }
     Err(format!("domain '{name}': its processes did not stop"))
@@ -190,7 +265,7 @@ pub fn create(store: &Store, file: &std::path::Path) -> Result<Domain, String> {
         d.uuid = domain::new_uuid();
     }
     d.validate().map_err(|e| e.to_string())?;
-    if store.exists(&d.name) || store.supervisor(&d.name).is_some() {
+    if store.exists(&d.name) || state(store, &d.name) != DomState::ShutOff {
         return Err(format!("domain '{}' already exists", d.name));
     }
     start(store, &d.name.clone(), Some(&d))?;

@@ -1,14 +1,18 @@
 //! `svctl`: manage splitvisor domains the way virsh manages libvirt domains. A domain is a
-//! JSON file in the store (see `store.rs`); a running domain is a supervisor process with
-//! its backends and its vmm (see `supervise.rs`), reached through the vmm's API.
+//! JSON file in the store (see `store.rs`); a running domain is its vmm and its backends, kept
+//! by a supervisor process (see `supervise/`) and recorded in its runtime dir (`record.rs`),
+//! reached through the vmm's API.
 //!
 //! Output is for people; `--json` gives one JSON document per command for scripts. Errors
 //! go to stderr as `svctl: error: …` with exit status 1 (2 for a bad command line).
 
+mod backend_restart;
 mod console;
 mod define;
 mod info;
 mod lifecycle;
+mod process;
+mod record;
 mod store;
 mod supervise;
 mod systemd;
@@ -45,7 +49,7 @@ enum Verb {
     Undefine { name: String },
     /// Start a transient domain from a JSON file (forgotten when it stops).
     Create { file: PathBuf },
-    /// Start a defined domain.
+    /// Start a defined domain (one whose vmm runs without a supervisor is adopted by a new one).
     Start { name: String },
     /// List running domains (all with --all).
     List {
@@ -75,6 +79,9 @@ enum Verb {
     },
     /// Stop a domain at once (its definition is kept).
     Destroy { name: String },
+    /// Restart a backend on purpose (e.g. after an upgrade): drained, started again on its
+    /// socket; DEVICE as dominfo names it (blk0), or vda, or the interface's name.
+    BackendRestart { name: String, device: String },
     /// Set the memory a running guest keeps (balloon), e.g. 256M.
     Setmem { name: String, size: String },
     /// Memory statistics of a running guest (from its balloon).
@@ -146,8 +153,20 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
             Ok(())
         }
         Verb::Start { name } => {
-            lifecycle::start(&store, &name, None)?;
-            done(format!("Domain '{name}' started\n"), &name);
+            match lifecycle::start(&store, &name, None)? {
+                lifecycle::Started::Afresh => out.print(
+                    format!("Domain '{name}' started\n"),
+                    json!({"name": name, "ok": true, "adopted": false}),
+                ),
+                lifecycle::Started::Adopted { vmm, supervisor } => out.print(
+                    format!(
+                        "Domain '{name}' adopted: its running vmm (pid {vmm}) has a new \
+                         supervisor (pid {supervisor})\n"
+                    ),
+                    json!({"name": name, "ok": true, "adopted": true, "id": vmm,
+                           "supervisor": supervisor}),
+                ),
+            }
             Ok(())
         }
         Verb::List { all } => info::list(&store, all, out),
@@ -182,6 +201,9 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
             done(format!("Domain '{name}' destroyed\n"), &name);
             Ok(())
         }
+        Verb::BackendRestart { name, device } => {
+            backend_restart::backend_restart(&store, &name, &device, out)
+        }
         Verb::Setmem { name, size } => info::setmem(&store, &name, &size, out),
         Verb::Dommemstat { name } => info::dommemstat(&store, &name, out),
         Verb::Setvcpus {
@@ -200,9 +222,9 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
         Verb::Autostart { name, disable } => define::autostart(&store, &name, !disable, out),
         Verb::Install(a) => define::install(&store, a, out),
         Verb::Supervise { name } => {
-            let code = supervise::supervise(&store, &name)?;
+            let exit = supervise::supervise(&store, &name)?;
             // the supervisor's log (kept in <store>/logs/NAME/) says how the domain ended
-            eprintln!("svctl: domain '{name}': splitvisor exited with status {code}");
+            eprintln!("svctl: domain '{name}': splitvisor exited with {exit}");
             Ok(())
         }
     }

@@ -3,11 +3,15 @@
 //! Store: `$SVCTL_STORE`, else `/var/lib/splitvisor` for root, else
 //! `$XDG_STATE_HOME/splitvisor` (`~/.local/state/splitvisor`). Runtime: `$SVCTL_RUNTIME`, else
 //! `/run/splitvisor` for root, else `$XDG_RUNTIME_DIR/splitvisor` (or `/tmp/splitvisor-$UID`).
-//! A domain runs while its supervisor process (PID in `<runtime>/<name>/supervisor.pid`) lives.
+//! A domain runs while its vmm lives (recorded with its start time in
+//! `<runtime>/<name>/backends.json`), or while its supervisor (PID in `supervisor.pid`) starts
+//! it.
 
 use std::path::{Path, PathBuf};
 
 use crate::domain::{self, check_name, Domain, Runtime};
+use crate::process::ProcessId;
+use crate::record::Record;
 
 pub struct Store {
     pub dir: PathBuf,
@@ -166,11 +170,34 @@ impl Store {
         names
     }
 
-    /// The PID of the domain's live supervisor, if it runs.
+    /// The PID of the domain's live supervisor, if it runs (a process that took over a dead
+    /// supervisor's PID is not taken for it: its command line must be `svctl __supervise NAME`).
     pub fn supervisor(&self, name: &str) -> Option<u32> {
         let pid = read_pid(&self.runtime(name).supervisor_pid())?;
-        alive(pid).then_some(pid)
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (alive(pid) && supervises(&cmdline, name)).then_some(pid)
     }
+
+    /// The record of a domain's processes, if it has one (see `record.rs`).
+    pub fn record(&self, name: &str) -> Option<Record> {
+        Record::read(&self.runtime(name).backends_status()).unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            None
+        })
+    }
+
+    /// The domain's vmm, if it runs (by the record: its PID and start time).
+    pub fn vmm(&self, name: &str) -> Option<ProcessId> {
+        self.record(name)?.live_vmm()
+    }
+}
+
+/// Whether a process's command line (`/proc/PID/cmdline`: NUL-separated) is a supervisor's
+/// for domain `name`.
+fn supervises(cmdline: &[u8], name: &str) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"__supervise" && w[1] == name.as_bytes())
 }
 
 pub fn read_pid(path: &Path) -> Option<u32> {
@@ -185,5 +212,20 @@ pub fn alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_supervisor_is_known_by_its_command_line() {
+        let cmd = b"/usr/bin/svctl\0__supervise\0vm1\0";
+        assert!(supervises(cmd, "vm1"));
+        assert!(!supervises(cmd, "vm"), "another domain's");
+        assert!(!supervises(b"/usr/bin/svctl\0start\0vm1\0", "vm1"));
+        assert!(!supervises(b"sleep\0vm1\0", "vm1"));
+        assert!(!supervises(b"", "vm1"), "a zombie has none");
     }
 }

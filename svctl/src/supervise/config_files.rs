@@ -1,0 +1,181 @@
+//! The files a starting domain's processes read: each backend's `--config` file
+//! (`<runtime>/blk0.json` …, the domain's translation into `api::backend` types) and the vmm's
+//! (`<runtime>/vm.json`, its `VmConfig`).
+
+use std::path::Path;
+
+use crate::domain::{vm_config, Domain, Runtime};
+
+/// Each backend of the domain: its name in the runtime dir, its program and its
+/// configuration (what the program's `--config` file holds).
+fn backend_configs(
+    d: &Domain,
+    rt: &Runtime,
+) -> Result<Vec<(String, &'static str, String)>, String> {
+    let json = |v: Result<String, serde_json::Error>| v.map_err(|e| e.to_string());
+    let mut out = Vec::new();
+    for i in 0..d.disks.len() {
+        let cfg = json(serde_json::to_string_pretty(&d.blk_backend(i, rt)))?;
+        out.push((format!("blk{i}"), "splitvisor-blk", cfg));
+    }
+    for i in 0..d.nics.len() {
+        let cfg = json(serde_json::to_string_pretty(&d.net_backend(i, rt)))?;
+        out.push((format!("net{i}"), "splitvisor-net", cfg));
+    }
+    if let Some(b) = d.balloon_backend(rt) {
+        let cfg = json(serde_json::to_string_pretty(&b))?;
+        out.push(("balloon".into(), "splitvisor-balloon", cfg));
+    }
+    Ok(out)
+}
+
+/// A program's arguments: `--config` and its configuration file.
+fn config_args(path: &Path) -> Vec<String> {
+    vec!["--config".to_string(), path.display().to_string()]
+}
+
+/// How to start one backend: its name in the runtime dir, its program and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BackendCommand {
+    pub what: String,
+    pub program: &'static str,
+    pub args: Vec<String>,
+}
+
+/// Write every backend's configuration file, `<runtime>/<name>.json` (all of them before the
+/// first backend starts, so that a failure here leaves nothing running); how to start each.
+pub(super) fn write_backend_configs(
+    d: &Domain,
+    rt: &Runtime,
+) -> Result<Vec<BackendCommand>, String> {
+    let mut configs = Vec::new();
+    for (what, program, cfg) in backend_configs(d, rt)? {
+        let cfg_path = rt.dir.join(format!("{what}.json"));
+        std::fs::write(&cfg_path, cfg)
+            .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+        configs.push(BackendCommand {
+            what,
+            program,
+            args: config_args(&cfg_path),
+        });
+    }
+    Ok(configs)
+}
+
+/// Write the vmm's configuration file, `<runtime>/vm.json`; the vmm's arguments.
+pub(super) fn write_vmm_config(d: &Domain, rt: &Runtime) -> Result<Vec<String>, String> {
+    let cfg_path = rt.dir.join("vm.json");
+    let cfg = serde_json::to_string_pretty(&vm_config(d, rt)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg_path, cfg)
+        .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+    Ok(config_args(&cfg_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use api::backend::balloon::BalloonBackendConfig;
+    use api::backend::blk::BlkBackendConfig;
+    use api::backend::net::NetBackendConfig;
+    use api::config::VmConfig;
+    use serde::de::DeserializeOwned;
+
+    use super::super::TempRuntime;
+    use super::*;
+
+    fn domain(json: &str) -> Domain {
+        serde_json::from_str(json).expect("domain")
+    }
+
+    fn web() -> Domain {
+        domain(
+            r#"{"name": "web", "uuid": "0123abcd-0000-4000-8000-000000000000", "memory": "512M",
+                "kernel": "/k", "disks": [{"path": "/a.raw", "format": "raw"},
+                {"path": "/b.qcow2", "format": "qcow2", "readonly": true, "queues": 2}],
+                "nics": [{"bridge": "br0"}], "balloon": {"stats_interval": 5}}"#,
+        )
+    }
+
+    /// The file as the backend reads it (its `--config`).
+    fn read<T: DeserializeOwned>(path: &str) -> T {
+        let text = std::fs::read_to_string(path).expect("config file");
+        serde_json::from_str(&text).expect("the backend's config type")
+    }
+
+    fn config_path(args: &[String]) -> &str {
+        match args {
+            [flag, path] if flag == "--config" => path,
+            _ => panic!("not `--config FILE`: {args:?}"),
+        }
+    }
+
+    #[test]
+    fn each_backend_gets_its_derived_config_file() {
+        let (d, tmp) = (web(), TempRuntime::new());
+        let rt = &tmp.0;
+        let started = write_backend_configs(&d, rt).expect("configs");
+        let at = |what: &str| rt.dir.join(format!("{what}.json")).display().to_string();
+        let want: Vec<BackendCommand> = [
+            ("blk0", "splitvisor-blk"),
+            ("blk1", "splitvisor-blk"),
+            ("net0", "splitvisor-net"),
+            ("balloon", "splitvisor-balloon"),
+        ]
+        .iter()
+        .map(|(what, program)| {
+            let args = vec!["--config".to_string(), at(what)];
+            BackendCommand {
+                what: what.to_string(),
+                program,
+                args,
+            }
+        })
+        .collect();
+        assert_eq!(started, want);
+        for (i, started) in started[..2].iter().enumerate() {
+            let blk: BlkBackendConfig = read(config_path(&started.args));
+            assert_eq!(blk, d.blk_backend(i, rt), "blk{i}");
+        }
+        let net: NetBackendConfig = read(config_path(&started[2].args));
+        assert_eq!(net, d.net_backend(0, rt));
+        let balloon: BalloonBackendConfig = read(config_path(&started[3].args));
+        assert_eq!(Some(balloon), d.balloon_backend(rt));
+    }
+
+    #[test]
+    fn a_domain_without_devices_starts_no_backend() {
+        let d = domain(r#"{"name": "bare", "memory": "512M", "kernel": "/k", "balloon": null}"#);
+        let tmp = TempRuntime::new();
+        assert_eq!(write_backend_configs(&d, &tmp.0).expect("configs"), []);
+        let files = std::fs::read_dir(&tmp.0.dir).expect("dir").count();
+        assert_eq!(files, 0, "no file written");
+    }
+
+    #[test]
+    fn the_vmm_gets_the_domains_vm_config() {
+        let (d, tmp) = (web(), TempRuntime::new());
+        let rt = &tmp.0;
+        let args = write_vmm_config(&d, rt).expect("vm.json");
+        let path = rt.dir.join("vm.json");
+        assert_eq!(args, ["--config".to_string(), path.display().to_string()]);
+        let vm: VmConfig = read(config_path(&args));
+        assert_eq!(vm, vm_config(&d, rt));
+        assert_eq!(vm.devices.len(), 4, "two disks, a NIC and the balloon");
+    }
+
+    #[test]
+    fn an_unwritable_runtime_dir_is_reported_with_the_path() {
+        let rt = Runtime {
+            dir: "/nonexistent/svctl-runtime".into(),
+        };
+        let err = write_backend_configs(&web(), &rt).expect_err("refused");
+        assert!(
+            err.starts_with("cannot write /nonexistent/svctl-runtime/blk0.json: "),
+            "{err}"
+        );
+        let err = write_vmm_config(&web(), &rt).expect_err("refused");
+        assert!(
+            err.starts_with("cannot write /nonexistent/svctl-runtime/vm.json: "),
+            "{err}"
+        );
+    }
+}
