@@ -19,6 +19,19 @@ pub fn body<T: ByteValued>(value: &T) -> Vec<u8> {
     value.as_slice().to_vec()
 }
 
+/// `messages` without GET/SET_INFLIGHT_FD.
+pub fn without_inflight(messages: &[Message]) -> Vec<Message> {
+    let inflight = [
+        FrontendReq::GET_INFLIGHT_FD as u32,
+        FrontendReq::SET_INFLIGHT_FD as u32,
+    ];
+    messages
+        .iter()
+        .filter(|m| !inflight.contains(&m.code))
+        .cloned()
+        .collect()
+}
+
 /// A `VhostUserInflight` body (size and offset 0) with its 4 bytes of tail padding written as
 /// zeroes: [`body`] would copy whatever the padding holds, and seeds must be the same bytes
 /// on every run.
@@ -105,7 +118,8 @@ pub const VMM_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::M
     .union(VhostUserProtocolFeatures::REPLY_ACK)
     .union(VhostUserProtocolFeatures::CONFIG)
     .union(VhostUserProtocolFeatures::BACKEND_REQ)
-    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    .union(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
 
 impl Device {
     /// What the seeds need to know of `backend`, which setup byte `setup` chose, and whose
@@ -173,10 +187,33 @@ impl Device {
             ack,
         )];
         m.extend(self.memory(first, ack));
+        m.extend(self.inflight());
         for q in 0..self.queues {
             m.extend(self.ring(q).into_iter().map(|r| acked(r, ack)));
         }
         m
+    }
+
+    /// With INFLIGHT_SHMFD: GET_INFLIGHT_FD, then SET_INFLIGHT_FD with the region placed just
+    /// past the guest RAM in its memfd (the natural descriptor), where it starts zeroed;
+    /// mutations of its offset move it into the RAM the input writes.
+    fn inflight(&self) -> Vec<Message> {
+        use FrontendReq as R;
+        if !self
+            .acked_protocol()
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            return Vec::new();
+        }
+        let (queues, size) = (self.queues as u16, self.queue_size as u16);
+        let area = (16 + 16 * u64::from(size)).div_ceil(64) * 64;
+        let mut set = inflight_body(queues, size);
+        set[..8].copy_from_slice(&(area * u64::from(queues)).to_le_bytes());
+        set[8..16].copy_from_slice(&GUEST_RAM.to_le_bytes());
+        vec![
+            Message::new(R::GET_INFLIGHT_FD, inflight_body(queues, size)),
+            Message::new(R::SET_INFLIGHT_FD, set),
+        ]
     }
 
     fn memory(&self, first: bool, ack: bool) -> Vec<Message> {
@@ -311,14 +348,20 @@ impl Device {
         .concat();
         let mut seeds = vec![
             self.seed("vmm-start-stop", true, &life),
-            self.seed("vmm-start-stop-direct", false, &life),
+            // straight to the handler, which does not serve the inflight messages (the relay
+            // does): as a frontend that did not ask for them
+            self.seed("vmm-start-stop-direct", false, &without_inflight(&life)),
             self.seed("vmm-handshake-only", true, &self.handshake(false)),
             self.seed("qemu-reply-acks", true, &with_acks),
             self.seed("guest-reboot", true, &reboot),
             self.seed("legacy-no-protocol-features", false, &legacy),
             self.seed("memory-table-changes", true, &memory_changes),
             self.seed("config-space", true, &config_space),
-            self.seed("unsupported-requests", false, &unsupported),
+            self.seed(
+                "unsupported-requests",
+                false,
+                &without_inflight(&unsupported),
+            ),
         ];
         seeds.extend(self.broken_seeds());
         seeds
