@@ -143,13 +143,7 @@ fn messages_and_their_fds_pass_both_ways_unchanged() {
 fn an_early_vring_enable_is_acked_here_and_replayed_after_set_features() {
     let ends = relay();
     let (front, back) = (&ends.front, &ends.back);
-    let protocol = message(
-        REQ_SET_PROTOCOL_FEATURES,
-        FLAG_VERSION_1,
-        &PROTOCOL_F_REPLY_ACK.to_le_bytes(),
-    );
-    write_with_fd(front, &protocol, None);
-    assert_eq!(read_bytes(back), protocol);
+    negotiate_reply_ack(front, back);
 
     // before SET_FEATURES: ring 0 enabled then disabled, ring 1 enabled
     let ack_asked = FLAG_VERSION_1 | FLAG_NEED_REPLY;
@@ -310,19 +304,13 @@ fn the_relay_ends_when_the_backend_closes() {
 #[test]
 fn inflight_messages_are_answered_by_the_relay_for_a_tracking_device() {
     use crate::inflight::messages::{InflightInfo, REQ_GET_INFLIGHT_FD, REQ_SET_INFLIGHT_FD};
-    let slot = crate::inflight::InflightSlot::new(2, 256);
+    let slot = crate::inflight::InflightSlot::new(2);
     let ends = relay_with_hooks(Hooks {
         inflight: Some(slot.clone()),
         ..Hooks::default()
     });
     let (front, back) = (&ends.front, &ends.back);
-    let protocol = message(
-        REQ_SET_PROTOCOL_FEATURES,
-        FLAG_VERSION_1,
-        &PROTOCOL_F_REPLY_ACK.to_le_bytes(),
-    );
-    write_with_fd(front, &protocol, None);
-    assert_eq!(read_bytes(back), protocol);
+    negotiate_reply_ack(front, back);
 
     let asked = InflightInfo {
         num_queues: 2,

@@ -136,7 +136,7 @@ impl VhostUserBlk {
             event_idx: AtomicBool::new(false),
             mem: GuestMemoryHandle::new(),
             queues,
-            inflight: InflightSlot::new(num_queues as u16, queue_size as u16),
+            inflight: InflightSlot::new(num_queues as u16),
         })
     }
 

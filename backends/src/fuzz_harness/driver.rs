@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -442,15 +442,7 @@ fn is_hang_up(e: &io::Error) -> bool {
 
 /// A memfd of `len` bytes (sparse: zero and free until written), e.g. a disk image.
 pub fn memory_file(len: u64) -> io::Result<File> {
-    // SAFETY: memfd_create reads the NUL-terminated name; the new descriptor is ours alone.
-    let fd = unsafe { libc::memfd_create(c"splitvisor-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nobody else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len)?;
-    Ok(file)
+    crate::inflight::region::memfd(c"splitvisor-fuzz", len)
 }
 
 /// This process's threads and open descriptors, for leak checks.

@@ -16,6 +16,7 @@ pub mod region;
 mod tests;
 pub mod tracker;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use region::InflightRegion;
@@ -62,12 +63,14 @@ pub enum InflightError {
 /// The region the frontend gave the current connection, shared between the relay (which
 /// receives it) and the device's workers (which track in it). Each SET_INFLIGHT_FD makes a new
 /// generation: a worker that sees a generation it has not recovered from yet recovers first.
+/// Workers look on every event, so the generation is also kept in an atomic and the lock is
+/// only taken when it changed.
 #[derive(Clone)]
 pub struct InflightSlot {
     inner: Arc<Mutex<SlotState>>,
-    /// The device's queue count and largest queue (GET_INFLIGHT_FD asks for no more).
+    generation: Arc<AtomicU64>,
+    /// The device's queue count (GET/SET_INFLIGHT_FD may name no more).
     max_queues: u16,
-    max_queue_size: u16,
 }
 
 #[derive(Default)]
@@ -77,11 +80,11 @@ struct SlotState {
 }
 
 impl InflightSlot {
-    pub fn new(max_queues: u16, max_queue_size: u16) -> Self {
+    pub fn new(max_queues: u16) -> Self {
         InflightSlot {
             inner: Arc::default(),
+            generation: Arc::default(),
             max_queues,
-            max_queue_size,
         }
     }
 
@@ -89,20 +92,20 @@ impl InflightSlot {
         self.max_queues
     }
 
-    pub fn max_queue_size(&self) -> u16 {
-        self.max_queue_size
-    }
-
     /// Install the region of a SET_INFLIGHT_FD.
     pub fn set(&self, region: InflightRegion) {
         if let Ok(mut s) = self.inner.lock() {
             s.region = Some(Arc::new(region));
             s.generation += 1;
+            self.generation.store(s.generation, Ordering::Release);
         }
     }
 
     /// The current generation and its region, if it is not `seen` (0: none seen yet).
     pub fn newer_than(&self, seen: u64) -> Option<(u64, Option<Arc<InflightRegion>>)> {
+        if self.generation.load(Ordering::Acquire) == seen {
+            return None;
+        }
         let s = self.inner.lock().ok()?;
         (s.generation != seen).then(|| (s.generation, s.region.clone()))
     }

@@ -76,8 +76,7 @@ impl InflightRegion {
     /// A fresh, zeroed region in a new memfd (GET_INFLIGHT_FD), and the memfd to hand over.
     pub fn create(num_queues: u16, queue_size: u16) -> Result<(Self, File), InflightError> {
         let size = Self::size_for(num_queues, queue_size)?;
-        let file = memfd("splitvisor-inflight").map_err(InflightError::Memfd)?;
-        file.set_len(size as u64).map_err(InflightError::Memfd)?;
+        let file = memfd(c"splitvisor-inflight", size as u64).map_err(InflightError::Memfd)?;
         let region = Self::map(&file, 0, size as u64, num_queues, queue_size)?;
         Ok((region, file))
     }
@@ -221,13 +220,15 @@ impl QueueArea {
     }
 }
 
-fn memfd(name: &str) -> std::io::Result<File> {
-    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+/// A memfd of `len` bytes (sparse: zero and free until written).
+pub fn memfd(name: &std::ffi::CStr, len: u64) -> std::io::Result<File> {
     // SAFETY: memfd_create reads the NUL-terminated name and returns a new descriptor we own.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
-    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(len)?;
+    Ok(file)
 }

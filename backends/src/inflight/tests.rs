@@ -206,7 +206,7 @@ fn a_region_smaller_than_its_queues_is_not_mapped() {
 
 #[test]
 fn get_then_set_hands_the_device_the_region_the_frontend_keeps() {
-    let slot = InflightSlot::new(2, 256);
+    let slot = InflightSlot::new(2);
     assert!(
         slot.newer_than(0).is_none(),
         "nothing before SET_INFLIGHT_FD"
@@ -240,7 +240,7 @@ fn get_then_set_hands_the_device_the_region_the_frontend_keeps() {
 
 #[test]
 fn bad_inflight_messages_are_refused() {
-    let slot = InflightSlot::new(2, 256);
+    let slot = InflightSlot::new(2);
     let too_many = InflightInfo {
         num_queues: 3,
         queue_size: QUEUE,
