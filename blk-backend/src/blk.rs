@@ -121,11 +121,13 @@ impl BlkDevice {
     }
 
     /// Reads always, writes and flushes unless the disk is read-only (then `execute` refuses
-    /// writes and acknowledges flushes without touching the image).
+    /// writes and acknowledges flushes without touching the image); writes the disk checks
+    /// itself (`Disk::checks_writes_at`) are executed here, through the disk.
     fn is_file_io(&self, req: &Request) -> bool {
         match req.kind {
             RequestKind::In => true,
-            RequestKind::Out | RequestKind::Flush => !self.readonly,
+            RequestKind::Out => !self.readonly && !self.disk.checks_writes_at(req.offset()),
+            RequestKind::Flush => !self.readonly,
             _ => false,
         }
     }

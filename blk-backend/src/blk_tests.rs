@@ -2,7 +2,8 @@
 //! data round trips, read-only refusal, serials, discard and write-zeroes, hostile chains.
 
 use super::*;
-use crate::test_util::{desc, device, header, memory, TempImage, MIB, WRITE};
+use crate::disk::Format;
+use crate::test_util::{desc, device, device_as, header, memory, TempImage, MIB, WRITE};
 use std::sync::atomic::Ordering::Relaxed;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
@@ -193,4 +194,50 @@ fn a_grown_image_is_taken_on_resize_and_bounds_the_requests() {
     assert_eq!(dev.resize().unwrap(), Some((MIB, 2 * MIB)));
     assert_eq!(dev.limits().capacity_bytes, 2 * MIB);
     assert_eq!(run(&dev, &mem, &c), (1, OK), "inside the grown disk");
+}
+
+#[test]
+fn a_probed_raw_disk_refuses_a_first_sector_that_probes_as_qcow2() {
+    let img = TempImage::new("probe", &vec![0u8; MIB as usize]);
+    let dev = device_as(&img, Format::Auto);
+    let mem = memory();
+    let mut sector0 = [0x55u8; 4096];
+    sector0[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
+    mem.write_slice(&sector0, GuestAddress(0x20_0000)).unwrap();
+    // split where the copy-then-check bounce ends, to cover both halves
+    let w = [
+        desc(0x10_0000, 16, 0),
+        desc(0x20_0000, 300, 0),
+        desc(0x20_0000 + 300, 4096 - 300, 0),
+        desc(STATUS, 1, WRITE),
+    ];
+    header(&mem, 0x10_0000, VIRTIO_BLK_T_OUT, 0);
+    let q = MockSplitQueue::new(&mem, 16);
+    let started = dev.start(q.build_desc_chain(&w).unwrap(), &mem);
+    assert!(
+        matches!(started, Start::Done(_)),
+        "a write over the magic is checked by the disk, not sent to io_uring"
+    );
+    assert_eq!(run(&dev, &mem, &w), (1, IOERR));
+    assert_eq!(img.bytes(), vec![0u8; MIB as usize], "nothing was written");
+
+    // any other first sector is written whole, and writes elsewhere go to the file directly
+    sector0[..8].copy_from_slice(b"\xebc\x90MBR!!");
+    mem.write_slice(&sector0, GuestAddress(0x20_0000)).unwrap();
+    assert_eq!(run(&dev, &mem, &w), (1, OK));
+    assert_eq!(img.bytes()[..4096], sector0);
+    header(&mem, 0x10_0000, VIRTIO_BLK_T_OUT, 8);
+    let q = MockSplitQueue::new(&mem, 16);
+    assert!(matches!(
+        dev.start(q.build_desc_chain(&w).unwrap(), &mem),
+        Start::Io(_)
+    ));
+
+    // with the format given, the guest's disk is its own
+    let dev = device_as(&img, Format::Raw);
+    sector0[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
+    mem.write_slice(&sector0, GuestAddress(0x20_0000)).unwrap();
+    header(&mem, 0x10_0000, VIRTIO_BLK_T_OUT, 0);
+    assert_eq!(run(&dev, &mem, &w), (1, OK));
+    assert_eq!(img.bytes()[..4], *b"QFI\xfb");
 }

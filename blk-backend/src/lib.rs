@@ -40,6 +40,8 @@ pub const SIZE_MAX: u32 = 1 << 20;
 pub struct Config {
     pub image: PathBuf,
     pub format: Format,
+    /// Directories backing files may come from; empty: the image's own.
+    pub backing_dirs: Vec<PathBuf>,
     pub readonly: bool,
     pub direct: bool,
     pub queues: usize,
@@ -58,6 +60,7 @@ impl TryFrom<api::backend::blk::BlkBackendConfig> for Config {
         Ok(Config {
             image: c.image.ok_or(Error::NoImage)?,
             format: c.format,
+            backing_dirs: c.backing_dir,
             readonly: c.readonly,
             direct: c.direct,
             queues: c.queues,
@@ -259,6 +262,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
             readonly: config.readonly,
             direct: config.direct,
             format: config.format,
+            backing_dirs: config.backing_dirs.clone(),
         },
     )?;
     let capacity = disk.capacity();

@@ -59,10 +59,25 @@ pub fn device(image: &TempImage, readonly: bool) -> BlkDevice {
         readonly,
         direct: false,
         format: Format::Raw,
+        backing_dirs: Vec::new(),
     };
-    let disk = RawDisk::open(&image.0, &opts).unwrap();
+    device_on(Box::new(RawDisk::open(&image.0, &opts).unwrap()), readonly)
+}
+
+/// A writable device serving `image` opened as `format` says (`Auto`: probed).
+pub fn device_as(image: &TempImage, format: Format) -> BlkDevice {
+    let opts = OpenOptions {
+        readonly: false,
+        direct: false,
+        format,
+        backing_dirs: Vec::new(),
+    };
+    device_on(crate::disk::open(&image.0, &opts).unwrap(), false)
+}
+
+fn device_on(disk: Box<dyn crate::disk::Disk>, readonly: bool) -> BlkDevice {
     BlkDevice {
-        disk: Box::new(disk),
+        disk,
         readonly,
         serial: b"SERIAL-42".to_vec(),
         max_request_bytes: MIB,

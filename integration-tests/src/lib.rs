@@ -7,6 +7,7 @@
 //! reach L1 over virtio-9p; a test is a shell script run inside L1 (or directly on the host
 //! when its KVM is hardware-backed, see [`mode::Mode`]).
 
+pub mod blk_process;
 pub mod guest;
 pub mod kit;
 pub mod mode;

@@ -8,106 +8,19 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::vring::{self, Ring, DESC_F_NEXT, DESC_F_WRITE, QUEUE_SIZE};
+use integration_tests::blk_process::{self, status, BlkProcess};
+use integration_tests::vring::{Ring, QUEUE_SIZE};
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::VhostBackend;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::config::{ByteSize, MemoryConfig};
-use vmm::memory::GuestRam;
 
-const F_VERSION_1: u64 = 1 << 32;
-const F_PROTOCOL_FEATURES: u64 = 1 << 30;
-const HEADERS: u64 = 1 << 20;
-const STATUSES: u64 = 2 << 20;
-const DATA: u64 = 4 << 20;
-
-fn bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/release")
-        .join(name)
-}
-
-/// A splitvisor-blk process, killed on drop.
-struct Backend(Child);
-
-impl Backend {
-    fn start(socket: &Path, image: &Path, format: &str) -> Backend {
-        let _ = std::fs::remove_file(socket);
-        let child = Command::new(bin("splitvisor-blk"))
-            .args(["--socket", &socket.display().to_string()])
-            .args(["--image", &image.display().to_string()])
-            .args(["--format", format])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("splitvisor-blk (built by `cargo build --release`)");
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Backend(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Connect and negotiate (with INFLIGHT_SHMFD, which the backend must offer).
-fn connect(socket: &Path, mem: &GuestMemoryMmap) -> Frontend {
-    let mut f = Frontend::connect(socket, 1).expect("connect");
-    f.set_owner().expect("SET_OWNER");
-    let features = f.get_features().expect("GET_FEATURES");
-    let offered = f.get_protocol_features().expect("GET_PROTOCOL_FEATURES");
-    assert!(
-        offered.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD),
-        "splitvisor-blk offers INFLIGHT_SHMFD ({offered:?})"
-    );
-    f.set_protocol_features(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
-        .expect("SET_PROTOCOL_FEATURES");
-    f.set_features(features & (F_VERSION_1 | F_PROTOCOL_FEATURES))
-        .expect("SET_FEATURES");
-    vring::share_memory(&mut f, mem).expect("memory table");
-    f
-}
-
-/// Request `slot`: a 512-byte write of `byte` at sector `8 * slot` (descriptors 3*slot..).
-fn write_request(ring: &Ring, mem: &GuestMemoryMmap, slot: u16, byte: u8) -> u16 {
-    let hdr = HEADERS + u64::from(slot) * 16;
-    let data = DATA + u64::from(slot) * 4096;
-    let status = STATUSES + u64::from(slot);
-    mem.write_obj(1u32.to_le(), GuestAddress(hdr)).unwrap();
-    mem.write_obj(0u32, GuestAddress(hdr + 4)).unwrap();
-    mem.write_obj((8 * u64::from(slot)).to_le(), GuestAddress(hdr + 8))
-        .unwrap();
-    mem.write_slice(&[byte; 512], GuestAddress(data)).unwrap();
-    mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
-    let d = 3 * slot;
-    ring.write_desc(mem, d, (hdr, 16, DESC_F_NEXT, d + 1))
-        .unwrap();
-    ring.write_desc(mem, d + 1, (data, 512, DESC_F_NEXT, d + 2))
-        .unwrap();
-    ring.write_desc(mem, d + 2, (status, 1, DESC_F_WRITE, 0))
-        .unwrap();
-    d
-}
-
-fn status(mem: &GuestMemoryMmap, slot: u16) -> u8 {
-    mem.read_obj(GuestAddress(STATUSES + u64::from(slot)))
-        .unwrap()
+/// Connect with INFLIGHT_SHMFD.
+fn connect(socket: &std::path::Path, mem: &GuestMemoryMmap) -> Frontend {
+    blk_process::connect(socket, mem, VhostUserProtocolFeatures::INFLIGHT_SHMFD)
 }
 
 /// What the killed backend left: the region of queue 0 (libvhost-user's layout) saying
@@ -194,15 +107,9 @@ impl Drop for Case {
 /// region no backend of ours writes. Returns the used entries backend B adds, and the case.
 fn restart_with(tag: &str, format: &str, region_version: u16) -> (Vec<(u16, u32)>, Case) {
     let case = Case::new(tag, format);
-    let ram = GuestRam::new(&MemoryConfig {
-        size: ByteSize(16 << 20),
-        hugepages: false,
-        mergeable: false,
-    })
-    .expect("guest memory");
-    let mem = ram.memory().clone();
+    let (_ram, mem) = blk_process::guest_memory();
 
-    let mut a = Backend::start(&case.socket, &case.image, format);
+    let mut a = BlkProcess::start(&case.socket, &case.image, format, &[]);
     let mut f = connect(&case.socket, &mem);
     let asked = VhostUserInflight::new(0, 0, 1, QUEUE_SIZE);
     let (info, region) = f.get_inflight_fd(&asked).expect("GET_INFLIGHT_FD");
@@ -213,8 +120,10 @@ fn restart_with(tag: &str, format: &str, region_version: u16) -> (Vec<(u16, u32)
     a.kill();
     drop(f);
 
-    let [w, x, y, z] =
-        [0u16, 1, 2, 3].map(|slot| write_request(&ring, &mem, slot, b'w' + slot as u8));
+    let [w, x, y, z] = [0u16, 1, 2, 3].map(|slot| {
+        let data = [b'w' + slot as u8; 512];
+        blk_process::write_request(&ring, &mem, slot, 8 * u64::from(slot), &data)
+    });
     for head in [w, x, y, z] {
         ring.push(&mem, head).unwrap();
     }
@@ -222,7 +131,7 @@ fn restart_with(tag: &str, format: &str, region_version: u16) -> (Vec<(u16, u32)
     write_used(&ring, &mem, &[y, w]);
     write_region(&region, region_version, 2, w, &[(x, 41)]);
 
-    let _b = Backend::start(&case.socket, &case.image, format);
+    let _b = BlkProcess::start(&case.socket, &case.image, format, &[]);
     let mut f = connect(&case.socket, &mem);
     f.set_inflight_fd(&info, region.as_raw_fd())
         .expect("SET_INFLIGHT_FD to the new backend");

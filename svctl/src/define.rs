@@ -21,6 +21,7 @@ pub fn define(store: &Store, file: &Path, out: &Out) -> Result<Domain, String> {
     if d.uuid.is_empty() {
         d.uuid = domain::new_uuid();
     }
+    d.record_detected_formats();
     d.record_generated_macs();
     store.check_macs(&d)?;
     store.save(&d)?;
@@ -208,6 +209,7 @@ pub fn install(store: &Store, a: InstallArgs, out: &Out) -> Result<(), String> {
         autostart: false,
     };
     d.validate().map_err(|e| e.to_string())?;
+    d.record_detected_formats();
     d.record_generated_macs();
     store.check_macs(&d)?;
     store.save(&d)?;

@@ -58,6 +58,18 @@ pub struct Disk {
     pub queues: u16,
 }
 
+/// The format of the image at `path` as splitvisor-blk's probe would see it.
+fn detect_format(path: &Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4);
+    std::fs::File::open(path)
+        .ok()?
+        .take(4)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(if head == b"QFI\xfb" { "qcow2" } else { "raw" })
+}
+
 fn auto() -> String {
     "auto".into()
 }
@@ -268,6 +280,18 @@ impl Domain {
 
     /// Write each generated MAC into the domain (libvirt's habit at define time): a NIC keeps
     /// its address even if the rule that made it changes.
+    /// libvirt's habit: a disk given as `auto` gets the format its image has now, recorded
+    /// once (define, install, create), so its backend never probes it; a guest then cannot
+    /// change how its disk is opened by writing a header into it. An image that cannot be
+    /// read yet stays `auto` (the backend's probe guards then apply, docs/security.md).
+    pub fn record_detected_formats(&mut self) {
+        for d in self.disks.iter_mut().filter(|d| d.format == "auto") {
+            if let Some(format) = detect_format(&d.path) {
+                d.format = format.into();
+            }
+        }
+    }
+
     pub fn record_generated_macs(&mut self) {
         for i in 0..self.nics.len() {
             if self.nics[i].mac.is_none() {
@@ -455,6 +479,32 @@ pub fn parse(text: &str, path: &Path) -> Result<Domain, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_formats_are_recorded_from_the_image() {
+        let dir = std::env::temp_dir().join(format!("svctl-fmt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.qcow2"), b"QFI\xfb\0\0\0\x03").unwrap();
+        std::fs::write(dir.join("b.img"), [0u8; 512]).unwrap();
+        let disk = |name: &str, format: &str| Disk {
+            path: dir.join(name),
+            format: format.into(),
+            readonly: false,
+            queues: 1,
+        };
+        let mut d: Domain =
+            serde_json::from_str(r#"{"name": "f", "memory": "64M", "kernel": "/k"}"#).unwrap();
+        d.disks = vec![
+            disk("a.qcow2", "auto"),
+            disk("b.img", "auto"),
+            disk("a.qcow2", "raw"), // an explicit format is kept
+            disk("absent", "auto"), // unreadable: the backend's probe guards apply
+        ];
+        d.record_detected_formats();
+        let formats: Vec<&str> = d.disks.iter().map(|d| d.format.as_str()).collect();
+        assert_eq!(formats, ["qcow2", "raw", "raw", "auto"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn a_domain_derives_each_backends_configuration() {

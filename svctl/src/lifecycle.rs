@@ -265,6 +265,7 @@ pub fn create(store: &Store, file: &std::path::Path) -> Result<Domain, String> {
         d.uuid = domain::new_uuid();
     }
     d.validate().map_err(|e| e.to_string())?;
+    d.record_detected_formats();
     if store.exists(&d.name) || state(store, &d.name) != DomState::ShutOff {
         return Err(format!("domain '{}' already exists", d.name));
     }

@@ -38,9 +38,17 @@ pub struct BlkBackendConfig {
     #[arg(long, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<PathBuf>,
-    /// Image format; `auto` detects it from the file's header.
+    /// Image format; `auto` detects it from the file's header, and then refuses to follow a
+    /// qcow2 backing file and, on a raw image, guest writes that would make the first sector
+    /// another format's header (QEMU's rule).
     #[arg(long, value_enum, default_value_t = ImageFormat::Auto)]
     pub format: ImageFormat,
+    /// A directory backing files named in a qcow2 header may come from (repeatable); default:
+    /// the image's own directory. Backing chains are followed only with an explicit
+    /// `--format qcow2` and a backing format named in each header.
+    #[arg(long = "backing-dir", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backing_dir: Vec<PathBuf>,
     /// Serve the image read-only: the guest sees a read-only disk, writes fail.
     #[arg(long)]
     pub readonly: bool,

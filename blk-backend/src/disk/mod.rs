@@ -1,6 +1,8 @@
 //! Disk images behind the device: what a format must provide, and opening one by name.
 
+pub mod backing;
 pub mod file_io;
+pub mod probe_guard;
 pub mod qcow2;
 pub mod raw;
 
@@ -33,6 +35,11 @@ pub trait Disk: Send + Sync {
     fn identity_file(&self) -> Option<&std::fs::File> {
         None
     }
+    /// Whether a write at `offset` must go through [`Disk::write_at`] (the disk checks what
+    /// it writes there) rather than straight to [`Disk::identity_file`].
+    fn checks_writes_at(&self, _offset: u64) -> bool {
+        false
+    }
     /// Clean shutdown: flush, and leave the image as tidy as a clean close should.
     fn close(&self) -> io::Result<()> {
         self.flush()
@@ -50,6 +57,9 @@ pub struct OpenOptions {
     /// O_DIRECT: bypass the host page cache.
     pub direct: bool,
     pub format: Format,
+    /// Directories backing files may come from (`--backing-dir`); empty: the image's own
+    /// directory (see `backing.rs`).
+    pub backing_dirs: Vec<PathBuf>,
 }
 
 /// Why an image could not be opened.
@@ -65,6 +75,12 @@ pub enum OpenError {
     TooSmall(PathBuf),
     #[error("{path} is not a qcow2 image (no qcow2 magic)")]
     NotQcow2 { path: PathBuf },
+    #[error("cannot use the backing directory {path}")]
+    BackingDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot serve the qcow2 image {path}")]
     Qcow2 {
         path: PathBuf,
@@ -73,9 +89,25 @@ pub enum OpenError {
     },
 }
 
-/// Open the image at `path`.
+/// Open the image at `path`. A writable image probed as raw refuses writes that would make
+/// it probe as another format (`probe_guard.rs`); backing files follow `backing.rs`'s rules.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Disk>, OpenError> {
-    open_at_depth(path, opts, 0)
+    let dirs = backing::allowed_dirs(path, &opts.backing_dirs).map_err(|source| {
+        OpenError::BackingDir {
+            path: opts
+                .backing_dirs
+                .iter()
+                .find(|d| d.canonicalize().is_err())
+                .cloned()
+                .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf()),
+            source,
+        }
+    })?;
+    let opts = OpenOptions {
+        backing_dirs: dirs,
+        ..opts.clone()
+    };
+    open_at_depth(path, &opts, 0)
 }
 
 /// Open an image that is `depth` levels down a backing chain.
@@ -104,6 +136,9 @@ pub fn open_at_depth(
             })?;
             Ok(Box::new(disk))
         }
+        _ if opts.format == Format::Auto && !opts.readonly => Ok(Box::new(
+            probe_guard::FirstSectorGuard::new(raw::RawDisk::open(path, opts)?),
+        )),
         _ => Ok(Box::new(raw::RawDisk::open(path, opts)?)),
     }
 }
@@ -116,5 +151,5 @@ fn detect_qcow2(path: &Path) -> Result<bool, OpenError> {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(file.read_exact(&mut magic).is_ok() && &magic == b"QFI\xfb")
+    Ok(file.read_exact(&mut magic).is_ok() && probe_guard::probes_as_another_format(&magic))
 }

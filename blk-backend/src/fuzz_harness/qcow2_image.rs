@@ -131,6 +131,7 @@ fn open_options(flags: u8) -> OpenOptions {
         } else {
             Format::Qcow2
         },
+        backing_dirs: Vec::new(),
     }
 }
 

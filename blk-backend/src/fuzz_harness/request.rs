@@ -137,6 +137,7 @@ pub(super) fn run(data: &[u8]) -> Report {
         readonly,
         direct: false,
         format: Format::Raw,
+        backing_dirs: Vec::new(),
     };
     let device = BlkDevice {
         disk: disk::open(&image.0, &opts).expect("the scratch raw image opens"),

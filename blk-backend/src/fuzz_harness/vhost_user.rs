@@ -64,6 +64,7 @@ fn factory(setup: Setup) -> io::Result<BlkFactory> {
         readonly: setup.readonly,
         direct: false,
         format: Format::Raw,
+        backing_dirs: Vec::new(),
     };
     let disk = disk::open(&path, &options).map_err(io::Error::other)?;
     let options = DeviceOptions {

@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::file_io::{self, GuestIovecs};
-use super::{Disk, OpenOptions};
+use super::{backing, Disk, OpenOptions};
 pub use header::Field;
+/// The first bytes of every qcow2 image ("QFI\xfb").
+pub const MAGIC: [u8; 4] = header::MAGIC.to_be_bytes();
 use header::Header;
 use layout::Layout;
 pub use layout::{Area, LayoutError};
@@ -48,6 +50,8 @@ pub enum Qcow2Error {
     NeedsRepair(&'static str),
     #[error("cannot read the image's metadata")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    BackingRefused(#[from] super::backing::BackingError),
     #[error("cannot open the backing file {path}")]
     Backing {
         path: PathBuf,
@@ -465,7 +469,8 @@ fn image_layout(file: &File, header: &Header, file_len: u64) -> Result<Layout, Q
     Ok(layout)
 }
 
-/// Open the backing file named in the header (relative names are relative to the image).
+/// Open the backing file named in the header (relative names are relative to the image),
+/// under `backing.rs`'s rules.
 fn open_backing(
     image: &Path,
     name: &str,
@@ -473,15 +478,13 @@ fn open_backing(
     opts: &OpenOptions,
     depth: u32,
 ) -> Result<Box<dyn Disk>, Qcow2Error> {
-    let path = image.parent().unwrap_or(Path::new(".")).join(name);
+    let format = backing::format(name, format, opts.format)?;
+    let path = backing::resolve(image, name, &opts.backing_dirs)?;
     let backing_opts = OpenOptions {
         readonly: true,
         direct: opts.direct,
-        format: match format {
-            Some("raw") => super::Format::Raw,
-            Some("qcow2") => super::Format::Qcow2,
-            _ => super::Format::Auto,
-        },
+        format,
+        backing_dirs: opts.backing_dirs.clone(),
     };
     if depth >= MAX_BACKING_DEPTH {
         return Err(Qcow2Error::Unsupported(format!(

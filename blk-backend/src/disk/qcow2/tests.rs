@@ -43,7 +43,8 @@ pub(super) fn rw() -> OpenOptions {
     OpenOptions {
         readonly: false,
         direct: false,
-        format: Format::Auto,
+        format: Format::Qcow2,
+        backing_dirs: Vec::new(),
     }
 }
 
@@ -233,4 +234,36 @@ fn images_we_cannot_serve_safely_are_refused_with_the_reason() {
     };
     let msg = backends::error_chain(&open(&raw, &opts).err().unwrap());
     assert!(msg.contains("not a qcow2 image"), "{msg}");
+}
+
+/// The issue-26 attack: an image naming a host file as its backing file is refused whichever
+/// way it is opened, and nothing of that file is read.
+#[test]
+fn a_backing_file_outside_the_allowed_directories_never_reaches_the_guest() {
+    let dir = Dir::new("evil");
+    let secret = std::env::temp_dir().join(format!("sv-qcow2-secret-{}", std::process::id()));
+    std::fs::write(&secret, vec![b's'; 1 << 20]).unwrap();
+    let evil = dir.path("evil.img");
+    let (s, e) = (secret.to_str().unwrap(), evil.to_str().unwrap());
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", s, "-F", "raw", e, "1M"]);
+    let refused = |format| {
+        let opts = OpenOptions { format, ..rw() };
+        backends::error_chain(&open(&evil, &opts).err().expect("the image was accepted"))
+    };
+    let probed = refused(Format::Auto);
+    assert!(probed.contains("format was probed"), "{probed}");
+    let explicit = refused(Format::Qcow2);
+    assert!(
+        explicit.contains("outside the directories") && explicit.contains("--backing-dir"),
+        "{explicit}"
+    );
+    // with its directory allowed by name, the chain opens
+    let opts = OpenOptions {
+        backing_dirs: vec![std::env::temp_dir()],
+        ..rw()
+    };
+    let disk = open(&evil, &opts).expect("an allowed backing directory");
+    assert_eq!(read(&*disk, 0, 512), vec![b's'; 512]);
+    drop(disk);
+    let _ = std::fs::remove_file(secret);
 }

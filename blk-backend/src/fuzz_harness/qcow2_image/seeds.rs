@@ -256,7 +256,7 @@ fn images() -> Vec<(&'static str, Vec<u8>, bool)> {
                 ..SPEC
             })
             .take(),
-            true,
+            false, // backing formats are never probed (disk/backing.rs)
         ),
         (
             "v3-c512-size-zero",

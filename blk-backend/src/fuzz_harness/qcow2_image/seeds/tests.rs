@@ -104,6 +104,12 @@ fn crafted_images_are_refused_or_fail_their_requests() {
         assert!(r.ops_failed > 0, "{name}: {r:?}");
         assert_ne!(r.readback, Some(true), "{name}: {r:?}");
     }
+    let r = run(&seed("v2-c512-backing-probed"));
+    let why = r.refused.unwrap_or_default();
+    assert!(
+        why.contains("names no format for the backing file"),
+        "{why}"
+    );
     let r = run(&seed("refblock-missing"));
     assert_eq!((r.ops_failed, r.readback), (0, Some(true)), "{r:?}");
     let r = run(&seed("not-qcow2-probed-raw"));
