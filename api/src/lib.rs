@@ -5,6 +5,7 @@
 //! - [`types`]: the API's request and response bodies;
 //! - [`backend`]: each backend process's configuration (its command line and `--config` file,
 //!   and what svctl's supervisor hands it);
+//! - [`line`]: one bounded JSON line from a Unix stream (size and time limits);
 //! - [`unix_socket`]: the one rule for binding a socket path (replace only a stale socket of
 //!   ours);
 //! - [`client`] (feature `client`): the blocking HTTP client `svctl` and the tests use.
@@ -17,6 +18,7 @@ pub mod client;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz_harness;
+pub mod line;
 pub mod types;
 pub mod unix_socket;
 

@@ -15,13 +15,14 @@
 //! request line must arrive whole within [`LINE_TIMEOUT`] and be at most [`MAX_LINE`] bytes
 //! (else an error reply and the connection is closed), so no client can hold up another.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api::line::{self, LineError};
 use serde_json::{json, Value};
 
 use crate::state::BalloonState;
@@ -85,80 +86,31 @@ fn accept(listener: UnixListener, state: Arc<BalloonState>) {
     }
 }
 
-/// Why no request line came.
-#[derive(Debug, thiserror::Error)]
-enum LineError {
-    #[error("request longer than {MAX_LINE} bytes")]
-    TooLong,
-    #[error("no complete request line within {} s", LINE_TIMEOUT.as_secs())]
-    TimedOut,
-    #[error("cannot read the request")]
-    Io(#[source] io::Error),
-}
-
-/// The next request line (without its newline), or `None` at the end of the stream; it must
-/// arrive whole before `deadline` and be at most [`MAX_LINE`] bytes.
-fn read_line(
-    reader: &mut BufReader<UnixStream>,
-    deadline: Instant,
-) -> Result<Option<Vec<u8>>, LineError> {
-    let mut line = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(LineError::TimedOut);
-        }
-        reader
-            .get_ref()
-            .set_read_timeout(Some(left))
-            .map_err(LineError::Io)?;
-        let buf = match reader.fill_buf() {
-            Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(LineError::TimedOut)
-            }
-            Err(e) => return Err(LineError::Io(e)),
-        };
-        if buf.is_empty() {
-            return Ok((!line.is_empty()).then_some(line));
-        }
-        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i, true),
-            None => (buf.len(), false),
-        };
-        if line.len() + take > MAX_LINE {
-            return Err(LineError::TooLong);
-        }
-        line.extend_from_slice(&buf[..take]);
-        reader.consume(take + usize::from(done));
-        if done {
-            return Ok(Some(line));
-        }
-    }
-}
-
 fn serve(stream: UnixStream, state: &BalloonState) -> io::Result<()> {
     // a client that stops reading cannot hold its thread for long either
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
-        let reply = match read_line(&mut reader, Instant::now() + LINE_TIMEOUT) {
+        let reply = match line::read_line(&mut reader, Instant::now() + LINE_TIMEOUT, MAX_LINE) {
             Ok(None) => return Ok(()),
             Ok(Some(line)) => match serde_json::from_slice::<Value>(&line) {
                 Ok(req) => handle(&req, state),
                 Err(e) => error(format!("malformed request: {e}")),
             },
             Err(LineError::Io(e)) => return Err(e),
+            Err(LineError::TimedOut) => {
+                let secs = LINE_TIMEOUT.as_secs();
+                writeln!(
+                    writer,
+                    "{}",
+                    error(format!("no complete request line within {secs} s"))
+                )?;
+                return Ok(());
+            }
             Err(e) => {
                 // the error, then the connection is closed
-                writeln!(writer, "{}", error(e.to_string()))?;
+                writeln!(writer, "{}", error(format!("request: {e}")))?;
                 return Ok(());
             }
         };
@@ -219,19 +171,28 @@ pub fn handle(req: &Value, state: &BalloonState) -> Value {
     }
 }
 
-/// Send one request to the control socket at `path` and return the reply.
-pub fn request(path: &Path, req: &Value) -> io::Result<Value> {
-    let mut stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_millis(MAX_TIMEOUT_MS + 5000)))?;
-    writeln!(stream, "{req}")?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// The longest reply a client reads (statistics and counters are well under 4 KiB).
+pub const MAX_REPLY: usize = 64 << 10;
+
+/// Send one request to the control socket at `path` and return the reply, which must come
+/// whole within `timeout` and be at most [`MAX_REPLY`] bytes; the error names the socket.
+pub fn request(path: &Path, req: &Value, timeout: Duration) -> Result<Value, String> {
+    let what = |e: &dyn std::fmt::Display| {
+        format!("balloon backend (control socket {}): {e}", path.display())
+    };
+    let reply = line::exchange(path, &req.to_string(), timeout, MAX_REPLY).map_err(|e| what(&e))?;
+    serde_json::from_slice(&reply).map_err(|e| what(&format!("answered badly: {e}")))
+}
+
+/// How long to wait for the reply to a request whose stats timeout is `stats_ms`.
+pub fn reply_timeout(stats_ms: u64) -> Duration {
+    Duration::from_millis(stats_ms.min(MAX_TIMEOUT_MS) + 5000)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead;
 
     #[test]
     fn requests_are_checked_and_answered() {
@@ -376,7 +337,8 @@ mod tests {
         let state = Arc::new(BalloonState::default());
         state.ram.store(1 << 30, Ordering::Relaxed);
         spawn(&path, state).expect("the stale socket is replaced");
-        let reply = request(&path, &json!({"op": "set-target", "bytes": 512u64 << 20})).unwrap();
+        let req = json!({"op": "set-target", "bytes": 512u64 << 20});
+        let reply = request(&path, &req, reply_timeout(0)).unwrap();
         assert_eq!(reply["target_bytes"], 512u64 << 20, "{reply}");
         // while it serves, a second daemon on the path is refused, not given the path
         let second = spawn(&path, Arc::new(BalloonState::default()));

@@ -84,13 +84,11 @@ fn ctl(control: PathBuf, json_out: bool, op: Op) -> ExitCode {
         Op::Info => json!({"op": "info"}),
         Op::Stats { timeout_ms } => json!({"op": "stats", "timeout_ms": timeout_ms}),
     };
-    let reply = match control::request(&control, &req) {
+    let stats_ms = req["timeout_ms"].as_u64().unwrap_or(0);
+    let reply = match control::request(&control, &req, control::reply_timeout(stats_ms)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
-                "splitvisor-balloon: control socket {}: {e}",
-                control.display()
-            );
+            eprintln!("splitvisor-balloon: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -2,16 +2,18 @@
 //! supervisor for what only it can do (a planned backend restart must not look like a backend
 //! that died). One JSON request line per connection, one JSON reply line.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// How long the supervisor waits for a client's request line.
+/// How long the supervisor waits for a client's whole request line.
 const REQUEST_LIMIT: Duration = Duration::from_secs(2);
+/// The longest request or reply line (real ones are under 1 KiB).
+const MAX_LINE: usize = 64 << 10;
 
 /// Why a request to the supervisor failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +25,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     #[error("the supervisor did not answer")]
-    Exchange(#[source] std::io::Error),
+    Exchange(#[source] api::line::ExchangeError),
     #[error("the supervisor's answer cannot be read")]
     Reply(#[source] serde_json::Error),
     #[error("cannot listen on {path}")]
@@ -93,16 +95,19 @@ impl ControlSocket {
     /// The next client's request, if one waits (a malformed one is answered here).
     pub fn next(&self) -> Option<(UnixStream, Request)> {
         let (stream, _) = self.listener.accept().ok()?;
-        let mut line = String::new();
-        let read = stream
-            .set_nonblocking(false)
-            .and_then(|_| stream.set_read_timeout(Some(REQUEST_LIMIT)))
-            .and_then(|_| BufReader::new(&stream).read_line(&mut line));
-        if let Err(e) = read {
-            tracing::warn!("control socket: no request read: {e}");
-            return None;
-        }
-        match serde_json::from_str(&line) {
+        let deadline = Instant::now() + REQUEST_LIMIT;
+        let read = match stream.set_nonblocking(false) {
+            Ok(()) => api::line::read_reply(&stream, deadline, MAX_LINE),
+            Err(e) => Err(api::line::LineError::Io(e)),
+        };
+        let line = match read {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::warn!("control socket: no request read: {e}");
+                return None;
+            }
+        };
+        match serde_json::from_slice(&line) {
             Ok(req) => Some((stream, req)),
             Err(e) => {
                 answer(stream, &Reply::Error(format!("bad request: {e}")));
@@ -122,28 +127,20 @@ pub fn answer(mut stream: UnixStream, reply: &Reply) {
 
 /// Ask the supervisor listening at `path`; wait up to `limit` for its reply.
 pub fn request(path: &Path, req: &Request, limit: Duration) -> Result<Reply, ControlError> {
-    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
-        path: path.into(),
-        source,
+    let line = serde_json::to_string(req).map_err(ControlError::Reply)?;
+    let reply = api::line::exchange(path, &line, limit, MAX_LINE).map_err(|e| match e {
+        api::line::ExchangeError::Connect(source) => ControlError::Connect {
+            path: path.into(),
+            source,
+        },
+        e => ControlError::Exchange(e),
     })?;
-    let mut line = serde_json::to_string(req).map_err(ControlError::Reply)?;
-    line.push('\n');
-    let mut reply = String::new();
-    stream
-        .write_all(line.as_bytes())
-        .and_then(|_| stream.set_read_timeout(Some(limit)))
-        .and_then(|_| BufReader::new(&stream).read_line(&mut reply))
-        .map_err(ControlError::Exchange)?;
-    if reply.is_empty() {
-        return Err(ControlError::Exchange(
-            std::io::ErrorKind::UnexpectedEof.into(),
-        ));
-    }
-    serde_json::from_str(&reply).map_err(ControlError::Reply)
+    serde_json::from_slice(&reply).map_err(ControlError::Reply)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader};
     use std::time::Instant;
 
     use super::super::TempRuntime;

@@ -2,8 +2,6 @@
 //! Handlers only read shared state or call into [`RunControl`], [`PowerButton`] and
 //! [`ExitHandle`]; nothing here touches a vCPU or a device's data path.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -251,18 +249,18 @@ fn balloon_control(ctx: &ApiContext) -> Result<PathBuf, Box<Response>> {
     }
 }
 
-/// One request to the balloon backend's control socket (one JSON line each way).
+/// The longest reply read from the balloon backend (its statistics are well under 4 KiB).
+const BALLOON_MAX_REPLY: usize = 64 << 10;
+
+/// One request to the balloon backend's control socket (one JSON line each way); the reply
+/// must come whole within `timeout` and be at most [`BALLOON_MAX_REPLY`] bytes.
 fn balloon_request(path: &Path, req: &Value, timeout: Duration) -> Result<Value, String> {
-    let what = |e: std::io::Error| format!("balloon control socket {}: {e}", path.display());
-    let stream = UnixStream::connect(path).map_err(what)?;
-    stream.set_read_timeout(Some(timeout)).map_err(what)?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .map_err(what)?;
-    writeln!(&stream, "{req}").map_err(what)?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(what)?;
-    serde_json::from_str(&line).map_err(|e| format!("balloon backend answered badly: {e}"))
+    let what = |e: &dyn std::fmt::Display| {
+        format!("balloon backend (control socket {}): {e}", path.display())
+    };
+    let reply = api::line::exchange(path, &req.to_string(), timeout, BALLOON_MAX_REPLY)
+        .map_err(|e| what(&e))?;
+    serde_json::from_slice(&reply).map_err(|e| what(&format!("answered badly: {e}")))
 }
 
 async fn proxy(path: PathBuf, req: Value, timeout: Duration) -> Response {
@@ -324,4 +322,59 @@ async fn balloon_stats(State(ctx): Ctx, Query(q): Query<StatsQuery>) -> Response
     let timeout_ms = q.timeout_ms.unwrap_or(2000).min(30_000);
     let req = json!({"op": "stats", "timeout_ms": timeout_ms});
     proxy(path, req, Duration::from_millis(timeout_ms + 5000)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A balloon control socket that answers each request with `reply`, sent in pieces of
+    /// `chunk` bytes every `pause`.
+    fn hostile_balloon(tag: &str, reply: Vec<u8>, chunk: usize, pause: Duration) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmm-balloon-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for piece in reply.chunks(chunk) {
+                if s.write_all(piece).is_err() {
+                    return;
+                }
+                std::thread::sleep(pause);
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn a_balloon_backend_cannot_make_the_vmm_read_without_bound() {
+        let req = json!({"op": "info"});
+        // 1 MiB with no end of line: refused at 64 KiB, not read to the end
+        let path = hostile_balloon("long", vec![b'x'; 1 << 20], 1 << 20, Duration::ZERO);
+        let err = balloon_request(&path, &req, Duration::from_secs(5)).unwrap_err();
+        assert!(err.contains("balloon backend (control socket"), "{err}");
+        assert!(err.contains("longer than 65536 bytes"), "{err}");
+        // a byte every 50 ms: the whole reply has a deadline, not each read
+        let path = hostile_balloon("trickle", vec![b'y'; 100], 1, Duration::from_millis(50));
+        let start = std::time::Instant::now();
+        let err = balloon_request(&path, &req, Duration::from_millis(400)).unwrap_err();
+        assert!(
+            err.contains("did not finish its reply within 400 ms"),
+            "{err}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        // an answer that is not JSON
+        let path = hostile_balloon("garbage", b"nonsense\n".to_vec(), 64, Duration::ZERO);
+        let err = balloon_request(&path, &req, Duration::from_secs(5)).unwrap_err();
+        assert!(err.contains("answered badly"), "{err}");
+    }
 }

@@ -451,6 +451,51 @@ fn connect_to(backend: &ScriptedBackend) -> Result<VhostUserDevice, FrontendErro
 }
 
 #[test]
+fn a_backend_serving_more_queues_than_its_type_takes_is_refused() {
+    let features = F_VERSION_1 | F_PROTOCOL_FEATURES;
+    let ram = test_backend::guest_ram();
+    // within the transport's 255, beyond what a net (64 pairs + control) or balloon takes
+    for (tag, kind, count, max) in [
+        ("net-200", crate::virtio::TYPE_NET, 200, 129),
+        ("balloon-6", crate::virtio::TYPE_BALLOON, 6, 5),
+    ] {
+        let backend = start_mq(tag, features, count);
+        match connect_as(&backend, &ram, kind) {
+            Err(e @ FrontendError::QueueCount { .. }) => {
+                let msg = e.to_string();
+                let expected =
+                    format!("serves {count} queues; a device of its type takes 1 to {max}");
+                assert!(msg.contains(&expected) && msg.contains("dev0"), "{msg}");
+            }
+            Err(e) => panic!("{tag}: {e}"),
+            Ok(_) => panic!("{tag}: taken"),
+        }
+    }
+    let backend = start_mq("net-129", features, 129);
+    let dev = connect_as(&backend, &ram, crate::virtio::TYPE_NET);
+    assert_eq!(
+        dev.expect("64 pairs and a control queue").queue_sizes.len(),
+        129
+    );
+}
+
+/// A device `dev0` of virtio type `kind` (one unit, queues of 256) on `backend`.
+fn connect_as(
+    backend: &ScriptedBackend,
+    ram: &GuestRam,
+    kind: u32,
+) -> Result<VhostUserDevice, FrontendError> {
+    VhostUserDevice::connect(
+        "dev0",
+        &backend.path,
+        kind,
+        QueueUnits(1),
+        256,
+        ram.memory().clone(),
+    )
+}
+
+#[test]
 fn a_backend_queue_count_the_transport_cannot_serve_is_refused() {
     let features = F_VERSION_1 | F_PROTOCOL_FEATURES;
     for count in [0, MAX_QUEUES as u64 + 1, 0x8000] {

@@ -73,7 +73,7 @@ pub enum FrontendError {
         what: String,
     },
     #[error(
-        "device {device}: the backend on {socket} serves {count} queues; splitvisor takes 1 to {max}"
+        "device {device}: the backend on {socket} serves {count} queues; a device of its type takes 1 to {max}"
     )]
     QueueCount {
         device: String,
@@ -302,6 +302,14 @@ impl VhostUserDevice {
                 );
             }
             queue_count = kind.negotiated_queue_count(units, max);
+            if queue_count > kind.max_queues {
+                return Err(FrontendError::QueueCount {
+                    device: name.into(),
+                    socket: socket.into(),
+                    count: max as u64,
+                    max: kind.max_queues,
+                });
+            }
         }
         let (backend_features, protocol, backend_channel) =
             (hs.backend_features, hs.protocol, hs.channel);

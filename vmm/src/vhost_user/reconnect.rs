@@ -107,7 +107,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A frontend on `stream`; its exchanges are bounded by [`super::call_deadline`], not by
 /// socket timeouts (vhost retries a timed-out receive for ever).
 pub(super) fn new_frontend(stream: UnixStream) -> Frontend {
-    Frontend::from_stream(stream, 64)
+    Frontend::from_stream(stream, crate::virtio::pci::MAX_QUEUES as u64)
 }
 
 /// What a GET_CONFIG of the whole space brought: the space, a reply of another size (the

@@ -8,6 +8,8 @@
 //! inflate/deflate/statistics triple for the balloon; [`DeviceType::queues_per_unit`] turns
 //! units into virtqueues ([`DeviceType::queue_count`]), the count the transport offers.
 
+use api::config::MAX_QUEUE_UNITS;
+
 /// Virtio device IDs (virtio 1.x, section 5) of the types the command line names.
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
@@ -49,6 +51,9 @@ pub struct DeviceType {
     /// (net's control queue).
     pub extra_queue_feature: Option<u64>,
     pub queue_count_rule: QueueCountRule,
+    /// The most virtqueues a backend of this type may serve; a backend reporting more is
+    /// refused (each queue costs an MSI-X vector and a GSI of the VM's shared budget).
+    pub max_queues: usize,
     /// Bytes of device-specific config space the vmm forwards to the backend (GET_CONFIG,
     /// SET_CONFIG); accesses beyond it read as zero.
     pub config_size: u32,
@@ -64,7 +69,8 @@ const KNOWN: [DeviceType; 3] = [
         queues_per_unit: 2, // receive, transmit
         extra_queue_feature: Some(F_NET_CTRL_VQ),
         queue_count_rule: QueueCountRule::Backend,
-        config_size: 12, // mac, status, max_virtqueue_pairs, mtu
+        max_queues: 2 * MAX_QUEUE_UNITS as usize + 1, // the pairs and the control queue
+        config_size: 12,                              // mac, status, max_virtqueue_pairs, mtu
         pci_class: 0x02_00_00,
     },
     DeviceType {
@@ -74,6 +80,7 @@ const KNOWN: [DeviceType; 3] = [
         queues_per_unit: 1,
         extra_queue_feature: None,
         queue_count_rule: QueueCountRule::Requested,
+        max_queues: MAX_QUEUE_UNITS as usize,
         config_size: 60, // struct virtio_blk_config
         pci_class: 0x01_80_00,
     },
@@ -84,6 +91,8 @@ const KNOWN: [DeviceType; 3] = [
         queues_per_unit: 3,
         extra_queue_feature: None,
         queue_count_rule: QueueCountRule::Backend,
+        // inflate, deflate, statistics, free page hinting, free page reporting
+        max_queues: 5,
         config_size: 8, // num_pages, actual
         pci_class: 0xff_00_00,
     },
@@ -97,6 +106,7 @@ const OTHER: DeviceType = DeviceType {
     queues_per_unit: 1,
     extra_queue_feature: None,
     queue_count_rule: QueueCountRule::Requested,
+    max_queues: MAX_QUEUE_UNITS as usize,
     config_size: 0,
     pci_class: 0xff_00_00,
 };

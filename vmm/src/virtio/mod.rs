@@ -23,8 +23,11 @@ pub const STATUS_FAILED: u8 = 0x80;
 
 pub const F_VERSION_1: u64 = 1 << 32;
 /// Transport features the vmm's transport does not implement: ACCESS_PLATFORM (33),
-/// SR_IOV (37), NOTIFICATION_DATA (38), NOTIF_CONFIG_DATA (39), RING_RESET (40).
-pub const F_TRANSPORT_UNSUPPORTED: u64 = (1 << 33) | (1 << 37) | (1 << 38) | (1 << 39) | (1 << 40);
+/// RING_PACKED (34: a ring's position is read from the split layout when a backend is
+/// reconnected or stopped), SR_IOV (37), NOTIFICATION_DATA (38), NOTIF_CONFIG_DATA (39),
+/// RING_RESET (40). A backend offering them does not get them passed to the guest.
+pub const F_TRANSPORT_UNSUPPORTED: u64 =
+    (1 << 33) | (1 << 34) | (1 << 37) | (1 << 38) | (1 << 39) | (1 << 40);
 
 /// One virtqueue as the driver set it up.
 pub struct QueueSetup<'a> {

@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(
             u32::from_le_bytes(d),
             1,
-            "VERSION_1 only, no ACCESS_PLATFORM"
+            "VERSION_1 only, no ACCESS_PLATFORM or RING_PACKED"
         );
         t.bar_read(0, COMMON + 0x12, &mut d[..2]);
         assert_eq!(u16::from_le_bytes([d[0], d[1]]), 1, "num_queues");

@@ -64,7 +64,8 @@ impl VirtioDevice for TestDevice {
         self.max_sizes.clone()
     }
     fn features(&self) -> u64 {
-        F_VERSION_1 | (1 << 6) | (1 << 33)
+        // ACCESS_PLATFORM and RING_PACKED, which the transport must not pass on
+        F_VERSION_1 | (1 << 6) | (1 << 33) | (1 << 34)
     }
     fn read_config(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
