@@ -107,6 +107,14 @@ fn is_listening(path: &Path) -> bool {
     })
 }
 
+/// Make everything this process (and what it starts) creates private to its user: files
+/// 0600, directories and sockets 0700, from the moment they exist — no window between a
+/// socket's `bind` and a `chmod`. Every splitvisor binary calls this first.
+pub fn restrict_umask() {
+    // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+}
+
 /// Bind a listening Unix socket at `path` under the rule above; with `mode`, the socket file
 /// gets those permission bits (e.g. 0o600: only its owner may connect).
 pub fn bind(path: &Path, mode: Option<u32>) -> Result<UnixListener, BindError> {

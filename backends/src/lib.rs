@@ -54,6 +54,7 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned,
     E: std::error::Error,
 {
+    api::unix_socket::restrict_umask();
     let options = match load_options(name, file, cli, matches, daemon) {
         Ok(o) => o,
         Err(code) => return code,

@@ -197,17 +197,8 @@ fn start_behind_relay<B>(
 where
     B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
 {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let relay_err = |e: io::Error| ServeError::Relay(e);
-    let dir = std::env::temp_dir().join(format!(
-        "splitvisor-relay-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(relay_err)?;
+    let dir = private_temp_dir("splitvisor-relay").map_err(relay_err)?;
     let path = dir.join("s");
     let result = (|| {
         let mut inner = Listener::new(&path, true)
@@ -221,6 +212,26 @@ where
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&dir);
     result
+}
+
+/// A new directory in the temporary directory that only we can enter, under a name nobody can
+/// guess (so another local user can neither take it first nor make us fail by doing so).
+fn private_temp_dir(prefix: &str) -> io::Result<std::path::PathBuf> {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let mut last = io::Error::other("no attempt");
+    for _ in 0..16 {
+        // RandomState's keys are random per process; the counter makes each name new
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(format!("{prefix}-{:016x}", h.finish()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 fn install_signal_actions<F: BackendFactory>(

@@ -151,3 +151,31 @@ fn a_guest_cannot_turn_its_probed_raw_disk_into_a_qcow2_naming_a_host_file() {
     let probed = refused_start(&dir, &disk, "auto");
     assert!(probed.contains("its format was probed"), "{probed}");
 }
+
+#[test]
+fn a_backend_makes_its_sockets_private_from_their_creation_whatever_the_umask() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Scratch::new("umask");
+    let disk = dir.path("images/disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let (socket, stats) = (dir.path("blk.sock"), dir.path("stats.sock"));
+    let script = format!(
+        "umask 000; exec {} --socket {} --stats-socket {} --image {} --format raw",
+        bin("splitvisor-blk").display(),
+        socket.display(),
+        stats.display(),
+        disk.display()
+    );
+    let mut child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(socket.exists() && stats.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let modes = [&socket, &stats].map(|p| std::fs::metadata(p).map(|m| m.mode() & 0o777));
+    let _ = child.kill();
+    let _ = child.wait();
+    for (path, mode) in [&socket, &stats].iter().zip(modes) {
+        let mode = mode.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+    }
+}

@@ -131,8 +131,7 @@ pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<St
     preflight(store, &d)?;
     let rt = store.runtime(name);
     let _ = std::fs::remove_dir_all(&rt.dir);
-    std::fs::create_dir_all(&rt.dir)
-        .map_err(|e| format!("cannot create {}: {e}", rt.dir.display()))?;
+    crate::store::private_dir(&rt.dir)?;
     if let Some(d) = transient {
         let text = serde_json::to_string_pretty(d).map_err(|e| e.to_string())?;
         std::fs::write(rt.dir.join("domain.json"), text).map_err(|e| e.to_string())?;

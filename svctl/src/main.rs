@@ -231,6 +231,7 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    api::unix_socket::restrict_umask();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

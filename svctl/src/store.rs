@@ -47,6 +47,47 @@ fn env_dir(var: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// Create `dir` with mode 0700, or check the one that is there: a directory (not a link) of
+/// ours that no other user may write. Another user's directory, or one they may write, could
+/// hold their socket where a backend's should be — and the vmm hands each backend the
+/// guest's memory.
+pub fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let shown = dir.display();
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "{shown} is not a directory (a link or a file): refusing to use it"
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "{shown} is owned by uid {}, not by us (uid {me}): refusing to use it (its owner \
+             could put a socket there that receives a guest's memory)",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{shown} may be written by other users (mode {:o}): refusing to use it; \
+             `chmod 700 {shown}` if that is not meant",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn open() -> Result<Store, String> {
         let dir = env_dir("SVCTL_STORE").unwrap_or_else(|| {
@@ -71,8 +112,7 @@ impl Store {
             }
         });
         for d in [&dir, &runtime] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            private_dir(d)?;
         }
         Ok(Store { dir, runtime })
     }
@@ -218,6 +258,46 @@ pub fn alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn runtime_directories_are_private_or_refused() {
+        let base = std::env::temp_dir().join(format!("svctl-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let fresh = base.join("a/b");
+        private_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        private_dir(&fresh).expect("ours, 0700: used again");
+
+        let open = base.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = private_dir(&open).unwrap_err();
+        assert!(
+            err.contains("may be written by other users (mode 777)"),
+            "{err}"
+        );
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&open).expect("readable by others, writable only by us");
+
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let err = private_dir(&link).unwrap_err();
+        assert!(err.contains("not a directory"), "{err}");
+
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = base.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let err = private_dir(&theirs).unwrap_err();
+            assert!(
+                err.contains("owned by uid 65534, not by us (uid 0)"),
+                "{err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn a_supervisor_is_known_by_its_command_line() {

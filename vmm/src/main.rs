@@ -91,6 +91,7 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    api::unix_socket::restrict_umask();
     let args = Args::parse();
     init_logging();
     let result = config_from(args).and_then(|cfg| Ok(Vm::start(&cfg)?));

@@ -70,8 +70,7 @@ pub fn tail(path: &Path) -> String {
 /// Run the domain until its vmm ends (adopting it if it runs already); how the vmm ended.
 pub fn supervise(store: &Store, name: &str) -> Result<Exit, String> {
     let rt = store.runtime(name);
-    std::fs::create_dir_all(&rt.dir)
-        .map_err(|e| format!("cannot create {}: {e}", rt.dir.display()))?;
+    crate::store::private_dir(&rt.dir)?;
     let Some(_lock) = SupervisorLock::try_acquire(&rt)? else {
         let pid = store
             .supervisor(name)
