@@ -12,6 +12,20 @@ pub const MIN_MEMORY: u64 = 64 << 20;
 pub const MAX_CPUS: u8 = 254;
 /// Used when the config gives no command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=1";
+/// What a process's seccomp filter does with a system call it does not allow
+/// (`--seccomp`, docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// Kill the process (SIGSYS).
+    #[default]
+    On,
+    /// Allow it, and have the kernel log it (to find what a filter lacks).
+    Log,
+    /// No filter.
+    Off,
+}
+
 /// The largest virtio device type: a virtio-pci device's PCI device id is 0x1040 + type, 16 bits.
 pub const MAX_VIRTIO_TYPE: u32 = 0xffff - 0x1040;
 /// The most queue units a device may have (`queues`). A unit is at most 3 virtqueues (the
@@ -373,6 +387,9 @@ pub struct VmConfig {
     /// Serve the JSON API (HTTP) on this Unix socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_socket: Option<PathBuf>,
+    /// The vmm's seccomp filter (docs/security.md).
+    #[serde(default)]
+    pub seccomp: SeccompMode,
 }
 
 fn default_name() -> String {
@@ -395,6 +412,7 @@ impl Default for VmConfig {
             devices: Vec::new(),
             on_reboot: OnReboot::default(),
             api_socket: None,
+            seccomp: SeccompMode::On,
         }
     }
 }

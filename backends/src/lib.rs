@@ -4,6 +4,7 @@
 //! way: descriptor chains, guest memory, config-space reads, worker exit events.
 
 pub mod config_space;
+pub mod confinement;
 pub mod descriptor_chain;
 pub mod frontend_channel;
 #[doc(hidden)]
@@ -59,8 +60,8 @@ where
         Ok(o) => o,
         Err(code) => return code,
     };
-    let policy = daemon(&options).sched;
-    run_main(name, policy, || run(options))
+    let (policy, seccomp) = (daemon(&options).sched, daemon(&options).seccomp);
+    run_main(name, policy, seccomp, || run(options))
 }
 
 /// A backend's options: its command line over its `--config FILE` (if any), with a
@@ -89,11 +90,12 @@ fn load_options<T: serde::Serialize + serde::de::DeserializeOwned>(
 
 /// The body of every backend's `main` after argument parsing: logging; before any thread
 /// exists, the stop signals blocked (so that only the signal thread takes them) and the
-/// scheduling policy set (every thread inherits it); then `run`. An error is one line
-/// `NAME: what: why` and exit status 1.
+/// scheduling policy set (every thread inherits it), the seccomp filter installed; then `run`.
+/// An error is one line `NAME: what: why` and exit status 1.
 pub fn run_main<E: std::error::Error>(
     name: &str,
     policy: sched::SchedPolicy,
+    seccomp: api::config::SeccompMode,
     run: impl FnOnce() -> Result<(), E>,
 ) -> std::process::ExitCode {
     logging::init();
@@ -103,6 +105,10 @@ pub fn run_main<E: std::error::Error>(
     }
     if let Err(e) = sched::set_policy(policy) {
         eprintln!("{name}: cannot set the scheduling policy {policy:?}: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    if let Err(e) = confinement::install(name, seccomp) {
+        eprintln!("{name}: {}", error_chain(&e));
         return std::process::ExitCode::FAILURE;
     }
     match run() {

@@ -154,3 +154,26 @@ fn stop_ends_the_process_with_status_5_and_removes_the_socket() {
     assert_eq!(status.code(), Some(5));
     assert!(!api.socket().exists(), "the API socket is left behind");
 }
+
+#[test]
+fn every_vmm_thread_runs_under_its_seccomp_filter() {
+    let (vmm, client) = start("seccomp");
+    let _: serde_json::Value = client.get("vm.info").expect("the API answers");
+    let pid = vmm.child.id();
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:"));
+        threads.push((
+            comm.trim().to_string(),
+            mode.map(str::trim).map(String::from),
+        ));
+    }
+    // the main thread, two vCPUs, the API's runtime, the signal thread …
+    assert!(threads.len() >= 4, "{threads:?}");
+    for (comm, mode) in &threads {
+        assert_eq!(mode.as_deref(), Some("2"), "thread {comm}: {threads:?}");
+    }
+}

@@ -207,6 +207,7 @@ pub fn install(store: &Store, a: InstallArgs, out: &Out) -> Result<(), String> {
             .collect::<Result<_, _>>()?,
         balloon: (!a.no_balloon).then(Balloon::default),
         autostart: false,
+        seccomp: Default::default(),
     };
     d.validate().map_err(|e| e.to_string())?;
     d.record_detected_formats();

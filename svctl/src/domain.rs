@@ -9,7 +9,9 @@ use api::backend::balloon::BalloonBackendConfig;
 use api::backend::blk::{BlkBackendConfig, ImageFormat};
 use api::backend::net::{MacAddress, NetBackendConfig};
 use api::backend::{DaemonConfig, DEFAULT_QUEUE_SIZE};
-use api::config::{ByteSize, DeviceConfig, MemoryConfig, SerialConfig, VmConfig, MIN_MEMORY};
+use api::config::{
+    ByteSize, DeviceConfig, MemoryConfig, SeccompMode, SerialConfig, VmConfig, MIN_MEMORY,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +38,10 @@ pub struct Domain {
     pub balloon: Option<Balloon>,
     #[serde(default)]
     pub autostart: bool,
+    /// The seccomp filters of the domain's processes (supervisor, vmm, backends):
+    /// on, log or off (docs/security.md).
+    #[serde(default)]
+    pub seccomp: SeccompMode,
 }
 
 fn one() -> u8 {
@@ -226,7 +232,7 @@ impl Domain {
     pub fn blk_backend(&self, i: usize, rt: &Runtime) -> BlkBackendConfig {
         let disk = &self.disks[i];
         BlkBackendConfig {
-            daemon: rt.daemon(rt.disk_socket(i), Some(rt.disk_stats(i))),
+            daemon: rt.daemon(rt.disk_socket(i), Some(rt.disk_stats(i)), self.seccomp),
             image: Some(disk.path.clone()),
             // validate() let only raw, qcow2 and auto through
             format: clap::ValueEnum::from_str(&disk.format, false).unwrap_or(ImageFormat::Auto),
@@ -244,7 +250,7 @@ impl Domain {
             None => (Some(self.tap_name(i)), None),
         };
         NetBackendConfig {
-            daemon: rt.daemon(rt.nic_socket(i), Some(rt.nic_stats(i))),
+            daemon: rt.daemon(rt.nic_socket(i), Some(rt.nic_stats(i)), self.seccomp),
             tap,
             create_tap,
             bridge: nic.bridge.clone(),
@@ -258,7 +264,7 @@ impl Domain {
     pub fn balloon_backend(&self, rt: &Runtime) -> Option<BalloonBackendConfig> {
         let b = self.balloon.as_ref()?;
         Some(BalloonBackendConfig {
-            daemon: rt.daemon(rt.balloon_socket(), None),
+            daemon: rt.daemon(rt.balloon_socket(), None, self.seccomp),
             control: Some(rt.balloon_control()),
             deflate_on_oom: b.deflate_on_oom,
             free_page_reporting: b.free_page_reporting,
@@ -343,10 +349,16 @@ pub struct Runtime {
 
 impl Runtime {
     /// A backend's daemon options: its vhost-user socket and counters socket here.
-    fn daemon(&self, socket: PathBuf, stats_socket: Option<PathBuf>) -> DaemonConfig {
+    fn daemon(
+        &self,
+        socket: PathBuf,
+        stats_socket: Option<PathBuf>,
+        seccomp: SeccompMode,
+    ) -> DaemonConfig {
         DaemonConfig {
             socket: Some(socket),
             stats_socket,
+            seccomp,
             ..DaemonConfig::default()
         }
     }
@@ -428,6 +440,7 @@ pub fn vm_config(d: &Domain, rt: &Runtime) -> VmConfig {
         devices,
         on_reboot: Default::default(),
         api_socket: Some(rt.api()),
+        seccomp: d.seccomp,
     }
 }
 
@@ -477,131 +490,5 @@ pub fn parse(text: &str, path: &Path) -> Result<Domain, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_formats_are_recorded_from_the_image() {
-        let dir = std::env::temp_dir().join(format!("svctl-fmt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a.qcow2"), b"QFI\xfb\0\0\0\x03").unwrap();
-        std::fs::write(dir.join("b.img"), [0u8; 512]).unwrap();
-        let disk = |name: &str, format: &str| Disk {
-            path: dir.join(name),
-            format: format.into(),
-            readonly: false,
-            queues: 1,
-        };
-        let mut d: Domain =
-            serde_json::from_str(r#"{"name": "f", "memory": "64M", "kernel": "/k"}"#).unwrap();
-        d.disks = vec![
-            disk("a.qcow2", "auto"),
-            disk("b.img", "auto"),
-            disk("a.qcow2", "raw"), // an explicit format is kept
-            disk("absent", "auto"), // unreadable: the backend's probe guards apply
-        ];
-        d.record_detected_formats();
-        let formats: Vec<&str> = d.disks.iter().map(|d| d.format.as_str()).collect();
-        assert_eq!(formats, ["qcow2", "raw", "raw", "auto"]);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_domain_derives_each_backends_configuration() {
-        let d: Domain = serde_json::from_str(
-            r#"{"name": "web", "uuid": "0123abcd-0000-4000-8000-000000000000", "memory": "512M",
-                "kernel": "/k", "disks": [{"path": "/d.qcow2", "format": "qcow2", "queues": 2}],
-                "nics": [{"bridge": "br0"}, {"tap": "t1", "mac": "52:54:00:00:00:07"}]}"#,
-        )
-        .unwrap();
-        d.validate().unwrap();
-        let rt = Runtime {
-            dir: "/run/sv/web".into(),
-        };
-        // what the supervisor writes is what each backend reads
-        let text = serde_json::to_string(&d.blk_backend(0, &rt)).unwrap();
-        let blk: BlkBackendConfig = serde_json::from_str(&text).unwrap();
-        assert_eq!(blk.image, Some("/d.qcow2".into()));
-        assert_eq!(
-            (blk.format, blk.queues, blk.queue_size),
-            (ImageFormat::Qcow2, 2, 256)
-        );
-        assert_eq!(blk.daemon.socket, Some(rt.disk_socket(0)));
-        assert_eq!(blk.daemon.stats_socket, Some(rt.disk_stats(0)));
-        let net0 = d.net_backend(0, &rt);
-        assert_eq!(net0.create_tap.as_deref(), Some("sv0123abcdn0"));
-        assert_eq!(
-            (net0.bridge.as_deref(), net0.tap.as_deref()),
-            (Some("br0"), None)
-        );
-        assert_eq!(net0.mac.unwrap().to_string(), d.mac(0));
-        let net1 = d.net_backend(1, &rt);
-        assert_eq!(
-            (net1.tap.as_deref(), net1.create_tap.as_deref()),
-            (Some("t1"), None)
-        );
-        assert_eq!(net1.mac.unwrap().0[5], 7);
-        let balloon = d.balloon_backend(&rt).unwrap();
-        assert_eq!(balloon.control, Some(rt.balloon_control()));
-        assert_eq!(balloon.stats_interval, 1);
-        // the vmm's devices have the same queue size as the backends
-        let vm = vm_config(&d, &rt);
-        assert!(vm
-            .devices
-            .iter()
-            .all(|dev| dev.queue_size == DEFAULT_QUEUE_SIZE));
-    }
-
-    fn on_br0(uuid: &str) -> Domain {
-        let mut d: Domain = serde_json::from_str(
-            r#"{"name": "n", "memory": "512M", "kernel": "/k",
-                "nics": [{"bridge": "br0"}, {"bridge": "br0"}]}"#,
-        )
-        .unwrap();
-        d.uuid = uuid.into();
-        d
-    }
-
-    #[test]
-    fn tap_names_and_macs_never_panic_on_a_uuid_that_is_not_one() {
-        for uuid in ["", "abc", "éééééééééé", "0123abcd"] {
-            let d = on_br0(uuid);
-            let tap = d.tap_name(1);
-            assert!(tap.is_ascii() && tap.len() <= 15, "{tap:?}");
-            assert!(d.mac(1).parse::<MacAddress>().is_ok(), "{}", d.mac(1));
-        }
-    }
-
-    #[test]
-    fn generated_macs_are_local_unicast_from_40_bits_of_the_uuid() {
-        let d = on_br0("0123abcd-ef00-4000-8000-000000000000");
-        assert_eq!(d.tap_name(0), "sv0123abcdn0");
-        let mac: MacAddress = d.mac(0).parse().unwrap();
-        assert_eq!(
-            mac.0[0], 0x52,
-            "locally administered (0x02), unicast (0x01 clear)"
-        );
-        assert_ne!(d.mac(0), d.mac(1), "each NIC its own");
-        // any of the first 40 bits changes the MAC
-        for (i, c) in [(0, 'f'), (2, 'f'), (4, 'f'), (6, 'f'), (9, '1')] {
-            let mut other: Vec<char> = "0123abcd-ef00-4000-8000-000000000000".chars().collect();
-            other[i] = c;
-            let other = on_br0(&other.into_iter().collect::<String>());
-            assert_ne!(other.mac(0), d.mac(0), "uuid digit {i}");
-        }
-    }
-
-    #[test]
-    fn a_bad_mac_is_refused_when_the_domain_is_checked() {
-        let d: Domain = serde_json::from_str(
-            r#"{"name": "n", "memory": "512M", "kernel": "/k",
-                "nics": [{"bridge": "br0", "mac": "01:00:5e:00:00:01"}]}"#,
-        )
-        .unwrap();
-        let err = d.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("nic 0") && err.contains("not a unicast MAC"),
-            "{err}"
-        );
-    }
-}
+#[path = "domain_tests.rs"]
+mod tests;

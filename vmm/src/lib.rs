@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod confinement;
 /// The VM configuration lives in the `api` crate (svctl and the API share it).
 pub use ::api::config;
 pub mod cpu;

@@ -55,6 +55,10 @@ struct Args {
     /// Serve the JSON API (HTTP over this Unix socket, mode 0600); see docs/api.md.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// The vmm's seccomp filter: on (a system call it does not need kills it), log (the
+    /// kernel only logs such calls) or off [default: on]; see docs/security.md.
+    #[arg(long, value_enum)]
+    seccomp: Option<vmm::config::SeccompMode>,
 }
 
 fn config_from(args: Args) -> anyhow::Result<VmConfig> {
@@ -77,6 +81,7 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
     cfg.devices.extend(args.devices);
     cfg.api_socket = args.api_socket.or(cfg.api_socket);
+    cfg.seccomp = args.seccomp.unwrap_or(cfg.seccomp);
     Ok(cfg)
 }
 
@@ -94,7 +99,10 @@ fn main() -> ExitCode {
     api::unix_socket::restrict_umask();
     let args = Args::parse();
     init_logging();
-    let result = config_from(args).and_then(|cfg| Ok(Vm::start(&cfg)?));
+    let result = config_from(args).and_then(|cfg| {
+        vmm::confinement::install(cfg.seccomp)?;
+        Ok(Vm::start(&cfg)?)
+    });
     match result {
         Ok(vm) => {
             let exit = vm.run();

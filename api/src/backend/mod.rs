@@ -58,6 +58,10 @@ pub struct DaemonConfig {
     /// from preempting the vCPU that kicked (see docs/backends.md).
     #[arg(long, value_enum, default_value_t = SchedPolicy::Batch)]
     pub sched: SchedPolicy,
+    /// The process's seccomp filter: `on` kills it on a system call it does not need, `log`
+    /// only has the kernel log such calls, `off` filters nothing (docs/security.md).
+    #[arg(long, value_enum, default_value_t = crate::config::SeccompMode::On)]
+    pub seccomp: crate::config::SeccompMode,
 }
 
 /// The value of `T` when no option is given: the defaults of its clap attributes.

@@ -67,8 +67,25 @@ pub fn tail(path: &Path) -> String {
         .to_string()
 }
 
+/// The supervisor's seccomp filter, in the domain's mode. What it starts inherits the filter
+/// (and adds its own), so it allows what the vmm and the backends need besides starting,
+/// watching and signalling processes and giving up privileges; it still refuses ptrace,
+/// mount, namespaces, modules, BPF, keys and the rest of `confine::syscalls::NEVER`.
+fn confine(store: &Store, name: &str) -> Result<(), String> {
+    use confine::syscalls::*;
+    let mode = store
+        .load(name)
+        .map_or_else(|_| Default::default(), |d| d.seccomp);
+    let groups = [
+        RUNTIME, FILES, SOCKETS, IO_URING, KVM, PROCESSES, PRIVILEGES,
+    ];
+    confine::seccomp::install("svctl supervisor", mode, &groups)
+        .map_err(|e| format!("domain '{name}': {e}"))
+}
+
 /// Run the domain until its vmm ends (adopting it if it runs already); how the vmm ended.
 pub fn supervise(store: &Store, name: &str) -> Result<Exit, String> {
+    confine(store, name)?;
     let rt = store.runtime(name);
     crate::store::private_dir(&rt.dir)?;
     let Some(_lock) = SupervisorLock::try_acquire(&rt)? else {
