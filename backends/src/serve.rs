@@ -98,6 +98,8 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Privileges(#[from] confine::privileges::PrivilegeError),
     #[error("cannot create the device for a new connection")]
     CreateDevice(#[source] io::Error),
     /// (vhost-user-backend's error implements Display only, so its text is carried here)
@@ -123,6 +125,9 @@ pub fn serve<F: BackendFactory>(
     }
     install_signal_actions(args, &source, &factory)?;
     readiness::notify_ready(args.pidfile.as_deref())?;
+    if let Some(user) = &args.user {
+        crate::confinement::drop_privileges(name, user)?;
+    }
     info!("{name}: listening on {source}");
     let result = serve_connections(name, args.once, &mut listener, &mut factory);
     if let Some(p) = &args.pidfile {

@@ -160,3 +160,56 @@ fn a_system_call_outside_the_filter_kills_the_backend() {
         }
     }
 }
+
+#[test]
+fn with_user_a_backend_runs_unprivileged_and_cannot_open_host_secrets() {
+    use std::io::Read;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid,
+        0,
+        "this test starts the backends as root, as svctl and the units do"
+    );
+    for which in ["blk", "net", "balloon"] {
+        let dir = Scratch::new(&format!("user-{which}"));
+        let mut cmd = backend(which, &dir);
+        cmd.args(["--user", "nobody"])
+            .env("SPLITVISOR_SELFTEST_OPEN", "/etc/shadow")
+            .env("RUST_LOG", "info");
+        let mut child = cmd.spawn().unwrap();
+        let up = wait_for(&dir.0.join("stats.sock"), &mut child);
+        // the switch happens right after readiness: give it a moment
+        std::thread::sleep(Duration::from_millis(200));
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let (uid, cap_eff, cap_prm) = (field("Uid:"), field("CapEff:"), field("CapPrm:"));
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut log = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        assert!(up, "{which} serves as nobody: {log}");
+        assert!(
+            !uid.is_empty() && uid.iter().all(|u| *u != "0"),
+            "{which}: Uid {uid:?}"
+        );
+        assert_eq!(cap_eff, ["0000000000000000"], "{which}: CapEff");
+        assert_eq!(cap_prm, ["0000000000000000"], "{which}: CapPrm");
+        assert!(
+            log.contains("selftest: open /etc/shadow: refused: Permission denied"),
+            "{which}: {log}"
+        );
+    }
+}

@@ -208,6 +208,7 @@ pub fn install(store: &Store, a: InstallArgs, out: &Out) -> Result<(), String> {
         balloon: (!a.no_balloon).then(Balloon::default),
         autostart: false,
         seccomp: Default::default(),
+        backend_user: None,
     };
     d.validate().map_err(|e| e.to_string())?;
     d.record_detected_formats();

@@ -42,6 +42,11 @@ pub struct Domain {
     /// on, log or off (docs/security.md).
     #[serde(default)]
     pub seccomp: SeccompMode,
+    /// The user the backends become once their image, tap and sockets are open
+    /// (`USER[:GROUP]`); by default `nobody` when svctl runs as root (a non-root svctl's
+    /// backends stay its user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_user: Option<String>,
 }
 
 fn one() -> u8 {
@@ -228,11 +233,21 @@ impl Domain {
         }
     }
 
+    /// The user the backends become: the domain's `backend_user`, or `nobody` when svctl
+    /// runs as root.
+    pub fn backend_user(&self) -> Option<String> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        self.backend_user
+            .clone()
+            .or_else(|| root.then(|| "nobody".to_string()))
+    }
+
     /// The configuration of disk `i`'s `splitvisor-blk`.
     pub fn blk_backend(&self, i: usize, rt: &Runtime) -> BlkBackendConfig {
         let disk = &self.disks[i];
         BlkBackendConfig {
-            daemon: rt.daemon(rt.disk_socket(i), Some(rt.disk_stats(i)), self.seccomp),
+            daemon: rt.daemon(rt.disk_socket(i), Some(rt.disk_stats(i)), self),
             image: Some(disk.path.clone()),
             // validate() let only raw, qcow2 and auto through
             format: clap::ValueEnum::from_str(&disk.format, false).unwrap_or(ImageFormat::Auto),
@@ -250,7 +265,7 @@ impl Domain {
             None => (Some(self.tap_name(i)), None),
         };
         NetBackendConfig {
-            daemon: rt.daemon(rt.nic_socket(i), Some(rt.nic_stats(i)), self.seccomp),
+            daemon: rt.daemon(rt.nic_socket(i), Some(rt.nic_stats(i)), self),
             tap,
             create_tap,
             bridge: nic.bridge.clone(),
@@ -264,7 +279,7 @@ impl Domain {
     pub fn balloon_backend(&self, rt: &Runtime) -> Option<BalloonBackendConfig> {
         let b = self.balloon.as_ref()?;
         Some(BalloonBackendConfig {
-            daemon: rt.daemon(rt.balloon_socket(), None, self.seccomp),
+            daemon: rt.daemon(rt.balloon_socket(), None, self),
             control: Some(rt.balloon_control()),
             deflate_on_oom: b.deflate_on_oom,
             free_page_reporting: b.free_page_reporting,
@@ -349,16 +364,12 @@ pub struct Runtime {
 
 impl Runtime {
     /// A backend's daemon options: its vhost-user socket and counters socket here.
-    fn daemon(
-        &self,
-        socket: PathBuf,
-        stats_socket: Option<PathBuf>,
-        seccomp: SeccompMode,
-    ) -> DaemonConfig {
+    fn daemon(&self, socket: PathBuf, stats_socket: Option<PathBuf>, d: &Domain) -> DaemonConfig {
         DaemonConfig {
             socket: Some(socket),
             stats_socket,
-            seccomp,
+            seccomp: d.seccomp,
+            user: d.backend_user(),
             ..DaemonConfig::default()
         }
     }

@@ -58,6 +58,11 @@ pub struct DaemonConfig {
     /// from preempting the vCPU that kicked (see docs/backends.md).
     #[arg(long, value_enum, default_value_t = SchedPolicy::Batch)]
     pub sched: SchedPolicy,
+    /// Once the device's resources (image, tap, sockets) are open, become this user
+    /// (`USER[:GROUP]`, names or numbers): no capabilities are left (docs/security.md).
+    #[arg(long, value_name = "USER[:GROUP]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// The process's seccomp filter: `on` kills it on a system call it does not need, `log`
     /// only has the kernel log such calls, `off` filters nothing (docs/security.md).
     #[arg(long, value_enum, default_value_t = crate::config::SeccompMode::On)]
