@@ -167,8 +167,7 @@ fn with_user_a_backend_runs_unprivileged_and_cannot_open_host_secrets() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        euid,
-        0,
+        euid, 0,
         "this test starts the backends as root, as svctl and the units do"
     );
     for which in ["blk", "net", "balloon"] {
