@@ -47,7 +47,12 @@ pub fn resolve(spec: &str) -> Result<Identity, PrivilegeError> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read("/etc/passwd")?;
+    // numbers need no /etc/passwd (a minimal root file system may have none)
+    let passwd = match (read("/etc/passwd"), user.parse::<u32>()) {
+        (Ok(text), _) => text,
+        (Err(_), Ok(_)) => String::new(),
+        (Err(e), Err(_)) => return Err(e),
+    };
     let entry = passwd
         .lines()
         .map(|l| l.split(':').collect::<Vec<_>>())

@@ -526,6 +526,9 @@ fn every_process_of_a_running_domain_is_confined() {
             );
         }
     }
+    for t in &threads {
+        eprintln!("{t}");
+    }
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
         [

@@ -43,8 +43,8 @@ pub struct Domain {
     #[serde(default)]
     pub seccomp: SeccompMode,
     /// The user the backends become once their image, tap and sockets are open
-    /// (`USER[:GROUP]`); by default `nobody` when svctl runs as root (a non-root svctl's
-    /// backends stay its user).
+    /// (`USER[:GROUP]`); by default nobody:nogroup (65534:65534) when svctl runs as root (a
+    /// non-root svctl's backends stay its user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_user: Option<String>,
 }
@@ -233,14 +233,14 @@ impl Domain {
         }
     }
 
-    /// The user the backends become: the domain's `backend_user`, or `nobody` when svctl
-    /// runs as root.
+    /// The user the backends become: the domain's `backend_user`, or nobody:nogroup
+    /// (65534:65534, by number: a host need not list them) when svctl runs as root.
     pub fn backend_user(&self) -> Option<String> {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         self.backend_user
             .clone()
-            .or_else(|| root.then(|| "nobody".to_string()))
+            .or_else(|| root.then(|| "65534:65534".to_string()))
     }
 
     /// The configuration of disk `i`'s `splitvisor-blk`.
