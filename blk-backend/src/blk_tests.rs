@@ -201,14 +201,14 @@ fn a_probed_raw_disk_refuses_a_first_sector_that_probes_as_qcow2() {
     let img = TempImage::new("probe", &vec![0u8; MIB as usize]);
     let dev = device_as(&img, Format::Auto);
     let mem = memory();
-    let mut sector0 = [0x55u8; 4096];
+    let mut sector0 = [0x55u8; 8192];
     sector0[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
     mem.write_slice(&sector0, GuestAddress(0x20_0000)).unwrap();
-    // split where the copy-then-check bounce ends, to cover both halves
+    // two guest buffers over the first block (copied and checked) and the next one
     let w = [
         desc(0x10_0000, 16, 0),
         desc(0x20_0000, 300, 0),
-        desc(0x20_0000 + 300, 4096 - 300, 0),
+        desc(0x20_0000 + 300, 8192 - 300, 0),
         desc(STATUS, 1, WRITE),
     ];
     header(&mem, 0x10_0000, VIRTIO_BLK_T_OUT, 0);
@@ -225,7 +225,7 @@ fn a_probed_raw_disk_refuses_a_first_sector_that_probes_as_qcow2() {
     sector0[..8].copy_from_slice(b"\xebc\x90MBR!!");
     mem.write_slice(&sector0, GuestAddress(0x20_0000)).unwrap();
     assert_eq!(run(&dev, &mem, &w), (1, OK));
-    assert_eq!(img.bytes()[..4096], sector0);
+    assert_eq!(img.bytes()[..8192], sector0);
     header(&mem, 0x10_0000, VIRTIO_BLK_T_OUT, 8);
     let q = MockSplitQueue::new(&mem, 16);
     assert!(matches!(

@@ -99,8 +99,6 @@ pub enum Error {
     Mtu(u16),
     #[error(transparent)]
     Tap(#[from] TapError),
-    #[error("--user")]
-    User(#[source] confine::privileges::PrivilegeError),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -199,12 +197,6 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
     };
     tap.set_mtu(config.mtu)?;
     tap.bring_up()?;
-    if let Some(user) = &config.daemon.user {
-        // --user: the process gives CAP_NET_ADMIN up once serving; as the tap's owner it can
-        // still attach and detach queues
-        let id = confine::privileges::resolve(user).map_err(Error::User)?;
-        tap.set_owner(id.uid, id.gid)?;
-    }
     tracing::info!(
         "serving tap {} ({} queue pair(s), MAC {}, MTU {})",
         tap.name(),

@@ -15,8 +15,6 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
-const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
-const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
@@ -215,25 +213,6 @@ impl Tap {
         let rc = unsafe { libc::ioctl(fd, TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
         if rc < 0 {
             return Err(self.setup_err("set offloads")(io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    /// Make `uid`/`gid` the tap's owner, so that a process running as them (this one, after
-    /// `--user`) may still attach and detach its queues without CAP_NET_ADMIN.
-    pub fn set_owner(&self, uid: u32, gid: u32) -> Result<(), TapError> {
-        let Some(q) = self.queues.first() else {
-            return Ok(());
-        };
-        for (req, id, what) in [(TUNSETOWNER, uid, "owner"), (TUNSETGROUP, gid, "group")] {
-            // SAFETY: TUNSETOWNER and TUNSETGROUP take the id as the argument itself; no
-            // memory is passed.
-            let rc = unsafe { libc::ioctl(q.as_raw_fd(), req, libc::c_ulong::from(id)) };
-            if rc < 0 {
-                return Err(self.setup_err(&format!("set its {what} to {id}"))(
-                    io::Error::last_os_error(),
-                ));
-            }
         }
         Ok(())
     }

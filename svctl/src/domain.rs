@@ -301,14 +301,15 @@ impl Domain {
 
     /// Write each generated MAC into the domain (libvirt's habit at define time): a NIC keeps
     /// its address even if the rule that made it changes.
-    /// libvirt's habit: a disk given as `auto` gets the format its image has now, recorded
-    /// once (define, install, create), so its backend never probes it; a guest then cannot
-    /// change how its disk is opened by writing a header into it. An image that cannot be
-    /// read yet stays `auto` (the backend's probe guards then apply, docs/security.md).
+    /// A disk given as `auto` whose image is raw now is recorded as `raw` (define, install,
+    /// create), so its backend never probes it: a guest cannot change how its disk is opened
+    /// by writing a header into it. One that looks like qcow2 stays `auto` — recording
+    /// `qcow2` would follow whatever backing file its header names; probed, a backing file is
+    /// refused (docs/security.md) — and so does one that cannot be read yet.
     pub fn record_detected_formats(&mut self) {
         for d in self.disks.iter_mut().filter(|d| d.format == "auto") {
-            if let Some(format) = detect_format(&d.path) {
-                d.format = format.into();
+            if detect_format(&d.path) == Some("raw") {
+                d.format = "raw".into();
             }
         }
     }

@@ -24,7 +24,7 @@ fn auto_formats_are_recorded_from_the_image() {
     ];
     d.record_detected_formats();
     let formats: Vec<&str> = d.disks.iter().map(|d| d.format.as_str()).collect();
-    assert_eq!(formats, ["qcow2", "raw", "raw", "auto"]);
+    assert_eq!(formats, ["auto", "raw", "raw", "auto"]);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -3,9 +3,9 @@
 //! qcow2 header naming a host file into its own raw disk and reads that file from its next
 //! start (QEMU's CVE-2008-2004).
 //!
-//! Writes that cover the format magic are copied out of guest memory first and checked on
-//! the copy, which is then what reaches the file: the guest cannot change the bytes between
-//! the check and the write. The device sends those writes through [`Disk::write_at`] rather
+//! A write that covers the format magic has its first 4 KiB copied out of guest memory into a
+//! buffer aligned for O_DIRECT, checked there, and written from the copy: the guest cannot
+//! change the bytes between the check and the write. The device sends those writes through [`Disk::write_at`] rather
 //! than io_uring (see [`Disk::checks_writes_at`]); everything else goes straight to the file.
 
 use std::fs::File;
@@ -14,9 +14,9 @@ use std::io;
 use super::file_io::GuestIovecs;
 use super::{qcow2, raw::RawDisk, Disk};
 
-/// One sector, aligned for O_DIRECT.
-#[repr(C, align(4096))]
-struct Sector([u8; 512]);
+/// The first block's size, and the alignment O_DIRECT may ask of a buffer (4 KiB logical
+/// blocks).
+const ALIGN: usize = 4096;
 
 /// A raw disk whose format was probed.
 pub struct FirstSectorGuard {
@@ -51,22 +51,26 @@ impl Disk for FirstSectorGuard {
         if !self.checks_writes_at(offset) {
             return self.inner.write_at(bufs, offset);
         }
-        // offsets are whole sectors: this write starts at 0
-        let mut head = Box::new(Sector([0; 512]));
-        let n = bufs.len().min(head.0.len());
-        bufs.sub(0, n).copy_to(&mut head.0[..n]);
-        if probes_as_another_format(&head.0[..n]) {
+        // offsets are whole sectors: this write starts at 0. Its first block is copied into
+        // an aligned buffer, checked and written from there; the rest goes straight from
+        // guest memory, as any write (block-sized pieces keep O_DIRECT's alignment)
+        let len = bufs.len();
+        let head_len = len.min(ALIGN);
+        let mut storage = vec![0u8; head_len + ALIGN];
+        let start = storage.as_ptr().align_offset(ALIGN).min(ALIGN);
+        let head = &mut storage[start..start + head_len];
+        bufs.sub(0, head_len).copy_to(head);
+        if probes_as_another_format(head) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "refused: the write would turn the first sector of an image probed as raw \
                  into another format's header (give --format raw to allow it)",
             ));
         }
-        self.inner
-            .write_at(&GuestIovecs::from_buf(&mut head.0[..n]), 0)?;
-        if bufs.len() > n {
+        self.inner.write_at(&GuestIovecs::from_buf(head), 0)?;
+        if len > head_len {
             self.inner
-                .write_at(&bufs.sub(n, bufs.len() - n), n as u64)?;
+                .write_at(&bufs.sub(head_len, len - head_len), head_len as u64)?;
         }
         Ok(())
     }
