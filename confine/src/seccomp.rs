@@ -32,15 +32,19 @@ pub fn build(mode: SeccompMode, groups: &[&[i64]]) -> Result<Option<BpfProgram>,
     };
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|_| SeccompError::Arch(std::env::consts::ARCH))?;
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = groups
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|&nr| (nr, Vec::new()))
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = allowed(groups)
+        .into_iter()
+        .map(|nr| (nr, Vec::new()))
         .collect();
     let filter = SeccompFilter::new(rules, refused, SeccompAction::Allow, arch)
         .map_err(SeccompError::Build)?;
     let program: BpfProgram = filter.try_into().map_err(SeccompError::Build)?;
     Ok(Some(program))
+}
+
+/// The system calls `groups` allow, each once.
+fn allowed(groups: &[&[i64]]) -> std::collections::BTreeSet<i64> {
+    groups.iter().flat_map(|g| g.iter().copied()).collect()
 }
 
 /// Install the filter allowing `groups` on every thread of this process (seccomp's TSYNC;
@@ -52,11 +56,9 @@ pub fn install(name: &str, mode: SeccompMode, groups: &[&[i64]]) -> Result<(), S
         return Ok(());
     };
     seccompiler::apply_filter_all_threads(&program).map_err(SeccompError::Install)?;
-    let allowed: std::collections::BTreeSet<i64> =
-        groups.iter().flat_map(|g| g.iter().copied()).collect();
     tracing::info!(
         "{name}: seccomp {mode:?}: {} system calls allowed",
-        allowed.len()
+        allowed(groups).len()
     );
     if std::env::var_os(SELFTEST_ENV).is_some() {
         selftest(name);

@@ -11,7 +11,9 @@ pub mod blk_process;
 pub mod guest;
 pub mod kit;
 pub mod mode;
+pub mod proc_status;
 pub mod sandbox;
+pub mod scratch;
 pub mod shell_words;
 pub mod vring;
 

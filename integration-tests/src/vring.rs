@@ -141,6 +141,22 @@ impl Ring {
         Ok(out)
     }
 
+    /// The used entries the backend adds, until there are `count` or `timeout` has passed.
+    pub fn wait_used(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        count: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<(u16, u32)>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut used = self.take_used(mem)?;
+        while used.len() < count && std::time::Instant::now() < deadline {
+            self.wait_call(1000)?;
+            used.extend(self.take_used(mem)?);
+        }
+        Ok(used)
+    }
+
     /// Wait (at most `timeout_ms`) for the backend's interrupt; false on timeout. The call
     /// eventfd may have been made non-blocking by the backend (QEMU does that to fds it
     /// receives: the file description is shared), so poll it first.

@@ -159,18 +159,7 @@ fn stop_ends_the_process_with_status_5_and_removes_the_socket() {
 fn every_vmm_thread_runs_under_its_seccomp_filter() {
     let (vmm, client) = start("seccomp");
     let _: serde_json::Value = client.get("vm.info").expect("the API answers");
-    let pid = vmm.child.id();
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
-        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:"));
-        threads.push((
-            comm.trim().to_string(),
-            mode.map(str::trim).map(String::from),
-        ));
-    }
+    let threads = integration_tests::proc_status::thread_field(vmm.child.id(), "Seccomp");
     // the main thread, two vCPUs, the API's runtime, the signal thread …
     assert!(threads.len() >= 4, "{threads:?}");
     for (comm, mode) in &threads {

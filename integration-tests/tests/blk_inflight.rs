@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use integration_tests::blk_process::{self, status, BlkProcess};
 use integration_tests::vring::{Ring, QUEUE_SIZE};
@@ -138,12 +138,7 @@ fn restart_with(tag: &str, format: &str, region_version: u16) -> (Vec<(u16, u32)
     let mut ring = Ring::resume(&mut f, &mem, 0, 0, 2).expect("ring on the new backend");
     ring.avail_idx = 4;
     ring.kick.write(1).unwrap();
-    let mut used = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while used.len() < 2 && Instant::now() < deadline {
-        ring.wait_call(1000).unwrap();
-        used.extend(ring.take_used(&mem).unwrap());
-    }
+    let mut used = ring.wait_used(&mem, 2, Duration::from_secs(10)).unwrap();
     // nothing more comes (a duplicate would)
     std::thread::sleep(Duration::from_millis(300));
     used.extend(ring.take_used(&mem).unwrap());

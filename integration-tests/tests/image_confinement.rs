@@ -6,34 +6,21 @@
 //!   probed (the write fails; the image keeps its bytes), and once it could (the format given
 //!   as raw), the image is only ever served as raw, and a probing start refuses it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::blk_process::{self, bin, status, BlkProcess};
+use integration_tests::scratch::Scratch;
 use integration_tests::vring::Ring;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("sv-confine-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("images")).unwrap();
-        // the host file the attacker wants: outside the images' directory
-        std::fs::write(dir.join("secret"), b"SECRET!!".repeat(64 << 10)).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory with `images/` and, outside it, the host file an attacker wants.
+fn scratch(tag: &str) -> Scratch {
+    let dir = Scratch::new(&format!("confine-{tag}"));
+    std::fs::create_dir_all(dir.path("images")).unwrap();
+    std::fs::write(dir.path("secret"), b"SECRET!!".repeat(64 << 10)).unwrap();
+    dir
 }
 
 /// A qcow2 image at `path` whose backing file is the scratch directory's secret.
@@ -81,7 +68,7 @@ fn refused_start(dir: &Scratch, image: &Path, format: &str) -> String {
 
 #[test]
 fn an_image_naming_a_host_file_as_its_backing_file_is_refused() {
-    let dir = Scratch::new("image");
+    let dir = scratch("image");
     let evil = dir.path("images/evil.img");
     evil_image(&dir, &evil);
     let probed = refused_start(&dir, &evil, "auto");
@@ -111,7 +98,7 @@ fn an_image_naming_a_host_file_as_its_backing_file_is_refused() {
 
 #[test]
 fn a_guest_cannot_turn_its_probed_raw_disk_into_a_qcow2_naming_a_host_file() {
-    let dir = Scratch::new("guest");
+    let dir = scratch("guest");
     // the sector a guest would write: a qcow2 header naming the host file
     let evil = dir.path("evil-header.qcow2");
     evil_image(&dir, &evil);
@@ -129,12 +116,7 @@ fn a_guest_cannot_turn_its_probed_raw_disk_into_a_qcow2_naming_a_host_file() {
         ring.push(&mem, head).unwrap();
         ring.publish(&mem).unwrap();
         ring.kick.write(1).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut used = Vec::new();
-        while used.is_empty() && Instant::now() < deadline {
-            ring.wait_call(1000).unwrap();
-            used.extend(ring.take_used(&mem).unwrap());
-        }
+        let used = ring.wait_used(&mem, 1, Duration::from_secs(10)).unwrap();
         assert_eq!(used.len(), 1, "the write was answered");
         status(&mem, 0)
     };
@@ -155,7 +137,7 @@ fn a_guest_cannot_turn_its_probed_raw_disk_into_a_qcow2_naming_a_host_file() {
 #[test]
 fn a_backend_makes_its_sockets_private_from_their_creation_whatever_the_umask() {
     use std::os::unix::fs::MetadataExt;
-    let dir = Scratch::new("umask");
+    let dir = scratch("umask");
     let disk = dir.path("images/disk.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let (socket, stats) = (dir.path("blk.sock"), dir.path("stats.sock"));

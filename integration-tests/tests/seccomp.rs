@@ -6,41 +6,34 @@
 //! three backends: the sandbox's svctl_lifecycle.rs.)
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::blk_process::bin;
+use integration_tests::proc_status;
+use integration_tests::scratch::Scratch;
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("sv-seccomp-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("disk.raw"), vec![0u8; 1 << 20]).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
+/// A scratch directory holding a 1 MiB raw image.
+fn scratch(tag: &str) -> Scratch {
+    let dir = Scratch::new(&format!("seccomp-{tag}"));
+    std::fs::write(dir.path("disk.raw"), vec![0u8; 1 << 20]).unwrap();
+    dir
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A path in `dir`, as an argument.
+fn arg(dir: &Scratch, name: &str) -> String {
+    dir.path(name).display().to_string()
 }
 
 /// The command that starts backend `which` serving in `dir` (net in a network namespace of
 /// its own, so that its tap never touches the host's network).
 fn backend(which: &str, dir: &Scratch) -> Command {
-    let socket = dir.path("dev.sock");
+    let socket = arg(dir, "dev.sock");
     let mut cmd = match which {
         "blk" => {
             let mut c = Command::new(bin("splitvisor-blk"));
-            c.args(["--image", &dir.path("disk.raw"), "--format", "raw"]);
+            c.args(["--image", &arg(dir, "disk.raw"), "--format", "raw"]);
             c
         }
         "net" => {
@@ -51,7 +44,7 @@ fn backend(which: &str, dir: &Scratch) -> Command {
         }
         _ => {
             let mut c = Command::new(bin("splitvisor-balloon"));
-            c.args(["--control", &dir.path("control.sock")]);
+            c.args(["--control", &arg(dir, "control.sock")]);
             c
         }
     };
@@ -59,7 +52,7 @@ fn backend(which: &str, dir: &Scratch) -> Command {
         "--socket",
         &socket,
         "--stats-socket",
-        &dir.path("stats.sock"),
+        &arg(dir, "stats.sock"),
     ]);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
@@ -80,28 +73,10 @@ fn wait_for(path: &Path, child: &mut Child) -> bool {
     false
 }
 
-/// Each thread of process `pid`: its name and the `Seccomp:` mode /proc shows.
-fn thread_modes(pid: u32) -> Vec<(String, String)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process lives");
-    tasks
-        .filter_map(|t| {
-            let t = t.ok()?.path();
-            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
-            let status = std::fs::read_to_string(t.join("status")).ok()?;
-            let mode = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))?
-                .trim()
-                .to_string();
-            Some((comm.trim().to_string(), mode))
-        })
-        .collect()
-}
-
 /// The backend's own pid (net runs under `unshare`, which execs it: same pid).
 fn serving(which: &str, dir: &Scratch) -> Child {
     let mut child = backend(which, dir).spawn().expect("the backend starts");
-    let up = wait_for(&dir.0.join("stats.sock"), &mut child);
+    let up = wait_for(&dir.path("stats.sock"), &mut child);
     if !up {
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
@@ -116,15 +91,19 @@ fn serving(which: &str, dir: &Scratch) -> Child {
 #[test]
 fn every_thread_of_every_backend_runs_under_its_filter() {
     for which in ["blk", "net", "balloon"] {
-        let dir = Scratch::new(which);
+        let dir = scratch(which);
         let mut child = serving(which, &dir);
         // the frontend-facing threads start with a connection; the rest exist already
-        let modes = thread_modes(child.id());
+        let modes = proc_status::thread_field(child.id(), "Seccomp");
         let _ = child.kill();
         let _ = child.wait();
         assert!(modes.len() >= 2, "{which}: threads {modes:?}");
         for (comm, mode) in &modes {
-            assert_eq!(mode, "2", "{which}: thread {comm} has Seccomp: {mode}");
+            assert_eq!(
+                mode.as_deref(),
+                Some("2"),
+                "{which}: thread {comm}: {mode:?}"
+            );
         }
         eprintln!("{which}: {} threads, all Seccomp: 2 {modes:?}", modes.len());
     }
@@ -133,7 +112,7 @@ fn every_thread_of_every_backend_runs_under_its_filter() {
 #[test]
 fn a_system_call_outside_the_filter_kills_the_backend() {
     for which in ["blk", "net", "balloon"] {
-        let dir = Scratch::new(&format!("kill-{which}"));
+        let dir = scratch(&format!("kill-{which}"));
         let mut cmd = backend(which, &dir);
         cmd.env("SPLITVISOR_SECCOMP_SELFTEST", "1");
         let mut child = cmd.spawn().unwrap();
@@ -148,12 +127,12 @@ fn a_system_call_outside_the_filter_kills_the_backend() {
         assert_eq!(status.signal(), Some(libc::SIGSYS), "{which}: {status:?}");
         // `log` and `off` let it through: the backend serves
         for mode in ["log", "off"] {
-            let dir = Scratch::new(&format!("{mode}-{which}"));
+            let dir = scratch(&format!("{mode}-{which}"));
             let mut cmd = backend(which, &dir);
             cmd.env("SPLITVISOR_SECCOMP_SELFTEST", "1")
                 .args(["--seccomp", mode]);
             let mut child = cmd.spawn().unwrap();
-            let up = wait_for(&dir.0.join("stats.sock"), &mut child);
+            let up = wait_for(&dir.path("stats.sock"), &mut child);
             let _ = child.kill();
             let _ = child.wait();
             assert!(up, "{which} --seccomp {mode} serves");
@@ -171,25 +150,18 @@ fn with_user_a_backend_runs_unprivileged_and_cannot_open_host_secrets() {
         "this test starts the backends as root, as svctl and the units do"
     );
     for which in ["blk", "net", "balloon"] {
-        let dir = Scratch::new(&format!("user-{which}"));
+        let dir = scratch(&format!("user-{which}"));
         let mut cmd = backend(which, &dir);
         cmd.args(["--user", "nobody"])
             .env("SPLITVISOR_SELFTEST_OPEN", "/etc/shadow")
             .env("RUST_LOG", "info");
         let mut child = cmd.spawn().unwrap();
-        let up = wait_for(&dir.0.join("stats.sock"), &mut child);
+        let up = wait_for(&dir.path("stats.sock"), &mut child);
         // the switch happens right after readiness: give it a moment
         std::thread::sleep(Duration::from_millis(200));
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.split_whitespace().collect::<Vec<_>>())
-                .unwrap_or_default()
-        };
-        let (uid, cap_eff, cap_prm) = (field("Uid:"), field("CapEff:"), field("CapPrm:"));
+        let field = |key| proc_status::process_field(child.id(), key);
+        let (uid, cap_eff, cap_prm) = (field("Uid"), field("CapEff"), field("CapPrm"));
+        let uid: Vec<&str> = uid.split_whitespace().collect();
         let _ = child.kill();
         let _ = child.wait();
         let mut log = String::new();
@@ -204,8 +176,8 @@ fn with_user_a_backend_runs_unprivileged_and_cannot_open_host_secrets() {
             !uid.is_empty() && uid.iter().all(|u| *u != "0"),
             "{which}: Uid {uid:?}"
         );
-        assert_eq!(cap_eff, ["0000000000000000"], "{which}: CapEff");
-        assert_eq!(cap_prm, ["0000000000000000"], "{which}: CapPrm");
+        assert_eq!(cap_eff, "0000000000000000", "{which}: CapEff");
+        assert_eq!(cap_prm, "0000000000000000", "{which}: CapPrm");
         assert!(
             log.contains("selftest: open /etc/shadow: refused: Permission denied"),
             "{which}: {log}"
