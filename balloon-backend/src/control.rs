@@ -171,18 +171,8 @@ pub fn handle(req: &Value, state: &BalloonState) -> Value {
     }
 }
 
-/// The longest reply a client reads (statistics and counters are well under 4 KiB).
-pub const MAX_REPLY: usize = 64 << 10;
-
-/// Send one request to the control socket at `path` and return the reply, which must come
-/// whole within `timeout` and be at most [`MAX_REPLY`] bytes; the error names the socket.
-pub fn request(path: &Path, req: &Value, timeout: Duration) -> Result<Value, String> {
-    let what = |e: &dyn std::fmt::Display| {
-        format!("balloon backend (control socket {}): {e}", path.display())
-    };
-    let reply = line::exchange(path, &req.to_string(), timeout, MAX_REPLY).map_err(|e| what(&e))?;
-    serde_json::from_slice(&reply).map_err(|e| what(&format!("answered badly: {e}")))
-}
+/// A request to the control socket (the client side lives with the backend's contract).
+pub use api::backend::balloon::control_request as request;
 
 /// How long to wait for the reply to a request whose stats timeout is `stats_ms`.
 pub fn reply_timeout(stats_ms: u64) -> Duration {

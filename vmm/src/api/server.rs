@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ::api::backend::balloon::control_request;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -249,22 +250,8 @@ fn balloon_control(ctx: &ApiContext) -> Result<PathBuf, Box<Response>> {
     }
 }
 
-/// The longest reply read from the balloon backend (its statistics are well under 4 KiB).
-const BALLOON_MAX_REPLY: usize = 64 << 10;
-
-/// One request to the balloon backend's control socket (one JSON line each way); the reply
-/// must come whole within `timeout` and be at most [`BALLOON_MAX_REPLY`] bytes.
-fn balloon_request(path: &Path, req: &Value, timeout: Duration) -> Result<Value, String> {
-    let what = |e: &dyn std::fmt::Display| {
-        format!("balloon backend (control socket {}): {e}", path.display())
-    };
-    let reply = api::line::exchange(path, &req.to_string(), timeout, BALLOON_MAX_REPLY)
-        .map_err(|e| what(&e))?;
-    serde_json::from_slice(&reply).map_err(|e| what(&format!("answered badly: {e}")))
-}
-
 async fn proxy(path: PathBuf, req: Value, timeout: Duration) -> Response {
-    let reply = tokio::task::spawn_blocking(move || balloon_request(&path, &req, timeout)).await;
+    let reply = tokio::task::spawn_blocking(move || control_request(&path, &req, timeout)).await;
     match reply {
         Ok(Ok(v)) if v.get("ok") == Some(&Value::Bool(true)) => Json(v).into_response(),
         Ok(Ok(v)) => {
@@ -356,13 +343,13 @@ mod tests {
         let req = json!({"op": "info"});
         // 1 MiB with no end of line: refused at 64 KiB, not read to the end
         let path = hostile_balloon("long", vec![b'x'; 1 << 20], 1 << 20, Duration::ZERO);
-        let err = balloon_request(&path, &req, Duration::from_secs(5)).unwrap_err();
+        let err = control_request(&path, &req, Duration::from_secs(5)).unwrap_err();
         assert!(err.contains("balloon backend (control socket"), "{err}");
         assert!(err.contains("longer than 65536 bytes"), "{err}");
         // a byte every 50 ms: the whole reply has a deadline, not each read
         let path = hostile_balloon("trickle", vec![b'y'; 100], 1, Duration::from_millis(50));
         let start = std::time::Instant::now();
-        let err = balloon_request(&path, &req, Duration::from_millis(400)).unwrap_err();
+        let err = control_request(&path, &req, Duration::from_millis(400)).unwrap_err();
         assert!(
             err.contains("did not finish its reply within 400 ms"),
             "{err}"
@@ -374,7 +361,7 @@ mod tests {
         );
         // an answer that is not JSON
         let path = hostile_balloon("garbage", b"nonsense\n".to_vec(), 64, Duration::ZERO);
-        let err = balloon_request(&path, &req, Duration::from_secs(5)).unwrap_err();
+        let err = control_request(&path, &req, Duration::from_secs(5)).unwrap_err();
         assert!(err.contains("answered badly"), "{err}");
     }
 }
