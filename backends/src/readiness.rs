@@ -24,17 +24,44 @@ pub enum ReadinessError {
 
 /// Signal readiness: write `pidfile` (if any), then notify systemd (if `NOTIFY_SOCKET` is set).
 pub fn notify_ready(pidfile: Option<&Path>) -> Result<(), ReadinessError> {
+    prepare(pidfile)?.send()
+}
+
+/// Readiness made ready to send: the pidfile written and systemd's socket connected while
+/// we can still reach them (a backend that gives up its privileges may no longer), the
+/// `READY=1` itself sent by [`Readiness::send`] once it really serves.
+pub struct Readiness {
+    notify: Option<(UnixDatagram, String)>,
+}
+
+/// Write `pidfile` (if any) and connect to `NOTIFY_SOCKET` (if set).
+pub fn prepare(pidfile: Option<&Path>) -> Result<Readiness, ReadinessError> {
     if let Some(path) = pidfile {
         write_pidfile(path)?;
     }
-    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
-        let socket = socket.to_string_lossy().into_owned();
-        sd_notify(&socket, "READY=1").map_err(|source| ReadinessError::Notify {
-            path: socket.clone(),
-            source,
-        })?;
+    let notify = match std::env::var_os("NOTIFY_SOCKET") {
+        None => None,
+        Some(socket) => {
+            let socket = socket.to_string_lossy().into_owned();
+            let sock = connect(&socket).map_err(|source| ReadinessError::Notify {
+                path: socket.clone(),
+                source,
+            })?;
+            Some((sock, socket))
+        }
+    };
+    Ok(Readiness { notify })
+}
+
+impl Readiness {
+    /// Tell systemd (or svctl's supervisor) `READY=1`.
+    pub fn send(self) -> Result<(), ReadinessError> {
+        if let Some((sock, path)) = self.notify {
+            sock.send(b"READY=1")
+                .map_err(|source| ReadinessError::Notify { path, source })?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Write our PID to `path` atomically (temporary file, then rename).
@@ -54,17 +81,23 @@ pub fn remove_pidfile(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Send one sd_notify datagram; `@name` is an abstract socket.
-fn sd_notify(socket: &str, message: &str) -> std::io::Result<()> {
+/// A datagram socket connected to sd_notify's `socket`; `@name` is an abstract socket.
+fn connect(socket: &str) -> std::io::Result<UnixDatagram> {
     let sock = UnixDatagram::unbound()?;
     if let Some(name) = socket.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        sock.send_to_addr(message.as_bytes(), &addr)?;
+        sock.connect_addr(&addr)?;
     } else {
-        sock.send_to(message.as_bytes(), socket)?;
+        sock.connect(socket)?;
     }
-    Ok(())
+    Ok(sock)
+}
+
+/// Send one sd_notify datagram.
+#[cfg(test)]
+fn sd_notify(socket: &str, message: &str) -> std::io::Result<()> {
+    connect(socket)?.send(message.as_bytes()).map(drop)
 }
 
 #[cfg(test)]

@@ -75,6 +75,18 @@ pub trait BackendFactory: Send + 'static {
         Box::new(|| {})
     }
 
+    /// Start the backend's own threads (a control socket's, a poller's). Called once the
+    /// process is confined (user, file rules), before READY=1: the threads inherit that.
+    fn start_threads(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Files the backend removes at exit besides its sockets and pidfile (their directories
+    /// keep that right under the file rules).
+    fn removed_at_exit(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// Last words before the process exits on SIGTERM (flush what must be on disk).
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
         Box::new(|| {})
@@ -100,6 +112,10 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Privileges(#[from] confine::privileges::PrivilegeError),
+    #[error("cannot restrict file access (--landlock off leaves it to the user and the unit)")]
+    FileAccess(#[source] Box<confine::file_access::FileAccessError>),
+    #[error("cannot start the backend's threads")]
+    Threads(#[source] io::Error),
     #[error("cannot create the device for a new connection")]
     CreateDevice(#[source] io::Error),
     /// (vhost-user-backend's error implements Display only, so its text is carried here)
@@ -109,25 +125,45 @@ pub enum ServeError {
 
 /// Serve frontends on the socket `args` selects until a signal ends the process (or, with
 /// `--once`, until the first frontend disconnects).
+///
+/// The order is the confinement's: every socket bound and the pidfile written while the
+/// process may still reach them; then, single-threaded, the user switch and the file rules
+/// (Landlock confines the calling thread and what it starts after); then the threads; and
+/// READY=1 last, so that whoever waits for it finds the process as it will stay.
 pub fn serve<F: BackendFactory>(
     name: &str,
     args: &DaemonConfig,
     mut factory: F,
 ) -> Result<(), ServeError> {
     let (mut listener, source) = SocketArgs::from(args).listen()?;
-    if let Some(path) = &args.stats_socket {
-        crate::stats_socket::spawn(path, factory.stats_text()).map_err(|source| {
-            ServeError::StatsSocket {
-                path: path.clone(),
-                source,
-            }
-        })?;
-    }
-    install_signal_actions(args, &source, &factory)?;
-    readiness::notify_ready(args.pidfile.as_deref())?;
+    let stats_err = |source| ServeError::StatsSocket {
+        path: args.stats_socket.clone().unwrap_or_default(),
+        source,
+    };
+    let stats = match &args.stats_socket {
+        Some(path) => Some(crate::stats_socket::bind(path).map_err(stats_err)?),
+        None => None,
+    };
+    let ready = readiness::prepare(args.pidfile.as_deref())?;
     if let Some(user) = &args.user {
         crate::confinement::drop_privileges(name, user)?;
     }
+    let mut leaves: Vec<PathBuf> = factory.removed_at_exit();
+    if let SocketSource::Path(p) = &source {
+        leaves.push(p.clone());
+    }
+    leaves.extend(args.pidfile.iter().cloned());
+    leaves.extend(args.stats_socket.iter().cloned());
+    let leaves: Vec<&std::path::Path> = leaves.iter().map(PathBuf::as_path).collect();
+    crate::confinement::restrict_files(name, args.landlock, &leaves)
+        .map_err(|e| ServeError::FileAccess(e.into()))?;
+    crate::confinement::selftest_open(name);
+    if let Some(stats) = stats {
+        crate::stats_socket::serve(stats, factory.stats_text()).map_err(stats_err)?;
+    }
+    install_signal_actions(args, &source, &factory)?;
+    factory.start_threads().map_err(ServeError::Threads)?;
+    ready.send()?;
     info!("{name}: listening on {source}");
     let result = serve_connections(name, args.once, &mut listener, &mut factory);
     if let Some(p) = &args.pidfile {

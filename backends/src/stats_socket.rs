@@ -3,6 +3,7 @@
 //! `key=value` per word, and is closed; nothing is read from the client.
 
 use std::io::{self, Write};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,7 +12,16 @@ pub type StatsText = Box<dyn Fn() -> String + Send>;
 
 /// Bind `path` (a stale socket is replaced; mode 0600) and serve it on a thread of its own.
 pub fn spawn(path: &Path, text: StatsText) -> io::Result<()> {
-    let listener = crate::socket::bind_private(path)?;
+    serve(bind(path)?, text)
+}
+
+/// Bind the stats socket at `path` (private to our user), to [`serve`] later.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    crate::socket::bind_private(path)
+}
+
+/// Answer each connection to `listener` with the counters, on a thread of its own.
+pub fn serve(listener: UnixListener, text: StatsText) -> io::Result<()> {
     std::thread::Builder::new()
         .name("stats-socket".into())
         .spawn(move || {

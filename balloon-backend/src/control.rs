@@ -38,7 +38,16 @@ pub const MAX_CLIENTS: usize = 16;
 
 /// Serve the control socket at `path` on a thread of its own.
 pub fn spawn(path: &Path, state: Arc<BalloonState>) -> io::Result<()> {
-    let listener = backends::socket::bind_private(path)?;
+    serve_listener(bind(path)?, state)
+}
+
+/// Bind the control socket at `path` (private to our user), to [`serve_listener`] later.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    backends::socket::bind_private(path)
+}
+
+/// Serve `listener`'s clients on a thread of its own.
+pub fn serve_listener(listener: UnixListener, state: Arc<BalloonState>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || accept(listener, state))?;

@@ -70,6 +70,8 @@ pub enum Error {
 pub(crate) struct BalloonFactory {
     pub(crate) state: Arc<BalloonState>,
     pub(crate) config: Config,
+    /// The control socket, bound before confinement and served from `start_threads`.
+    pub(crate) control: Option<std::os::unix::net::UnixListener>,
 }
 
 impl BackendFactory for BalloonFactory {
@@ -103,6 +105,30 @@ impl BackendFactory for BalloonFactory {
         }))
     }
 
+    fn start_threads(&mut self) -> std::io::Result<()> {
+        if let Some(listener) = self.control.take() {
+            control::serve_listener(listener, self.state.clone())?;
+        }
+        if self.config.stats_interval > 0 {
+            let state = self.state.clone();
+            let every = Duration::from_secs(self.config.stats_interval);
+            std::thread::Builder::new()
+                .name("stats".into())
+                .spawn(move || loop {
+                    std::thread::sleep(every);
+                    match state.request_stats(Duration::from_secs(2)) {
+                        Ok((values, _)) => tracing::info!(?values, "guest statistics"),
+                        Err(e) => tracing::debug!("no guest statistics: {e}"),
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    fn removed_at_exit(&self) -> Vec<std::path::PathBuf> {
+        self.config.control.iter().cloned().collect()
+    }
+
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
         let control = self.config.control.clone();
         Box::new(move || {
@@ -124,24 +150,13 @@ impl BackendFactory for BalloonFactory {
 /// Serve the balloon until a signal ends the process.
 pub fn start_backend(config: Config) -> Result<(), Error> {
     let state = Arc::new(BalloonState::default());
-    if let Some(path) = &config.control {
-        control::spawn(path, state.clone()).map_err(|source| Error::Control {
+    let control = match &config.control {
+        Some(path) => Some(control::bind(path).map_err(|source| Error::Control {
             path: path.clone(),
             source,
-        })?;
-    }
-    if config.stats_interval > 0 {
-        let (state, every) = (state.clone(), Duration::from_secs(config.stats_interval));
-        let _ = std::thread::Builder::new()
-            .name("stats".into())
-            .spawn(move || loop {
-                std::thread::sleep(every);
-                match state.request_stats(Duration::from_secs(2)) {
-                    Ok((values, _)) => tracing::info!(?values, "guest statistics"),
-                    Err(e) => tracing::debug!("no guest statistics: {e}"),
-                }
-            });
-    }
+        })?),
+        None => None,
+    };
     tracing::info!(
         deflate_on_oom = config.deflate_on_oom,
         free_page_reporting = config.free_page_reporting,
@@ -150,6 +165,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
     let factory = BalloonFactory {
         state: state.clone(),
         config: config.clone(),
+        control,
     };
     let result = serve::serve("splitvisor-balloon", &config.daemon, factory);
     if let Some(path) = &config.control {

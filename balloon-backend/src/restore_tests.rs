@@ -29,6 +29,7 @@ fn fresh_factory() -> BalloonFactory {
             stats_interval: 0,
             daemon: DaemonConfig::default(),
         },
+        control: None,
     }
 }
 

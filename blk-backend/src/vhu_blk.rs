@@ -88,8 +88,14 @@ fn completion_queue(num_queues: usize, device_event: usize) -> Option<usize> {
 /// 2 threads 65-83 k IOPS, 4 threads 40-61 k — every extra thread is one more switch per
 /// request.)
 pub fn default_threads(num_queues: usize) -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    num_queues.min(cpus).max(1)
+    num_queues.min(cpus()).max(1)
+}
+
+/// The CPUs this process may use, counted once (at start, before the file rules: std reads
+/// the cgroup's quota from /sys, which a confined backend can no longer open).
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 impl VhostUserBlk {
@@ -109,9 +115,8 @@ impl VhostUserBlk {
         // flight, the kernel's io-wq workers can do it on the idle CPUs instead. Measured on
         // 2 CPUs: 1 queue, 4 KiB QD32 writes +23-38 %; 4 queues -15 % and QD1 writes -15 % (so
         // inline there).
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = threads.clamp(1, num_queues.max(1));
-        let async_writes = threads < cpus;
+        let async_writes = threads < cpus();
         let queues = (0..num_queues)
             .map(|_| {
                 let uring = if async_ok {

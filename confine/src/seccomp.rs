@@ -66,6 +66,26 @@ pub fn install(name: &str, mode: SeccompMode, groups: &[&[i64]]) -> Result<(), S
     Ok(())
 }
 
+/// Install the filter allowing `groups` on the calling thread alone, on top of the process's
+/// (the kernel runs every filter a thread has; the strictest answer wins): a thread class
+/// that needs less than its process (the vmm's vCPU threads) gives the rest up. The process's
+/// filter must allow `seccomp` ([`crate::syscalls::STACKED_FILTER`]).
+pub fn install_on_this_thread(
+    name: &str,
+    mode: SeccompMode,
+    groups: &[&[i64]],
+) -> Result<(), SeccompError> {
+    let Some(program) = build(mode, groups)? else {
+        return Ok(());
+    };
+    seccompiler::apply_filter(&program).map_err(SeccompError::Install)?;
+    tracing::debug!(
+        "{name}: thread filter {mode:?}: {} system calls allowed",
+        allowed(groups).len()
+    );
+    Ok(())
+}
+
 /// Make a system call no group allows: `syslog(SYSLOG_ACTION_SIZE_BUFFER)`, which changes
 /// nothing when it is let through.
 fn selftest(name: &str) {

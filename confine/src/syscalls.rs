@@ -154,16 +154,21 @@ pub const FILES: &[i64] = &[
     SYS_chdir,
 ];
 
-/// Unix sockets (and the tap's netlink/ioctl sockets): create, listen, connect, pass
-/// descriptors.
+/// Making sockets (Unix ones, and the tap's ioctl socket): create, bind, listen, accept,
+/// connect. Talking over them is [`SOCKET_IO`].
 pub const SOCKETS: &[i64] = &[
     SYS_socket,
-    SYS_socketpair,
     SYS_bind,
     SYS_listen,
     SYS_accept,
     SYS_accept4,
     SYS_connect,
+];
+
+/// Talking over sockets a thread already has (and socket pairs, which open nothing by
+/// name): all the vmm's vCPU threads need of sockets, to drive a vhost-user backend.
+pub const SOCKET_IO: &[i64] = &[
+    SYS_socketpair,
     SYS_sendmsg,
     SYS_recvmsg,
     SYS_sendmmsg,
@@ -176,6 +181,9 @@ pub const SOCKETS: &[i64] = &[
     SYS_getsockname,
     SYS_getpeername,
 ];
+
+/// Installing a further, stricter filter on one thread (a thread class that needs less).
+pub const STACKED_FILTER: &[i64] = &[SYS_seccomp];
 
 /// Asynchronous I/O (the blk backend's raw images).
 pub const IO_URING: &[i64] = &[
@@ -225,7 +233,15 @@ pub const PRIVILEGES: &[i64] = &[
 
 /// Every group (for tests).
 pub const ALL_GROUPS: &[&[i64]] = &[
-    RUNTIME, FILES, SOCKETS, IO_URING, KVM, PROCESSES, PRIVILEGES,
+    RUNTIME,
+    FILES,
+    SOCKETS,
+    SOCKET_IO,
+    STACKED_FILTER,
+    IO_URING,
+    KVM,
+    PROCESSES,
+    PRIVILEGES,
 ];
 
 /// System calls no splitvisor process may make, whatever its groups: debugging other

@@ -165,4 +165,16 @@ fn every_vmm_thread_runs_under_its_seccomp_filter() {
     for (comm, mode) in &threads {
         assert_eq!(mode.as_deref(), Some("2"), "thread {comm}: {threads:?}");
     }
+    // each vCPU thread has one filter more than the rest: its own, stricter one
+    let filters = integration_tests::proc_status::thread_field(vmm.child.id(), "Seccomp_filters");
+    let count = |comm: &str| {
+        filters
+            .iter()
+            .find(|(c, _)| c == comm)
+            .and_then(|(_, n)| n.as_deref()?.parse::<u32>().ok())
+    };
+    let main = count("splitvisor").expect("the main thread's filters");
+    for vcpu in ["vcpu0", "vcpu1"] {
+        assert_eq!(count(vcpu), Some(main + 1), "{vcpu}: {filters:?}");
+    }
 }

@@ -30,7 +30,7 @@ echo GUEST-FIXED-DONE
 "#;
 
 const JOB: &str = r#"
-W=$JOB/w
+W=/tmp/w
 mkdir -p $W
 qemu_case() { # qemu_case NAME TIMEOUT GUEST64 DEVICE-ARGS...
     _n=$1 _t=$2 _g=$3

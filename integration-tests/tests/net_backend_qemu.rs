@@ -30,7 +30,7 @@ echo "GUEST-IPERF-IN $? $(grep receiver /tmp/in.txt | awk '{print $7}')"
 "#;
 
 const JOB: &str = r#"
-W=$JOB/w
+W=/tmp/w
 mkdir -p $W
 NS=svnet$$
 ip netns add $NS

@@ -3,7 +3,8 @@
 //! `Seccomp: 2` in /proc, and a system call outside the filter (the test-only trigger
 //! `SPLITVISOR_SECCOMP_SELFTEST`) kills the process with SIGSYS under `--seccomp on`, is let
 //! through under `log` and `off`. (The vmm's threads: api_host.rs; in a running VM with all
-//! three backends: the sandbox's svctl_lifecycle.rs.)
+//! three backends: the sandbox's svctl_lifecycle.rs.) And the rest of a backend's
+//! confinement: another user (`--user`), and Landlock's file rules (`--landlock`).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -157,7 +158,7 @@ fn with_user_a_backend_runs_unprivileged_and_cannot_open_host_secrets() {
             .env("RUST_LOG", "info");
         let mut child = cmd.spawn().unwrap();
         let up = wait_for(&dir.path("stats.sock"), &mut child);
-        // the switch happens right after readiness: give it a moment
+        // the stats socket comes before readiness, and the switch just before READY=1
         std::thread::sleep(Duration::from_millis(200));
         let field = |key| proc_status::process_field(child.id(), key);
         let (uid, cap_eff, cap_prm) = (field("Uid"), field("CapEff"), field("CapPrm"));
@@ -182,5 +183,59 @@ fn with_user_a_backend_runs_unprivileged_and_cannot_open_host_secrets() {
             log.contains("selftest: open /etc/shadow: refused: Permission denied"),
             "{which}: {log}"
         );
+    }
+}
+
+#[test]
+fn with_landlock_even_a_root_backend_reaches_no_host_file_and_still_cleans_up() {
+    use std::io::Read;
+    for which in ["blk", "net", "balloon"] {
+        for landlock in ["on", "off"] {
+            let dir = scratch(&format!("landlock-{landlock}-{which}"));
+            let mut cmd = backend(which, &dir);
+            // as root, only the file rules can refuse it
+            cmd.args(["--landlock", landlock])
+                .env("SPLITVISOR_SELFTEST_OPEN", "/etc/shadow")
+                .env("RUST_LOG", "info");
+            let mut child = cmd.spawn().unwrap();
+            let up = wait_for(&dir.path("stats.sock"), &mut child);
+            // the stats thread, started after the rules, answers
+            let mut stats = String::new();
+            let answered = up
+                && std::os::unix::net::UnixStream::connect(dir.path("stats.sock"))
+                    .and_then(|mut s| s.read_to_string(&mut stats))
+                    .is_ok();
+            // SIGTERM: it removes its sockets (a right the rules keep) and exits
+            // SAFETY: kill with a pid we started and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut log = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut log);
+            assert!(
+                up && answered,
+                "{which} --landlock {landlock} serves: {log}"
+            );
+            let left: Vec<_> = ["dev.sock", "stats.sock", "control.sock"]
+                .into_iter()
+                .filter(|f| dir.path(f).exists())
+                .collect();
+            assert!(left.is_empty(), "{which}: left behind {left:?}: {log}");
+            let expected = match landlock {
+                "on" => "selftest: open /etc/shadow: refused: Permission denied",
+                _ => "selftest: open /etc/shadow: opened",
+            };
+            assert!(
+                log.contains(expected),
+                "{which} --landlock {landlock}: {log}"
+            );
+            if landlock == "on" {
+                assert!(log.contains("landlock ABI"), "{which}: {log}");
+            }
+        }
     }
 }

@@ -529,6 +529,32 @@ fn every_process_of_a_running_domain_is_confined() {
     for t in &threads {
         eprintln!("{t}");
     }
+    // the vmm's vCPU threads carry one filter more than its other threads: their own
+    let filters = |t: &&str| {
+        t.split("Seccomp_filters: ")
+            .nth(1)
+            .and_then(|n| n.split(' ').next()?.parse::<u32>().ok())
+    };
+    let is_vmm = |t: &&str| {
+        let program = t.split('[').nth(1).and_then(|r| r.split([' ', ']']).next());
+        program.is_some_and(|p| p == "splitvisor" || p.ends_with("/splitvisor"))
+    };
+    let vmm: Vec<&str> = threads.iter().copied().filter(is_vmm).collect();
+    let (vcpus, others): (Vec<&str>, Vec<&str>) = vmm.iter().partition(|t| t.contains("] vcpu"));
+    let base = others.first().and_then(filters).expect("vmm threads");
+    assert!(!vcpus.is_empty(), "{conf}");
+    for t in &vcpus {
+        assert_eq!(filters(t), Some(base + 1), "{t}");
+    }
+    // the net backend never made its tap: the supervisor did and passed its queues down
+    let net = conf
+        .lines()
+        .find(|l| l.starts_with("NETCMD "))
+        .expect("net");
+    assert!(
+        net.contains("--tap-fd ") && !net.contains("TUNFDS 0"),
+        "{net}"
+    );
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
         [

@@ -20,6 +20,7 @@ pub mod virtio_net;
 #[cfg(test)]
 mod queue_tests;
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use backends::serve::{self, BackendFactory, DaemonConfig, ServeError};
@@ -40,6 +41,8 @@ pub enum TapSource {
         name: String,
         bridge: Option<String>,
     },
+    /// Queues another process opened and passed down (`--tap-fd`, one per queue pair).
+    Fds(Vec<RawFd>),
 }
 
 /// What the backend serves and how.
@@ -67,6 +70,13 @@ impl TryFrom<api::backend::net::NetBackendConfig> for Config {
     type Error = Error;
     fn try_from(c: api::backend::net::NetBackendConfig) -> Result<Config, Error> {
         let tap = match (c.tap, c.create_tap, c.bridge) {
+            (None, None, None) if !c.tap_fd.is_empty() => {
+                if c.queues != 1 && c.queues != c.tap_fd.len() {
+                    return Err(Error::QueuesAndFds(c.queues, c.tap_fd.len()));
+                }
+                TapSource::Fds(c.tap_fd)
+            }
+            _ if !c.tap_fd.is_empty() => return Err(Error::TapSource),
             (Some(_), Some(_), _) | (None, None, _) => return Err(Error::TapSource),
             (Some(_), None, Some(_)) => return Err(Error::BridgeWithoutCreate),
             (Some(name), None, None) => TapSource::Existing(name),
@@ -85,8 +95,12 @@ impl TryFrom<api::backend::net::NetBackendConfig> for Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("give exactly one of --tap NAME (an existing tap) and --create-tap NAME (or \"tap\" / \"create_tap\" in the config file)")]
+    #[error("give exactly one of --tap NAME (an existing tap), --create-tap NAME and --tap-fd FD (or \"tap\" / \"create_tap\" / \"tap_fd\" in the config file)")]
     TapSource,
+    #[error("--queues {0} but {1} --tap-fd descriptors: one descriptor per queue pair")]
+    QueuesAndFds(usize, usize),
+    #[error("--tap-fd {fd}: {why}")]
+    TapFd { fd: RawFd, why: String },
     #[error(
         "--bridge goes with --create-tap: an existing tap (--tap) is not put on a bridge by us"
     )]
@@ -174,6 +188,38 @@ impl BackendFactory for NetFactory {
     }
 }
 
+/// Take ownership of the descriptors `--tap-fd` names: each open, above stdio, given once;
+/// none leaks into a process we might start.
+fn inherited(fds: &[RawFd]) -> Result<Vec<OwnedFd>, Error> {
+    let bad = |fd: RawFd, why: &str| Error::TapFd {
+        fd,
+        why: why.to_string(),
+    };
+    let mut owned = Vec::with_capacity(fds.len());
+    for (i, &fd) in fds.iter().enumerate() {
+        if fd < 3 {
+            return Err(bad(
+                fd,
+                "not a descriptor a tap can be on (0, 1 and 2 are stdio)",
+            ));
+        }
+        if fds[..i].contains(&fd) {
+            return Err(bad(fd, "given twice"));
+        }
+        // SAFETY: F_SETFD takes an integer; a closed `fd` only makes it fail with EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(bad(
+                fd,
+                "not open (the starting process must leave it open)",
+            ));
+        }
+        // SAFETY: `fd` is open, was inherited for us to serve and is taken once (checked
+        // above); nothing else in this process owns it.
+        owned.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(owned)
+}
+
 /// Open (or create) the tap and serve it until a signal ends the process.
 pub fn start_backend(config: Config) -> Result<(), Error> {
     if !(1..=16).contains(&config.queues) {
@@ -186,6 +232,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         return Err(Error::Mtu(config.mtu));
     }
     let tap = match &config.tap {
+        TapSource::Fds(fds) => Tap::from_fds(inherited(fds)?)?,
         TapSource::Existing(name) => Tap::open(name, config.queues, false)?,
         TapSource::Create { name, bridge } => {
             let tap = Tap::open(name, config.queues, true)?;

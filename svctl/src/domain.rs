@@ -221,7 +221,7 @@ impl Domain {
             .into_bytes()
     }
 
-    /// The name of the tap a NIC uses (created on its bridge by the backend, or the given one):
+    /// The name of the tap a NIC uses (created on its bridge by the supervisor, or the given one):
     /// `sv` + the uuid's first 8 hex digits + `n` + the NIC's index.
     pub fn tap_name(&self, i: usize) -> String {
         match &self.nics[i].tap {

@@ -1,12 +1,27 @@
-//! The vmm's seccomp filter (docs/security.md): installed on every thread before the VM is
-//! built, so the guest never runs unfiltered. KVM and the vhost-user frontend need the
-//! runtime, files (kernel, initramfs, console), Unix sockets (backends, API) and `mlock`.
+//! The vmm's seccomp filters (docs/security.md). The process's is installed on every thread
+//! before the VM is built, so the guest never runs unfiltered: KVM and the vhost-user
+//! frontend need the runtime, files (kernel, initramfs, console), Unix sockets (backends,
+//! API) and `mlock`. Each vCPU thread then adds its own, stricter one as it starts: the
+//! thread that runs guest code and handles its exits opens no file and makes no socket —
+//! it only talks over the backends' connections it is handed.
 
-use confine::syscalls::{FILES, KVM, RUNTIME, SOCKETS};
+use confine::syscalls::{FILES, KVM, RUNTIME, SOCKETS, SOCKET_IO, STACKED_FILTER};
 
 pub use confine::seccomp::SeccompError;
 
 /// Install the vmm's filter (`off`: none).
 pub fn install(mode: crate::config::SeccompMode) -> Result<(), SeccompError> {
-    confine::seccomp::install("splitvisor", mode, &[RUNTIME, FILES, SOCKETS, KVM])
+    confine::seccomp::install(
+        "splitvisor",
+        mode,
+        &[RUNTIME, FILES, SOCKETS, SOCKET_IO, KVM, STACKED_FILTER],
+    )
+}
+
+/// What a vCPU thread keeps: the runtime, KVM, and I/O on the sockets it has.
+pub const VCPU_GROUPS: &[&[i64]] = &[RUNTIME, KVM, SOCKET_IO];
+
+/// Confine the calling vCPU thread (`off`: nothing more).
+pub fn install_vcpu(id: u8, mode: crate::config::SeccompMode) -> Result<(), SeccompError> {
+    confine::seccomp::install_on_this_thread(&format!("vcpu{id}"), mode, VCPU_GROUPS)
 }

@@ -43,15 +43,36 @@ pub fn stop_all(
     stopped.into_iter().collect()
 }
 
+/// Start vCPU `id`'s thread; it confines itself further (`seccomp`, the vCPU filter of
+/// `confinement.rs`) before it first runs guest code.
 pub fn spawn(
     id: u8,
     vcpu: VcpuFd,
     devices: Arc<Devices>,
     control: Arc<RunControl>,
+    seccomp: crate::config::SeccompMode,
 ) -> std::io::Result<std::thread::JoinHandle<VcpuFd>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run(id, vcpu, devices, control))
+        .spawn(move || {
+            if let Err(e) = crate::confinement::install_vcpu(id, seccomp) {
+                let why = format!("vCPU {id}: {e}: {}", error_sources(&e));
+                devices.exit.request(VmExit::Crash(why));
+                return vcpu;
+            }
+            run(id, vcpu, devices, control)
+        })
+}
+
+/// The causes under an error, joined (for a one-line message).
+fn error_sources(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push(s.to_string());
+        source = s.source();
+    }
+    out.join(": ")
 }
 
 fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>, control: Arc<RunControl>) -> VcpuFd {

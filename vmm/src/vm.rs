@@ -255,7 +255,13 @@ impl Vm {
     fn spawn_vcpus(&mut self, vcpus: Vec<kvm_ioctls::VcpuFd>) -> Result<(), VmError> {
         use std::os::unix::thread::JoinHandleExt;
         for (id, vcpu) in vcpus.into_iter().enumerate() {
-            let thread = vcpu::spawn(id as u8, vcpu, self.devices.clone(), self.control.clone());
+            let thread = vcpu::spawn(
+                id as u8,
+                vcpu,
+                self.devices.clone(),
+                self.control.clone(),
+                self.cfg.seccomp,
+            );
             self.vcpu_threads.push(thread.map_err(VmError::Thread)?);
         }
         let ids = self.vcpu_threads.iter().map(|t| t.as_pthread_t()).collect();

@@ -18,6 +18,18 @@ pub use config_file::{load_with_file, ConfigFileError};
 /// Descriptors per virtqueue unless configured otherwise (the vmm's devices and every backend).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 
+/// Whether a backend limits its own file access with Landlock once its resources are open
+/// (`--landlock`, docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LandlockMode {
+    /// Restrict, where the kernel has Landlock (a kernel without it is reported).
+    #[default]
+    On,
+    /// Leave file access to the user and the unit.
+    Off,
+}
+
 /// Which scheduling policy a backend's threads run under (docs/backends.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,6 +79,10 @@ pub struct DaemonConfig {
     /// only has the kernel log such calls, `off` filters nothing (docs/security.md).
     #[arg(long, value_enum, default_value_t = crate::config::SeccompMode::On)]
     pub seccomp: crate::config::SeccompMode,
+    /// Once its resources are open, the backend can reach no file by name but its relay
+    /// directory and the files it removes at exit (Landlock; `off`: not restricted).
+    #[arg(long, value_enum, default_value_t = LandlockMode::On)]
+    pub landlock: LandlockMode,
 }
 
 /// The value of `T` when no option is given: the defaults of its clap attributes.

@@ -57,8 +57,8 @@ impl From<MacAddress> for String {
     }
 }
 
-/// vhost-user-net backend in front of a tap device: give exactly one of `tap` and
-/// `create_tap` (checked by the backend, so that a config file may supply it).
+/// vhost-user-net backend in front of a tap device: give exactly one of `tap`, `create_tap`
+/// and `tap_fd` (checked by the backend, so that a config file may supply it).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetBackendConfig {
@@ -72,6 +72,12 @@ pub struct NetBackendConfig {
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub create_tap: Option<String>,
+    /// Serve the tap queue open on this descriptor, inherited from the process that made the
+    /// tap (svctl does): one per queue pair, repeatable. The backend then needs no
+    /// privilege; the maker sets the MTU, brings the link up and bridges it.
+    #[arg(long = "tap-fd", value_name = "FD", conflicts_with_all = ["tap", "create_tap"])]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tap_fd: Vec<i32>,
     /// Make the created tap a port of this bridge.
     #[arg(long, value_name = "BRIDGE")]
     #[serde(skip_serializing_if = "Option::is_none")]

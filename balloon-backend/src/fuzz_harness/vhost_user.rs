@@ -62,7 +62,11 @@ fn factory(setup: Setup) -> BalloonFactory {
         stats_interval: 0,
         daemon: DaemonConfig::default(),
     };
-    BalloonFactory { state, config }
+    BalloonFactory {
+        state,
+        config,
+        control: None,
+    }
 }
 
 /// Run one input and say what it did, with the balloon's state after it.

@@ -78,8 +78,11 @@ con 60 'dd if=/dev/vda of=/dev/null bs=64k count=32; ip link set eth0 up; ip add
 step confinement
 for p in $(live | cut -d' ' -f1); do
     role=$(tr '\0' ' ' < /proc/$p/cmdline | cut -d' ' -f1-2)
+    case "$role" in
+        *splitvisor-net*) echo "NETCMD $(tr '\0' ' ' < /proc/$p/cmdline)TUNFDS $(ls -l /proc/$p/fd | grep -c /dev/net/tun)" ;;
+    esac
     for t in /proc/$p/task/*; do
-        echo "CONF $p [$role] $(cat $t/comm 2>/dev/null) $(grep -E '^(Uid|Seccomp|CapEff):' $t/status 2>/dev/null | tr -s '\t ' ' ' | tr '\n' ' ')"
+        echo "CONF $p [$role] $(cat $t/comm 2>/dev/null) $(grep -E '^(Uid|Seccomp|Seccomp_filters|CapEff):' $t/status 2>/dev/null | tr -s '\t ' ' ' | tr '\n' ' ')"
     done
 done >> $S
 # on a terminal (script(1) gives it a pty): raw input, Ctrl-] detaches, the domain runs on

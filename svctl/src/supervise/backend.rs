@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::control::RestartReport;
 use super::tail;
+use super::tap_maker::{self, TapMaker};
 use crate::domain::Runtime;
 use crate::process::{ProcessId, Watched};
 use crate::record::BackendRecord;
@@ -69,13 +70,19 @@ pub fn command(program: &Path, args: &[String], log: File) -> Result<Command, St
     Ok(cmd)
 }
 
-/// Start one backend and wait for its READY=1 (or its death, or the limit).
+/// Start one backend and wait for its READY=1 (or its death, or the limit). A net backend
+/// gets its tap's queues from `tap` (inherited descriptors named by `--tap-fd`).
 fn start_process(
     rt: &Runtime,
     what: &str,
     program: &Path,
     args: &[String],
+    tap: Option<&mut TapMaker>,
 ) -> Result<Watched, String> {
+    let fds = match tap {
+        Some(t) => t.fds()?,
+        None => Vec::new(),
+    };
     let notify_path = rt.dir.join("notify.sock");
     let _ = std::fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).map_err(|e| format!("notify socket: {e}"))?;
@@ -84,10 +91,27 @@ fn start_process(
         .map_err(|e| e.to_string())?;
     let mut cmd = command(program, args, log_file(rt, what)?)?;
     cmd.env("NOTIFY_SOCKET", &notify_path);
+    if !fds.is_empty() {
+        cmd.args(tap_maker::fd_args(&fds));
+        let raw = tap_maker::raw(&fds);
+        // SAFETY: fcntl is async-signal-safe; the closure only reads the numbers it owns
+        // (no allocation). The descriptors stay open in the parent until after the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &raw {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
     let program_name = program.display();
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program_name}: {e}"))?;
+    drop(fds); // the child has its copies; ours are the tap maker's
     let mut proc = Watched::spawned(child).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut buf = [0u8; 512];
@@ -178,6 +202,8 @@ pub struct Backend {
     /// The last process, for the record while none runs.
     last: ProcessId,
     restarts: Restarts,
+    /// A net backend's tap, made and held here.
+    tap: Option<TapMaker>,
 }
 
 impl Backend {
@@ -187,8 +213,9 @@ impl Backend {
         name: &str,
         program: PathBuf,
         args: Vec<String>,
+        mut tap: Option<TapMaker>,
     ) -> Result<Backend, String> {
-        let proc = start_process(rt, name, &program, &args)?;
+        let proc = start_process(rt, name, &program, &args, tap.as_mut())?;
         Ok(Backend {
             name: name.into(),
             program,
@@ -196,12 +223,13 @@ impl Backend {
             last: proc.id,
             state: State::Running(proc),
             restarts: Restarts::default(),
+            tap,
         })
     }
 
     /// Take over a backend a supervisor before us started: watched if it still runs, else
     /// started again at once.
-    pub fn adopt(name: &str, rec: &BackendRecord) -> Backend {
+    pub fn adopt(name: &str, rec: &BackendRecord, tap: Option<TapMaker>) -> Backend {
         let state = if rec.down {
             State::Down
         } else {
@@ -227,6 +255,7 @@ impl Backend {
                 planned: rec.planned_restarts,
                 deaths: VecDeque::new(),
             },
+            tap,
         }
     }
 
@@ -257,7 +286,7 @@ impl Backend {
                 None => false,
             },
             State::Waiting { at } if *at <= now => {
-                match start_process(rt, &self.name, &self.program, &self.args) {
+                match start_process(rt, &self.name, &self.program, &self.args, self.tap.as_mut()) {
                     Ok(p) => {
                         self.restarts.count += 1;
                         tracing::warn!(
@@ -327,7 +356,7 @@ impl Backend {
         }
         let drain_ms = t0.elapsed().as_millis() as u64;
         self.restarts.forget_deaths();
-        match start_process(rt, &what, &self.program, &self.args) {
+        match start_process(rt, &what, &self.program, &self.args, self.tap.as_mut()) {
             Ok(p) => {
                 self.restarts.planned += 1;
                 let report = RestartReport {

@@ -61,7 +61,7 @@ impl Drop for Cleanup {
 fn started(rt: &Runtime, which: &str) -> Cleanup {
     let (program, args) = fake(which);
     Cleanup(vec![
-        Backend::start(rt, "blk0", program, args).expect("started")
+        Backend::start(rt, "blk0", program, args, None).expect("started")
     ])
 }
 
@@ -121,7 +121,7 @@ fn a_child_gets_its_argv_and_the_log_for_its_output() {
 fn a_backend_that_dies_before_ready_is_reported_with_its_last_words() {
     let tmp = TempRuntime::new();
     let args = ["-c", "echo boom >&2; exit 7"].map(String::from).to_vec();
-    let err = Backend::start(&tmp.0, "net0", "/bin/sh".into(), args)
+    let err = Backend::start(&tmp.0, "net0", "/bin/sh".into(), args, None)
         .err()
         .expect("refused");
     assert_eq!(
@@ -182,7 +182,7 @@ fn a_backend_that_keeps_dying_is_left_down() {
         program: "/bin/sh".into(),
         args,
     };
-    let mut b = Backend::adopt("blk0", &rec);
+    let mut b = Backend::adopt("blk0", &rec, None);
     let t = Instant::now();
     // each start fails (exits before READY=1); time is given as far enough apart for the backoff
     for i in 0..RESTART_LIMIT as u64 {
@@ -245,6 +245,7 @@ fn a_running_backend_is_adopted_and_one_left_down_is_started_by_a_planned_restar
             restarts: 3,
             ..rec.clone()
         },
+        None,
     );
     assert!(adopted.pidfd().is_some(), "not watched");
     assert!(!adopted.tick(rt, Instant::now()), "it runs");
@@ -265,7 +266,7 @@ fn a_running_backend_is_adopted_and_one_left_down_is_started_by_a_planned_restar
         down: true,
         ..c.0[0].record()
     };
-    let mut b = Backend::adopt("blk0", &down);
+    let mut b = Backend::adopt("blk0", &down, None);
     assert!(b.pidfd().is_none() && b.record().down);
     let report = b.planned_restart(rt, DRAIN_LIMIT).expect("started");
     assert!(!b.record().down);

@@ -4,7 +4,23 @@
 
 use std::path::Path;
 
+use super::tap_maker::TapSpec;
 use crate::domain::{vm_config, Domain, Runtime};
+
+/// NIC `i`'s backend as the supervisor starts it: the tap comes from the supervisor as
+/// descriptors (`--tap-fd`, added at each start), so the file names none.
+pub(super) fn net_backend_without_tap(
+    d: &Domain,
+    i: usize,
+    rt: &Runtime,
+) -> api::backend::net::NetBackendConfig {
+    api::backend::net::NetBackendConfig {
+        tap: None,
+        create_tap: None,
+        bridge: None,
+        ..d.net_backend(i, rt)
+    }
+}
 
 /// Each backend of the domain: its name in the runtime dir, its program and its
 /// configuration (what the program's `--config` file holds).
@@ -19,7 +35,9 @@ fn backend_configs(
         out.push((format!("blk{i}"), "splitvisor-blk", cfg));
     }
     for i in 0..d.nics.len() {
-        let cfg = json(serde_json::to_string_pretty(&d.net_backend(i, rt)))?;
+        let cfg = json(serde_json::to_string_pretty(&net_backend_without_tap(
+            d, i, rt,
+        )))?;
         out.push((format!("net{i}"), "splitvisor-net", cfg));
     }
     if let Some(b) = d.balloon_backend(rt) {
@@ -40,6 +58,15 @@ pub(super) struct BackendCommand {
     pub what: String,
     pub program: &'static str,
     pub args: Vec<String>,
+    /// A net backend's tap, which the supervisor makes.
+    pub tap: Option<TapSpec>,
+}
+
+/// The taps the supervisor makes, by backend name (`net0` …).
+pub(super) fn tap_specs(d: &Domain) -> Vec<(String, TapSpec)> {
+    (0..d.nics.len())
+        .map(|i| (format!("net{i}"), TapSpec::of_nic(d, i)))
+        .collect()
 }
 
 /// Write every backend's configuration file, `<runtime>/<name>.json` (all of them before the
@@ -53,10 +80,14 @@ pub(super) fn write_backend_configs(
         let cfg_path = rt.dir.join(format!("{what}.json"));
         std::fs::write(&cfg_path, cfg)
             .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+        let tap = tap_specs(d)
+            .into_iter()
+            .find_map(|(name, spec)| (name == what).then_some(spec));
         configs.push(BackendCommand {
             what,
             program,
             args: config_args(&cfg_path),
+            tap,
         });
     }
     Ok(configs)
@@ -127,6 +158,7 @@ mod tests {
                 what: what.to_string(),
                 program,
                 args,
+                tap: (*what == "net0").then(|| TapSpec::of_nic(&d, 0)),
             }
         })
         .collect();
@@ -136,7 +168,7 @@ mod tests {
             assert_eq!(blk, d.blk_backend(i, rt), "blk{i}");
         }
         let net: NetBackendConfig = read(config_path(&started[2].args));
-        assert_eq!(net, d.net_backend(0, rt));
+        assert_eq!(net, net_backend_without_tap(&d, 0, rt));
         let balloon: BalloonBackendConfig = read(config_path(&started[3].args));
         assert_eq!(Some(balloon), d.balloon_backend(rt));
     }

@@ -17,6 +17,7 @@ mod backend;
 mod config_files;
 pub mod control;
 mod lock;
+mod tap_maker;
 pub mod teardown;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use backend::{Backend, DRAIN_LIMIT};
 use config_files::{write_backend_configs, write_vmm_config, BackendCommand};
 use control::{ControlSocket, Reply, Request};
 pub use lock::SupervisorLock;
+use tap_maker::{TapMaker, TapSpec};
 
 use crate::domain::Runtime;
 use crate::process::{poll_readable, Exit, ProcessError, ProcessId, Signaller, Watched};
@@ -77,7 +79,7 @@ fn confine(store: &Store, name: &str) -> Result<(), String> {
         .load(name)
         .map_or_else(|_| Default::default(), |d| d.seccomp);
     let groups = [
-        RUNTIME, FILES, SOCKETS, IO_URING, KVM, PROCESSES, PRIVILEGES,
+        RUNTIME, FILES, SOCKETS, SOCKET_IO, IO_URING, KVM, PROCESSES, PRIVILEGES,
     ];
     confine::seccomp::install("svctl supervisor", mode, &groups)
         .map_err(|e| format!("domain '{name}': {e}"))
@@ -116,7 +118,7 @@ pub fn supervise(store: &Store, name: &str) -> Result<Exit, String> {
         },
     };
     let result = match (running_vmm, record) {
-        (Some(vmm), Some(rec)) => Ok(adopt(&rt, &rec, vmm, me)),
+        (Some(vmm), Some(rec)) => Ok(adopt(&rt, &rec, vmm, me, taps_of(store, name))),
         (_, rec) => {
             // a domain whose vmm ended while no supervisor ran: its backends go first
             if let Some(rec) = rec {
@@ -147,9 +149,10 @@ fn start_afresh(store: &Store, name: &str, rt: &Runtime, me: ProcessId) -> Resul
         what,
         program,
         args,
+        tap,
     } in write_backend_configs(&d, rt)?
     {
-        match Backend::start(rt, &what, bin(program), args) {
+        match Backend::start(rt, &what, bin(program), args, tap.map(TapMaker::new)) {
             Ok(b) => backends.push(b),
             Err(e) => return give_up(backends, e),
         }
@@ -171,9 +174,27 @@ fn start_afresh(store: &Store, name: &str, rt: &Runtime, me: ProcessId) -> Resul
     Ok(watch(rt, vmm, backends, me))
 }
 
+/// The taps of domain `name`'s NICs (by backend name), which an adopting supervisor makes
+/// again when their backend next starts.
+fn taps_of(store: &Store, name: &str) -> Vec<(String, TapSpec)> {
+    match store.load(name) {
+        Ok(d) => config_files::tap_specs(&d),
+        Err(e) => {
+            tracing::warn!("{e}: a net backend that dies cannot be given its tap again");
+            Vec::new()
+        }
+    }
+}
+
 /// Take over a running domain: its vmm and the recorded backends (those that ended meanwhile
-/// are started again).
-fn adopt(rt: &Runtime, rec: &Record, vmm: Watched, me: ProcessId) -> Exit {
+/// are started again); `taps`: what [`taps_of`] found.
+fn adopt(
+    rt: &Runtime,
+    rec: &Record,
+    vmm: Watched,
+    me: ProcessId,
+    mut taps: Vec<(String, TapSpec)>,
+) -> Exit {
     tracing::warn!(
         vmm = vmm.pid(),
         previous = ?rec.supervisor.map(|s| s.pid),
@@ -182,7 +203,13 @@ fn adopt(rt: &Runtime, rec: &Record, vmm: Watched, me: ProcessId) -> Exit {
     let backends = rec
         .backends
         .iter()
-        .map(|(name, b)| Backend::adopt(name, b))
+        .map(|(what, b)| {
+            let tap = taps
+                .iter()
+                .position(|(n, _)| n == what)
+                .map(|i| TapMaker::new(taps.swap_remove(i).1));
+            Backend::adopt(what, b, tap)
+        })
         .collect();
     watch(rt, vmm, backends, me)
 }

@@ -57,8 +57,8 @@ fn an_adopted_domain_is_watched_its_backends_restarted_and_stopped_when_the_vmm_
     // what a supervisor that died left: a running vmm and two backends, recorded
     let vmm = orphan_sleep();
     let (program, args) = fake("fake_backend");
-    let blk = Backend::start(rt, "blk0", program.clone(), args.clone()).expect("blk0");
-    let net = Backend::start(rt, "net0", program, args).expect("net0");
+    let blk = Backend::start(rt, "blk0", program.clone(), args.clone(), None).expect("blk0");
+    let net = Backend::start(rt, "net0", program, args, None).expect("net0");
     let rec = Record {
         backends: [blk.record(), net.record()]
             .into_iter()
@@ -74,7 +74,7 @@ fn an_adopted_domain_is_watched_its_backends_restarted_and_stopped_when_the_vmm_
     std::thread::scope(|s| {
         let watching = s.spawn(|| {
             let vmm = Watched::adopt(vmm).expect("the vmm is adopted");
-            adopt(rt, &rec, vmm, me)
+            adopt(rt, &rec, vmm, me, Vec::new())
         });
         let first = record_until(rt, "the record names the new supervisor", |r| {
             r.supervisor == Some(me) && r.vmm == Some(vmm)
