@@ -18,6 +18,7 @@ pub mod pci;
 pub mod power_on;
 pub mod run_control;
 pub mod signals;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod virtio;
