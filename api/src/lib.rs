@@ -24,3 +24,16 @@ pub mod unix_socket;
 
 /// Every endpoint lives under this prefix (as in Cloud Hypervisor's API).
 pub const PREFIX: &str = "/api/v1";
+
+/// An error and its causes on one line: "outer: cause: root cause" (every process's error
+/// messages; the vmm and the backends re-export it).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

@@ -85,6 +85,22 @@ pub struct BalloonTarget {
     pub size: ByteSize,
 }
 
+/// `PUT /api/v1/vm.snapshot` (Cloud Hypervisor's body: `ch-remote snapshot` sends it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmSnapshotConfig {
+    /// `file:///DIR`: the directory the snapshot is written to (it must not exist, or be
+    /// empty).
+    pub destination_url: String,
+}
+
+/// `PUT /api/v1/vm.restore` (Cloud Hypervisor's body; its other fields are accepted and
+/// ignored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreConfig {
+    /// `file:///DIR`: a directory `vm.snapshot` wrote.
+    pub source_url: String,
+}
+
 /// Every error: a status code and this body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {

@@ -29,17 +29,7 @@ pub fn lock_err<T>(_: T) -> std::io::Error {
     std::io::Error::other("lock poisoned")
 }
 
-/// An error and its causes on one line: "outer: cause: root cause".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
+pub use api::error_chain;
 
 /// Every backend's `main` after clap: its options (the command line over its `--config FILE`,
 /// if any), then [`run_main`] with `run` on them. `daemon` finds the daemon options in `T`.

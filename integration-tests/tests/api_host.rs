@@ -178,3 +178,146 @@ fn every_vmm_thread_runs_under_its_seccomp_filter() {
         assert_eq!(count(vcpu), Some(main + 1), "{vcpu}: {filters:?}");
     }
 }
+
+#[test]
+fn a_snapshot_is_written_whole_and_the_vm_is_left_as_it_was() {
+    use vmm::snapshot::format::Sections;
+    let (vmm, client) = start("snapshot");
+    let dir = vmm.dir.join("snap");
+    let url = format!("file://{}", dir.display());
+    let took = Instant::now();
+    client
+        .put("vm.snapshot", Some(&json!({"destination_url": url})))
+        .expect("vm.snapshot");
+    eprintln!(
+        "snapshot of a 256 MiB, 2-vCPU guest in {:?}",
+        took.elapsed()
+    );
+    let info: VmInfo = client.get("vm.info").unwrap();
+    assert_eq!(
+        info.state,
+        VmState::Running,
+        "running before, running after"
+    );
+
+    let state = std::fs::read(dir.join("state.bin")).expect("state.bin");
+    let sections = Sections::read(&state).expect("an intact state file");
+    let names: Vec<&str> = sections.names().collect();
+    for want in [
+        "config", "memory", "pci-bus", "platform", "serial", "vcpu/0", "vcpu/1",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["name"], "snapshot");
+    // the RAM file is as long as the RAM, but only what the guest wrote takes room
+    let mem = std::fs::metadata(dir.join("memory.bin")).unwrap();
+    assert_eq!(mem.len(), 256 << 20);
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        mem.blocks() * 512 < 200 << 20,
+        "memory.bin takes {} bytes",
+        mem.blocks() * 512
+    );
+
+    // never over another snapshot; a paused VM stays paused
+    let again = client.put("vm.snapshot", Some(&json!({"destination_url": url})));
+    let (status, message) = api_error(again);
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("not empty"), "{message}");
+    client.put("vm.pause", None).unwrap();
+    let dir2 = vmm.dir.join("snap2");
+    client
+        .put(
+            "vm.snapshot",
+            Some(&json!({"destination_url": dir2.display().to_string()})),
+        )
+        .expect("vm.snapshot of a paused VM");
+    let info: VmInfo = client.get("vm.info").unwrap();
+    assert_eq!(info.state, VmState::Paused);
+    assert!(dir2.join("state.bin").exists());
+}
+
+/// `splitvisor --restore DIR` with `extra` arguments, its API on `socket`.
+fn restored(dir: &Path, socket: &Path, extra: &[&str]) -> Vmm {
+    let child = Command::new(bin("splitvisor"))
+        .arg("--restore")
+        .arg(format!("file://{}", dir.display()))
+        .arg("--api-socket")
+        .arg(socket)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("target/release/splitvisor");
+    Vmm {
+        child,
+        dir: socket.parent().unwrap().join("restored-scratch"),
+    }
+}
+
+#[test]
+fn a_snapshot_restores_into_a_new_process_running_or_paused_and_a_damaged_one_is_refused() {
+    let (vmm, client) = start("restore");
+    let snap = vmm.dir.join("snap");
+    client
+        .put(
+            "vm.snapshot",
+            Some(&json!({"destination_url": snap.display().to_string()})),
+        )
+        .expect("vm.snapshot");
+    drop(client);
+    let dir = vmm.dir.clone();
+    let socket = dir.join("restored.sock");
+    for (extra, want) in [
+        (&[][..], VmState::Running),
+        (&["--paused"][..], VmState::Paused),
+    ] {
+        let mut child = restored(&snap, &socket, extra);
+        let api = ApiClient::new(&socket);
+        let t = Instant::now();
+        let info = loop {
+            if let Ok(info) = api.get::<VmInfo>("vm.info") {
+                break info;
+            }
+            if let Some(status) = child.child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = child.child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("the restored vmm exited ({status}): {err}");
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "no API within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            (info.state, info.cpus, info.name.as_str()),
+            (want, 2, "restore")
+        );
+        if want == VmState::Paused {
+            api.put("vm.resume", None).expect("resume");
+            assert_eq!(
+                api.get::<VmInfo>("vm.info").unwrap().state,
+                VmState::Running
+            );
+        }
+        let _ = child.child.kill();
+        let _ = child.child.wait();
+    }
+    // one flipped byte: refused, one line naming what is wrong, nothing started
+    let state = snap.join("state.bin");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&state, &bytes).unwrap();
+    let out = Command::new(bin("splitvisor"))
+        .arg("--restore")
+        .arg(&snap)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    drop(vmm);
+}

@@ -209,6 +209,7 @@ const PATHS: &[&str] = &[
     "vm.balloon",
     "vm.balloon-stats",
     "vm.add-device",
+    "vm.snapshot",
     "",
 ];
 
@@ -276,6 +277,7 @@ fn api_context() -> crate::api::server::ApiContext {
         exit,
         power_button: Arc::new(crate::devices::power_button::PowerButton::new(irq)),
         devices: Vec::new(),
+        snapshot: None,
     }
 }
 
@@ -348,6 +350,6 @@ mod tests {
         assert_eq!(api_bodies_run(&seeds["balloon-target-huge"]), Some(400));
         // a valid target below the memory size gets past the body: no balloon device here
         assert_ne!(api_bodies_run(&seeds["balloon-target"]), Some(400));
-        assert_eq!(api_bodies_run(&[5, 10, 0]), Some(404));
+        assert_eq!(api_bodies_run(&[5, 11, 0]), Some(404));
     }
 }

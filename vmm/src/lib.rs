@@ -23,3 +23,5 @@ pub mod vcpu;
 pub mod vhost_user;
 pub mod virtio;
 pub mod vm;
+
+pub use ::api::error_chain;

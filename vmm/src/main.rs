@@ -59,6 +59,19 @@ struct Args {
     /// kernel only logs such calls) or off [default: on]; see docs/security.md.
     #[arg(long, value_enum)]
     seccomp: Option<vmm::config::SeccompMode>,
+    /// Start the VM a snapshot holds (`vm.snapshot`'s directory; also `file:///DIR` or
+    /// `source_url=file:///DIR`) where it stopped, reconnecting to its devices' sockets. The
+    /// machine (kernel, CPUs, memory, devices) is the snapshot's; the API socket, console,
+    /// name and seccomp mode may be given anew.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["config", "kernel", "initramfs", "cmdline", "cpus", "memory", "devices"]
+    )]
+    restore: Option<String>,
+    /// With --restore: leave the vCPUs paused (`vm.resume` starts them).
+    #[arg(long, requires = "restore")]
+    paused: bool,
 }
 
 fn config_from(args: Args) -> anyhow::Result<VmConfig> {
@@ -85,6 +98,24 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     Ok(cfg)
 }
 
+/// `--restore`: the snapshot, read and checked, and its configuration with what the command
+/// line may change.
+fn restore_from(
+    args: Args,
+    url: &str,
+) -> anyhow::Result<(vmm::snapshot::restore::Restore, VmConfig)> {
+    use vmm::snapshot::restore::{dir_of_url, Restore};
+    let dir = dir_of_url(url)?;
+    let r = Restore::open(&dir, args.paused)?;
+    let mut cfg = r.config()?;
+    cfg.serial = args.serial.unwrap_or(cfg.serial);
+    cfg.name = args.name.unwrap_or(cfg.name);
+    cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
+    cfg.api_socket = args.api_socket.or(cfg.api_socket);
+    cfg.seccomp = args.seccomp.unwrap_or(cfg.seccomp);
+    Ok((r, cfg))
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -99,10 +130,16 @@ fn main() -> ExitCode {
     api::unix_socket::restrict_umask();
     let args = Args::parse();
     init_logging();
-    let result = config_from(args).and_then(|cfg| {
-        vmm::confinement::install(cfg.seccomp)?;
-        Ok(Vm::start(&cfg)?)
-    });
+    let result = match args.restore.clone() {
+        Some(url) => restore_from(args, &url).and_then(|(r, cfg)| {
+            vmm::confinement::install(cfg.seccomp)?;
+            Ok(Vm::restore(&r, &cfg)?)
+        }),
+        None => config_from(args).and_then(|cfg| {
+            vmm::confinement::install(cfg.seccomp)?;
+            Ok(Vm::start(&cfg)?)
+        }),
+    };
     match result {
         Ok(vm) => {
             let exit = vm.run();

@@ -87,6 +87,15 @@ impl GuestRam {
         self.size
     }
 
+    /// The memfd behind every region (guest RAM is its bytes 0..size, region after region).
+    pub fn memfd(&self) -> Option<&File> {
+        self.mem
+            .iter()
+            .next()
+            .and_then(|r| r.file_offset())
+            .map(|f| f.file())
+    }
+
     /// End of RAM below the 32-bit hole.
     pub fn low_ram_end(&self) -> u64 {
         self.mem

@@ -6,8 +6,7 @@
 
 use kvm_bindings::{
     kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs,
-    kvm_sregs, kvm_vcpu_events, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE,
+    kvm_sregs, kvm_vcpu_events, Msrs,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 
@@ -55,20 +54,8 @@ pub struct PowerOnState {
 impl PowerOnState {
     /// Save the interrupt controllers and the PIT (call right after creating them).
     pub fn save_platform(vm: &VmFd) -> Result<PowerOnState, PowerOnError> {
-        let mut chips = Vec::new();
-        for chip_id in [
-            KVM_IRQCHIP_PIC_MASTER,
-            KVM_IRQCHIP_PIC_SLAVE,
-            KVM_IRQCHIP_IOAPIC,
-        ] {
-            let mut chip = kvm_irqchip {
-                chip_id,
-                ..Default::default()
-            };
-            vm.get_irqchip(&mut chip)
-                .map_err(err("save the interrupt controllers"))?;
-            chips.push(chip);
-        }
+        let chips = crate::snapshot::platform::read_irqchips(vm)
+            .map_err(err("save the interrupt controllers"))?;
         let pit = vm.get_pit2().map_err(err("save the PIT"))?;
         Ok(PowerOnState {
             chips,

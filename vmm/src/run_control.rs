@@ -5,12 +5,17 @@
 //! all have parked the KVM clock is saved, and a resume sets it back before the vCPUs run
 //! again, so the guest's kvmclock time does not advance while it is paused (as in Cloud
 //! Hypervisor). Backends are not told: their rings simply see no new requests.
+//!
+//! While paused, the vCPUs can be handed a job ([`RunControl::run_on_parked`]): each parked
+//! thread runs it once on its own `VcpuFd` (which only it holds) and the caller gets the
+//! results in vCPU order — how a snapshot reads every vCPU's state.
 
+use std::any::Any;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_clock_data;
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{VcpuFd, VmFd};
 
 use crate::exit::ExitHandle;
 
@@ -26,6 +31,16 @@ pub enum RunError {
     Timeout(usize, Duration),
     #[error("KVM: cannot {0}: {1}")]
     Clock(&'static str, String),
+    #[error("{0} vCPU(s) did not finish their job within {1:?}")]
+    JobTimeout(usize, Duration),
+}
+
+/// What each parked vCPU thread runs once (its id, its fd).
+type JobFn = dyn Fn(u8, &mut VcpuFd) -> Box<dyn Any + Send> + Send + Sync;
+
+struct Job {
+    f: Arc<JobFn>,
+    results: Vec<(u8, Box<dyn Any + Send>)>,
 }
 
 #[derive(Default)]
@@ -35,6 +50,7 @@ struct State {
     /// pthread ids of the running vCPU threads (for the kick signal).
     threads: Vec<libc::pthread_t>,
     clock: Option<kvm_clock_data>,
+    job: Option<Job>,
 }
 
 pub struct RunControl {
@@ -45,6 +61,8 @@ pub struct RunControl {
 }
 
 const PAUSE_LIMIT: Duration = Duration::from_secs(2);
+/// How long the parked vCPUs have for a job (reading a vCPU's state takes milliseconds).
+const JOB_LIMIT: Duration = Duration::from_secs(30);
 
 impl RunControl {
     pub fn new(vm: Arc<VmFd>, exit: Arc<ExitHandle>) -> RunControl {
@@ -69,8 +87,9 @@ impl RunControl {
         self.lock().paused
     }
 
-    /// Called by a vCPU thread before each `KVM_RUN`: while the VM is paused, wait.
-    pub fn park_while_paused(&self) {
+    /// Called by vCPU thread `id` before each `KVM_RUN`: while the VM is paused, wait (and
+    /// run, once, each job handed to the parked vCPUs).
+    pub fn park_while_paused(&self, id: u8, vcpu: &mut VcpuFd) {
         let mut st = self.lock();
         if !st.paused {
             return;
@@ -78,6 +97,21 @@ impl RunControl {
         st.parked += 1;
         self.cond.notify_all();
         while st.paused && !self.exit.requested() {
+            let pending = st
+                .job
+                .as_ref()
+                .filter(|j| j.results.iter().all(|(done, _)| *done != id))
+                .map(|j| j.f.clone());
+            if let Some(f) = pending {
+                drop(st);
+                let result = f(id, vcpu);
+                st = self.lock();
+                if let Some(job) = st.job.as_mut() {
+                    job.results.push((id, result));
+                }
+                self.cond.notify_all();
+                continue;
+            }
             // bounded waits: a stop request (which does not notify us) is seen within 50 ms
             st = self
                 .cond
@@ -123,6 +157,61 @@ impl RunControl {
         }
         tracing::info!("VM paused");
         Ok(())
+    }
+
+    /// Begin paused (a VM restored with `--paused`), its clock frozen at `clock`: the vCPUs
+    /// park before they first run, and `vm.resume` starts them.
+    pub fn start_paused(&self, clock: kvm_clock_data) {
+        let mut st = self.lock();
+        st.paused = true;
+        st.clock = Some(clock);
+    }
+
+    /// The kvmclock as the pause froze it (`None` while running).
+    pub fn paused_clock(&self) -> Option<kvm_clock_data> {
+        let st = self.lock();
+        st.paused.then_some(st.clock).flatten()
+    }
+
+    /// Run `f` once on every vCPU (paused: each parked thread runs it on its own fd); the
+    /// results in vCPU order.
+    pub fn run_on_parked<R: Send + 'static>(
+        &self,
+        f: impl Fn(u8, &mut VcpuFd) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>, RunError> {
+        let mut st = self.lock();
+        if !st.paused {
+            return Err(RunError::NotPaused);
+        }
+        let boxed: Arc<JobFn> = Arc::new(move |id, vcpu| Box::new(f(id, vcpu)));
+        st.job = Some(Job {
+            f: boxed,
+            results: Vec::new(),
+        });
+        self.cond.notify_all();
+        let start = Instant::now();
+        loop {
+            let done = st.job.as_ref().map_or(0, |j| j.results.len());
+            if done >= st.threads.len() {
+                break;
+            }
+            if start.elapsed() > JOB_LIMIT || self.exit.requested() {
+                let missing = st.threads.len() - done;
+                st.job = None;
+                return Err(RunError::JobTimeout(missing, JOB_LIMIT));
+            }
+            st = self
+                .cond
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let mut results = st.job.take().map(|j| j.results).unwrap_or_default();
+        results.sort_by_key(|(id, _)| *id);
+        Ok(results
+            .into_iter()
+            .filter_map(|(_, r)| r.downcast::<R>().ok().map(|r| *r))
+            .collect())
     }
 
     pub fn resume(&self) -> Result<(), RunError> {

@@ -56,7 +56,7 @@ pub fn spawn(
         .name(format!("vcpu{id}"))
         .spawn(move || {
             if let Err(e) = crate::confinement::install_vcpu(id, seccomp) {
-                let why = format!("vCPU {id}: {e}: {}", error_sources(&e));
+                let why = format!("vCPU {id}: {}", crate::error_chain(&e));
                 devices.exit.request(VmExit::Crash(why));
                 return vcpu;
             }
@@ -64,21 +64,10 @@ pub fn spawn(
         })
 }
 
-/// The causes under an error, joined (for a one-line message).
-fn error_sources(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push(s.to_string());
-        source = s.source();
-    }
-    out.join(": ")
-}
-
 fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>, control: Arc<RunControl>) -> VcpuFd {
     let exit = devices.exit.clone();
     while !exit.requested() {
-        control.park_while_paused();
+        control.park_while_paused(id, &mut vcpu);
         if exit.requested() {
             break;
         }

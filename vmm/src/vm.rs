@@ -24,6 +24,8 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::pci::bus::PciBus;
 use crate::power_on::{PowerOnError, PowerOnState};
 use crate::run_control::RunControl;
+use crate::snapshot::caps::KvmCaps;
+use crate::snapshot::restore::{Restore, RestoreError};
 use crate::vhost_user::reconnect::{self, SharedVhostUser};
 use crate::vhost_user::VhostUserDevice;
 use crate::virtio::absent_device::AbsentDevice;
@@ -68,10 +70,41 @@ pub enum VmError {
     PowerOn(#[from] PowerOnError),
     #[error(transparent)]
     Api(#[from] ApiServerError),
+    #[error(transparent)]
+    Restore(#[from] crate::snapshot::restore::RestoreError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
+}
+
+/// A restored VM's interrupt controllers, PIT, clock (moved on by the time the snapshot
+/// spent on disk), console and PCI address latch; the clock it was given.
+fn restore_platform(
+    r: &Restore,
+    vm: &VmFd,
+    vcpus: &[kvm_ioctls::VcpuFd],
+    devices: &Devices,
+) -> Result<kvm_bindings::kvm_clock_data, RestoreError> {
+    let p = r.platform()?;
+    let elapsed = crate::snapshot::platform::unix_ns().saturating_sub(p.saved_at_unix_ns);
+    crate::snapshot::platform::restore(vm, &p, elapsed)?;
+    for vcpu in vcpus {
+        // tell the guest its clock jumped (no soft-lockup warnings); EINVAL until the guest
+        // enabled kvmclock: nothing to tell then
+        let _ = vcpu.kvmclock_ctrl();
+    }
+    devices
+        .serial
+        .restore(&r.serial()?)
+        .map_err(RestoreError::Serial)?;
+    devices.pci.set_config_address(r.pci_latch()?);
+    tracing::info!(
+        dir = %r.dir().display(),
+        elapsed_ms = elapsed / 1_000_000,
+        "VM restored from its snapshot"
+    );
+    Ok(vm.get_clock().unwrap_or_default())
 }
 
 /// A running VM. [`Vm::run`] returns how the guest ended once the vCPU threads have stopped;
@@ -91,9 +124,24 @@ pub struct Vm {
 impl Vm {
     /// Build the VM from `cfg` and start its vCPUs.
     pub fn start(cfg: &VmConfig) -> Result<Vm, VmError> {
+        Vm::build(cfg, None)
+    }
+
+    /// Build the VM snapshot `r` holds (its configuration `cfg`: the saved one, perhaps with
+    /// another API socket or console) and start its vCPUs where they stopped (or paused).
+    pub fn restore(r: &Restore, cfg: &VmConfig) -> Result<Vm, VmError> {
+        Vm::build(cfg, Some(r))
+    }
+
+    /// What [`Vm::start`] and [`Vm::restore`] share: a restore takes RAM, devices, vCPUs,
+    /// platform and console from the snapshot where a start boots the kernel.
+    fn build(cfg: &VmConfig, restore: Option<&Restore>) -> Result<Vm, VmError> {
         // every check of the user's input comes before KVM is touched
         cfg.validate()?;
-        let kernel = boot::check_inputs(cfg)?;
+        let kernel = match restore {
+            None => Some(boot::check_inputs(cfg)?),
+            Some(_) => None,
+        };
         let ram = GuestRam::new(&cfg.memory)?;
         signals::block().map_err(VmError::Thread)?;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
@@ -105,6 +153,7 @@ impl Vm {
             });
         }
         let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        let caps = KvmCaps::probe(&kvm, &vm);
         vm.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(kvm_err("set the TSS address"))?;
         vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
@@ -123,7 +172,13 @@ impl Vm {
         unsafe { ram.register_with(&vm) }.map_err(kvm_err("register guest memory"))?;
         tracing::info!(size = ram.size(), "guest memory registered");
 
-        let entry = boot::load(&ram, cfg, kernel)?;
+        let entry = match kernel {
+            Some(kernel) => Some(boot::load(&ram, cfg, kernel)?),
+            None => None,
+        };
+        if let Some(r) = restore {
+            r.memory(&ram)?;
+        }
 
         let exit = Arc::new(ExitHandle::default());
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
@@ -154,6 +209,13 @@ impl Vm {
                     let shared = Arc::new(Mutex::new(b));
                     (Box::new(SharedVhostUser(shared.clone())), Some(shared))
                 }
+                Err(e) if restore.is_some() => {
+                    return Err(RestoreError::Device {
+                        device: name,
+                        why: e.to_string(),
+                    }
+                    .into())
+                }
                 Err(e) => {
                     // the VM runs without this device; the guest sees it as needing a reset
                     eprintln!("splitvisor: error: {e}");
@@ -174,6 +236,15 @@ impl Vm {
                 })?;
             if shared.is_none() {
                 transport.needs_reset();
+            }
+            if let Some(r) = restore {
+                let state = r.device(&name)?;
+                transport
+                    .restore(&state)
+                    .map_err(|why| RestoreError::Device {
+                        device: name.clone(),
+                        why,
+                    })?;
             }
             let transport = Arc::new(Mutex::new(transport));
             let slot = pci.add(transport.clone())?;
@@ -219,13 +290,43 @@ impl Vm {
                 .map_err(kvm_err("create a vCPU"))?;
             cpu::set_cpuid(&vcpu, &supported, id, cfg.cpus)?;
             power_on.save_vcpu(&vcpu)?;
-            cpu::configure(&vcpu, id, ram.memory(), (id == 0).then_some(entry))?;
+            match restore {
+                Some(r) => crate::snapshot::vcpu_state::restore(id, &vcpu, &r.vcpu(id)?, &caps)
+                    .map_err(RestoreError::from)?,
+                None => cpu::configure(&vcpu, id, ram.memory(), entry.filter(|_| id == 0))?,
+            }
             vcpus.push(vcpu);
         }
+        let restored_clock = match restore {
+            Some(r) => Some(restore_platform(r, &vm, &vcpus, &devices)?),
+            None => None,
+        };
         signals::spawn_handler(exit.clone()).map_err(VmError::Thread)?;
         signals::install_vcpu_kick_handler().map_err(VmError::Thread)?;
         let control = Arc::new(RunControl::new(vm.clone(), exit.clone()));
+        if let (Some(clock), Some(true)) = (restored_clock, restore.map(|r| r.paused)) {
+            control.start_paused(clock);
+        }
         if let Some(path) = &cfg.api_socket {
+            let snapshot = Arc::new(crate::snapshot::save::Handles {
+                vm: vm.clone(),
+                caps: caps.clone(),
+                memfd: ram
+                    .memfd()
+                    .ok_or_else(|| {
+                        VmError::Thread(std::io::Error::other("guest RAM has no memfd"))
+                    })?
+                    .try_clone()
+                    .map_err(VmError::Thread)?,
+                ram_size: ram.size(),
+                control: control.clone(),
+                devices: devices.clone(),
+                transports: api_devices
+                    .iter()
+                    .map(|d| (d.name.clone(), d.transport.clone()))
+                    .collect(),
+                cfg: cfg.clone(),
+            });
             let ctx = ApiContext {
                 cfg: cfg.clone(),
                 started: std::time::Instant::now(),
@@ -233,6 +334,7 @@ impl Vm {
                 exit: exit.clone(),
                 power_button,
                 devices: api_devices,
+                snapshot: Some(snapshot),
             };
             crate::api::server::spawn(path, Arc::new(ctx))?;
         }

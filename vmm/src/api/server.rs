@@ -34,6 +34,9 @@ pub struct ApiContext {
     pub exit: Arc<ExitHandle>,
     pub power_button: Arc<PowerButton>,
     pub devices: Vec<ApiDevice>,
+    /// What `vm.snapshot` reads the VM through (`None`: an API without a VM behind it, the
+    /// fuzz harness's).
+    pub snapshot: Option<Arc<crate::snapshot::save::Handles>>,
 }
 
 pub struct ApiDevice {
@@ -110,6 +113,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(&p("vm.stop"), put(stop))
         .route(&p("vm.balloon"), get(balloon_info).put(balloon_set))
         .route(&p("vm.balloon-stats"), get(balloon_stats))
+        .route(&p("vm.snapshot"), put(snapshot))
         .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(ctx)
 }
@@ -202,6 +206,34 @@ async fn run_blocking(
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => fail(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Snapshot the VM into `destination_url` (running or paused; left as it was). Blocking work
+/// (stopping the rings, writing the RAM): off the runtime thread.
+async fn snapshot(
+    State(ctx): Ctx,
+    body: Result<Json<::api::types::VmSnapshotConfig>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    use crate::snapshot::save::{self, SnapshotError};
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let dir = match save::dir_of_url(&req.destination_url) {
+        Ok(d) => d,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let Some(handles) = ctx.snapshot.clone() else {
+        return fail(StatusCode::CONFLICT, "this API serves no VM to snapshot");
+    };
+    match tokio::task::spawn_blocking(move || save::save(&handles, &dir)).await {
+        Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e @ (SnapshotError::Exists(_) | SnapshotError::Url(_)))) => {
+            fail(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Ok(Err(e)) => fail(StatusCode::CONFLICT, crate::error_chain(&e)),
         Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

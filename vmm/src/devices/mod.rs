@@ -22,6 +22,19 @@ pub struct Devices {
 }
 
 impl Devices {
+    /// Serve a port or MMIO exit; other exits are not ours (`false`).
+    pub fn io_exit(&self, exit: kvm_ioctls::VcpuExit<'_>) -> bool {
+        use kvm_ioctls::VcpuExit;
+        match exit {
+            VcpuExit::IoIn(port, data) => self.pio_read(port, data),
+            VcpuExit::IoOut(port, data) => self.pio_write(port, data),
+            VcpuExit::MmioRead(addr, data) => self.mmio_read(addr, data),
+            VcpuExit::MmioWrite(addr, data) => self.mmio_write(addr, data),
+            _ => return false,
+        }
+        true
+    }
+
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         if !self.pci.mmio_read(addr, data) {
             tracing::trace!(addr, "read from unmapped MMIO");

@@ -1,9 +1,10 @@
 //! What a snapshot keeps of the devices the vmm emulates itself: today the 8250 console's UART
 //! (the i8042 and the ACPI PM registers keep nothing between accesses).
 //!
-//! [`super::serial::Console::state`] captures it from the live UART. Restoring it is not done
-//! here: the snapshot work will (vm-superio's `Serial::from_state`), checking `version` against
-//! [`SerialState::VERSION`] first. Where the console's output goes is configuration, not state.
+//! [`super::serial::Console::state`] captures it from the live UART,
+//! [`super::serial::Console::restore`] puts it back (vm-superio's `Serial::from_state`),
+//! checking `version` against [`SerialState::VERSION`] first. Where the console's output goes
+//! is configuration, not state.
 
 use serde::{Deserialize, Serialize};
 

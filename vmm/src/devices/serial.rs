@@ -256,6 +256,47 @@ impl Console {
         uart.state().into()
     }
 
+    /// Put the UART back as a snapshot had it (registers, unread input); where its output goes
+    /// stays this console's.
+    pub fn restore(&self, s: &super::persist::SerialState) -> Result<(), String> {
+        if s.version > super::persist::SerialState::VERSION {
+            return Err(format!(
+                "the console's state has version {}; this splitvisor reads up to {}",
+                s.version,
+                super::persist::SerialState::VERSION
+            ));
+        }
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.receive_fifo.clone(),
+        };
+        let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
+        let irq = uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| e.to_string())?;
+        // the live UART gives its output up to the restored one
+        let old = std::mem::replace(
+            &mut *uart,
+            Serial::new(
+                IrqLine(irq.try_clone().map_err(|e| e.to_string())?),
+                Output::Sink,
+            ),
+        );
+        *uart = Serial::from_state(&state, IrqLine(irq), NoEvents, old.into_writer())
+            .map_err(|e| format!("the console's state cannot be restored: {e:?}"))?;
+        Ok(())
+    }
+
     /// Put the terminal back the way we found it (stdin was switched to raw mode).
     pub fn restore_terminal(&self) {
         if let Some(t) = &self.saved_termios {

@@ -78,6 +78,22 @@ impl PciBus {
         }
     }
 
+    /// The config address latch (0xcf8): a guest may be stopped between setting it and
+    /// using it, so a snapshot keeps it.
+    pub fn config_address(&self) -> u32 {
+        *self
+            .config_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_config_address(&self, value: u32) {
+        *self
+            .config_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = value;
+    }
+
     /// Reset every device to its power-on state (the guest rebooted).
     pub fn power_on_reset(&self) {
         *self

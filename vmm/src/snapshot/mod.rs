@@ -7,5 +7,9 @@
 
 pub mod caps;
 pub mod format;
+pub mod memory;
 pub mod msrs;
+pub mod platform;
+pub mod restore;
+pub mod save;
 pub mod vcpu_state;

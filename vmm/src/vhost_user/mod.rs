@@ -16,6 +16,7 @@ pub mod inflight;
 mod inflight_tests;
 pub mod persist;
 pub mod reconnect;
+mod suspend;
 #[cfg(test)]
 mod test_backend;
 
@@ -368,9 +369,11 @@ impl VhostUserDevice {
     /// Start the rings of the driver's last activation on the current connection:
     /// SET_FEATURES, the memory table, the in-flight region (with INFLIGHT_SHMFD), then per
     /// ring SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE.
-    /// A fresh activation starts every ring at 0; a new connection under a running driver
-    /// (`resume`) starts each where the guest's used ring says the old backend got to.
-    fn start_rings(&mut self, resume: bool) -> Result<(), FrontendError> {
+    /// A fresh activation starts every ring at 0, a new connection under a running driver
+    /// where the guest's used ring says the old backend got to, a suspended ring where
+    /// GET_VRING_BASE stopped it ([`suspend::RingBase`]).
+    fn start_rings(&mut self, from: suspend::RingBase) -> Result<(), FrontendError> {
+        let saved: Vec<Option<u32>> = self.vrings.iter().map(|r| r.stop_base).collect();
         let (name, socket) = (self.name.clone(), self.socket.clone());
         let err = |step| protocol_err(&name, &socket, step);
         let _deadline = self.deadline();
@@ -427,7 +430,11 @@ impl VhostUserDevice {
                 avail_ring_addr: self.host_addr(r.avail, "available ring")?,
                 log_addr: None,
             };
-            let base = if resume { self.used_index(used)? } else { 0 };
+            let base = match from {
+                suspend::RingBase::Zero => 0,
+                suspend::RingBase::UsedIndex => self.used_index(used)?,
+                suspend::RingBase::Stopped => saved.get(q).copied().flatten().unwrap_or(0) as u16,
+            };
             let r = &self.ring_setups[q];
             self.frontend
                 .set_vring_num(i, size)
@@ -458,20 +465,6 @@ impl VhostUserDevice {
             });
         }
         Ok(())
-    }
-
-    /// The used ring's index (the guest-visible count of completed buffers) of the ring whose
-    /// used ring is at `used`.
-    fn used_index(&self, used: u64) -> Result<u16, FrontendError> {
-        use vm_memory::{Address, Bytes};
-        let addr = GuestAddress(used).checked_add(2);
-        addr.and_then(|a| self.mem.read_obj::<u16>(a).ok())
-            .map(u16::from_le)
-            .ok_or_else(|| FrontendError::RingAddress {
-                device: self.name.clone(),
-                what: "used ring",
-                gpa: used,
-            })
     }
 }
 
@@ -530,40 +523,7 @@ impl VirtioDevice for VhostUserDevice {
 
     fn activate(&mut self, features: u64, queues: &[QueueSetup]) -> Result<(), String> {
         self.vrings.clear();
-        self.ring_setups.clear();
-        for q in queues {
-            let (kick, call) = match (q.kick.try_clone(), q.call.try_clone()) {
-                (Ok(k), Ok(c)) => (k, c),
-                (Err(e), _) | (_, Err(e)) => {
-                    return Err(format!("cannot keep a queue's eventfds: {e}"))
-                }
-            };
-            self.ring_setups.push(RingSetup {
-                index: q.index,
-                size: q.size,
-                desc: q.desc,
-                avail: q.avail,
-                used: q.used,
-                kick,
-                call,
-            });
-        }
-        self.acked_features = features | (self.backend_features & F_PROTOCOL_FEATURES);
-        if !self.link.is_up() {
-            // started on the next connection (the guest sees a stall, not an error)
-            tracing::info!(device = %self.name, "activation waits for the backend to come back");
-            return Ok(());
-        }
-        match self.start_rings(false) {
-            Ok(()) => Ok(()),
-            // the backend failed or timed out: a new connection gets the rings
-            Err(e @ FrontendError::Protocol { .. }) => {
-                tracing::warn!(device = %self.name, error = %e, "activation waits for the backend to come back");
-                self.close_connection();
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        self.activate_from(features, queues, suspend::RingBase::Zero)
     }
 
     fn reset(&mut self) {

@@ -320,7 +320,7 @@ impl VhostUserDevice {
         }
         self.channel_closer = hs.channel.as_ref().and_then(|c| c.closer().ok());
         if !self.ring_setups.is_empty() {
-            if let Err(e) = self.start_rings(true) {
+            if let Err(e) = self.start_rings(super::suspend::RingBase::UsedIndex) {
                 self.close_connection();
                 return Err(e);
             }
@@ -387,6 +387,23 @@ impl VirtioDevice for SharedVhostUser {
     }
     fn state(&self) -> VirtioDeviceState {
         self.lock().state()
+    }
+    fn suspend(&mut self) -> Result<(), String> {
+        self.lock().suspend().map_err(|e| e.to_string())
+    }
+    fn resume(&mut self) -> Result<(), String> {
+        self.lock().resume_suspended().map_err(|e| e.to_string())
+    }
+    fn restore_activated(
+        &mut self,
+        state: &VirtioDeviceState,
+        features: u64,
+        queues: &[crate::virtio::QueueSetup],
+    ) -> Result<(), String> {
+        let VirtioDeviceState::VhostUser(s) = state else {
+            return Err("the snapshot holds no vhost-user state for this device".into());
+        };
+        self.lock().restore_activation(&s.vrings, features, queues)
     }
 }
 

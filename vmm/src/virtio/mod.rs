@@ -65,4 +65,22 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The device's state as it is now (captured only; restoring is the snapshot's work).
     fn state(&self) -> VirtioDeviceState;
+    /// Stop the queues where they are, for a snapshot (guest memory no longer changes).
+    fn suspend(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Start the queues a [`VirtioDevice::suspend`] stopped, where they stopped.
+    fn resume(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// A restored VM's device that its driver had started: start `queues` where `state`
+    /// (the snapshot's) says they stopped.
+    fn restore_activated(
+        &mut self,
+        _state: &VirtioDeviceState,
+        features: u64,
+        queues: &[QueueSetup],
+    ) -> Result<(), String> {
+        self.activate(features, queues)
+    }
 }

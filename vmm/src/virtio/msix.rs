@@ -146,6 +146,25 @@ impl Msix {
         }
     }
 
+    /// Put back what [`Msix::state`] read (a restored VM); the vector counts must agree.
+    pub fn restore(&mut self, s: &MsixState) -> Result<(), String> {
+        if s.entries.len() != self.entries.len() {
+            return Err(format!(
+                "the snapshot has {} MSI-X vectors, this device {}",
+                s.entries.len(),
+                self.entries.len()
+            ));
+        }
+        self.control = s.control;
+        for (e, saved) in self.entries.iter_mut().zip(&s.entries) {
+            e.addr_lo = saved.address as u32;
+            e.addr_hi = (saved.address >> 32) as u32;
+            e.data = saved.data;
+            e.ctrl = saved.vector_control;
+        }
+        Ok(())
+    }
+
     /// Where vector `v` currently sends its interrupt; `None` when MSI-X is off, the function
     /// or the vector is masked, or `v` does not exist.
     pub fn message(&self, v: u16) -> Option<MsiMessage> {

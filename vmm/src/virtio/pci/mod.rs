@@ -10,6 +10,7 @@
 mod common_config;
 pub mod kvm_wiring;
 pub mod persist;
+mod restore;
 // also the fuzz harness's transport (crate::fuzz_harness), so compiled in every build
 #[doc(hidden)]
 pub mod test_utils;
@@ -357,25 +358,7 @@ impl VirtioPciDevice {
     }
 
     fn activate(&mut self) {
-        let wiring = &self.wiring;
-        let setups: Vec<QueueSetup> = self
-            .queues
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| q.enabled)
-            .filter_map(|(index, q)| {
-                let (kick, call) = wiring.queue_eventfds(index)?;
-                Some(QueueSetup {
-                    index,
-                    size: q.size,
-                    desc: q.desc,
-                    avail: q.avail,
-                    used: q.used,
-                    kick,
-                    call,
-                })
-            })
-            .collect();
+        let setups = restore::queue_setups(&self.queues, &*self.wiring);
         let n = setups.len();
         match self.device.activate(self.driver_features, &setups) {
             Ok(()) => {

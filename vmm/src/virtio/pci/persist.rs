@@ -67,6 +67,16 @@ pub struct VirtqueueState {
 }
 
 impl VirtioPciDevice {
+    /// Stop the device's queues where they are (a snapshot is being taken).
+    pub fn suspend_device(&mut self) -> Result<(), String> {
+        self.device.suspend()
+    }
+
+    /// Start the queues [`Self::suspend_device`] stopped.
+    pub fn resume_device(&mut self) -> Result<(), String> {
+        self.device.resume()
+    }
+
     /// The device's state as it is now.
     pub fn state(&self) -> VirtioPciState {
         VirtioPciState {
