@@ -182,6 +182,10 @@ pub const SOCKET_IO: &[i64] = &[
     SYS_getpeername,
 ];
 
+/// A file's metadata, by descriptor: std's `File::metadata` is `statx` on it (the vmm's vCPU
+/// threads size the in-flight region a blk backend hands over this way).
+pub const STAT: &[i64] = &[SYS_statx, SYS_newfstatat];
+
 /// Installing a further, stricter filter on one thread (a thread class that needs less).
 pub const STACKED_FILTER: &[i64] = &[SYS_seccomp];
 
@@ -237,6 +241,7 @@ pub const ALL_GROUPS: &[&[i64]] = &[
     FILES,
     SOCKETS,
     SOCKET_IO,
+    STAT,
     STACKED_FILTER,
     IO_URING,
     KVM,

@@ -5,7 +5,7 @@
 //! thread that runs guest code and handles its exits opens no file and makes no socket —
 //! it only talks over the backends' connections it is handed.
 
-use confine::syscalls::{FILES, KVM, RUNTIME, SOCKETS, SOCKET_IO, STACKED_FILTER};
+use confine::syscalls::{FILES, KVM, RUNTIME, SOCKETS, SOCKET_IO, STACKED_FILTER, STAT};
 
 pub use confine::seccomp::SeccompError;
 
@@ -18,8 +18,9 @@ pub fn install(mode: crate::config::SeccompMode) -> Result<(), SeccompError> {
     )
 }
 
-/// What a vCPU thread keeps: the runtime, KVM, and I/O on the sockets it has.
-pub const VCPU_GROUPS: &[&[i64]] = &[RUNTIME, KVM, SOCKET_IO];
+/// What a vCPU thread keeps: the runtime, KVM, I/O on the sockets it has, and the metadata
+/// of descriptors it is handed.
+pub const VCPU_GROUPS: &[&[i64]] = &[RUNTIME, KVM, SOCKET_IO, STAT];
 
 /// Confine the calling vCPU thread (`off`: nothing more).
 pub fn install_vcpu(id: u8, mode: crate::config::SeccompMode) -> Result<(), SeccompError> {

@@ -1,0 +1,174 @@
+//! A snapshot of a real guest and its restore in new processes (issue 27), inside the
+//! nested-KVM sandbox. The guest (a qcow2 disk, a trigger disk, a NIC on a tap in a network
+//! namespace of the job's own) writes a 64 MiB tmpfs file and a marker to its disk, pings
+//! L1, then counts on its console while it polls the trigger disk. L1 pauses it, notes the
+//! last count, takes `vm.snapshot` (with curl, Cloud Hypervisor's body), kills the vmm and
+//! every backend, starts new backends on the same sockets, writes the trigger and runs
+//! `splitvisor --restore`. The guest must go on counting from where it was (no new boot),
+//! then find its tmpfs file and disk marker intact and reach L1 over the network again.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use integration_tests::guest::{self, GUEST_SH};
+use integration_tests::{shared_job, JobOutput, Sandbox};
+
+const GUEST: &str = r#"
+mkdir -p /mnt && mount -t tmpfs -o size=80M tmpfs /mnt
+dd if=/dev/urandom of=/mnt/f bs=1M count=64 2>/dev/null
+echo "GUEST-MD5-BEFORE $(md5sum /mnt/f | cut -d' ' -f1)"
+printf 'SNAPSHOT-DISK-MARKER' | dd of=/dev/vda bs=4096 seek=100 conv=notrunc,fsync 2>/dev/null
+echo "GUEST-DISK-WRITTEN $?"
+ip link set eth0 up
+ip addr add 10.0.7.2/24 dev eth0
+ping -c 1 -W 5 10.0.7.1 > /dev/null 2>&1
+echo "GUEST-PING-BEFORE $?"
+echo "GUEST-BOOTED-AT $(cut -d' ' -f1 /proc/uptime)"
+i=0
+while [ $i -lt 3000 ]; do
+    i=$((i + 1))
+    echo "COUNT $i"
+    t=$(dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | head -c 8)
+    [ "$t" = RESTORED ] && break
+    sleep 0.2
+done
+echo "GUEST-LAST-COUNT $i"
+echo "GUEST-MD5-AFTER $(md5sum /mnt/f | cut -d' ' -f1)"
+echo "GUEST-DISK-AFTER $(dd if=/dev/vda bs=4096 skip=100 count=1 iflag=direct 2>/dev/null | head -c 20)"
+ping -c 2 -W 5 10.0.7.1 > /dev/null 2>&1
+echo "GUEST-PING-AFTER $?"
+echo "GUEST-CLOCKSOURCE $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+"#;
+
+const JOB: &str = r#"
+IP=/job/hostbin/ip
+W=/tmp/w
+mkdir -p $W
+L1=$JOB/l1.txt
+api() { # api METHOD ENDPOINT [JSON]
+    if [ -n "${3:-}" ]; then
+        curl -sS --max-time 120 --unix-socket $W/api.sock -X "$1" \
+            -H 'Content-Type: application/json' -d "$3" -w ' HTTP-%{http_code}' \
+            "http://localhost/api/v1/$2"
+    else
+        curl -sS --max-time 120 --unix-socket $W/api.sock -X "$1" -w ' HTTP-%{http_code}' \
+            "http://localhost/api/v1/$2"
+    fi
+    echo
+}
+qemu-img create -q -f qcow2 $W/disk.qcow2 64M
+truncate -s 1M $W/trigger.img
+$IP netns add svsnap
+$IP -n svsnap link set lo up
+backends() {
+    start_blk disk $W $W/disk.qcow2 --format qcow2
+    DISK=$BLK_PID
+    start_blk trigger $W $W/trigger.img --format raw
+    TRIG=$BLK_PID
+    rm -f $W/net.pid
+    $IP netns exec svsnap splitvisor-net --socket $W/net.sock --create-tap svsnap0 \
+        --pidfile $W/net.pid 2>>"$JOB/net.err" &
+    NET=$!
+    wait_for . $W/net.pid 30 || echo "NO-PIDFILE net" >> $L1
+    # the host side of the link keeps its address across the restart (as a managed tap
+    # does): the guest's ARP entry for L1 stays right
+    $IP -n svsnap link set svsnap0 address 02:00:00:00:07:01
+    $IP -n svsnap addr add 10.0.7.1/24 dev svsnap0
+}
+backends
+RUST_LOG=warn splitvisor --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs.cpio.gz \
+    --memory 512M --cmdline "console=ttyS0 quiet sv.cmd64=$GUEST64" --api-socket $W/api.sock \
+    --device vhost-user,type=blk,socket=$W/disk.sock \
+    --device vhost-user,type=blk,socket=$W/trigger.sock \
+    --device vhost-user,type=net,socket=$W/net.sock \
+    </dev/null >"$JOB/vm.log" 2>&1 &
+VMM=$!
+wait_for "COUNT 10" "$JOB/vm.log" 300 || echo "NO-COUNT" >> $L1
+api PUT vm.pause >> $L1
+sleep 0.5
+echo "L1-COUNT-AT-PAUSE $(grep -o 'COUNT [0-9]*' "$JOB/vm.log" | tail -n1 | cut -d' ' -f2)" >> $L1
+echo "L1-SNAPSHOT $(api PUT vm.snapshot '{"destination_url": "file:///tmp/w/snap"}')" >> $L1
+echo "L1-SNAPSHOT-FILES $(ls $W/snap | tr '\n' ' ')" >> $L1
+echo "L1-SNAPSHOT-RAM-KIB $(du -k $W/snap/memory.bin | cut -f1)" >> $L1
+kill -9 $VMM $DISK $TRIG $NET
+wait $VMM $DISK $TRIG $NET 2>/dev/null
+sleep 0.5
+rm -f $W/*.sock $W/api.sock
+backends
+printf 'RESTORED' | dd of=$W/trigger.img conv=notrunc 2>/dev/null
+RUST_LOG=warn,vmm::vm=info splitvisor --restore file:///tmp/w/snap </dev/null >"$JOB/vm2.log" 2>&1 &
+VMM2=$!
+wait_for GUEST-CLOCKSOURCE "$JOB/vm2.log" 300 || echo "NO-GUEST-END" >> $L1
+finish_case vm2 $VMM2 60
+kill -TERM $DISK $TRIG $NET; wait $DISK $TRIG $NET 2>/dev/null
+$IP netns del svsnap
+"#;
+
+fn job() -> &'static JobOutput {
+    static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
+    shared_job(&OUT, || {
+        Sandbox::new()?
+            .timeout(Duration::from_secs(720))
+            .host_tool("curl")
+            .host_tool("ip")
+            .host_tool("qemu-img")
+            .run(&format!(
+                "{GUEST_SH}\nGUEST64={}\n{JOB}",
+                guest::base64(GUEST.as_bytes())
+            ))
+    })
+}
+
+fn file(name: &str) -> String {
+    job().file(name).unwrap_or_default()
+}
+
+fn value(text: &str, key: &str) -> String {
+    guest::value(text, key)
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+}
+
+#[test]
+fn the_snapshot_is_taken_with_cloud_hypervisors_body_and_holds_only_what_the_guest_used() {
+    let l1 = file("l1.txt");
+    assert!(l1.contains("HTTP-204"), "{l1}");
+    let snap = value(&l1, "L1-SNAPSHOT-FILES");
+    for f in ["config.json", "memory.bin", "state.bin"] {
+        assert!(snap.contains(f), "{snap}");
+    }
+    let kib: u64 = value(&l1, "L1-SNAPSHOT-RAM-KIB").parse().unwrap();
+    assert!(
+        kib < 400 << 10,
+        "memory.bin takes {kib} KiB of a 512 MiB guest"
+    );
+}
+
+#[test]
+fn the_restored_guest_counts_on_from_where_it_was_without_booting_again() {
+    let (l1, before, after) = (file("l1.txt"), file("vm.log"), file("vm2.log"));
+    let at_pause: u64 = value(&l1, "L1-COUNT-AT-PAUSE").parse().unwrap();
+    let first_after: u64 = guest::value(&after, "COUNT")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count after the restore:\n{after}\n{l1}"));
+    assert_eq!(first_after, at_pause + 1, "{after}");
+    assert!(!after.contains("Linux version"), "booted again:\n{after}");
+    assert!(before.contains("GUEST-PING-BEFORE 0"), "{before}");
+    assert!(after.contains("GUEST-LAST-COUNT"), "{after}");
+    // and it ends as a guest does: powered off, status 0
+    assert_eq!(file("vm2.rc").trim(), "0", "{after}");
+}
+
+#[test]
+fn memory_disk_and_network_are_as_they_were() {
+    let (before, after) = (file("vm.log"), file("vm2.log"));
+    let md5 = value(&before, "GUEST-MD5-BEFORE");
+    assert_eq!(value(&after, "GUEST-MD5-AFTER"), md5, "{after}");
+    assert_eq!(
+        value(&after, "GUEST-DISK-AFTER"),
+        "SNAPSHOT-DISK-MARKER",
+        "{after}"
+    );
+    assert_eq!(value(&after, "GUEST-PING-AFTER"), "0", "{after}");
+    assert_eq!(value(&after, "GUEST-CLOCKSOURCE"), "kvm-clock", "{after}");
+}
