@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use api::backend::LandlockMode;
-use confine::file_access::{Enforced, FileAccessError, Grant};
+use confine::file_access::{Enforced, FileAccessError, Grant, Prepared};
 use confine::syscalls::{FILES, IO_URING, PRIVILEGES, RUNTIME, SOCKETS, SOCKET_IO};
 
 pub use confine::seccomp::SeccompError;
@@ -35,14 +35,15 @@ pub fn drop_privileges(name: &str, user: &str) -> Result<(), confine::privileges
     Ok(())
 }
 
-/// `--landlock on`: from here on (this thread and every one it starts), no file is reachable
-/// by name but beneath the temporary directory (each connection's relay directory is made
-/// and removed there) and removing the files in `leaves` (sockets and pidfile, at exit).
-pub fn restrict_files(
+/// `--landlock on`: the rules [`restrict_files`] puts in force, built while the process can
+/// still open the directories (before the user switch): no file reachable by name but
+/// beneath the temporary directory (each connection's relay directory is made and removed
+/// there) and removing the files in `leaves` (sockets and pidfile, at exit).
+pub fn prepare_files(
     name: &str,
     mode: LandlockMode,
     leaves: &[&Path],
-) -> Result<Option<Enforced>, FileAccessError> {
+) -> Result<Option<Prepared>, FileAccessError> {
     if mode == LandlockMode::Off {
         tracing::warn!("{name}: --landlock off: file access is not restricted");
         return Ok(None);
@@ -62,7 +63,17 @@ pub fn restrict_files(
     dirs.sort();
     dirs.dedup();
     grants.extend(dirs.into_iter().map(Grant::remove_files));
-    confine::file_access::restrict(name, &grants).map(Some)
+    confine::file_access::prepare(&grants).map(Some)
+}
+
+/// From here on (this thread and every one it starts), only what [`prepare_files`] allowed.
+pub fn restrict_files(
+    name: &str,
+    prepared: Option<Prepared>,
+) -> Result<Option<Enforced>, FileAccessError> {
+    prepared
+        .map(|p| confine::file_access::restrict(name, p))
+        .transpose()
 }
 
 /// With [`SELFTEST_OPEN_ENV`] set: try to open that file now (once confined) and log the

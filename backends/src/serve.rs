@@ -145,9 +145,6 @@ pub fn serve<F: BackendFactory>(
         None => None,
     };
     let ready = readiness::prepare(args.pidfile.as_deref())?;
-    if let Some(user) = &args.user {
-        crate::confinement::drop_privileges(name, user)?;
-    }
     let mut leaves: Vec<PathBuf> = factory.removed_at_exit();
     if let SocketSource::Path(p) = &source {
         leaves.push(p.clone());
@@ -155,8 +152,13 @@ pub fn serve<F: BackendFactory>(
     leaves.extend(args.pidfile.iter().cloned());
     leaves.extend(args.stats_socket.iter().cloned());
     let leaves: Vec<&std::path::Path> = leaves.iter().map(PathBuf::as_path).collect();
-    crate::confinement::restrict_files(name, args.landlock, &leaves)
-        .map_err(|e| ServeError::FileAccess(e.into()))?;
+    let file_err = |e: confine::file_access::FileAccessError| ServeError::FileAccess(e.into());
+    let rules =
+        crate::confinement::prepare_files(name, args.landlock, &leaves).map_err(file_err)?;
+    if let Some(user) = &args.user {
+        crate::confinement::drop_privileges(name, user)?;
+    }
+    crate::confinement::restrict_files(name, rules).map_err(file_err)?;
     crate::confinement::selftest_open(name);
     if let Some(stats) = stats {
         crate::stats_socket::serve(stats, factory.stats_text()).map_err(stats_err)?;

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use landlock::{
     Access, AccessFs, BitFlags, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd,
-    PathFdError, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, ABI,
+    PathFdError, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetError,
+    RulesetStatus, ABI,
 };
 
 /// The Landlock ABI the rules are written for: every file-system right it knows is handled.
@@ -65,9 +66,16 @@ pub enum Enforced {
     Not { why: &'static str },
 }
 
-/// Confine the calling thread (and every thread and process it starts afterwards) to
-/// `grants`; one log line says what the kernel enforced.
-pub fn restrict(name: &str, grants: &[Grant]) -> Result<Enforced, FileAccessError> {
+/// The rules, built (each directory opened) but not yet in force: a process prepares them
+/// while it can still reach the directories (before it gives its user up), then
+/// [`restrict`]s.
+pub struct Prepared {
+    ruleset: RulesetCreated,
+    dirs: Vec<String>,
+}
+
+/// Build the rules allowing `grants`.
+pub fn prepare(grants: &[Grant]) -> Result<Prepared, FileAccessError> {
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(RULES_ABI))?
@@ -75,6 +83,14 @@ pub fn restrict(name: &str, grants: &[Grant]) -> Result<Enforced, FileAccessErro
     for g in grants {
         ruleset = ruleset.add_rule(PathBeneath::new(PathFd::new(&g.dir)?, g.access))?;
     }
+    let dirs = grants.iter().map(|g| g.dir.display().to_string()).collect();
+    Ok(Prepared { ruleset, dirs })
+}
+
+/// Confine the calling thread (and every thread and process it starts afterwards) to the
+/// prepared rules; one log line says what the kernel enforced.
+pub fn restrict(name: &str, prepared: Prepared) -> Result<Enforced, FileAccessError> {
+    let Prepared { ruleset, dirs } = prepared;
     let status = ruleset.restrict_self()?;
     let enforced = match (status.landlock, status.ruleset) {
         (LandlockStatus::NotImplemented, _) => Enforced::Not {
@@ -97,7 +113,6 @@ pub fn restrict(name: &str, grants: &[Grant]) -> Result<Enforced, FileAccessErro
             }
         }
     };
-    let dirs: Vec<String> = grants.iter().map(|g| g.dir.display().to_string()).collect();
     match &enforced {
         Enforced::Fully { abi } => tracing::info!(
             "{name}: landlock ABI {abi}: no file reachable by name but beneath {dirs:?}"
