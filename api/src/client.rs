@@ -50,6 +50,13 @@ impl ApiClient {
         }
     }
 
+    /// The same client, waiting at most `timeout` for each answer (a snapshot of a large
+    /// guest takes longer than the default 40 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> ApiClient {
+        self.timeout = timeout;
+        self
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }

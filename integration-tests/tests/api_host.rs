@@ -257,9 +257,9 @@ fn restored(dir: &Path, socket: &Path, extra: &[&str]) -> Vmm {
     }
 }
 
-#[test]
-fn a_snapshot_restores_into_a_new_process_running_or_paused_and_a_damaged_one_is_refused() {
-    let (vmm, client) = start("restore");
+/// A running VM (kept running) and a snapshot of it, in its scratch dir's `snap`.
+fn snapshot_of(tag: &str) -> (Vmm, PathBuf) {
+    let (vmm, client) = start(tag);
     let snap = vmm.dir.join("snap");
     client
         .put(
@@ -267,7 +267,12 @@ fn a_snapshot_restores_into_a_new_process_running_or_paused_and_a_damaged_one_is
             Some(&json!({"destination_url": snap.display().to_string()})),
         )
         .expect("vm.snapshot");
-    drop(client);
+    (vmm, snap)
+}
+
+#[test]
+fn a_snapshot_restores_into_a_new_process_running_or_paused_and_a_damaged_one_is_refused() {
+    let (vmm, snap) = snapshot_of("restore");
     let dir = vmm.dir.clone();
     let socket = dir.join("restored.sock");
     for (extra, want) in [
@@ -320,4 +325,42 @@ fn a_snapshot_restores_into_a_new_process_running_or_paused_and_a_damaged_one_is
     assert!(err.contains("damaged"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     drop(vmm);
+}
+
+#[test]
+fn a_snapshot_whose_cpu_features_the_host_lacks_is_refused_by_name() {
+    use vmm::snapshot::format::Sections;
+    use vmm::snapshot::vcpu_state::{VcpuState, VERSION};
+    let (vmm, snap) = snapshot_of("cpuid");
+    // the guest was shown every feature bit of leaf 7 EBX: no host has them all
+    let path = snap.join("state.bin");
+    let mut sections = Sections::read(&std::fs::read(&path).unwrap()).unwrap();
+    for id in 0..2 {
+        let name = format!("vcpu/{id}");
+        let mut state: VcpuState =
+            serde_json::from_slice(sections.get(&name, VERSION).unwrap()).unwrap();
+        for e in state
+            .cpuid
+            .iter_mut()
+            .filter(|e| e.function == 7 && e.index == 0)
+        {
+            e.ebx = u32::MAX;
+        }
+        sections.put(&name, VERSION, serde_json::to_vec(&state).unwrap());
+    }
+    std::fs::write(&path, sections.to_bytes()).unwrap();
+    let out = Command::new(bin("splitvisor"))
+        .arg("--restore")
+        .arg(&snap)
+        .arg("--api-socket")
+        .arg(vmm.dir.join("never.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("lacks features") && err.contains("leaf 0x7 ebx bit"),
+        "{err}"
+    );
+    assert!(!vmm.dir.join("never.sock").exists(), "an API was served");
 }

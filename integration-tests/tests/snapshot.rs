@@ -4,8 +4,10 @@
 //! L1, then counts on its console while it polls the trigger disk. L1 pauses it, notes the
 //! last count, takes `vm.snapshot` (with curl, Cloud Hypervisor's body), kills the vmm and
 //! every backend, starts new backends on the same sockets, writes the trigger and runs
-//! `splitvisor --restore`. The guest must go on counting from where it was (no new boot),
-//! then find its tmpfs file and disk marker intact and reach L1 over the network again.
+//! `splitvisor --restore`, and a second `--restore` of the same snapshot beside it on a
+//! second set of backends over copies of the disks (`--device vhost-user,id=…,socket=…`).
+//! Each guest must go on counting from where it was (no new boot), then find its tmpfs file
+//! and disk marker intact and reach L1 over the network again.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -24,6 +26,7 @@ ip addr add 10.0.7.2/24 dev eth0
 ping -c 1 -W 5 10.0.7.1 > /dev/null 2>&1
 echo "GUEST-PING-BEFORE $?"
 echo "GUEST-BOOTED-AT $(cut -d' ' -f1 /proc/uptime)"
+echo "GUEST-IRQS-BEFORE $(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' ';')"
 i=0
 while [ $i -lt 3000 ]; do
     i=$((i + 1))
@@ -37,6 +40,8 @@ echo "GUEST-MD5-AFTER $(md5sum /mnt/f | cut -d' ' -f1)"
 echo "GUEST-DISK-AFTER $(dd if=/dev/vda bs=4096 skip=100 count=1 iflag=direct 2>/dev/null | head -c 20)"
 ping -c 2 -W 5 10.0.7.1 > /dev/null 2>&1
 echo "GUEST-PING-AFTER $?"
+echo "GUEST-NET-AFTER $(ip neigh | tr '\n' ';') $(grep eth0 /proc/net/dev)"
+echo "GUEST-IRQS-AFTER $(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' ';')"
 echo "GUEST-CLOCKSOURCE $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 "#;
 
@@ -58,24 +63,25 @@ api() { # api METHOD ENDPOINT [JSON]
 }
 qemu-img create -q -f qcow2 $W/disk.qcow2 64M
 truncate -s 1M $W/trigger.img
-$IP netns add svsnap
-$IP -n svsnap link set lo up
-backends() {
-    start_blk disk $W $W/disk.qcow2 --format qcow2
-    DISK=$BLK_PID
-    start_blk trigger $W $W/trigger.img --format raw
-    TRIG=$BLK_PID
-    rm -f $W/net.pid
-    $IP netns exec svsnap splitvisor-net --socket $W/net.sock --create-tap svsnap0 \
-        --pidfile $W/net.pid 2>>"$JOB/net.err" &
-    NET=$!
-    wait_for . $W/net.pid 30 || echo "NO-PIDFILE net" >> $L1
+backends() { # backends SUFFIX: the disk, trigger and net backends of one VM
+    start_blk disk$1 $W $W/disk$1.qcow2 --format qcow2
+    eval "DISK$1=\$BLK_PID"
+    start_blk trigger$1 $W $W/trigger$1.img --format raw
+    eval "TRIG$1=\$BLK_PID"
+    rm -f $W/net$1.pid
+    $IP netns add svsnap$1 2>/dev/null
+    $IP -n svsnap$1 link set lo up
+    RUST_LOG=info $IP netns exec svsnap$1 splitvisor-net --socket $W/net$1.sock \
+        --create-tap svsnap0 --mac 52:54:00:00:07:02 --pidfile $W/net$1.pid \
+        2>>"$JOB/net$1.err" &
+    eval "NET$1=\$!"
+    wait_for . $W/net$1.pid 30 || echo "NO-PIDFILE net$1" >> $L1
     # the host side of the link keeps its address across the restart (as a managed tap
     # does): the guest's ARP entry for L1 stays right
-    $IP -n svsnap link set svsnap0 address 02:00:00:00:07:01
-    $IP -n svsnap addr add 10.0.7.1/24 dev svsnap0
+    $IP -n svsnap$1 link set svsnap0 address 02:00:00:00:07:01
+    $IP -n svsnap$1 addr add 10.0.7.1/24 dev svsnap0
 }
-backends
+backends ""
 RUST_LOG=warn splitvisor --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs.cpio.gz \
     --memory 512M --cmdline "console=ttyS0 quiet sv.cmd64=$GUEST64" --api-socket $W/api.sock \
     --device vhost-user,type=blk,socket=$W/disk.sock \
@@ -93,15 +99,34 @@ echo "L1-SNAPSHOT-RAM-KIB $(du -k $W/snap/memory.bin | cut -f1)" >> $L1
 kill -9 $VMM $DISK $TRIG $NET
 wait $VMM $DISK $TRIG $NET 2>/dev/null
 sleep 0.5
-rm -f $W/*.sock $W/api.sock
-backends
-printf 'RESTORED' | dd of=$W/trigger.img conv=notrunc 2>/dev/null
-RUST_LOG=warn,vmm::vm=info splitvisor --restore file:///tmp/w/snap </dev/null >"$JOB/vm2.log" 2>&1 &
+rm -f $W/*.sock
+# a second copy of the disks, as they were at the snapshot, for a second VM
+cp $W/disk.qcow2 $W/disk2.qcow2
+for t in "" 2; do
+    [ -n "$t" ] && cp $W/trigger.img $W/trigger$t.img
+    printf 'RESTORED' | dd of=$W/trigger$t.img conv=notrunc 2>/dev/null
+    backends "$t"
+done
+RUST_LOG=warn,vmm::vm=info splitvisor --restore file:///tmp/w/snap </dev/null \
+    >"$JOB/vm2.log" 2>&1 &
 VMM2=$!
+# the same snapshot again, each device on the second set of backends
+RUST_LOG=warn,vmm::vm=info splitvisor --restore /tmp/w/snap --api-socket $W/api2.sock \
+    --device vhost-user,id=blk0,socket=$W/disk2.sock \
+    --device vhost-user,id=blk1,socket=$W/trigger2.sock \
+    --device vhost-user,id=net0,socket=$W/net2.sock </dev/null >"$JOB/vm3.log" 2>&1 &
+VMM3=$!
 wait_for GUEST-CLOCKSOURCE "$JOB/vm2.log" 300 || echo "NO-GUEST-END" >> $L1
+wait_for GUEST-CLOCKSOURCE "$JOB/vm3.log" 300 || echo "NO-GUEST-END-3" >> $L1
+for t in "" 2; do
+    echo "L1-TAP$t $($IP -s -n svsnap$t link show svsnap0 | tr '\n' ' ')" >> $L1
+done
 finish_case vm2 $VMM2 60
-kill -TERM $DISK $TRIG $NET; wait $DISK $TRIG $NET 2>/dev/null
+finish_case vm3 $VMM3 60
+kill -TERM $DISK $TRIG $NET $DISK2 $TRIG2 $NET2
+wait $DISK $TRIG $NET $DISK2 $TRIG2 $NET2 2>/dev/null
 $IP netns del svsnap
+$IP netns del svsnap2
 "#;
 
 fn job() -> &'static JobOutput {

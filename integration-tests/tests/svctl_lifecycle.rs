@@ -287,6 +287,53 @@ fn setmem_shrinks_the_guest_and_dommemstat_reports_it() {
     assert!(unused > 0 && unused < actual, "{stat}");
 }
 
+/// The console transcript that has `marker` (the sessions are numbered in the job's order).
+fn console_with(marker: &str) -> String {
+    (1..60)
+        .map(console)
+        .find(|t| t.contains(marker))
+        .unwrap_or_else(|| panic!("no console session shows {marker}"))
+}
+
+#[test]
+fn save_stops_the_domain_and_restore_brings_it_back_where_it_was() {
+    let saved = ok("save");
+    assert!(saved.contains("saved to"), "{saved}");
+    // ballooned to 256M of 512M: the state takes less than half the guest's memory
+    let kib: u64 = guest::value(&saved, "L1-SAVED-KIB")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(kib < 256 * 1024, "the saved state takes {kib} KiB: {saved}");
+    let list = ok("list-after-save");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("vm1") && l.contains("shut off")),
+        "{list}"
+    );
+    assert!(ok("restore").contains("restored from"));
+    let before = console_with("MARK-16");
+    let ctr_before: u64 = guest::value(tail(&before), "MARK-CTR-2")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let after = console_with("RESTORE-64");
+    let restored = guest::value(tail(&after), "RESTORED-5")
+        .unwrap_or_default()
+        .to_string();
+    let mut words = restored.split_whitespace();
+    assert_eq!(words.next(), Some("SAVED-25"), "{after}");
+    let ctr_after: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    // the counter loop went on from where it was, not from a new boot
+    assert!(ctr_after >= ctr_before, "{ctr_before} then {ctr_after}");
+    let info = ok("dominfo-restored");
+    assert_eq!(field(&info, "State"), "running", "{info}");
+    let used: u64 = field(&info, "Used memory")
+        .trim_end_matches(" KiB")
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(used <= 300 * 1024, "the balloon let go: used {used} KiB");
+    fails_with("restore-not-saved", "is not a saved domain");
+}
+
 #[test]
 fn shutdown_powers_the_guest_off_by_itself_and_leaves_nothing_behind() {
     let s = ok("shutdown");

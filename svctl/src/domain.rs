@@ -418,6 +418,10 @@ impl Runtime {
     pub fn transient(&self) -> PathBuf {
         self.dir.join("transient")
     }
+    /// Present while a domain is being restored: the snapshot directory its vmm starts from.
+    pub fn restore_from(&self) -> PathBuf {
+        self.dir.join("restore-from")
+    }
 }
 
 /// The vmm's configuration for this domain: the devices' sockets are in `rt`.
@@ -463,6 +467,7 @@ fn device(
     control: Option<PathBuf>,
 ) -> DeviceConfig {
     DeviceConfig {
+        id: None,
         virtio_type,
         socket,
         queues,

@@ -2,6 +2,7 @@
 //! without a supervisor), create, shutdown, destroy, suspend, resume. Each works from the
 //! domain's record (`record.rs`) when its supervisor is gone.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,18 @@ fn failed(store: &Store, name: &str, status: std::process::ExitStatus) -> String
 /// Start a domain: launch its supervisor, wait until the vmm answers on its API. A domain
 /// whose vmm runs without a supervisor (it died) gets a new one that adopts it.
 pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<Started, String> {
+    start_from(store, name, transient, None)
+}
+
+/// [`start`], or with `restore`, the domain's vmm started from that snapshot directory
+/// (`splitvisor --restore`) instead of booting: its backends start as usual, on the same
+/// sockets the snapshot names (the runtime directory is the domain's, as when it was saved).
+pub fn start_from(
+    store: &Store,
+    name: &str,
+    transient: Option<&Domain>,
+    restore: Option<&Path>,
+) -> Result<Started, String> {
     let d = match transient {
         Some(d) => d.clone(),
         None => store.load(name)?,
@@ -136,6 +149,10 @@ pub fn start(store: &Store, name: &str, transient: Option<&Domain>) -> Result<St
         let text = serde_json::to_string_pretty(d).map_err(|e| e.to_string())?;
         std::fs::write(rt.dir.join("domain.json"), text).map_err(|e| e.to_string())?;
         std::fs::write(rt.transient(), "").map_err(|e| e.to_string())?;
+    }
+    if let Some(dir) = restore {
+        std::fs::write(rt.restore_from(), dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| e.to_string())?;
     }
     let mut child = spawn_supervisor(store, name)?;
     let client = api(store, name);

@@ -13,6 +13,7 @@ mod info;
 mod lifecycle;
 mod process;
 mod record;
+mod save;
 mod store;
 mod supervise;
 mod systemd;
@@ -79,6 +80,10 @@ enum Verb {
     },
     /// Stop a domain at once (its definition is kept).
     Destroy { name: String },
+    /// Save a running domain's state (memory, devices) to DIR and stop it (virsh save).
+    Save { name: String, file: PathBuf },
+    /// Start a domain again from what `save` wrote, where it was (virsh restore).
+    Restore { file: PathBuf },
     /// Restart a backend on purpose (e.g. after an upgrade): drained, started again on its
     /// socket; DEVICE as dominfo names it (blk0), or vda, or the interface's name.
     BackendRestart { name: String, device: String },
@@ -201,6 +206,8 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
             done(format!("Domain '{name}' destroyed\n"), &name);
             Ok(())
         }
+        Verb::Save { name, file } => save::save(&store, &name, &file, out),
+        Verb::Restore { file } => save::restore(&store, &file, out),
         Verb::BackendRestart { name, device } => {
             backend_restart::backend_restart(&store, &name, &device, out)
         }

@@ -41,10 +41,12 @@ struct Args {
     /// Serial console: stdio, pty, socket=PATH, file=PATH or off [default: stdio].
     #[arg(long, value_name = "MODE")]
     serial: Option<SerialConfig>,
-    /// A vhost-user device: vhost-user,type=blk|net|balloon|<virtio id>,socket=PATH[,queues=N][,queue_size=N].
-    /// Repeatable; adds to the config file's devices.
+    /// A vhost-user device: vhost-user,type=blk|net|balloon|<virtio id>,socket=PATH[,queues=N][,queue_size=N][,id=ID].
+    /// Repeatable; adds to the config file's devices. With --restore:
+    /// vhost-user,id=ID,socket=PATH[,control=PATH], the snapshot's device ID (blk0, net0 …)
+    /// on another backend socket.
     #[arg(long = "device", value_name = "DEVICE")]
-    devices: Vec<DeviceConfig>,
+    devices: Vec<String>,
     /// What a guest reboot does: restart (reset and boot again in place) or exit (status 3)
     /// [default: restart].
     #[arg(long, value_name = "restart|exit")]
@@ -66,7 +68,7 @@ struct Args {
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["config", "kernel", "initramfs", "cmdline", "cpus", "memory", "devices"]
+        conflicts_with_all = ["config", "kernel", "initramfs", "cmdline", "cpus", "memory"]
     )]
     restore: Option<String>,
     /// With --restore: leave the vCPUs paused (`vm.resume` starts them).
@@ -92,7 +94,10 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
     cfg.serial = args.serial.unwrap_or(cfg.serial);
     cfg.name = args.name.unwrap_or(cfg.name);
     cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
-    cfg.devices.extend(args.devices);
+    for spec in &args.devices {
+        let device: DeviceConfig = spec.parse()?;
+        cfg.devices.push(device);
+    }
     cfg.api_socket = args.api_socket.or(cfg.api_socket);
     cfg.seccomp = args.seccomp.unwrap_or(cfg.seccomp);
     Ok(cfg)
@@ -113,7 +118,48 @@ fn restore_from(
     cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
     cfg.api_socket = args.api_socket.or(cfg.api_socket);
     cfg.seccomp = args.seccomp.unwrap_or(cfg.seccomp);
+    for spec in &args.devices {
+        move_device(&mut cfg, spec)?;
+    }
     Ok((r, cfg))
+}
+
+/// `--device vhost-user,id=ID,socket=PATH[,control=PATH]` with `--restore`: the snapshot's
+/// device ID has its backend on another socket now.
+fn move_device(cfg: &mut VmConfig, spec: &str) -> anyhow::Result<()> {
+    let usage = || {
+        anyhow::anyhow!(
+            "--device {spec}: with --restore, expected vhost-user,id=ID,socket=PATH[,control=PATH]"
+        )
+    };
+    let mut parts = spec.split(',');
+    if parts.next() != Some("vhost-user") {
+        return Err(usage());
+    }
+    let (mut id, mut socket, mut control) = (None, None, None);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v),
+            Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+            Some(("control", v)) if !v.is_empty() => control = Some(PathBuf::from(v)),
+            _ => return Err(usage()),
+        }
+    }
+    let (Some(id), Some(socket)) = (id, socket) else {
+        return Err(usage());
+    };
+    let ids = vmm::config::device_ids(&cfg.devices);
+    let i = ids.iter().position(|d| d == id).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--device {spec}: the snapshot has no device {id} (its devices: {})",
+            ids.join(", ")
+        )
+    })?;
+    cfg.devices[i].socket = socket;
+    if control.is_some() {
+        cfg.devices[i].control = control;
+    }
+    Ok(())
 }
 
 fn init_logging() {

@@ -29,7 +29,7 @@ use crate::snapshot::restore::{Restore, RestoreError};
 use crate::vhost_user::reconnect::{self, SharedVhostUser};
 use crate::vhost_user::VhostUserDevice;
 use crate::virtio::absent_device::AbsentDevice;
-use crate::virtio::device_type::{DeviceType, QueueUnits};
+use crate::virtio::device_type::QueueUnits;
 use crate::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::virtio::VirtioDevice;
 use crate::{signals, vcpu};
@@ -193,8 +193,9 @@ impl Vm {
         let mut api_devices = Vec::new();
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
-        for (i, dev) in cfg.devices.iter().enumerate() {
-            let name = format!("{}{i}", DeviceType::of(dev.virtio_type).name);
+        let mut restored = Vec::new();
+        let names = crate::config::device_ids(&cfg.devices);
+        for (i, (dev, name)) in cfg.devices.iter().zip(names).enumerate() {
             let mut channel = None;
             let (backend, shared): (Box<dyn VirtioDevice>, _) = match VhostUserDevice::connect(
                 &name,
@@ -247,6 +248,9 @@ impl Vm {
                     })?;
             }
             let transport = Arc::new(Mutex::new(transport));
+            if restore.is_some() {
+                restored.push(transport.clone());
+            }
             let slot = pci.add(transport.clone())?;
             let (counters, status) = {
                 let t = transport.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,6 +293,16 @@ impl Vm {
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("create a vCPU"))?;
             cpu::set_cpuid(&vcpu, &supported, id, cfg.cpus)?;
+            if let (Some(r), 0) = (restore, id) {
+                // what a vCPU here really shows (PVM shows more than it calls supported)
+                let here = vcpu
+                    .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                    .map_err(kvm_err("read a vCPU's CPUID"))?;
+                let missing = crate::snapshot::cpuid_check::missing(&r.vcpu(0)?.cpuid, &here);
+                if !missing.is_empty() {
+                    return Err(RestoreError::CpuFeatures(missing).into());
+                }
+            }
             power_on.save_vcpu(&vcpu)?;
             match restore {
                 Some(r) => crate::snapshot::vcpu_state::restore(id, &vcpu, &r.vcpu(id)?, &caps)
@@ -301,6 +315,11 @@ impl Vm {
             Some(r) => Some(restore_platform(r, &vm, &vcpus, &devices)?),
             None => None,
         };
+        for t in &restored {
+            t.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .interrupt_started_queues();
+        }
         signals::spawn_handler(exit.clone()).map_err(VmError::Thread)?;
         signals::install_vcpu_kick_handler().map_err(VmError::Thread)?;
         let control = Arc::new(RunControl::new(vm.clone(), exit.clone()));

@@ -7,6 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod device;
+pub use device::{device_ids, type_name, DeviceConfig, DeviceProblem};
+
 /// Limits checked by [`VmConfig::validate`].
 pub const MIN_MEMORY: u64 = 64 << 20;
 pub const MAX_CPUS: u8 = 254;
@@ -58,11 +61,13 @@ pub enum ConfigError {
     },
     #[error("device {index} (socket {}): {problem}", socket.display())]
     Device {
-        /// The device's place in the config's `devices` (the vmm names it `blk0`, `net1` … by it).
+        /// The device's place in the config's `devices`.
         index: usize,
         socket: PathBuf,
         problem: DeviceProblem,
     },
+    #[error("device {index}: id {id:?} is already another device's")]
+    DuplicateDeviceId { index: usize, id: String },
     #[error("invalid --on-reboot {0:?}: expected restart or exit")]
     InvalidOnReboot(String),
     #[error("no kernel given: use --kernel PATH or \"kernel\" in the config file")]
@@ -73,17 +78,6 @@ pub enum ConfigError {
     MemoryTooSmall(ByteSize),
     #[error("--memory {size} with hugepages=on is not a multiple of the 2 MiB huge page size")]
     HugepageAlignment { size: ByteSize },
-}
-
-/// What is wrong with a device's settings ([`DeviceConfig::check`]).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DeviceProblem {
-    #[error("virtio type {0} is not a device id: expected 1 to {MAX_VIRTIO_TYPE} (the PCI device id is 0x1040 + type)")]
-    VirtioType(u32),
-    #[error("queues={0}: expected 1 to {MAX_QUEUE_UNITS}")]
-    Queues(u16),
-    #[error("queue_size={0}: expected a power of two from 1 to {MAX_QUEUE_SIZE}")]
-    QueueSize(u16),
 }
 
 /// A size in bytes, written as `512M`, `2G`, `1048576` …
@@ -273,96 +267,6 @@ impl From<SerialConfig> for String {
     }
 }
 
-/// A virtio device served by a vhost-user backend process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceConfig {
-    /// Virtio device type: 1 net, 2 blk, 5 balloon, or any other virtio id.
-    #[serde(rename = "type")]
-    pub virtio_type: u32,
-    pub socket: PathBuf,
-    /// How many queue *units* (not virtqueues): request queues for blk, rx/tx queue pairs for
-    /// net, 3-queue sets (inflate, deflate, statistics) for the balloon, queues for other types.
-    /// The vmm turns units into virtqueues with its device-type table (`vmm::virtio::device_type`).
-    #[serde(default = "default_queues")]
-    pub queues: u16,
-    #[serde(default = "default_queue_size")]
-    pub queue_size: u16,
-    /// The backend's own control socket, if it has one (the balloon's: the API's balloon
-    /// requests are passed to it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub control: Option<PathBuf>,
-}
-
-fn default_queues() -> u16 {
-    1
-}
-fn default_queue_size() -> u16 {
-    crate::backend::DEFAULT_QUEUE_SIZE
-}
-
-impl FromStr for DeviceConfig {
-    type Err = ConfigError;
-    /// `vhost-user,type=blk|net|balloon|<id>,socket=PATH[,queues=N][,queue_size=N]`
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::InvalidDevice(s.to_string());
-        let mut parts = s.split(',');
-        if parts.next() != Some("vhost-user") {
-            return Err(bad());
-        }
-        let (mut virtio_type, mut socket, mut control) = (None, None, None);
-        let (mut queues, mut queue_size) = (default_queues(), default_queue_size());
-        for opt in parts {
-            match opt.split_once('=').ok_or_else(bad)? {
-                ("type", "net") => virtio_type = Some(1),
-                ("type", "blk") => virtio_type = Some(2),
-                ("type", "balloon") => virtio_type = Some(5),
-                ("type", id) => virtio_type = Some(id.parse().map_err(|_| bad())?),
-                ("socket", p) if !p.is_empty() => socket = Some(PathBuf::from(p)),
-                ("queues", n) => queues = n.parse().map_err(|_| bad())?,
-                ("queue_size", n) => queue_size = n.parse().map_err(|_| bad())?,
-                ("control", p) if !p.is_empty() => control = Some(PathBuf::from(p)),
-                _ => return Err(bad()),
-            }
-        }
-        let (Some(virtio_type), Some(socket)) = (virtio_type, socket) else {
-            return Err(bad());
-        };
-        let device = DeviceConfig {
-            virtio_type,
-            socket,
-            queues,
-            queue_size,
-            control,
-        };
-        device
-            .check()
-            .map_err(|problem| ConfigError::DeviceOption {
-                option: s.to_string(),
-                problem,
-            })?;
-        Ok(device)
-    }
-}
-
-impl DeviceConfig {
-    /// The checks every device passes, whether it comes from the command line, a config file
-    /// or the API: a virtio type that makes a PCI device id, 1 to [`MAX_QUEUE_UNITS`] queue
-    /// units, and a queue size that is a power of two up to [`MAX_QUEUE_SIZE`].
-    pub fn check(&self) -> Result<(), DeviceProblem> {
-        if !(1..=MAX_VIRTIO_TYPE).contains(&self.virtio_type) {
-            return Err(DeviceProblem::VirtioType(self.virtio_type));
-        }
-        if !(1..=MAX_QUEUE_UNITS).contains(&self.queues) {
-            return Err(DeviceProblem::Queues(self.queues));
-        }
-        if !self.queue_size.is_power_of_two() || self.queue_size > MAX_QUEUE_SIZE {
-            return Err(DeviceProblem::QueueSize(self.queue_size));
-        }
-        Ok(())
-    }
-}
-
 /// Everything that defines a VM. The JSON config file is this struct.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -440,6 +344,17 @@ impl VmConfig {
                 socket: device.socket.clone(),
                 problem,
             })?;
+        }
+        let ids = device_ids(&self.devices);
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(i, id)| ids[..*i].contains(id))
+        {
+            return Err(ConfigError::DuplicateDeviceId {
+                index: i,
+                id: id.clone(),
+            });
         }
         Ok(())
     }

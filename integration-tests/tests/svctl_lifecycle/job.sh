@@ -200,6 +200,20 @@ step dominfo-after-backend-restart
 sv dominfo vm1
 step backend-restart-nodev
 sv backend-restart vm1 vdz
+# save (ballooned to 256M) and restore: the guest goes on where it was, its balloon held
+step save
+con 30 'echo SAVED-$((5 * 5)) > /tmp/savedmark; echo "MARK-CTR-$((1 + 1)) $(cat /tmp/ctr)"; echo MARK-$((4 * 4))' MARK-16
+sv save vm1 $W/saved
+echo "L1-SAVED-KIB $(du -sk $W/saved | cut -f1)" >> $S
+step list-after-save
+sv list --all
+step restore
+sv restore $W/saved
+con 60 'echo "RESTORED-$((2 + 3)) $(cat /tmp/savedmark) $(cat /tmp/ctr)"; echo RESTORE-$((8 * 8))' RESTORE-64
+step dominfo-restored
+sv dominfo vm1
+step restore-not-saved
+sv restore $W
 step shutdown
 t0=$(l1_up)
 sv shutdown vm1 --timeout 120

@@ -159,7 +159,18 @@ fn start_afresh(store: &Store, name: &str, rt: &Runtime, me: ProcessId) -> Resul
         // recorded at once: if we die now, `svctl start` finds and stops what we started
         write_record(rt, me, None, &backends);
     }
-    let spawned = write_vmm_config(&d, rt).and_then(|args| {
+    // `svctl restore`: the vmm starts from the snapshot (its configuration, sockets included,
+    // is the snapshot's) instead of booting
+    let restore = std::fs::read(rt.restore_from()).ok();
+    let _ = std::fs::remove_file(rt.restore_from());
+    let vmm_args = match restore {
+        Some(dir) => Ok(vec![
+            "--restore".to_string(),
+            String::from_utf8_lossy(&dir).into_owned(),
+        ]),
+        None => write_vmm_config(&d, rt),
+    };
+    let spawned = vmm_args.and_then(|args| {
         let log = backend::log_file(rt, "vmm")?;
         let child = backend::command(&bin("splitvisor"), &args, log)?
             .spawn()

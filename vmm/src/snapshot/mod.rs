@@ -6,6 +6,7 @@
 //! `vm.restore`) builds on these.
 
 pub mod caps;
+pub mod cpuid_check;
 pub mod format;
 pub mod memory;
 pub mod msrs;

@@ -52,6 +52,8 @@ pub enum RestoreError {
     Device { device: String, why: String },
     #[error("the console cannot be restored: {0}")]
     Serial(String),
+    #[error("this host's CPU lacks features the snapshot's guest was shown: {}", .0.join(", "))]
+    CpuFeatures(Vec<String>),
     #[error("the source must be file:///DIRECTORY or a path, not {0:?}")]
     Url(String),
 }

@@ -38,6 +38,10 @@ pub struct VhostUserState {
     /// activation's GET_INFLIGHT_FD until the driver's reset). Absent in older captures.
     #[serde(default)]
     pub inflight_tracking: bool,
+    /// The device's config space as the guest last saw it (a restored balloon takes its
+    /// target and size back from it). Absent in older captures.
+    #[serde(default)]
+    pub config_space: Vec<u8>,
 }
 
 impl VhostUserState {
@@ -73,6 +77,7 @@ impl VhostUserDevice {
             memory_regions_added: self.regions_added,
             vrings: self.vrings.clone(),
             inflight_tracking: self.inflight_tracking(),
+            config_space: self.config_cache.clone(),
         }
     }
 }

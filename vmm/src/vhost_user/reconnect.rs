@@ -403,7 +403,7 @@ impl VirtioDevice for SharedVhostUser {
         let VirtioDeviceState::VhostUser(s) = state else {
             return Err("the snapshot holds no vhost-user state for this device".into());
         };
-        self.lock().restore_activation(&s.vrings, features, queues)
+        self.lock().restore_activation(s, features, queues)
     }
 }
 

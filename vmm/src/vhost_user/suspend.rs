@@ -7,7 +7,7 @@
 use vhost::VhostBackend;
 use vm_memory::GuestAddress;
 
-use super::persist::VringState;
+use super::persist::{VhostUserState, VringState};
 use super::{protocol_err, FrontendError, RingSetup, VhostUserDevice, F_PROTOCOL_FEATURES};
 use crate::virtio::QueueSetup;
 
@@ -125,20 +125,37 @@ impl VhostUserDevice {
     }
 
     /// A restored VM's device that its driver had started: the rings start where the
-    /// snapshot's GET_VRING_BASE stopped them.
+    /// snapshot's GET_VRING_BASE stopped them, and the backend is given the config space the
+    /// guest saw (SET_CONFIG flagged LIVE_MIGRATION, as after a backend restart) if its own
+    /// differs.
     pub fn restore_activation(
         &mut self,
-        saved: &[VringState],
+        saved: &VhostUserState,
         features: u64,
         queues: &[QueueSetup],
     ) -> Result<(), String> {
         self.vrings = saved
+            .vrings
             .iter()
             .map(|r| VringState {
                 running: false,
                 ..*r
             })
             .collect();
-        self.activate_from(features, queues, RingBase::Stopped)
+        self.activate_from(features, queues, RingBase::Stopped)?;
+        let same_size = saved.config_space.len() == self.config_cache.len();
+        if same_size && saved.config_space != self.config_cache && self.link.is_up() {
+            self.config_cache = saved.config_space.clone();
+            self.restore_config();
+            let _ = self.refresh_config();
+            if self.config_cache != saved.config_space {
+                tracing::warn!(
+                    device = %self.name,
+                    "the backend's config space differs from the snapshot's (started with other \
+                     options, e.g. another MAC?): the guest keeps what it read before"
+                );
+            }
+        }
+        Ok(())
     }
 }

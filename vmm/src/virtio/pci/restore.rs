@@ -88,6 +88,10 @@ impl VirtioPciDevice {
                 used: saved.used_ring,
             };
         }
+        // the routes first: a started backend may interrupt at once (a packet waiting on a
+        // tap), and an interrupt raised before its vector is routed is lost for good (with
+        // EVENT_IDX the backend then waits for a used_event the guest never moves)
+        self.update_routes();
         if s.activated {
             let setups = queue_setups(&self.queues, &*self.wiring);
             self.device
@@ -96,5 +100,21 @@ impl VirtioPciDevice {
         }
         self.update_routes();
         Ok(())
+    }
+
+    /// One interrupt on every started queue: once a restored VM's interrupt controllers are
+    /// in place (before its vCPUs run), and after a snapshot's rings start again. A backend stopped for the snapshot may have put
+    /// buffers in a used ring without interrupting yet, and a new backend never interrupts for
+    /// what its predecessor did; with EVENT_IDX it would then wait for a `used_event` the
+    /// guest never moves. A virtio driver takes an interrupt with nothing new as a no-op.
+    pub fn interrupt_started_queues(&self) {
+        if !self.activated {
+            return;
+        }
+        for (index, q) in self.queues.iter().enumerate() {
+            if let (true, Some((_, call))) = (q.enabled, self.wiring.queue_eventfds(index)) {
+                let _ = call.write(1);
+            }
+        }
     }
 }

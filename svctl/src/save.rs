@@ -1,0 +1,85 @@
+//! `svctl save NAME DIR` and `svctl restore DIR` (virsh save/restore): the running domain's
+//! state written by its vmm (`vm.snapshot`: registers, devices, guest RAM in a sparse file)
+//! into DIR with the domain's definition beside it (`domain.json`), the domain then stopped;
+//! and the domain started again from DIR, where it was (its backends start as usual, the vmm
+//! with `--restore`). The disks are not copied: restore expects them as they were at the
+//! save, which holds as long as the domain is not started in between (as with virsh).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::store::Store;
+use crate::{lifecycle, Out};
+
+/// How long the vmm may take to write the state (guest RAM at disk speed).
+const SAVE_LIMIT: Duration = Duration::from_secs(600);
+
+fn absolute(path: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The bytes a directory's files take on disk (sparse files count what they hold).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+pub fn save(store: &Store, name: &str, dir: &Path, out: &Out) -> Result<(), String> {
+    lifecycle::require_running(store, name)?;
+    let d = store.load(name)?;
+    let dir = absolute(dir)?;
+    if std::fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {
+        return Err(format!("{} exists and is not empty", dir.display()));
+    }
+    let t0 = Instant::now();
+    let url = format!("file://{}", dir.display());
+    lifecycle::api(store, name)
+        .with_timeout(SAVE_LIMIT)
+        .put("vm.snapshot", Some(&json!({ "destination_url": url })))
+        .map_err(|e| format!("domain '{name}': cannot save its state: {e}"))?;
+    let text = serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?;
+    let def = dir.join("domain.json");
+    std::fs::write(&def, text).map_err(|e| format!("cannot write {}: {e}", def.display()))?;
+    lifecycle::destroy(store, name)?;
+    let bytes = disk_usage(&dir);
+    let secs = t0.elapsed().as_secs_f64();
+    out.print(
+        format!(
+            "Domain '{name}' saved to {} ({:.1} MiB on disk, {secs:.1} s)\n",
+            dir.display(),
+            bytes as f64 / f64::from(1 << 20)
+        ),
+        json!({"name": name, "ok": true, "file": dir, "bytes": bytes, "seconds": secs}),
+    );
+    Ok(())
+}
+
+pub fn restore(store: &Store, dir: &Path, out: &Out) -> Result<(), String> {
+    let dir = absolute(dir)?;
+    let def = dir.join("domain.json");
+    if !def.exists() || !dir.join("state.bin").exists() {
+        return Err(format!(
+            "{} is not a saved domain (it has no domain.json and state.bin: `svctl save` \
+             writes them)",
+            dir.display()
+        ));
+    }
+    let d = crate::domain::read(&def)?;
+    let name = d.name.clone();
+    // a domain no longer defined comes back as a transient one (virsh does the same)
+    let transient = store.load(&name).is_err().then_some(d);
+    lifecycle::start_from(store, &name, transient.as_ref(), Some(&dir))?;
+    out.print(
+        format!("Domain '{name}' restored from {}\n", dir.display()),
+        json!({"name": name, "ok": true, "file": dir}),
+    );
+    Ok(())
+}
