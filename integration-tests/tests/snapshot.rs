@@ -7,7 +7,9 @@
 //! `splitvisor --restore`, and a second `--restore` of the same snapshot beside it on a
 //! second set of backends over copies of the disks (`--device vhost-user,id=…,socket=…`).
 //! Each guest must go on counting from where it was (no new boot), then find its tmpfs file
-//! and disk marker intact and reach L1 over the network again.
+//! and disk marker intact and reach L1 over the network again. The snapshot rests a minute
+//! first: the restored guest's clock shows the real time, its timers fire, and it reports no
+//! soft lockup.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,6 +38,10 @@ while [ $i -lt 3000 ]; do
     sleep 0.2
 done
 echo "GUEST-LAST-COUNT $i"
+echo "GUEST-DATE-AFTER $(date +%s)"
+sleep 1
+echo "GUEST-SLEPT-1 $(date +%s)"
+echo "GUEST-LOCKUPS $(dmesg | grep -ci 'soft lockup')"
 echo "GUEST-MD5-AFTER $(md5sum /mnt/f | cut -d' ' -f1)"
 echo "GUEST-DISK-AFTER $(dd if=/dev/vda bs=4096 skip=100 count=1 iflag=direct 2>/dev/null | head -c 20)"
 ping -c 2 -W 5 10.0.7.1 > /dev/null 2>&1
@@ -100,6 +106,8 @@ kill -9 $VMM $DISK $TRIG $NET
 wait $VMM $DISK $TRIG $NET 2>/dev/null
 sleep 0.5
 rm -f $W/*.sock
+# the snapshot rests a minute: the restored guest's clock must show the real time
+sleep 60
 # a second copy of the disks, as they were at the snapshot, for a second VM
 cp $W/disk.qcow2 $W/disk2.qcow2
 for t in "" 2; do
@@ -116,6 +124,7 @@ RUST_LOG=warn,vmm::vm=info splitvisor --restore /tmp/w/snap --api-socket $W/api2
     --device vhost-user,id=blk1,socket=$W/trigger2.sock \
     --device vhost-user,id=net0,socket=$W/net2.sock </dev/null >"$JOB/vm3.log" 2>&1 &
 VMM3=$!
+wait_for GUEST-DATE-AFTER "$JOB/vm2.log" 300 && echo "L1-DATE-AT-RESTORE $(date +%s)" >> $L1
 wait_for GUEST-CLOCKSOURCE "$JOB/vm2.log" 300 || echo "NO-GUEST-END" >> $L1
 wait_for GUEST-CLOCKSOURCE "$JOB/vm3.log" 300 || echo "NO-GUEST-END-3" >> $L1
 for t in "" 2; do

@@ -41,10 +41,16 @@ pub fn save(store: &Store, name: &str, dir: &Path, out: &Out) -> Result<(), Stri
     }
     let t0 = Instant::now();
     let url = format!("file://{}", dir.display());
-    lifecycle::api(store, name)
-        .with_timeout(SAVE_LIMIT)
-        .put("vm.snapshot", Some(&json!({ "destination_url": url })))
-        .map_err(|e| format!("domain '{name}': cannot save its state: {e}"))?;
+    // paused first, and left so: a guest that ran on after the snapshot would write to its
+    // disks what the saved memory does not know
+    let api = lifecycle::api(store, name).with_timeout(SAVE_LIMIT);
+    let paused_here = api.put("vm.pause", None).is_ok();
+    if let Err(e) = api.put("vm.snapshot", Some(&json!({ "destination_url": url }))) {
+        if paused_here {
+            let _ = api.put("vm.resume", None);
+        }
+        return Err(format!("domain '{name}': cannot save its state: {e}"));
+    }
     let text = serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?;
     let def = dir.join("domain.json");
     std::fs::write(&def, text).map_err(|e| format!("cannot write {}: {e}", def.display()))?;

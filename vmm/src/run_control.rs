@@ -33,12 +33,17 @@ pub enum RunError {
     Clock(&'static str, String),
     #[error("{0} vCPU(s) did not finish their job within {1:?}")]
     JobTimeout(usize, Duration),
+    #[error("a snapshot is being taken: try again once it is written")]
+    Snapshotting,
 }
 
 /// What each parked vCPU thread runs once (its id, its fd).
 type JobFn = dyn Fn(u8, &mut VcpuFd) -> Box<dyn Any + Send> + Send + Sync;
 
 struct Job {
+    /// Which job this is: a thread that finishes a job run_on_parked gave up on does not
+    /// count for a later one.
+    generation: u64,
     f: Arc<JobFn>,
     results: Vec<(u8, Box<dyn Any + Send>)>,
 }
@@ -50,7 +55,12 @@ struct State {
     /// pthread ids of the running vCPU threads (for the kick signal).
     threads: Vec<libc::pthread_t>,
     clock: Option<kvm_clock_data>,
+    /// When the clock was frozen (ns since the Unix epoch).
+    frozen_at_unix_ns: u64,
     job: Option<Job>,
+    jobs_started: u64,
+    /// A snapshot is being taken: pause, resume and another snapshot wait for it.
+    snapshotting: bool,
 }
 
 pub struct RunControl {
@@ -101,12 +111,12 @@ impl RunControl {
                 .job
                 .as_ref()
                 .filter(|j| j.results.iter().all(|(done, _)| *done != id))
-                .map(|j| j.f.clone());
-            if let Some(f) = pending {
+                .map(|j| (j.generation, j.f.clone()));
+            if let Some((generation, f)) = pending {
                 drop(st);
                 let result = f(id, vcpu);
                 st = self.lock();
-                if let Some(job) = st.job.as_mut() {
+                if let Some(job) = st.job.as_mut().filter(|j| j.generation == generation) {
                     job.results.push((id, result));
                 }
                 self.cond.notify_all();
@@ -124,10 +134,22 @@ impl RunControl {
 
     /// Stop every vCPU (bounded) and freeze the guest's clock.
     pub fn pause(&self) -> Result<(), RunError> {
+        self.pause_as(false)
+    }
+
+    /// The pause a snapshot makes (the only one allowed while it is being taken).
+    pub fn pause_for_snapshot(&self) -> Result<(), RunError> {
+        self.pause_as(true)
+    }
+
+    fn pause_as(&self, snapshot: bool) -> Result<(), RunError> {
         if self.exit.requested() {
             return Err(RunError::Stopping);
         }
         let mut st = self.lock();
+        if st.snapshotting && !snapshot {
+            return Err(RunError::Snapshotting);
+        }
         if st.paused {
             return Err(RunError::AlreadyPaused);
         }
@@ -152,7 +174,10 @@ impl RunControl {
                 .0;
         }
         match self.vm.get_clock() {
-            Ok(clock) => st.clock = Some(clock),
+            Ok(clock) => {
+                st.clock = Some(clock);
+                st.frozen_at_unix_ns = crate::snapshot::platform::unix_ns();
+            }
             Err(e) => tracing::warn!("cannot save the KVM clock on pause: {e}"),
         }
         tracing::info!("VM paused");
@@ -165,12 +190,15 @@ impl RunControl {
         let mut st = self.lock();
         st.paused = true;
         st.clock = Some(clock);
+        st.frozen_at_unix_ns = crate::snapshot::platform::unix_ns();
     }
 
-    /// The kvmclock as the pause froze it (`None` while running).
-    pub fn paused_clock(&self) -> Option<kvm_clock_data> {
+    /// The kvmclock as the pause froze it and when (ns since the Unix epoch); `None` while
+    /// running.
+    pub fn paused_clock(&self) -> Option<(kvm_clock_data, u64)> {
         let st = self.lock();
-        st.paused.then_some(st.clock).flatten()
+        let clock = st.paused.then_some(st.clock).flatten()?;
+        Some((clock, st.frozen_at_unix_ns))
     }
 
     /// Run `f` once on every vCPU (paused: each parked thread runs it on its own fd); the
@@ -184,7 +212,9 @@ impl RunControl {
             return Err(RunError::NotPaused);
         }
         let boxed: Arc<JobFn> = Arc::new(move |id, vcpu| Box::new(f(id, vcpu)));
+        st.jobs_started += 1;
         st.job = Some(Job {
+            generation: st.jobs_started,
             f: boxed,
             results: Vec::new(),
         });
@@ -215,7 +245,39 @@ impl RunControl {
     }
 
     pub fn resume(&self) -> Result<(), RunError> {
+        self.resume_as(false)
+    }
+
+    /// The resume that ends a snapshot of a running VM.
+    pub fn resume_after_snapshot(&self) -> Result<(), RunError> {
+        self.resume_as(true)
+    }
+
+    /// Mark a snapshot as being taken (one at a time; pause and resume are refused
+    /// meanwhile) until [`RunControl::end_snapshot`].
+    pub fn begin_snapshot(&self) -> Result<(), RunError> {
         let mut st = self.lock();
+        if st.snapshotting {
+            return Err(RunError::Snapshotting);
+        }
+        st.snapshotting = true;
+        Ok(())
+    }
+
+    pub fn end_snapshot(&self) {
+        self.lock().snapshotting = false;
+    }
+
+    /// How many vCPU threads run (and would take a job).
+    pub fn vcpu_threads(&self) -> usize {
+        self.lock().threads.len()
+    }
+
+    fn resume_as(&self, snapshot: bool) -> Result<(), RunError> {
+        let mut st = self.lock();
+        if st.snapshotting && !snapshot {
+            return Err(RunError::Snapshotting);
+        }
         if !st.paused {
             return Err(RunError::NotPaused);
         }

@@ -326,6 +326,7 @@ impl Vm {
         if let (Some(clock), Some(true)) = (restored_clock, restore.map(|r| r.paused)) {
             control.start_paused(clock);
         }
+        let mut api = None;
         if let Some(path) = &cfg.api_socket {
             let snapshot = Arc::new(crate::snapshot::save::Handles {
                 vm: vm.clone(),
@@ -355,7 +356,7 @@ impl Vm {
                 devices: api_devices,
                 snapshot: Some(snapshot),
             };
-            crate::api::server::spawn(path, Arc::new(ctx))?;
+            api = Some((path.clone(), ctx));
         }
         let mut vm = Vm {
             vm,
@@ -369,6 +370,10 @@ impl Vm {
             vcpu_threads: Vec::new(),
         };
         vm.spawn_vcpus(vcpus)?;
+        // the API last: whatever it is asked (a pause, a snapshot) finds every vCPU running
+        if let Some((path, ctx)) = api {
+            crate::api::server::spawn(&path, Arc::new(ctx))?;
+        }
         tracing::info!(name = %cfg.name, cpus = cfg.cpus, "VM started");
         Ok(vm)
     }

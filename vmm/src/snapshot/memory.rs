@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// The section version of [`MemoryManifest`].
 pub const VERSION: u32 = 1;
@@ -125,12 +126,13 @@ pub fn save(
     Ok(MemoryManifest { size, chunks })
 }
 
-/// Put the saved RAM into `memfd` (a new VM's, `size` bytes, all zeros), checking each
-/// chunk's CRC first.
+/// Put the saved RAM into a new VM's (`size` bytes, all zeros), checking each chunk's CRC
+/// first. Written through the guest's mapping, not the memfd: a hugetlbfs memfd takes no
+/// `write`.
 pub fn restore(
     manifest: &MemoryManifest,
     image: &File,
-    memfd: &File,
+    ram: &GuestMemoryMmap,
     size: u64,
 ) -> Result<(), MemoryImageError> {
     if manifest.size != size {
@@ -156,11 +158,25 @@ pub fn restore(
         if crc32fast::hash(chunk) != c.crc {
             return Err(MemoryImageError::Crc(c.offset));
         }
-        memfd
-            .write_all_at(chunk, c.offset)
-            .map_err(io("write guest RAM", c.offset))?;
+        let gpa = guest_address(ram, c.offset).ok_or(MemoryImageError::OutOfRange {
+            offset: c.offset,
+            len: c.len,
+            size,
+        })?;
+        ram.write_slice(chunk, gpa)
+            .map_err(|e| io("write guest RAM", c.offset)(std::io::Error::other(e.to_string())))?;
     }
     Ok(())
+}
+
+/// The guest address of memfd offset `offset` (regions are laid out in the memfd in order).
+fn guest_address(ram: &GuestMemoryMmap, offset: u64) -> Option<GuestAddress> {
+    ram.iter().find_map(|r| {
+        let start = r.file_offset()?.start();
+        (start..start + r.len())
+            .contains(&offset)
+            .then(|| GuestAddress(r.start_addr().0 + (offset - start)))
+    })
 }
 
 #[cfg(test)]
@@ -168,7 +184,6 @@ mod tests {
     use super::*;
     use crate::config::{ByteSize, MemoryConfig};
     use crate::memory::GuestRam;
-    use vm_memory::{Bytes, GuestAddress};
 
     fn ram(mib: u64) -> GuestRam {
         GuestRam::new(&MemoryConfig {
@@ -215,7 +230,7 @@ mod tests {
         );
 
         let dst = ram(16);
-        restore(&manifest, &out, dst.memfd().unwrap(), dst.size()).unwrap();
+        restore(&manifest, &out, dst.memory(), dst.size()).unwrap();
         let mut a = vec![0u8; 16 << 20];
         let mut b = vec![0u8; 16 << 20];
         src.memory().read_slice(&mut a, GuestAddress(0)).unwrap();
@@ -234,17 +249,17 @@ mod tests {
         let manifest = save(src.memfd().unwrap(), src.size(), &out, &mut |_| {}).unwrap();
         out.write_all_at(b"X", (1 << 20) + 2).unwrap();
         let dst = ram(8);
-        let err = restore(&manifest, &out, dst.memfd().unwrap(), dst.size()).unwrap_err();
+        let err = restore(&manifest, &out, dst.memory(), dst.size()).unwrap_err();
         assert!(
             matches!(err, MemoryImageError::Crc(o) if o == 1 << 20),
             "{err}"
         );
         let bigger = ram(16);
-        let err = restore(&manifest, &out, bigger.memfd().unwrap(), bigger.size()).unwrap_err();
+        let err = restore(&manifest, &out, bigger.memory(), bigger.size()).unwrap_err();
         assert!(matches!(err, MemoryImageError::Size { .. }), "{err}");
         let mut outside = manifest.clone();
         outside.chunks[0].offset = (8 << 20) - 100;
-        let err = restore(&outside, &out, dst.memfd().unwrap(), dst.size()).unwrap_err();
+        let err = restore(&outside, &out, dst.memory(), dst.size()).unwrap_err();
         assert!(matches!(err, MemoryImageError::OutOfRange { .. }), "{err}");
         let _ = std::fs::remove_file(path);
     }

@@ -30,8 +30,8 @@ pub struct PlatformState {
     pub irqchips: Vec<kvm_irqchip>,
     pub pit: kvm_pit_state2,
     pub clock: kvm_clock_data,
-    /// When the snapshot was taken (ns since the Unix epoch): a restore moves the clock on
-    /// by the time since.
+    /// When `clock` was read (the pause froze it; ns since the Unix epoch): a restore moves
+    /// the clock on by the time since.
     pub saved_at_unix_ns: u64,
 }
 
@@ -60,13 +60,18 @@ pub fn read_irqchips(vm: &VmFd) -> Result<Vec<kvm_irqchip>, kvm_ioctls::Error> {
     .collect()
 }
 
-/// Read the platform of a stopped VM; `clock`: the kvmclock as the pause saved it.
-pub fn capture(vm: &VmFd, clock: kvm_clock_data) -> Result<PlatformState, PlatformError> {
+/// Read the platform of a stopped VM; `clock`: the kvmclock as the pause froze it, at
+/// `frozen_at_unix_ns`.
+pub fn capture(
+    vm: &VmFd,
+    clock: kvm_clock_data,
+    frozen_at_unix_ns: u64,
+) -> Result<PlatformState, PlatformError> {
     Ok(PlatformState {
         irqchips: read_irqchips(vm).map_err(err("read the interrupt controllers"))?,
         pit: vm.get_pit2().map_err(err("read the PIT"))?,
         clock,
-        saved_at_unix_ns: unix_ns(),
+        saved_at_unix_ns: frozen_at_unix_ns,
     })
 }
 
@@ -101,7 +106,7 @@ mod tests {
         // chip 2 is the IOAPIC (KVM_IRQCHIP_IOAPIC): `ioapic` is the union's member in use
         chips[2].chip.ioapic.id = 5 << 24;
         vm.set_irqchip(&chips[2]).unwrap();
-        let s = capture(&vm, vm.get_clock().unwrap()).unwrap();
+        let s = capture(&vm, vm.get_clock().unwrap(), unix_ns()).unwrap();
         let bytes = serde_json::to_vec(&s).unwrap();
         let s: PlatformState = serde_json::from_slice(&bytes).unwrap();
 

@@ -177,13 +177,8 @@ impl Restore {
 
     /// Put the saved RAM into `ram` (fresh, all zeros).
     pub fn memory(&self, ram: &GuestRam) -> Result<(), RestoreError> {
-        let memfd = ram.memfd().ok_or(RestoreError::MemorySize {
-            dir: self.dir.clone(),
-            found: 0,
-            want: self.manifest.size,
-        })?;
         let image = self.memory_file()?;
-        memory::restore(&self.manifest, &image, memfd, ram.size())?;
+        memory::restore(&self.manifest, &image, ram.memory(), ram.size())?;
         tracing::info!(
             chunks = self.manifest.chunks.len(),
             "guest RAM restored from the snapshot"

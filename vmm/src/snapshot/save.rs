@@ -17,6 +17,7 @@
 //! and the VM runs on if it was running.
 
 use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -108,20 +109,9 @@ pub fn save(h: &Handles, dir: &Path) -> Result<SaveReport, SnapshotError> {
     if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(SnapshotError::Exists(dir.to_path_buf()));
     }
-    let was_running = !h.control.paused();
-    if was_running {
-        h.control.pause()?;
-    }
-    let result = suspend_devices(h).and_then(|suspended| {
-        let written = write_snapshot(h, dir);
-        resume_devices(h, suspended);
-        written
-    });
-    if was_running {
-        if let Err(e) = h.control.resume() {
-            tracing::error!("the VM could not be resumed after its snapshot: {e}");
-        }
-    }
+    h.control.begin_snapshot()?;
+    let result = save_exclusive(h, dir);
+    h.control.end_snapshot();
     let ram_bytes = result?;
     let report = SaveReport {
         dir: dir.to_path_buf(),
@@ -130,6 +120,23 @@ pub fn save(h: &Handles, dir: &Path) -> Result<SaveReport, SnapshotError> {
     };
     tracing::info!(?report, "snapshot taken");
     Ok(report)
+}
+
+/// [`save`] while no pause, resume or other snapshot can run.
+fn save_exclusive(h: &Handles, dir: &Path) -> Result<u64, SnapshotError> {
+    let was_running = !h.control.paused();
+    if was_running {
+        h.control.pause_for_snapshot()?;
+    }
+    let result = suspend_devices(h).and_then(|suspended| {
+        let written = write_snapshot(h, dir);
+        resume_devices(h, suspended);
+        written
+    });
+    if was_running {
+        h.control.resume_after_snapshot()?;
+    }
+    result
 }
 
 /// Stop every device's rings; on a failure, start again those already stopped.
@@ -172,18 +179,28 @@ fn write_snapshot(h: &Handles, dir: &Path) -> Result<u64, SnapshotError> {
         .map_err(|e| crate::error_chain(&e))
         .and_then(|s| serde_json::to_vec(&s).map_err(|e| e.to_string()))
     })?;
+    if vcpus.len() != usize::from(h.cfg.cpus) {
+        return Err(SnapshotError::Vcpu(format!(
+            "{} of the VM's {} vCPUs answered (is it still starting?)",
+            vcpus.len(),
+            h.cfg.cpus
+        )));
+    }
     for (id, state) in vcpus.into_iter().enumerate() {
         let state = state.map_err(SnapshotError::Vcpu)?;
         sections.put(&format!("vcpu/{id}"), vcpu_state::VERSION, state);
     }
-    let clock = match h.control.paused_clock() {
+    // the clock as the pause froze it, and when: a restore moves it on by the real time
+    // since then
+    let (clock, frozen_at) = match h.control.paused_clock() {
         Some(c) => c,
-        None => {
+        None => (
             h.vm.get_clock()
-                .map_err(|e| SnapshotError::Vcpu(e.to_string()))?
-        }
+                .map_err(|e| SnapshotError::Vcpu(e.to_string()))?,
+            platform::unix_ns(),
+        ),
     };
-    let platform = platform::capture(&h.vm, clock)?;
+    let platform = platform::capture(&h.vm, clock, frozen_at)?;
     sections.put(
         "platform",
         platform::VERSION,
@@ -204,16 +221,21 @@ fn write_snapshot(h: &Handles, dir: &Path) -> Result<u64, SnapshotError> {
     let config = serde_json::to_vec_pretty(&h.cfg)?;
     sections.put("config", CONFIG_VERSION, config.clone());
 
+    // a fresh directory of ours beside DIR (never one that exists: a link or another's
+    // directory there is refused, not followed)
     let tmp = dir.with_file_name(format!(
-        "{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         dir.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        platform::unix_ns()
     ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(io(&tmp))?;
     let written = (|| {
         let mem_path = tmp.join("memory.bin");
-        let mem = File::create(&mem_path).map_err(io(&mem_path))?;
+        let mem = create_new(&mem_path)?;
         let mut last = 0;
         let size = h.ram_size;
         let manifest = memory::save(&h.memfd, size, &mem, &mut |at| {
@@ -228,8 +250,15 @@ fn write_snapshot(h: &Handles, dir: &Path) -> Result<u64, SnapshotError> {
         sections.put("memory", memory::VERSION, serde_json::to_vec(&manifest)?);
         write_file(&tmp.join("config.json"), &config)?;
         write_file(&tmp.join("state.bin"), &sections.to_bytes())?;
+        File::open(&tmp)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&tmp))?;
         let _ = std::fs::remove_dir(dir); // an empty one (checked above)
         std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        // the new name on disk too: `svctl save` stops the VM right after
+        if let Some(parent) = dir.parent() {
+            let _ = File::open(parent).and_then(|d| d.sync_all());
+        }
         Ok(ram_bytes)
     })();
     if written.is_err() {
@@ -238,9 +267,22 @@ fn write_snapshot(h: &Handles, dir: &Path) -> Result<u64, SnapshotError> {
     written
 }
 
+/// A new file (never an existing one, nor through a link).
+fn create_new(path: &Path) -> Result<File, SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     use std::io::Write;
-    let mut f = File::create(path).map_err(io(path))?;
+    let mut f = create_new(path)?;
     f.write_all(bytes).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }

@@ -77,10 +77,18 @@ impl VirtioPciDevice {
         self.config_generation = s.config_generation;
         self.queue_select = s.queue_select;
         self.isr = s.isr;
-        for (q, saved) in self.queues.iter_mut().zip(&s.queues) {
+        for (i, (q, saved)) in self.queues.iter_mut().zip(&s.queues).enumerate() {
+            // what the guest's own writes could never have made (common_config.rs checks)
+            let sane = saved.size.is_power_of_two() && saved.size <= q.max;
+            if saved.ready && !sane {
+                return Err(format!(
+                    "queue {i}: size {} is not a queue size",
+                    saved.size
+                ));
+            }
             *q = Queue {
                 max: q.max,
-                size: saved.size.min(q.max),
+                size: if sane { saved.size } else { q.max },
                 vector: saved.msix_vector,
                 enabled: saved.ready,
                 desc: saved.desc_table,
