@@ -49,17 +49,6 @@ pub fn backend_name(d: &Domain, device: &str) -> Result<String, String> {
         })
 }
 
-/// An error with its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text += &format!(": {s}");
-        source = s.source();
-    }
-    text
-}
-
 /// The vmm's view of the device's link: (connected, reconnects, last outage).
 fn link(store: &Store, name: &str, device: &str) -> Option<(bool, u64, Option<u64>)> {
     let info = api(store, name).get::<api::types::VmInfo>("vm.info").ok()?;
@@ -86,7 +75,7 @@ pub fn backend_restart(store: &Store, name: &str, device: &str, out: &Out) -> Re
     let report = match control::request(&socket, &req, REPLY_LIMIT) {
         Ok(Reply::Restarted(r)) => r,
         Ok(Reply::Error(e)) => return Err(format!("domain '{name}': {e}")),
-        Err(e) => return Err(format!("domain '{name}': {}", chain(&e))),
+        Err(e) => return Err(format!("domain '{name}': {}", api::error_chain(&e))),
     };
     // the vmm's side: connected again after one more reconnect (bounded)
     let mut after = None;
@@ -170,7 +159,7 @@ mod tests {
             source: std::io::Error::from_raw_os_error(libc::ENOENT),
         };
         assert_eq!(
-            chain(&e),
+            api::error_chain(&e),
             "cannot reach the supervisor at /run/x.sock: No such file or directory (os error 2)"
         );
     }

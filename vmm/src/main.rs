@@ -76,7 +76,7 @@ struct Args {
     paused: bool,
 }
 
-fn config_from(args: Args) -> anyhow::Result<VmConfig> {
+fn config_from(mut args: Args) -> anyhow::Result<VmConfig> {
     let mut cfg = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -86,41 +86,49 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
         }
         None => VmConfig::default(),
     };
+    apply_process_options(&mut cfg, &mut args);
     cfg.kernel = args.kernel.or(cfg.kernel);
     cfg.initramfs = args.initramfs.or(cfg.initramfs);
     cfg.cmdline = args.cmdline.or(cfg.cmdline);
     cfg.cpus = args.cpus.unwrap_or(cfg.cpus);
     cfg.memory = args.memory.unwrap_or(cfg.memory);
-    cfg.serial = args.serial.unwrap_or(cfg.serial);
-    cfg.name = args.name.unwrap_or(cfg.name);
-    cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
     for spec in &args.devices {
         let device: DeviceConfig = spec.parse()?;
         cfg.devices.push(device);
     }
-    cfg.api_socket = args.api_socket.or(cfg.api_socket);
-    cfg.seccomp = args.seccomp.unwrap_or(cfg.seccomp);
     Ok(cfg)
+}
+
+/// What the command line may set over any configuration, a snapshot's too: the console,
+/// the name, the reboot action, the API socket and the seccomp mode.
+fn apply_process_options(cfg: &mut VmConfig, args: &mut Args) {
+    if let Some(serial) = args.serial.take() {
+        cfg.serial = serial;
+    }
+    if let Some(name) = args.name.take() {
+        cfg.name = name;
+    }
+    cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
+    if let Some(path) = args.api_socket.take() {
+        cfg.api_socket = Some(path);
+    }
+    cfg.seccomp = args.seccomp.unwrap_or(cfg.seccomp);
 }
 
 /// `--restore`: the snapshot, read and checked, and its configuration with what the command
 /// line may change.
 fn restore_from(
-    args: Args,
+    mut args: Args,
     url: &str,
 ) -> anyhow::Result<(vmm::snapshot::restore::Restore, VmConfig)> {
     use vmm::snapshot::restore::{dir_of_url, Restore};
     let dir = dir_of_url(url)?;
     let r = Restore::open(&dir, args.paused)?;
     let mut cfg = r.config()?;
-    cfg.serial = args.serial.unwrap_or(cfg.serial);
-    cfg.name = args.name.unwrap_or(cfg.name);
-    cfg.on_reboot = args.on_reboot.unwrap_or(cfg.on_reboot);
-    cfg.api_socket = args.api_socket.or(cfg.api_socket);
-    cfg.seccomp = args.seccomp.unwrap_or(cfg.seccomp);
     for spec in &args.devices {
         move_device(&mut cfg, spec)?;
     }
+    apply_process_options(&mut cfg, &mut args);
     Ok((r, cfg))
 }
 

@@ -268,11 +268,6 @@ impl RunControl {
         self.lock().snapshotting = false;
     }
 
-    /// How many vCPU threads run (and would take a job).
-    pub fn vcpu_threads(&self) -> usize {
-        self.lock().threads.len()
-    }
-
     fn resume_as(&self, snapshot: bool) -> Result<(), RunError> {
         let mut st = self.lock();
         if st.snapshotting && !snapshot {

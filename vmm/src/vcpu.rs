@@ -72,20 +72,13 @@ fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>, control: Arc<RunControl>
             break;
         }
         let event = match vcpu.run() {
-            Ok(VcpuExit::IoIn(port, data)) => {
-                devices.pio_read(port, data);
-                None
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                devices.pio_write(port, data);
-                None
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                devices.mmio_read(addr, data);
-                None
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                devices.mmio_write(addr, data);
+            Ok(
+                exit @ (VcpuExit::IoIn(..)
+                | VcpuExit::IoOut(..)
+                | VcpuExit::MmioRead(..)
+                | VcpuExit::MmioWrite(..)),
+            ) => {
+                devices.io_exit(exit);
                 None
             }
             Ok(VcpuExit::Hlt) => None,

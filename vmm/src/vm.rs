@@ -193,7 +193,6 @@ impl Vm {
         let mut api_devices = Vec::new();
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
-        let mut restored = Vec::new();
         let names = crate::config::device_ids(&cfg.devices);
         for (i, (dev, name)) in cfg.devices.iter().zip(names).enumerate() {
             let mut channel = None;
@@ -248,9 +247,6 @@ impl Vm {
                     })?;
             }
             let transport = Arc::new(Mutex::new(transport));
-            if restore.is_some() {
-                restored.push(transport.clone());
-            }
             let slot = pci.add(transport.clone())?;
             let (counters, status) = {
                 let t = transport.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,10 +311,12 @@ impl Vm {
             Some(r) => Some(restore_platform(r, &vm, &vcpus, &devices)?),
             None => None,
         };
-        for t in &restored {
-            t.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .interrupt_started_queues();
+        if restore.is_some() {
+            for d in &api_devices {
+                let t = d.transport.lock();
+                t.unwrap_or_else(|e| e.into_inner())
+                    .interrupt_started_queues();
+            }
         }
         signals::spawn_handler(exit.clone()).map_err(VmError::Thread)?;
         signals::install_vcpu_kick_handler().map_err(VmError::Thread)?;

@@ -51,15 +51,7 @@ impl TapMaker {
     /// tap is made first if we hold none).
     pub fn fds(&mut self) -> Result<Vec<OwnedFd>, String> {
         if self.held.is_empty() {
-            self.held = self.make().map_err(|e| {
-                let mut msg = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    msg.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                msg
-            })?;
+            self.held = self.make().map_err(|e| api::error_chain(&e))?;
         }
         self.held
             .iter()

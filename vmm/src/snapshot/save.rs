@@ -156,12 +156,8 @@ fn suspend_devices(h: &Handles) -> Result<usize, SnapshotError> {
 /// Start again the rings of the first `count` devices.
 fn resume_devices(h: &Handles, count: usize) {
     for (name, t) in h.transports.iter().take(count) {
-        let mut t = lock(t);
-        match t.resume_device() {
-            Ok(()) => t.interrupt_started_queues(),
-            Err(e) => {
-                tracing::error!(device = %name, "cannot start the rings again after the snapshot: {e}")
-            }
+        if let Err(e) = lock(t).resume_device() {
+            tracing::error!(device = %name, "cannot start the rings again after the snapshot: {e}");
         }
     }
 }

@@ -64,8 +64,10 @@ impl VhostUserDevice {
         Ok(())
     }
 
-    /// Start the rings a [`Self::suspend`] stopped, each where it stopped, and kick each once
-    /// (a request the guest made meanwhile is seen).
+    /// Start the rings a [`Self::suspend`] stopped, each where it stopped, and kick and call
+    /// each once, as after a reconnect: a request the guest made meanwhile is seen, and a
+    /// completion the stopped backend had not signalled is (with EVENT_IDX it would wait for
+    /// a `used_event` the guest never moves).
     pub fn resume_suspended(&mut self) -> Result<(), FrontendError> {
         // nothing was suspended: no activation (or a driver reset forgot it), or running
         if self.ring_setups.is_empty() || self.vrings.iter().any(|r| r.running) {
@@ -74,6 +76,7 @@ impl VhostUserDevice {
         self.start_rings(RingBase::Stopped)?;
         for r in &self.ring_setups {
             let _ = r.kick.write(1);
+            let _ = r.call.write(1);
         }
         tracing::info!(device = %self.name, "rings started again");
         Ok(())

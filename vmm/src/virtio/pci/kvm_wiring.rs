@@ -118,11 +118,7 @@ impl KvmWiring {
             Ok(unmasked) => unmasked,
             Err(e) => {
                 // the cause (KVM's errno) is in the chain
-                let chain: Vec<String> =
-                    std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                        .map(ToString::to_string)
-                        .collect();
-                let error = chain.join(": ");
+                let error = crate::error_chain(&e);
                 tracing::error!(device = %self.name, %error, "cannot route an interrupt");
                 false
             }

@@ -110,8 +110,9 @@ impl VirtioPciDevice {
         Ok(())
     }
 
-    /// One interrupt on every started queue: once a restored VM's interrupt controllers are
-    /// in place (before its vCPUs run), and after a snapshot's rings start again. A backend stopped for the snapshot may have put
+    /// One interrupt on every started queue, once a restored VM's interrupt controllers are
+    /// in place (before its vCPUs run; earlier, the LAPIC state written over it would drop
+    /// it). A backend stopped for the snapshot may have put
     /// buffers in a used ring without interrupting yet, and a new backend never interrupts for
     /// what its predecessor did; with EVENT_IDX it would then wait for a `used_event` the
     /// guest never moves. A virtio driver takes an interrupt with nothing new as a no-op.
