@@ -54,7 +54,7 @@ while [ $i -lt 120 ]; do
     sleep 1; i=$((i + 1))
 done
 con 30 'echo TYPED-$((6 * 7))' TYPED-42
-con 30 '(i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); echo $i > /tmp/ctr; sleep 0.1; done) & echo CTR-$((2 + 2))' CTR-4
+con 30 '(i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); echo $i > /tmp/ctr.n; mv /tmp/ctr.n /tmp/ctr; sleep 0.1; done) & echo CTR-$((2 + 2))' CTR-4
 con 30 'probe() { echo "PROBE-$1 $(cat /tmp/ctr) $(cut -d" " -f1 /proc/uptime)"; }; echo DEF-$((3 + 3))' DEF-6
 echo "L1-PROBE-A $(l1_up)" >> $S
 con 30 'probe A' 'PROBE-A '
@@ -209,7 +209,7 @@ step list-after-save
 sv list --all
 step restore
 sv restore $W/saved
-con 60 'echo "RESTORED-$((2 + 3)) $(cat /tmp/savedmark) $(cat /tmp/ctr)"; echo RESTORE-$((8 * 8))' RESTORE-64
+con 60 'c=$(cat /tmp/ctr); sleep 2; echo "RESTORED-$((2 + 3)) $(cat /tmp/savedmark) $c $(cat /tmp/ctr)"; echo RESTORE-$((8 * 8))' RESTORE-64
 step dominfo-restored
 sv dominfo vm1
 step restore-not-saved
