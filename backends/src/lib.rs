@@ -5,6 +5,7 @@
 
 pub mod config_space;
 pub mod confinement;
+pub mod control_socket;
 pub mod descriptor_chain;
 pub mod frontend_channel;
 #[doc(hidden)]

@@ -10,125 +10,31 @@
 //! ```
 //!
 //! A stats request waits at most its timeout (default 2 s, at most 30 s) for the guest, so a
-//! guest that does not answer cannot block the caller. Clients are served at the same time
-//! (a thread each, at most [`MAX_CLIENTS`]; one more is told to come back later), and each
-//! request line must arrive whole within [`LINE_TIMEOUT`] and be at most [`MAX_LINE`] bytes
-//! (else an error reply and the connection is closed), so no client can hold up another.
+//! guest that does not answer cannot block the caller. The socket itself (clients, line
+//! limits, timeouts) is `backends::control_socket`.
 
-use std::io::{self, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use api::line::{self, LineError};
+pub use backends::control_socket::{bind, error, LINE_TIMEOUT, MAX_CLIENTS, MAX_LINE};
 use serde_json::{json, Value};
 
 use crate::state::BalloonState;
 
 const MAX_TIMEOUT_MS: u64 = 30_000;
-/// The longest request line (a real request is well under 100 bytes).
-pub const MAX_LINE: usize = 64 << 10;
-/// How long a client has to send a whole request line (counted from the connection, or from
-/// the previous reply).
-pub const LINE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Clients served at once.
-pub const MAX_CLIENTS: usize = 16;
 
 /// Serve the control socket at `path` on a thread of its own.
 pub fn spawn(path: &Path, state: Arc<BalloonState>) -> io::Result<()> {
     serve_listener(bind(path)?, state)
 }
 
-/// Bind the control socket at `path` (private to our user), to [`serve_listener`] later.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    backends::socket::bind_private(path)
-}
-
 /// Serve `listener`'s clients on a thread of its own.
 pub fn serve_listener(listener: UnixListener, state: Arc<BalloonState>) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || accept(listener, state))?;
-    Ok(())
-}
-
-/// One connection's claim on a [`MAX_CLIENTS`] slot, given back when it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn accept(listener: UnixListener, state: Arc<BalloonState>) {
-    let clients = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        let mut stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("control socket: {e}");
-                continue;
-            }
-        };
-        if clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
-            clients.fetch_sub(1, Ordering::Relaxed);
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let msg = format!("too many control connections (at most {MAX_CLIENTS}); try again");
-            let _ = writeln!(stream, "{}", error(msg));
-            continue;
-        }
-        let (slot, state) = (Slot(clients.clone()), state.clone());
-        let spawned = std::thread::Builder::new()
-            .name("control-client".into())
-            .spawn(move || {
-                let _slot = slot;
-                if let Err(e) = serve(stream, &state) {
-                    tracing::debug!("control connection ended: {e}");
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!("control socket: no thread for a client: {e}");
-        }
-    }
-}
-
-fn serve(stream: UnixStream, state: &BalloonState) -> io::Result<()> {
-    // a client that stops reading cannot hold its thread for long either
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let reply = match line::read_line(&mut reader, Instant::now() + LINE_TIMEOUT, MAX_LINE) {
-            Ok(None) => return Ok(()),
-            Ok(Some(line)) => match serde_json::from_slice::<Value>(&line) {
-                Ok(req) => handle(&req, state),
-                Err(e) => error(format!("malformed request: {e}")),
-            },
-            Err(LineError::Io(e)) => return Err(e),
-            Err(LineError::TimedOut) => {
-                let secs = LINE_TIMEOUT.as_secs();
-                writeln!(
-                    writer,
-                    "{}",
-                    error(format!("no complete request line within {secs} s"))
-                )?;
-                return Ok(());
-            }
-            Err(e) => {
-                // the error, then the connection is closed
-                writeln!(writer, "{}", error(format!("request: {e}")))?;
-                return Ok(());
-            }
-        };
-        writeln!(writer, "{reply}")?;
-    }
-}
-
-fn error(msg: impl Into<String>) -> Value {
-    json!({"ok": false, "error": msg.into()})
+    backends::control_socket::serve_listener(listener, Arc::new(move |req| handle(req, &state)))
 }
 
 /// Answer one request.
@@ -191,7 +97,9 @@ pub fn reply_timeout(stats_ms: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufRead;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
 
     #[test]
     fn requests_are_checked_and_answered() {

@@ -6,6 +6,7 @@
 //! requests that `request.rs` parsed and validated; `disk/` holds the image formats.
 
 pub mod blk;
+pub mod control;
 pub mod disk;
 #[doc(hidden)]
 pub mod fuzz_harness;
@@ -51,6 +52,7 @@ pub struct Config {
     pub serial: String,
     /// Asynchronous I/O with io_uring (raw images); off or unavailable: synchronous.
     pub uring: bool,
+    pub control: Option<PathBuf>,
     pub daemon: DaemonConfig,
 }
 
@@ -68,6 +70,7 @@ impl TryFrom<api::backend::blk::BlkBackendConfig> for Config {
             queue_size: c.queue_size,
             serial: c.serial,
             uring: c.io_engine == api::backend::blk::IoEngine::Uring,
+            control: c.control,
             daemon: c.daemon,
         })
     }
@@ -86,6 +89,12 @@ pub enum Error {
     QueueSize(usize),
     #[error(transparent)]
     Open(#[from] OpenError),
+    #[error("cannot serve the control socket {path}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -111,6 +120,9 @@ pub(crate) struct BlkFactory {
     threads: usize,
     queue_size: usize,
     uring: bool,
+    /// The control socket, bound before confinement and served from `start_threads`.
+    control: Option<std::os::unix::net::UnixListener>,
+    control_path: Option<PathBuf>,
 }
 
 impl BlkFactory {
@@ -150,6 +162,8 @@ impl BlkFactory {
             threads: options.threads,
             queue_size: options.queue_size,
             uring: options.uring,
+            control: None,
+            control_path: None,
         }
     }
 }
@@ -226,9 +240,24 @@ impl BackendFactory for BlkFactory {
         Box::new(move || stats.to_string())
     }
 
+    fn start_threads(&mut self) -> std::io::Result<()> {
+        if let Some(listener) = self.control.take() {
+            control::serve_listener(listener, self.device.clone())?;
+        }
+        Ok(())
+    }
+
+    fn removed_at_exit(&self) -> Vec<PathBuf> {
+        self.control_path.iter().cloned().collect()
+    }
+
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
         let device = self.device.clone();
+        let control = self.control_path.clone();
         Box::new(move || {
+            if let Some(path) = &control {
+                let _ = std::fs::remove_file(path);
+            }
             if !device.readonly {
                 if let Err(e) = device.disk.close() {
                     tracing::error!("closing the image failed: {e}");
@@ -287,7 +316,18 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         queue_size: config.queue_size,
         uring,
     };
-    let factory = BlkFactory::new(disk, options);
-    serve::serve("splitvisor-blk", &config.daemon, factory)?;
-    Ok(())
+    let mut factory = BlkFactory::new(disk, options);
+    if let Some(path) = &config.control {
+        let listener = control::bind(path).map_err(|source| Error::Control {
+            path: path.clone(),
+            source,
+        })?;
+        factory.control = Some(listener);
+        factory.control_path = Some(path.clone());
+    }
+    let result = serve::serve("splitvisor-blk", &config.daemon, factory);
+    if let Some(path) = &config.control {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(result?)
 }

@@ -8,24 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{defaults_from_clap, DaemonConfig};
 
-/// The longest reply a control-socket client reads (statistics and counters are well under
-/// 4 KiB).
-pub const MAX_CONTROL_REPLY: usize = 64 << 10;
-
-/// One request to the control socket at `path` (one JSON line each way); the reply must come
-/// whole within `timeout` and be at most [`MAX_CONTROL_REPLY`] bytes. The error names the
-/// socket.
+/// One request to the balloon's control socket at `path` ([`super::control_request`]).
 pub fn control_request(
     path: &Path,
     req: &serde_json::Value,
     timeout: Duration,
 ) -> Result<serde_json::Value, String> {
-    let what = |e: &dyn std::fmt::Display| {
-        format!("balloon backend (control socket {}): {e}", path.display())
-    };
-    let reply = crate::line::exchange(path, &req.to_string(), timeout, MAX_CONTROL_REPLY)
-        .map_err(|e| what(&e))?;
-    serde_json::from_slice(&reply).map_err(|e| what(&format!("answered badly: {e}")))
+    super::control_request("balloon", path, req, timeout)
 }
 
 /// vhost-user balloon backend that returns the guest's free memory to the host.

@@ -73,6 +73,19 @@ pub struct BlkBackendConfig {
     /// Serial number reported to the guest (up to 20 bytes; /sys/block/vdX/serial).
     #[arg(long, value_name = "ID", default_value = "")]
     pub serial: String,
+    /// Serve the JSON control socket (flush; internal snapshots of a qcow2 image) here.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<PathBuf>,
+}
+
+/// One request to the blk backend's control socket at `path` ([`super::control_request`]).
+pub fn control_request(
+    path: &std::path::Path,
+    req: &serde_json::Value,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, String> {
+    super::control_request("blk", path, req, timeout)
 }
 
 defaults_from_clap!(BlkBackendConfig);

@@ -9,11 +9,33 @@ pub mod blk;
 mod config_file;
 pub mod net;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use config_file::{load_with_file, ConfigFileError};
+
+/// The longest reply a control-socket client reads (balloon statistics, a disk's snapshot
+/// list are well under it).
+pub const MAX_CONTROL_REPLY: usize = 64 << 10;
+
+/// One request to the control socket at `path` of the named backend (one JSON line each way); the reply must come
+/// whole within `timeout` and be at most [`MAX_CONTROL_REPLY`] bytes. The error names the
+/// socket.
+pub fn control_request(
+    backend: &str,
+    path: &Path,
+    req: &serde_json::Value,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let what = |e: &dyn std::fmt::Display| {
+        format!("{backend} backend (control socket {}): {e}", path.display())
+    };
+    let reply = crate::line::exchange(path, &req.to_string(), timeout, MAX_CONTROL_REPLY)
+        .map_err(|e| what(&e))?;
+    serde_json::from_slice(&reply).map_err(|e| what(&format!("answered badly: {e}")))
+}
 
 /// Descriptors per virtqueue unless configured otherwise (the vmm's devices and every backend).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;

@@ -40,6 +40,10 @@ pub trait Disk: Send + Sync {
     fn checks_writes_at(&self, _offset: u64) -> bool {
         false
     }
+    /// The qcow2 image behind the disk, for what only qcow2 has (internal snapshots).
+    fn qcow2(&self) -> Option<&qcow2::Qcow2Disk> {
+        None
+    }
     /// Clean shutdown: flush, and leave the image as tidy as a clean close should.
     fn close(&self) -> io::Result<()> {
         self.flush()
@@ -92,6 +96,36 @@ pub enum OpenError {
 /// Open the image at `path`. A writable image probed as raw refuses writes that would make
 /// it probe as another format (`probe_guard.rs`); backing files follow `backing.rs`'s rules.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Disk>, OpenError> {
+    open_at_depth(path, &with_allowed_dirs(path, opts)?, 0)
+}
+
+/// Open a qcow2 image by itself, for work on its internal snapshots while no guest uses it
+/// (`svctl snapshot-revert` on a stopped domain); its backing chain follows the same rules as
+/// when it is served.
+pub fn open_qcow2(path: &Path, opts: &OpenOptions) -> Result<qcow2::Qcow2Disk, OpenError> {
+    let opts = with_allowed_dirs(path, opts)?;
+    if !detect_qcow2(path)? {
+        return Err(OpenError::NotQcow2 {
+            path: path.to_path_buf(),
+        });
+    }
+    open_qcow2_at(path, &opts, 0)
+}
+
+fn open_qcow2_at(
+    path: &Path,
+    opts: &OpenOptions,
+    depth: u32,
+) -> Result<qcow2::Qcow2Disk, OpenError> {
+    let file = raw::open_file(path, opts)?;
+    qcow2::Qcow2Disk::open(file, path, opts, depth).map_err(|source| OpenError::Qcow2 {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `opts` with the backing directories resolved (`backing.rs`).
+fn with_allowed_dirs(path: &Path, opts: &OpenOptions) -> Result<OpenOptions, OpenError> {
     let dirs = backing::allowed_dirs(path, &opts.backing_dirs).map_err(|source| {
         OpenError::BackingDir {
             path: opts
@@ -103,11 +137,10 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Disk>, OpenError>
             source,
         }
     })?;
-    let opts = OpenOptions {
+    Ok(OpenOptions {
         backing_dirs: dirs,
         ..opts.clone()
-    };
-    open_at_depth(path, &opts, 0)
+    })
 }
 
 /// Open an image that is `depth` levels down a backing chain.
@@ -126,16 +159,7 @@ pub fn open_at_depth(
         Format::Qcow2 if !is_qcow2 => Err(OpenError::NotQcow2 {
             path: path.to_path_buf(),
         }),
-        Format::Qcow2 => {
-            let file = raw::open_file(path, opts)?;
-            let disk = qcow2::Qcow2Disk::open(file, path, opts, depth).map_err(|source| {
-                OpenError::Qcow2 {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
-            Ok(Box::new(disk))
-        }
+        Format::Qcow2 => Ok(Box::new(open_qcow2_at(path, opts, depth)?)),
         _ if opts.format == Format::Auto && !opts.readonly => Ok(Box::new(
             probe_guard::FirstSectorGuard::new(raw::RawDisk::open(path, opts)?),
         )),

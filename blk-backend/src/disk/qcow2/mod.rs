@@ -9,6 +9,7 @@
 //! reads and in-place writes of allocated clusters do their data I/O outside it.
 
 mod header;
+mod internal_snapshots;
 mod layout;
 mod refcount;
 mod snapshots;
@@ -23,6 +24,7 @@ use std::sync::Mutex;
 use super::file_io::{self, GuestIovecs};
 use super::{backing, Disk, OpenOptions};
 pub use header::Field;
+pub use internal_snapshots::{SnapshotError, SnapshotInfo};
 /// The first bytes of every qcow2 image ("QFI\xfb").
 pub const MAGIC: [u8; 4] = header::MAGIC.to_be_bytes();
 use header::Header;
@@ -69,6 +71,7 @@ pub struct Qcow2Disk {
     cluster_bits: u32,
     size: u64,
     version: u32,
+    readonly: bool,
     backing: Option<Box<dyn Disk>>,
     meta: Mutex<Meta>,
 }
@@ -97,18 +100,8 @@ impl Qcow2Disk {
         opts: &OpenOptions,
         depth: u32,
     ) -> Result<Self, Qcow2Error> {
-        let mut first = vec![0u8; 4096];
-        read_head(&file, &mut first)?;
-        let mut header = Header::parse(&first)?;
-        if header.cluster_size() > 4096 {
-            // header extensions may use the whole first cluster
-            first = vec![0u8; header.cluster_size() as usize];
-            read_head(&file, &mut first)?;
-            header = Header::parse(&first)?;
-        }
-        let file_len = file.metadata()?.len();
-        header.check_layout(file_len)?;
-        let mut layout = image_layout(&file, &header, file_len)?;
+        let (header, first) = read_header(&file)?;
+        let meta = load_meta(&file, &header)?;
         let backing = match &header.backing_file {
             Some(name) => Some(open_backing(
                 path,
@@ -119,21 +112,6 @@ impl Qcow2Disk {
             )?),
             None => None,
         };
-        let tables = Tables::load(
-            &file,
-            &mut layout,
-            header.cluster_bits,
-            header.l1_table_offset,
-            header.l1_size,
-        )?;
-        let refs = Refcounts::load(
-            &file,
-            &mut layout,
-            header.cluster_bits,
-            header.refcount_order,
-            header.refcount_table_offset,
-            header.refcount_table_clusters,
-        )?;
         // written only once the image passed every check
         if !opts.readonly && header.version == 3 && first.get(88..96) != Some(&[0u8; 8][..]) {
             // autoclear features (e.g. persistent bitmaps) we do not keep up to date
@@ -144,12 +122,9 @@ impl Qcow2Disk {
             cluster_bits: header.cluster_bits,
             size: header.size & !511,
             version: header.version,
+            readonly: opts.readonly,
             backing,
-            meta: Mutex::new(Meta {
-                tables,
-                refs,
-                layout,
-            }),
+            meta: Mutex::new(meta),
         })
     }
 
@@ -380,6 +355,10 @@ impl Disk for Qcow2Disk {
         self.size
     }
 
+    fn qcow2(&self) -> Option<&Qcow2Disk> {
+        Some(self)
+    }
+
     fn read_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
         let pieces = self.pieces(offset, bufs.len() as u64);
         let maps = {
@@ -441,6 +420,48 @@ fn read_head(file: &File, buf: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The header (and the first cluster's bytes, extensions included).
+fn read_header(file: &File) -> Result<(Header, Vec<u8>), Qcow2Error> {
+    let mut first = vec![0u8; 4096];
+    read_head(file, &mut first)?;
+    let mut header = Header::parse(&first)?;
+    if header.cluster_size() > 4096 {
+        // header extensions may use the whole first cluster
+        first = vec![0u8; header.cluster_size() as usize];
+        read_head(file, &mut first)?;
+        header = Header::parse(&first)?;
+    }
+    Ok((header, first))
+}
+
+/// The metadata state of the image `header` describes: its layout checked, the L1 and
+/// refcount tables read.
+fn load_meta(file: &File, header: &Header) -> Result<Meta, Qcow2Error> {
+    let file_len = file.metadata()?.len();
+    header.check_layout(file_len)?;
+    let mut layout = image_layout(file, header, file_len)?;
+    let tables = Tables::load(
+        file,
+        &mut layout,
+        header.cluster_bits,
+        header.l1_table_offset,
+        header.l1_size,
+    )?;
+    let refs = Refcounts::load(
+        file,
+        &mut layout,
+        header.cluster_bits,
+        header.refcount_order,
+        header.refcount_table_offset,
+        header.refcount_table_clusters,
+    )?;
+    Ok(Meta {
+        tables,
+        refs,
+        layout,
+    })
 }
 
 /// The image's fixed metadata regions (header cluster, L1 and refcount tables, snapshot

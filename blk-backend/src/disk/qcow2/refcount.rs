@@ -295,6 +295,63 @@ impl Refcounts {
         Ok(())
     }
 
+    /// Add `delta` to the refcount of the cluster at `offset` now (write-through, not
+    /// synced): for internal snapshots, which take and drop references to whole trees. A
+    /// count that would overflow the image's refcount width or drop below zero fails.
+    pub fn adjust(
+        &mut self,
+        file: &File,
+        layout: &mut Layout,
+        offset: u64,
+        delta: i64,
+    ) -> io::Result<u64> {
+        let cluster = offset >> self.cluster_bits;
+        let rc = self.get(file, layout, cluster)?;
+        let max = if self.order == 6 {
+            u64::MAX
+        } else {
+            (1u64 << (1 << self.order)) - 1
+        };
+        let new = rc
+            .checked_add_signed(delta)
+            .filter(|n| *n <= max)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "the refcount of cluster {cluster} would go from {rc} out of range by {delta}"
+                ))
+            })?;
+        self.set(file, layout, cluster, new)?;
+        if new == 0 {
+            self.free_hint = self.free_hint.min(cluster);
+        }
+        Ok(new)
+    }
+
+    /// `n` consecutive free clusters past the end of the file, refcount 1 and synced (for
+    /// tables longer than a cluster; the reserve is left alone). Returns the first one's
+    /// offset.
+    pub fn allocate_run(&mut self, file: &File, layout: &mut Layout, n: u64) -> io::Result<u64> {
+        let mut start = layout.end_cluster();
+        let mut taken = 0;
+        while taken < n {
+            let c = start + taken;
+            if self.get(file, layout, c)? != 0 || layout.is_metadata(c) {
+                for back in start..c {
+                    self.set(file, layout, back, 0)?;
+                }
+                start = c + 1;
+                taken = 0;
+                continue;
+            }
+            self.set(file, layout, c, 1)?;
+            // a new refcount block may have landed on a later cluster of the run
+            layout.grow_to_cluster(c);
+            taken += 1;
+        }
+        file.sync_data()?;
+        Ok(start << self.cluster_bits)
+    }
+
     /// Clean shutdown: the unused reserve is freed again.
     pub fn return_reserve(&mut self, file: &File, layout: &mut Layout) -> io::Result<()> {
         for offset in std::mem::take(&mut self.reserve) {

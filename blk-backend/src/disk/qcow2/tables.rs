@@ -14,7 +14,7 @@ pub const COPIED: u64 = 1 << 63;
 pub const COMPRESSED: u64 = 1 << 62;
 pub const ZERO: u64 = 1;
 /// Bits 9..=55: a cluster offset.
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
 /// Memory for cached L2 tables (write-through, so dropping them is free), and the fewest
 /// tables cached whatever the cluster size.
@@ -41,7 +41,7 @@ pub struct Tables {
     l2_cache: HashMap<u64, Vec<u64>>,
 }
 
-fn read_be64s(file: &File, offset: u64, count: usize) -> io::Result<Vec<u64>> {
+pub fn read_be64s(file: &File, offset: u64, count: usize) -> io::Result<Vec<u64>> {
     let mut raw = vec![0u8; count * 8];
     file.read_exact_at(&mut raw, offset)?;
     Ok(raw

@@ -68,14 +68,28 @@ pub(super) fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// `qemu-img check` passes with no leaks, and the image converts to `model`.
-fn assert_clean_and_equal(dir: &Dir, image: &Path, model: &[u8]) {
+/// `qemu-img check` finds nothing wrong and nothing leaked.
+pub(super) fn assert_clean(image: &Path) {
     let out = qemu_img(&["check", image.to_str().unwrap()]);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "qemu-img check failed:\n{text}");
     assert!(text.contains("No errors were found"), "{text}");
     assert!(!text.contains("leaked"), "{text}");
+}
+
+/// `qemu-img check` passes with no leaks, and the image converts to `model`.
+fn assert_clean_and_equal(dir: &Dir, image: &Path, model: &[u8]) {
+    assert_clean(image);
+    let bytes = converted(dir, image);
+    assert_eq!(bytes.len(), model.len());
+    if let Some(i) = (0..model.len()).find(|&i| bytes[i] != model[i]) {
+        panic!("converted image differs from the model at byte {i}");
+    }
+}
+
+/// What qemu-img reads from the image, as raw bytes.
+pub(super) fn converted(dir: &Dir, image: &Path) -> Vec<u8> {
     let raw = dir.path("converted.raw");
     qemu_img(&[
         "convert",
@@ -84,11 +98,7 @@ fn assert_clean_and_equal(dir: &Dir, image: &Path, model: &[u8]) {
         image.to_str().unwrap(),
         raw.to_str().unwrap(),
     ]);
-    let bytes = std::fs::read(&raw).unwrap();
-    assert_eq!(bytes.len(), model.len());
-    if let Some(i) = (0..model.len()).find(|&i| bytes[i] != model[i]) {
-        panic!("converted image differs from the model at byte {i}");
-    }
+    std::fs::read(raw).unwrap()
 }
 
 /// A workout: partial, cross-cluster and whole-cluster writes, rewrites, zeroes, discards.
