@@ -1,7 +1,9 @@
 //! `svctl` drives the whole life of real domains inside the nested-KVM sandbox: install (a
 //! qcow2 disk, a NIC on a bridge, a balloon) → list → console (the init marker, a typed
 //! command) → suspend (the guest's clock and a counter stop) → resume → setmem → dommemstat
-//! → domblkstat/domifstat → shutdown (the ACPI power button; the guest powers off by itself) → start → a second,
+//! → domblkstat/domifstat → save/restore → snapshot-create-as on the running domain, more
+//! writes, snapshot-revert (disk and memory as at the snapshot; qemu-img lists it and checks
+//! the image clean) → shutdown (the ACPI power button; the guest powers off by itself) → start → a second,
 //! transient domain alongside → destroy both → undefine; `list`/`dominfo` after each step, and
 //! no live process or socket left at the end. The bridge lives in a network namespace of the
 //! job's own.
@@ -338,6 +340,56 @@ fn save_stops_the_domain_and_restore_brings_it_back_where_it_was() {
         .unwrap_or(u64::MAX);
     assert!(used <= 300 * 1024, "the balloon let go: used {used} KiB");
     fails_with("restore-not-saved", "is not a saved domain");
+}
+
+#[test]
+fn a_snapshot_of_the_running_domain_brings_back_its_disk_and_memory() {
+    ok("snapshot-create");
+    let list = ok("snapshot-list");
+    assert!(
+        list.lines().any(|l| l.trim_start().starts_with("s1 ")
+            && l.contains("running")
+            && l.trim_end().ends_with("yes")),
+        "{list}"
+    );
+    let reverted = ok("snapshot-revert");
+    assert!(
+        reverted.contains("reverted to snapshot s1 (running)"),
+        "{reverted}"
+    );
+    let after = console_with("REVERT-81");
+    let words = result(&after, "REVERTED-7");
+    // written after the snapshot, both gone: the memory's file and the disk's sector
+    assert_eq!(
+        words.first().map(String::as_str),
+        Some("MEM-A"),
+        "{words:?}"
+    );
+    assert_eq!(
+        words.get(1).map(String::as_str),
+        Some("SNAP-DISK-A"),
+        "{words:?}"
+    );
+    let number = |i: usize| {
+        words
+            .get(i)
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(number(3) > number(2), "the counter runs on: {words:?}");
+    let qemu_list = ok("qemu-img-snapshot-list");
+    assert!(qemu_list.contains(" s1 "), "{qemu_list}");
+    assert!(
+        ok("qemu-img-check").contains("No errors were found"),
+        "{}",
+        step("qemu-img-check")
+    );
+    ok("snapshot-delete");
+    assert!(
+        ok("snapshot-list-after-delete").contains("\"snapshots\": []"),
+        "{}",
+        step("snapshot-list-after-delete")
+    );
 }
 
 #[test]

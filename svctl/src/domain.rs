@@ -70,7 +70,7 @@ pub struct Disk {
 }
 
 /// The format of the image at `path` as splitvisor-blk's probe would see it.
-fn detect_format(path: &Path) -> Option<&'static str> {
+pub fn detect_format(path: &Path) -> Option<&'static str> {
     use std::io::Read;
     let mut head = Vec::with_capacity(4);
     std::fs::File::open(path)
@@ -253,6 +253,7 @@ impl Domain {
             format: clap::ValueEnum::from_str(&disk.format, false).unwrap_or(ImageFormat::Auto),
             readonly: disk.readonly,
             queues: disk.queues.into(),
+            control: Some(rt.disk_control(i)),
             ..BlkBackendConfig::default()
         }
     }
@@ -382,6 +383,10 @@ impl Runtime {
     }
     pub fn disk_socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("blk{i}.sock"))
+    }
+    /// Disk `i`'s control socket (flush, internal snapshots).
+    pub fn disk_control(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("blk{i}-ctl.sock"))
     }
     pub fn disk_stats(&self, i: usize) -> PathBuf {
         self.dir.join(format!("blk{i}-stats.sock"))

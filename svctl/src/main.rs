@@ -14,6 +14,7 @@ mod lifecycle;
 mod process;
 mod record;
 mod save;
+mod snapshot;
 mod store;
 mod supervise;
 mod systemd;
@@ -84,6 +85,15 @@ enum Verb {
     Save { name: String, file: PathBuf },
     /// Start a domain again from what `save` wrote, where it was (virsh restore).
     Restore { file: PathBuf },
+    /// Snapshot a domain: its qcow2 disks (internal snapshots) and, while it runs, its
+    /// memory and devices (virsh snapshot-create-as).
+    SnapshotCreateAs { name: String, snapshot: String },
+    /// List a domain's snapshots: name, time, state, whether memory was saved.
+    SnapshotList { name: String },
+    /// Put a domain back as it was at a snapshot (running again if memory was saved).
+    SnapshotRevert { name: String, snapshot: String },
+    /// Delete a snapshot (its disk snapshots and saved state).
+    SnapshotDelete { name: String, snapshot: String },
     /// Restart a backend on purpose (e.g. after an upgrade): drained, started again on its
     /// socket; DEVICE as dominfo names it (blk0), or vda, or the interface's name.
     BackendRestart { name: String, device: String },
@@ -208,6 +218,12 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
         }
         Verb::Save { name, file } => save::save(&store, &name, &file, out),
         Verb::Restore { file } => save::restore(&store, &file, out),
+        Verb::SnapshotCreateAs { name, snapshot } => {
+            snapshot::create(&store, &name, &snapshot, out)
+        }
+        Verb::SnapshotList { name } => snapshot::list(&store, &name, out),
+        Verb::SnapshotRevert { name, snapshot } => snapshot::revert(&store, &name, &snapshot, out),
+        Verb::SnapshotDelete { name, snapshot } => snapshot::delete(&store, &name, &snapshot, out),
         Verb::BackendRestart { name, device } => {
             backend_restart::backend_restart(&store, &name, &device, out)
         }

@@ -121,6 +121,11 @@ impl Store {
         self.dir.join(format!("{name}.json"))
     }
 
+    /// Where domain `name`'s snapshots are kept (one directory each).
+    pub fn snapshots(&self, name: &str) -> PathBuf {
+        self.dir.join("snapshots").join(name)
+    }
+
     pub fn runtime(&self, name: &str) -> Runtime {
         Runtime {
             dir: self.runtime.join(name),

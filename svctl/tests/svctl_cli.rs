@@ -87,6 +87,10 @@ fn every_verb_names_an_unknown_domain() {
         &["domblkstat", "ghost"],
         &["domifstat", "ghost"],
         &["autostart", "ghost"],
+        &["snapshot-list", "ghost"],
+        &["snapshot-create-as", "ghost", "s"],
+        &["snapshot-revert", "ghost", "s"],
+        &["snapshot-delete", "ghost", "s"],
     ];
     for args in verbs {
         fails_with(&s.svctl(args), "no domain named 'ghost'");
@@ -402,4 +406,110 @@ fn generated_macs_take_40_bits_and_a_mac_twice_on_a_bridge_is_refused() {
     ]);
     fails_with(&o, "domain 'a'");
     assert!(!s.dir.join("store/e.json").exists());
+}
+
+/// `qemu-img` on `args` (the interop peer for the snapshot verbs); its stdout.
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is needed (scripts/install-deps.sh installs it)");
+    assert!(out.status.success(), "qemu-img {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// `qemu-img`'s view of the guest disk: its bytes from `offset`.
+fn guest_bytes(s: &Store, image: &str, offset: usize, len: usize) -> Vec<u8> {
+    let raw = s.dir.join("converted.raw");
+    qemu_img(&["convert", "-O", "raw", image, raw.to_str().unwrap()]);
+    std::fs::read(raw).unwrap()[offset..offset + len].to_vec()
+}
+
+#[test]
+fn snapshots_of_a_shut_off_domain_are_qcow2_internal_snapshots_both_ways() {
+    let s = Store::new("snapshots");
+    let image = s.dir.join("disk.qcow2").display().to_string();
+    let poke = |what: &str, offset: &str| {
+        // qemu-img writes the guest's bytes: `dd` through a raw conversion would not
+        let pattern = s.file("pattern", &what.repeat(512));
+        let raw = s.dir.join("whole.raw").display().to_string();
+        qemu_img(&["convert", "-O", "raw", &image, &raw]);
+        let mut bytes = std::fs::read(&raw).unwrap();
+        let at: usize = offset.parse().unwrap();
+        bytes[at..at + 512].copy_from_slice(&std::fs::read(&pattern).unwrap()[..512]);
+        std::fs::write(&raw, bytes).unwrap();
+        // written back into the same image so its snapshots stay: qemu-img dd would do;
+        // `convert -n` keeps the target image (and its snapshot table)
+        qemu_img(&["convert", "-n", "-f", "raw", "-O", "qcow2", &raw, &image]);
+    };
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "4M"]);
+    let disk = format!(r#", "disks": [{{"path": "{image}", "format": "qcow2"}}]"#);
+    let file = s.domain("snap", &disk);
+    assert!(s.svctl(&["define", &file]).status.success());
+    poke("A", "4096");
+    let made = s.svctl(&["snapshot-create-as", "snap", "first"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert_eq!(stdout(&made), "Domain snapshot first created\n");
+    fails_with(
+        &s.svctl(&["snapshot-create-as", "snap", "first"]),
+        "already has a snapshot 'first'",
+    );
+    fails_with(
+        &s.svctl(&["snapshot-create-as", "snap", "../x"]),
+        "invalid snapshot name",
+    );
+    poke("B", "4096");
+    // one made by qemu-img: listed and reverted to as well (disks only)
+    qemu_img(&["snapshot", "-c", "by-qemu", &image]);
+    poke("C", "4096");
+    let list = stdout(&s.svctl(&["snapshot-list", "snap"]));
+    assert!(list.contains("Creation Time"), "{list}");
+    let row = |n: &str| {
+        list.lines()
+            .find(|l| l.trim_start().starts_with(n))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        row("first").contains("shut off") && row("first").ends_with("no"),
+        "{list}"
+    );
+    assert!(row("by-qemu").contains("disk-snapshot"), "{list}");
+    let listed = qemu_img(&["snapshot", "-l", &image]);
+    assert!(
+        listed.contains("first") && listed.contains("by-qemu"),
+        "{listed}"
+    );
+    let r = s.svctl(&["snapshot-revert", "snap", "first"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stdout(&r).contains("reverted to snapshot first (shut off)"));
+    assert_eq!(guest_bytes(&s, &image, 4096, 512), b"A".repeat(512));
+    let r = s.svctl(&["snapshot-revert", "snap", "by-qemu"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(guest_bytes(&s, &image, 4096, 512), b"B".repeat(512));
+    let check = Command::new("qemu-img")
+        .args(["check", &image])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stdout(&check));
+    fails_with(
+        &s.svctl(&["snapshot-revert", "snap", "nope"]),
+        "has no snapshot 'nope'",
+    );
+    for snap in ["first", "by-qemu"] {
+        let d = s.svctl(&["snapshot-delete", "snap", snap]);
+        assert!(d.status.success(), "{}", stderr(&d));
+    }
+    assert!(!qemu_img(&["snapshot", "-l", &image]).contains("first"));
+    let json = stdout(&s.svctl(&["--json", "snapshot-list", "snap"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["snapshots"], serde_json::json!([]), "{json}");
+    // a raw disk cannot hold one
+    let raw = s.file("raw.img", &"\0".repeat(1 << 20));
+    let disk = format!(r#", "disks": [{{"path": "{raw}", "format": "raw"}}]"#);
+    assert!(s
+        .svctl(&["define", &s.domain("rawdom", &disk)])
+        .status
+        .success());
+    fails_with(&s.svctl(&["snapshot-create-as", "rawdom", "x"]), "is raw");
 }

@@ -214,6 +214,16 @@ step dominfo-restored
 sv dominfo vm1
 step restore-not-saved
 sv restore $W
+# a snapshot of the running domain (qcow2 internal + memory), more writes, revert
+con 60 'printf SNAP-DISK-A | dd of=/dev/vda bs=512 seek=20480 conv=fsync 2>/dev/null; echo MEM-A > /tmp/snapmark; echo SNAPA-$((3 * 3))' SNAPA-9
+step snapshot-create
+sv snapshot-create-as vm1 s1
+con 60 'printf SNAP-DISK-B | dd of=/dev/vda bs=512 seek=20480 conv=fsync 2>/dev/null; echo MEM-B > /tmp/snapmark; echo SNAPB-$((4 * 5))' SNAPB-20
+step snapshot-list
+sv snapshot-list vm1
+step snapshot-revert
+sv snapshot-revert vm1 s1
+con 60 'echo 3 > /proc/sys/vm/drop_caches; c=$(cat /tmp/ctr); sleep 2; echo "REVERTED-$((3 + 4)) $(cat /tmp/snapmark) $(dd if=/dev/vda bs=512 skip=20480 count=1 2>/dev/null | head -c 11) $c $(cat /tmp/ctr)"; echo REVERT-$((9 * 9))' REVERT-81
 step shutdown
 t0=$(l1_up)
 sv shutdown vm1 --timeout 120
@@ -242,6 +252,15 @@ step vmm-count
 live | grep -c '(splitvisor)' >> $S
 step destroy-vm1
 sv destroy vm1
+# the running domain's snapshot, as qemu-img sees it; then deleted with the domain stopped
+step qemu-img-snapshot-list
+qemu-img snapshot -l $W/disk.qcow2 >> $S 2>&1; echo "rc=$? (qemu-img)" >> $S
+step qemu-img-check
+qemu-img check $W/disk.qcow2 >> $S 2>&1; echo "rc=$? (qemu-img)" >> $S
+step snapshot-delete
+sv snapshot-delete vm1 s1
+step snapshot-list-after-delete
+sv --json snapshot-list vm1
 # vm2's supervisor is SIGKILLed: destroy works from the record alone (it stops the vmm, then
 # the backends, and removes the runtime dir; checked by the steps at the end)
 step kill-supervisor-vm2
