@@ -99,6 +99,10 @@ pub struct VmSnapshotConfig {
 pub struct RestoreConfig {
     /// `file:///DIR`: a directory `vm.snapshot` wrote.
     pub source_url: String,
+    /// Run the vCPUs at once; by default the restored VM waits paused for `vm.resume`, as
+    /// Cloud Hypervisor's does (`ch-remote restore` then `ch-remote resume`).
+    #[serde(default)]
+    pub resume: bool,
 }
 
 /// Every error: a status code and this body.

@@ -328,6 +328,55 @@ fn a_snapshot_restores_into_a_new_process_running_or_paused_and_a_damaged_one_is
 }
 
 #[test]
+fn a_vmm_with_only_an_api_socket_waits_for_vm_restore() {
+    let (vmm, snap) = snapshot_of("waiting");
+    let socket = vmm.dir.join("waiting.sock");
+    let child = Command::new(bin("splitvisor"))
+        .arg("--api-socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("target/release/splitvisor");
+    let waiting = Vmm {
+        child,
+        dir: vmm.dir.join("waiting-scratch"),
+    };
+    let api = ApiClient::new(&socket);
+    let t = Instant::now();
+    let ping = loop {
+        if let Ok(p) = api.get::<serde_json::Value>("vmm.ping") {
+            break p;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no API within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ping["vm"], false, "{ping}");
+    let (status, message) = api_error(api.get::<serde_json::Value>("vm.info"));
+    assert_eq!(status, 404, "{message}");
+    // a snapshot that is not there: refused, and the vmm still waits
+    let missing = vmm.dir.join("no-such-snapshot");
+    let body = json!({"source_url": format!("file://{}", missing.display())});
+    let (status, message) = api_error(api.put("vm.restore", Some(&body)));
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("no-such-snapshot"), "{message}");
+    assert!(api.get::<serde_json::Value>("vmm.ping").is_ok());
+    // Cloud Hypervisor's body: the VM comes back paused, `vm.resume` runs it
+    let body = json!({"source_url": format!("file://{}", snap.display())});
+    api.put("vm.restore", Some(&body)).expect("vm.restore");
+    let info: VmInfo = api.get("vm.info").expect("the VM's own API");
+    assert_eq!(
+        (info.state, info.cpus, info.name.as_str()),
+        (VmState::Paused, 2, "waiting")
+    );
+    api.put("vm.resume", None).expect("vm.resume");
+    let info: VmInfo = api.get("vm.info").unwrap();
+    assert_eq!(info.state, VmState::Running);
+    drop(waiting);
+    drop(vmm);
+}
+
+#[test]
 fn a_snapshot_whose_cpu_features_the_host_lacks_is_refused_by_name() {
     use vmm::snapshot::format::Sections;
     use vmm::snapshot::vcpu_state::{VcpuState, VERSION};

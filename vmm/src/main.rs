@@ -13,7 +13,7 @@ use vmm::config::{DeviceConfig, MemoryConfig, OnReboot, SerialConfig, VmConfig};
 use vmm::exit::EXIT_ERROR;
 use vmm::vm::Vm;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "splitvisor",
     version,
@@ -170,6 +170,49 @@ fn move_device(cfg: &mut VmConfig, spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Only `--api-socket`: no VM until `vm.restore` names a snapshot (`api/waiting.rs`);
+/// `None` when `vmm.shutdown` came first.
+fn wait_for_vm(args: Args) -> anyhow::Result<Option<Vm>> {
+    use vmm::api::waiting::{self, Outcome, Request};
+    let path = args.api_socket.clone().context("no API socket")?;
+    vmm::confinement::install(args.seccomp.unwrap_or_default())?;
+    let requests = waiting::spawn(&path)?;
+    tracing::info!("no VM yet: waiting for vm.restore on {}", path.display());
+    while let Ok(request) = requests.recv() {
+        let (config, reply) = match request {
+            Request::Shutdown => {
+                waiting::release(&path);
+                return Ok(None);
+            }
+            Request::Restore { config, reply } => (config, reply),
+        };
+        let mut wanted = args.clone();
+        wanted.paused = !config.resume;
+        let (r, cfg) = match restore_from(wanted, &config.source_url) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let _ = reply.send(Outcome::Refused(format!("{e:#}")));
+                continue;
+            }
+        };
+        waiting::release(&path);
+        return match Vm::restore(&r, &cfg) {
+            Ok(vm) => {
+                let _ = reply.send(Outcome::Started);
+                Ok(Some(vm))
+            }
+            Err(e) => {
+                let msg = format!("{:#}", anyhow::Error::from(e));
+                let _ = reply.send(Outcome::Failed(msg.clone()));
+                // the answer is written by the API thread: give it a moment before the exit
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                Err(anyhow::anyhow!(msg))
+            }
+        };
+    }
+    Ok(None)
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -184,7 +227,16 @@ fn main() -> ExitCode {
     api::unix_socket::restrict_umask();
     let args = Args::parse();
     init_logging();
+    let waits = args.restore.is_none()
+        && args.config.is_none()
+        && args.kernel.is_none()
+        && args.api_socket.is_some();
     let result = match args.restore.clone() {
+        None if waits => match wait_for_vm(args) {
+            Ok(Some(vm)) => Ok(vm),
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => Err(e),
+        },
         Some(url) => restore_from(args, &url).and_then(|(r, cfg)| {
             vmm::confinement::install(cfg.seccomp)?;
             Ok(Vm::restore(&r, &cfg)?)

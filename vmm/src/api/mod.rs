@@ -5,5 +5,6 @@
 //! config file is parsed into. docs/api.md has an example per endpoint.
 
 pub mod server;
+pub mod waiting;
 
 pub use ::api::{types, PREFIX};

@@ -73,6 +73,11 @@ fn fail(code: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Bind `path` (a stale socket is replaced, mode 0600) and serve the API on a new thread.
 pub fn spawn(path: &Path, ctx: Arc<ApiContext>) -> Result<(), ApiServerError> {
+    serve_on_thread(path, "api", router(ctx))
+}
+
+/// Bind `path` (as [`spawn`] does) and serve `app` on a thread named `thread`.
+pub fn serve_on_thread(path: &Path, thread: &str, app: Router) -> Result<(), ApiServerError> {
     let std_listener = ::api::unix_socket::bind(path, Some(0o600)).map_err(ApiServerError::Bind)?;
     std_listener
         .set_nonblocking(true)
@@ -85,14 +90,14 @@ pub fn spawn(path: &Path, ctx: Arc<ApiContext>) -> Result<(), ApiServerError> {
         .build()
         .map_err(ApiServerError::Thread)?;
     std::thread::Builder::new()
-        .name("api".into())
+        .name(thread.into())
         .spawn(move || {
             runtime.block_on(async move {
                 let listener = match tokio::net::UnixListener::from_std(std_listener) {
                     Ok(l) => l,
                     Err(e) => return tracing::error!("API socket: {e}"),
                 };
-                if let Err(e) = axum::serve(listener, router(ctx)).await {
+                if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("API server stopped: {e}");
                 }
             })

@@ -1,0 +1,116 @@
+//! A vmm started with only `--api-socket` has no VM yet. It answers `vmm.ping` and
+//! `vmm.shutdown`, and waits for `PUT /api/v1/vm.restore {"source_url": "file:///DIR"}`
+//! (Cloud Hypervisor's body): the main thread then starts the VM from that snapshot as
+//! `--restore` would (paused unless `"resume": true`, as Cloud Hypervisor does), and the
+//! request is answered once the VM is built. A snapshot that cannot be read is refused (400)
+//! and the vmm keeps waiting; a VM that fails to build ends the process after the answer.
+//!
+//! The VM's own API server binds the same path: the main thread unlinks this server's socket
+//! first, so the request in flight is answered on its connection while new ones reach the VM.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::server::ApiServerError;
+use ::api::types::{ApiError, RestoreConfig};
+
+/// What the waiting API asks of the main thread.
+pub enum Request {
+    /// Start the VM from this snapshot; the outcome goes back through `reply`.
+    Restore {
+        config: RestoreConfig,
+        reply: oneshot::Sender<Outcome>,
+    },
+    /// `vmm.shutdown`: end the process.
+    Shutdown,
+}
+
+/// How a `vm.restore` ended.
+pub enum Outcome {
+    Started,
+    /// The snapshot was refused; the vmm still waits.
+    Refused(String),
+    /// Building the VM failed; the vmm exits.
+    Failed(String),
+}
+
+fn fail(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(ApiError { error: msg.into() })).into_response()
+}
+
+/// Bind `path` (mode 0600) and serve the waiting API on a thread of its own; the requests
+/// come out of the returned channel.
+pub fn spawn(path: &Path) -> Result<mpsc::Receiver<Request>, ApiServerError> {
+    let (tx, rx) = mpsc::channel();
+    super::server::serve_on_thread(path, "api-waiting", router(tx))?;
+    Ok(rx)
+}
+
+fn router(tx: mpsc::Sender<Request>) -> Router {
+    let p = |s: &str| format!("{}/{s}", ::api::PREFIX);
+    let restore_tx = tx.clone();
+    Router::new()
+        .route(
+            &p("vmm.ping"),
+            get(|| async {
+                Json(json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "pid": std::process::id(),
+                    "vm": false,
+                }))
+            }),
+        )
+        .route(
+            &p("vmm.shutdown"),
+            put(move || async move {
+                let _ = tx.send(Request::Shutdown);
+                StatusCode::NO_CONTENT.into_response()
+            }),
+        )
+        .route(
+            &p("vm.restore"),
+            put(move |body| restore(restore_tx.clone(), body)),
+        )
+        .fallback(|| async {
+            fail(
+                StatusCode::NOT_FOUND,
+                "no VM yet: this vmm waits for vm.restore (or was given no endpoint like this)",
+            )
+        })
+}
+
+async fn restore(
+    tx: mpsc::Sender<Request>,
+    body: Result<Json<RestoreConfig>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(config) = match body {
+        Ok(b) => b,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (reply, outcome) = oneshot::channel();
+    if tx.send(Request::Restore { config, reply }).is_err() {
+        return fail(
+            StatusCode::CONFLICT,
+            "the vmm is no longer waiting for a VM",
+        );
+    }
+    match outcome.await {
+        Ok(Outcome::Started) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Outcome::Refused(e)) => fail(StatusCode::BAD_REQUEST, e),
+        Ok(Outcome::Failed(e)) => fail(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => fail(StatusCode::CONFLICT, "another request started a VM first"),
+    }
+}
+
+/// Make the waiting server unreachable by name (its open connections stay answered), so the
+/// VM's API server can bind `path`.
+pub fn release(path: &PathBuf) {
+    let _ = std::fs::remove_file(path);
+}
