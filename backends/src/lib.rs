@@ -7,6 +7,7 @@ pub mod config_space;
 pub mod confinement;
 pub mod control_socket;
 pub mod descriptor_chain;
+pub mod device_state;
 pub mod frontend_channel;
 #[doc(hidden)]
 pub mod fuzz_harness;

@@ -10,6 +10,7 @@ pub mod control;
 #[doc(hidden)]
 pub mod fuzz_harness;
 pub mod pages;
+mod saved_state;
 pub mod state;
 pub mod vhu_balloon;
 pub mod virtio_balloon;

@@ -96,6 +96,30 @@ impl Balloon {
         self.pages
     }
 
+    /// The pages in the balloon as runs (first page frame number, count), in order: what a
+    /// snapshot keeps of it.
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (&key, &word) in &self.words {
+            for bit in (0..64).filter(|b| word & (1 << b) != 0) {
+                let pfn = key * 64 + bit;
+                match out.last_mut() {
+                    Some((start, n)) if *start + *n == pfn => *n += 1,
+                    _ => out.push((pfn, 1)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Put `count` pages from `start` in the balloon's books (a restored balloon: the host
+    /// already gave them back).
+    pub fn restore_run(&mut self, start: u64, count: u64) {
+        for pfn in start..start.saturating_add(count) {
+            self.set(pfn, true);
+        }
+    }
+
     /// Words of bookkeeping held (what the balloon costs: 8 bytes and a map entry each).
     #[cfg(test)]
     pub fn words(&self) -> usize {

@@ -145,14 +145,21 @@ impl BalloonState {
             u32::from_le_bytes([space[at], space[at + 1], space[at + 2], space[at + 3]])
         };
         let (num_pages, actual) = (word(0), word(4));
+        self.take_pages(num_pages, actual);
+        Ok(true)
+    }
+
+    /// Take a target and `actual` restored from the frontend (its config space or a
+    /// snapshot's device state).
+    pub fn take_pages(&self, num_pages: u32, actual: u32) {
         self.num_pages.store(num_pages, Ordering::Relaxed);
         self.actual.store(actual, Ordering::Relaxed);
+        self.settled.store(true, Ordering::Release);
         tracing::info!(
             num_pages,
             actual_pages = actual,
             "balloon state restored from the frontend"
         );
-        Ok(true)
     }
 
     pub fn target(&self) -> u64 {

@@ -41,6 +41,8 @@ pub struct VhostUserBalloon {
     balloon: Mutex<Balloon>,
     /// The stats buffer the driver gave, held until fresh numbers are wanted.
     stats_buffer: Mutex<Option<(u16, VringRwLock)>>,
+    /// A DEVICE_STATE transfer in progress (`saved_state.rs`).
+    transfer: backends::device_state::Transfer,
 }
 
 /// The bytes of a chain the driver fills and the device only reads (at most `max`).
@@ -74,6 +76,7 @@ impl VhostUserBalloon {
             mem: GuestMemoryHandle::new(),
             balloon: Mutex::new(Balloon::default()),
             stats_buffer: Mutex::new(None),
+            transfer: Default::default(),
         }
     }
 
@@ -178,6 +181,19 @@ impl VhostUserBalloon {
     }
 }
 
+impl VhostUserBalloon {
+    pub(crate) fn state(&self) -> &BalloonState {
+        &self.state
+    }
+
+    /// The books of the pages in the balloon.
+    pub(crate) fn pages(&self) -> std::io::Result<std::sync::MutexGuard<'_, Balloon>> {
+        self.balloon
+            .lock()
+            .map_err(|_| std::io::Error::other("balloon lock poisoned"))
+    }
+}
+
 impl VhostUserBackend for VhostUserBalloon {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -203,7 +219,10 @@ impl VhostUserBackend for VhostUserBalloon {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::DEVICE_STATE
     }
+
+    backends::device_state_methods!(transfer);
 
     fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Relaxed);

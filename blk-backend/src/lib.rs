@@ -11,6 +11,7 @@ pub mod disk;
 #[doc(hidden)]
 pub mod fuzz_harness;
 pub mod request;
+mod saved_state;
 pub mod stats;
 pub mod uring;
 pub mod vhu_blk;

@@ -39,6 +39,8 @@ pub struct VhostUserBlk {
     queues: Vec<Mutex<QueueState>>,
     /// The inflight region the frontend gave this connection (INFLIGHT_SHMFD).
     inflight: InflightSlot,
+    /// A DEVICE_STATE transfer in progress (`saved_state.rs`).
+    transfer: backends::device_state::Transfer,
 }
 
 struct QueueState {
@@ -142,6 +144,7 @@ impl VhostUserBlk {
             mem: GuestMemoryHandle::new(),
             queues,
             inflight: InflightSlot::new(num_queues as u16),
+            transfer: Default::default(),
         })
     }
 
@@ -316,6 +319,21 @@ impl VhostUserBlk {
     }
 }
 
+impl VhostUserBlk {
+    pub(crate) fn device(&self) -> &BlkDevice {
+        &self.device
+    }
+
+    /// Requests handed to io_uring and not completed yet, over every queue.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.queues
+            .iter()
+            .filter_map(|q| q.lock().ok())
+            .filter_map(|q| q.uring.as_ref().map(|u| u.in_flight()))
+            .sum()
+    }
+}
+
 impl VhostUserBackend for VhostUserBlk {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -354,7 +372,10 @@ impl VhostUserBackend for VhostUserBlk {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::DEVICE_STATE
     }
+
+    backends::device_state_methods!(transfer);
 
     fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Relaxed);

@@ -229,6 +229,15 @@ fn memory_disk_and_network_are_as_they_were_in_both_restored_vms() {
     let md5 = value(&before, "GUEST-MD5-BEFORE");
     // the second restore runs beside the first, each device on its own backend (--device
     // id=…,socket=…) over its own copy of the disks
+    // each new net backend took the queue pairs the guest enabled from the snapshot's
+    // device state (DEVICE_STATE), as its predecessor saved them
+    for err in ["net.err", "net2.err"] {
+        let log = file(err);
+        assert!(
+            log.contains("queue pairs in use, from the snapshot pairs=1"),
+            "{err}: {log}"
+        );
+    }
     for log in ["vm2.log", "vm3.log"] {
         let after = file(log);
         assert_eq!(value(&after, "GUEST-MD5-AFTER"), md5, "{log}: {after}");

@@ -11,6 +11,7 @@ pub mod flow;
 #[doc(hidden)]
 pub mod fuzz_harness;
 pub mod rx;
+mod saved_state;
 pub mod stats;
 pub mod tap;
 pub mod tx;

@@ -44,7 +44,7 @@ pub struct VhostUserNet {
     rx: Vec<Mutex<RxQueue>>,
     stats: Arc<NetStats>,
     /// Pairs the driver asked for on our control queue (all, until it asks).
-    pairs_in_use: AtomicUsize,
+    pub(crate) pairs_in_use: AtomicUsize,
     /// Whether each pair's tap queue is attached (gets packets from the kernel).
     attached: Vec<AtomicBool>,
     /// Which attached tap queue each flow the guest sends goes out on (all pairs share it).
@@ -52,6 +52,8 @@ pub struct VhostUserNet {
     /// Held while a tap queue is attached or detached (pair 0's thread on a control command,
     /// a pair's own thread when its rings change).
     attaching: Mutex<()>,
+    /// A DEVICE_STATE transfer in progress (`saved_state.rs`).
+    transfer: backends::device_state::Transfer,
 }
 
 impl VhostUserNet {
@@ -77,6 +79,7 @@ impl VhostUserNet {
             attached: (0..pairs).map(|p| AtomicBool::new(p == 0)).collect(),
             flows: FlowTable::default(),
             attaching: Mutex::new(()),
+            transfer: Default::default(),
         }
     }
 
@@ -249,6 +252,14 @@ impl VhostUserNet {
         Ok(())
     }
 
+    pub(crate) fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    pub(crate) fn pairs(&self) -> usize {
+        self.pairs
+    }
+
     fn set_pairs(&self, n: u16) -> u8 {
         let n = usize::from(n);
         self.pairs_in_use.store(n, Ordering::Relaxed);
@@ -361,7 +372,10 @@ impl VhostUserBackend for VhostUserNet {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::DEVICE_STATE
     }
+
+    backends::device_state_methods!(transfer);
 
     fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Relaxed);

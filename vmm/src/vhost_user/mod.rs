@@ -9,6 +9,7 @@
 mod call_deadline;
 #[cfg(test)]
 mod config_space_tests;
+mod device_state;
 #[cfg(test)]
 mod frontend_tests;
 pub mod inflight;
@@ -145,6 +146,8 @@ pub struct VhostUserDevice {
     /// With INFLIGHT_SHMFD: the backend's in-flight record, from the first activation's
     /// GET_INFLIGHT_FD to the driver's reset; every new connection gets the same one.
     inflight: Option<inflight::InflightRegion>,
+    /// The backend's own state, taken by the last [`Self::suspend`] (DEVICE_STATE).
+    saved_state: Option<Vec<u8>>,
 }
 
 /// One queue as the driver set it up, kept for replaying it to a new backend connection.
@@ -191,7 +194,8 @@ const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::CONFIG)
     .union(VhostUserProtocolFeatures::BACKEND_REQ)
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
-    .union(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
+    .union(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    .union(VhostUserProtocolFeatures::DEVICE_STATE);
 
 /// What the driver-independent part of the negotiation learned from one connection.
 struct Handshake {
@@ -336,6 +340,7 @@ impl VhostUserDevice {
             link: reconnect::Link::default(),
             call_timeout,
             inflight: None,
+            saved_state: None,
         })
     }
 

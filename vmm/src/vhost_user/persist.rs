@@ -42,6 +42,10 @@ pub struct VhostUserState {
     /// target and size back from it). Absent in older captures.
     #[serde(default)]
     pub config_space: Vec<u8>,
+    /// The backend's own state (DEVICE_STATE), taken with its rings stopped; `None` when it
+    /// keeps none (or in older captures).
+    #[serde(default)]
+    pub device_state: Option<Vec<u8>>,
 }
 
 impl VhostUserState {
@@ -78,6 +82,7 @@ impl VhostUserDevice {
             vrings: self.vrings.clone(),
             inflight_tracking: self.inflight_tracking(),
             config_space: self.config_cache.clone(),
+            device_state: self.saved_state.clone(),
         }
     }
 }

@@ -61,7 +61,18 @@ impl VhostUserDevice {
             ring.running = false;
         }
         tracing::info!(device = %self.name, rings = self.vrings.len(), "rings stopped");
-        Ok(())
+        drop(_deadline);
+        match self.save_device_state() {
+            Ok(state) => {
+                self.saved_state = state;
+                Ok(())
+            }
+            Err(e) => {
+                // not suspended after all: the rings run on
+                let _ = self.resume_suspended();
+                Err(e)
+            }
+        }
     }
 
     /// Start the rings a [`Self::suspend`] stopped, each where it stopped, and kick and call
@@ -127,8 +138,9 @@ impl VhostUserDevice {
         }
     }
 
-    /// A restored VM's device that its driver had started: the rings start where the
-    /// snapshot's GET_VRING_BASE stopped them, and the backend is given the config space the
+    /// A restored VM's device that its driver had started: the backend gets the state its
+    /// predecessor saved (`device_state.rs`; a refusal fails the restore), the rings start
+    /// where the snapshot's GET_VRING_BASE stopped them, and the backend is given the config space the
     /// guest saw (SET_CONFIG flagged LIVE_MIGRATION, as after a backend restart) if its own
     /// differs.
     pub fn restore_activation(
@@ -145,6 +157,9 @@ impl VhostUserDevice {
                 ..*r
             })
             .collect();
+        if let (Some(state), true) = (&saved.device_state, self.link.is_up()) {
+            self.load_device_state(state).map_err(|e| e.to_string())?;
+        }
         self.activate_from(features, queues, RingBase::Stopped)?;
         let same_size = saved.config_space.len() == self.config_cache.len();
         if same_size && saved.config_space != self.config_cache && self.link.is_up() {
