@@ -379,10 +379,14 @@ fn a_snapshot_of_the_running_domain_brings_back_its_disk_and_memory() {
     assert!(number(3) > number(2), "the counter runs on: {words:?}");
     let qemu_list = ok("qemu-img-snapshot-list");
     assert!(qemu_list.contains(" s1 "), "{qemu_list}");
+    // no corruption; leaked clusters are allowed: the backend SIGKILLed by an earlier step
+    // could not give back its reserve of allocated clusters (by design, docs/backends.md)
+    let check = step("qemu-img-check");
     assert!(
-        ok("qemu-img-check").contains("No errors were found"),
-        "{}",
-        step("qemu-img-check")
+        (check.contains("rc=0 ") || check.contains("rc=3 "))
+            && !check.contains("ERROR")
+            && !check.contains("corruptions"),
+        "{check}"
     );
     ok("snapshot-delete");
     assert!(
