@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::domain::Domain;
 use crate::store::Store;
 use crate::{lifecycle, Out};
 
@@ -68,6 +69,35 @@ pub fn save(store: &Store, name: &str, dir: &Path, out: &Out) -> Result<(), Stri
     Ok(())
 }
 
+/// A saved state runs only on the machine it was saved with: refuse a domain redefined since
+/// (its backends would be started for the new definition), naming what changed.
+pub fn same_definition(current: &Domain, saved: &Domain, file: &Path) -> Result<(), String> {
+    let (now, then) = (
+        serde_json::to_value(current).map_err(|e| e.to_string())?,
+        serde_json::to_value(saved).map_err(|e| e.to_string())?,
+    );
+    let keys = now
+        .as_object()
+        .into_iter()
+        .chain(then.as_object())
+        .flat_map(|o| o.keys());
+    let mut changed: Vec<&str> = keys
+        .filter(|k| now.get(*k) != then.get(*k) && *k != "autostart")
+        .map(String::as_str)
+        .collect();
+    changed.sort_unstable();
+    changed.dedup();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "domain '{}' was redefined since its state was saved ({} changed): the state needs          the definition it was saved with (`svctl define {}`)",
+        current.name,
+        changed.join(", "),
+        file.display()
+    ))
+}
+
 pub fn restore(store: &Store, dir: &Path, out: &Out) -> Result<(), String> {
     let dir = absolute(dir)?;
     let def = dir.join("domain.json");
@@ -81,11 +111,43 @@ pub fn restore(store: &Store, dir: &Path, out: &Out) -> Result<(), String> {
     let d = crate::domain::read(&def)?;
     let name = d.name.clone();
     // a domain no longer defined comes back as a transient one (virsh does the same)
-    let transient = store.load(&name).is_err().then_some(d);
+    let transient = match store.load(&name) {
+        Ok(current) => {
+            same_definition(&current, &d, &def)?;
+            None
+        }
+        Err(_) => Some(d),
+    };
     lifecycle::start_from(store, &name, transient.as_ref(), Some(&dir))?;
     out.print(
         format!("Domain '{name}' restored from {}\n", dir.display()),
         json!({"name": name, "ok": true, "file": dir}),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domain(extra: serde_json::Value) -> Domain {
+        let mut v = json!({"name": "vm1", "memory": "512M", "kernel": "/k"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_domain_redefined_since_the_save_is_refused_naming_what_changed() {
+        let file = Path::new("/saved/domain.json");
+        let saved = domain(json!({}));
+        assert!(same_definition(&saved, &saved, file).is_ok());
+        // autostart is not part of the machine
+        assert!(same_definition(&domain(json!({"autostart": true})), &saved, file).is_ok());
+        let err = same_definition(&domain(json!({"memory": "1G", "vcpus": 2})), &saved, file)
+            .unwrap_err();
+        assert!(err.contains("(memory, vcpus changed)"), "{err}");
+        assert!(err.contains("svctl define /saved/domain.json"), "{err}");
+    }
 }

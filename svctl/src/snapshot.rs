@@ -331,6 +331,11 @@ pub fn revert(store: &Store, name: &str, snap: &str, out: &Out) -> Result<(), St
             });
         }
     }
+    let with_memory = meta.as_ref().is_some_and(|m| m.memory);
+    if with_memory {
+        let def = dir.join("domain.json");
+        crate::save::same_definition(&d, &crate::domain::read(&def)?, &def)?;
+    }
     if running {
         lifecycle::destroy(store, name)?;
     }
@@ -340,7 +345,7 @@ pub fn revert(store: &Store, name: &str, snap: &str, out: &Out) -> Result<(), St
         let closed = disk::Disk::close(&q).map_err(|e| format!("{}: {e}", path.display()));
         applied.and(closed)?;
     }
-    let with_memory = meta.as_ref().is_some_and(|m| m.memory);
+
     if with_memory {
         lifecycle::start_from(store, name, None, Some(&dir))?;
     }

@@ -148,6 +148,9 @@ pub struct VhostUserDevice {
     inflight: Option<inflight::InflightRegion>,
     /// The backend's own state, taken by the last [`Self::suspend`] (DEVICE_STATE).
     saved_state: Option<Vec<u8>>,
+    /// Between [`Self::suspend`] and [`Self::resume_suspended`]: a new connection leaves the
+    /// rings stopped (a snapshot is reading guest memory), the resume starts them.
+    suspended: bool,
 }
 
 /// One queue as the driver set it up, kept for replaying it to a new backend connection.
@@ -341,6 +344,7 @@ impl VhostUserDevice {
             call_timeout,
             inflight: None,
             saved_state: None,
+            suspended: false,
         })
     }
 

@@ -319,7 +319,9 @@ impl VhostUserDevice {
             old.close();
         }
         self.channel_closer = hs.channel.as_ref().and_then(|c| c.closer().ok());
-        if !self.ring_setups.is_empty() {
+        if self.suspended {
+            tracing::info!(device = %self.name, "rings left stopped: a snapshot is being taken");
+        } else if !self.ring_setups.is_empty() {
             if let Err(e) = self.start_rings(super::suspend::RingBase::UsedIndex) {
                 self.close_connection();
                 return Err(e);

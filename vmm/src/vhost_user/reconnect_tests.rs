@@ -320,3 +320,33 @@ fn the_reconnect_thread_brings_a_restarted_backend_back() {
     wait_until("the config interrupt", || config_interrupt(&transport));
     let _ = std::fs::remove_file(&next.path);
 }
+
+#[test]
+fn a_backend_back_while_a_snapshot_reads_memory_gets_its_rings_only_at_the_resume() {
+    let ram = guest_ram();
+    let rings = Rings::new();
+    let first = mem_slots("suspended", 8);
+    let mut dev = net(&first, &ram);
+    dev.activate(F_VERSION_1 | F_MAC, &rings.setups()).unwrap();
+    dev.suspend().expect("rings stopped");
+    gone(&mut dev, &first);
+
+    let second = mem_slots("suspended", 8);
+    dev.reconnect(UnixStream::connect(&second.path).unwrap())
+        .unwrap();
+    assert!(dev.link_status().is_up());
+    assert!(
+        second.messages(SET_VRING_BASE).is_empty(),
+        "no ring may run while the snapshot reads guest memory: {:?}",
+        second.requests()
+    );
+    dev.resume_suspended().expect("rings started");
+    second.wait_for(SET_VRING_ENABLE, 2);
+    // each where the first backend's GET_VRING_BASE stopped it (100 + index)
+    let bases: Vec<Vec<u8>> = second.messages(SET_VRING_BASE);
+    assert_eq!(bases.len(), 2, "{:?}", second.requests());
+    for (i, body) in bases.iter().enumerate() {
+        let num = u32::from_le_bytes(body[4..8].try_into().unwrap());
+        assert_eq!(num, 100 + i as u32, "ring {i}");
+    }
+}

@@ -41,6 +41,7 @@ impl VhostUserDevice {
     /// is not connected cannot be stopped: the snapshot would not be consistent.
     pub fn suspend(&mut self) -> Result<(), FrontendError> {
         if !self.vrings.iter().any(|r| r.running) {
+            self.suspended = true;
             return Ok(());
         }
         if !self.link.is_up() {
@@ -65,6 +66,7 @@ impl VhostUserDevice {
         match self.save_device_state() {
             Ok(state) => {
                 self.saved_state = state;
+                self.suspended = true;
                 Ok(())
             }
             Err(e) => {
@@ -80,6 +82,7 @@ impl VhostUserDevice {
     /// completion the stopped backend had not signalled is (with EVENT_IDX it would wait for
     /// a `used_event` the guest never moves).
     pub fn resume_suspended(&mut self) -> Result<(), FrontendError> {
+        self.suspended = false;
         // nothing was suspended: no activation (or a driver reset forgot it), or running
         if self.ring_setups.is_empty() || self.vrings.iter().any(|r| r.running) {
             return Ok(());
