@@ -19,8 +19,8 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::sync::Mutex;
-use std::thread::JoinHandle;
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 pub use vhost::vhost_user::message::{VhostTransferStateDirection, VhostTransferStatePhase};
@@ -64,8 +64,12 @@ macro_rules! device_state_methods {
     };
 }
 
-/// The thread moving the bytes; a load's returns the state it read.
-type Moving = JoinHandle<Result<Option<Value>, String>>;
+/// How the thread moving the bytes ended; a load's gives the state it read.
+type Moving = mpsc::Receiver<Result<Option<Value>, String>>;
+
+/// How long CHECK_DEVICE_STATE waits for the transfer (a real one takes milliseconds: the
+/// frontend checks only once it has moved all the bytes).
+const CHECK_LIMIT: Duration = Duration::from_secs(3);
 
 /// The transfer of one connection: at most one in progress.
 #[derive(Default)]
@@ -89,31 +93,35 @@ impl Transfer {
             ));
         }
         let mut pending = self.pending.lock().map_err(|_| lock_err())?;
-        if let Some(old) = pending.take() {
-            let _ = old.join(); // a transfer never checked: its outcome is moot
-        }
+        // a transfer never checked: its outcome is moot (its thread ends with its pipe)
+        *pending = None;
+        let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new().name("device-state".into());
-        let handle = if direction == VhostTransferStateDirection::SAVE {
+        if direction == VhostTransferStateDirection::SAVE {
             // taken now, while the rings are known stopped; written by the thread
             let doc = save_document(device)?;
-            thread.spawn(move || write_all(file, &doc).map(|()| None))?
+            thread.spawn(move || tx.send(write_all(file, &doc).map(|()| None)))?;
         } else {
             let kind = device.kind();
-            thread.spawn(move || read_document(kind, file).map(Some))?
-        };
-        *pending = Some(handle);
+            thread.spawn(move || tx.send(read_document(kind, file).map(Some)))?;
+        }
+        *pending = Some(rx);
         Ok(None)
     }
 
     /// CHECK_DEVICE_STATE: wait for the transfer and report how it ended; a loaded state is
     /// checked and taken by `device` here.
     pub fn check(&self, device: &dyn DeviceState) -> io::Result<()> {
-        let handle = self.pending.lock().map_err(|_| lock_err())?.take();
-        let outcome = match handle {
+        let moving = self.pending.lock().map_err(|_| lock_err())?.take();
+        let outcome = match moving {
             None => Err("no device state transfer was started".to_string()),
-            Some(h) => h
-                .join()
-                .unwrap_or_else(|_| Err("the device state thread panicked".into())),
+            // a frontend that never closes its end of the pipe cannot hang the handler
+            Some(rx) => rx.recv_timeout(CHECK_LIMIT).unwrap_or_else(|_| {
+                Err(format!(
+                    "the transfer did not end within {CHECK_LIMIT:?} (the frontend kept its \
+                     end of the pipe open)"
+                ))
+            }),
         }
         .and_then(|loaded| match loaded {
             Some(state) => device.load_state(&state),
@@ -281,5 +289,19 @@ mod tests {
         }
         let dev = Counter::default();
         assert!(Transfer::default().check(&dev).is_err(), "nothing started");
+        // a frontend that keeps the write end open: CHECK answers, with an error, in time
+        let load = Transfer::default();
+        let (r, _held) = pipe();
+        load.start(
+            &dev,
+            VhostTransferStateDirection::LOAD,
+            VhostTransferStatePhase::STOPPED,
+            r,
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let err = load.check(&dev).unwrap_err().to_string();
+        assert!(err.contains("did not end"), "{err}");
+        assert!(t.elapsed() < CHECK_LIMIT * 2);
     }
 }
