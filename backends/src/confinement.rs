@@ -43,6 +43,7 @@ pub fn prepare_files(
     name: &str,
     mode: LandlockMode,
     leaves: &[&Path],
+    image_dirs: &[PathBuf],
 ) -> Result<Option<Prepared>, FileAccessError> {
     if mode == LandlockMode::Off {
         tracing::warn!("{name}: --landlock off: file access is not restricted");
@@ -63,6 +64,7 @@ pub fn prepare_files(
     dirs.sort();
     dirs.dedup();
     grants.extend(dirs.into_iter().map(Grant::remove_files));
+    grants.extend(image_dirs.iter().cloned().map(Grant::images));
     confine::file_access::prepare(&grants).map(Some)
 }
 

@@ -87,6 +87,12 @@ pub trait BackendFactory: Send + 'static {
         Vec::new()
     }
 
+    /// Directories where the backend makes and writes image files after confinement (a disk's
+    /// `--overlay-dir`).
+    fn image_dirs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// Last words before the process exits on SIGTERM (flush what must be on disk).
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
         Box::new(|| {})
@@ -154,7 +160,8 @@ pub fn serve<F: BackendFactory>(
     let leaves: Vec<&std::path::Path> = leaves.iter().map(PathBuf::as_path).collect();
     let file_err = |e: confine::file_access::FileAccessError| ServeError::FileAccess(e.into());
     let rules =
-        crate::confinement::prepare_files(name, args.landlock, &leaves).map_err(file_err)?;
+        crate::confinement::prepare_files(name, args.landlock, &leaves, &factory.image_dirs())
+            .map_err(file_err)?;
     if let Some(user) = &args.user {
         crate::confinement::drop_privileges(name, user)?;
     }

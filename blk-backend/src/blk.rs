@@ -1,7 +1,8 @@
 //! The block device's behaviour: execute one request against the disk and answer the guest.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
 
 use backends::descriptor_chain::{self, ChainBuffer};
 use tracing::{debug, warn};
@@ -16,9 +17,32 @@ use crate::virtio_blk::*;
 /// Most discard / write-zeroes segments accepted in one request.
 pub const MAX_SEGMENTS: u32 = 32;
 
+/// The disk a device serves, switchable while it runs (`reopen`: the overlay of an external
+/// snapshot). Each request takes the disk of the moment; a switch waits for none in flight.
+pub struct DiskSlot(RwLock<Arc<dyn Disk>>);
+
+impl DiskSlot {
+    pub fn new(disk: Box<dyn Disk>) -> DiskSlot {
+        DiskSlot(RwLock::new(Arc::from(disk)))
+    }
+
+    /// The disk served now.
+    pub fn get(&self) -> Arc<dyn Disk> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serve `disk` from now on; the disk served until now.
+    pub fn replace(&self, disk: Box<dyn Disk>) -> Arc<dyn Disk> {
+        let mut slot = self.0.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *slot, Arc::from(disk))
+    }
+}
+
 /// The device state shared by all queues.
 pub struct BlkDevice {
-    pub disk: Box<dyn Disk>,
+    pub disk: DiskSlot,
+    /// Requests handed to io_uring and not completed yet (a `reopen` waits for none).
+    pub io_in_flight: AtomicUsize,
     pub readonly: bool,
     pub serial: Vec<u8>,
     /// Largest data length of one request.
@@ -59,15 +83,15 @@ impl BlkDevice {
     /// What requests are checked against now (the capacity can change: online resize).
     pub fn limits(&self) -> Limits {
         Limits {
-            capacity_bytes: self.disk.capacity(),
+            capacity_bytes: self.disk.get().capacity(),
             max_request_bytes: self.max_request_bytes,
         }
     }
 
     /// Take the image's current size as the disk's; returns `(old, new)` when it changed.
     pub fn resize(&self) -> std::io::Result<Option<(u64, u64)>> {
-        let old = self.disk.capacity();
-        let new = self.disk.refresh_capacity()?;
+        let old = self.disk.get().capacity();
+        let new = self.disk.get().refresh_capacity()?;
         Ok((old != new).then_some((old, new)))
     }
 
@@ -126,7 +150,7 @@ impl BlkDevice {
     fn is_file_io(&self, req: &Request) -> bool {
         match req.kind {
             RequestKind::In => true,
-            RequestKind::Out => !self.readonly && !self.disk.checks_writes_at(req.offset()),
+            RequestKind::Out => !self.readonly && !self.disk.get().checks_writes_at(req.offset()),
             RequestKind::Flush => !self.readonly,
             _ => false,
         }
@@ -167,12 +191,11 @@ impl BlkDevice {
     pub fn run_io(&self, mem: &GuestMemoryMmap, req: &Request) -> std::io::Result<()> {
         match req.kind {
             RequestKind::In => {
-                guest_iovecs(mem, &req.data).and_then(|b| self.disk.read_at(&b, req.offset()))
+                guest_iovecs(mem, &req.data).and_then(|b| self.disk.get().read_at(&b, req.offset()))
             }
-            RequestKind::Out => {
-                guest_iovecs(mem, &req.data).and_then(|b| self.disk.write_at(&b, req.offset()))
-            }
-            _ => self.disk.flush(),
+            RequestKind::Out => guest_iovecs(mem, &req.data)
+                .and_then(|b| self.disk.get().write_at(&b, req.offset())),
+            _ => self.disk.get().flush(),
         }
     }
 
@@ -275,9 +298,9 @@ impl BlkDevice {
             let len = u64::from(seg.num_sectors.to_native()) << SECTOR_SHIFT;
             let unmap = seg.flags.to_native() & WRITE_ZEROES_FLAG_UNMAP != 0;
             let result = if discard {
-                self.disk.discard(offset, len)
+                self.disk.get().discard(offset, len)
             } else {
-                self.disk.write_zeroes(offset, len, unmap)
+                self.disk.get().write_zeroes(offset, len, unmap)
             };
             if let Err(e) = result {
                 Stats::add(&self.stats.io_errors, 1);

@@ -8,18 +8,21 @@
 //! {"op":"snapshot-list"}                 -> {"ok":true,"snapshots":[{"id":"1","name":"s1","date_sec":…,"disk_size":…,"vm_state_size":0}]}
 //! {"op":"snapshot-create","name":"s1"}   -> {"ok":true,"snapshot":{…}}
 //! {"op":"snapshot-delete","name":"s1"}   -> {"ok":true}
+//! {"op":"reopen","image":"/ovl/d.s1.qcow2"} -> {"ok":true,"image":…,"backing":…}
 //! anything wrong                         -> {"ok":false,"error":"…"}
 //! ```
 //!
 //! Internal snapshots need a qcow2 image. A snapshot is made between two guest writes (the
 //! image's metadata lock holds writes back while it is made); for a snapshot that matches
 //! the guest's memory, pause the guest and stop its rings first (`vm.snapshot` does both).
+//! `reopen` makes an external snapshot (`reopen.rs`): a new qcow2 overlay over the image
+//! served until now, in `--overlay-dir`, served from then on.
 //! Applying a snapshot is not offered here: the disk would change under a running guest
 //! (`svctl snapshot-revert` applies it with the domain stopped).
 
 use std::io;
 use std::os::unix::net::UnixListener;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use backends::control_socket::bind;
 use backends::control_socket::error;
@@ -27,10 +30,45 @@ use serde_json::{json, Value};
 
 use crate::blk::BlkDevice;
 use crate::disk::qcow2::{Qcow2Disk, SnapshotInfo};
+use crate::reopen::{self, Served};
 
-/// Serve `listener`'s clients on a thread of its own.
-pub fn serve_listener(listener: UnixListener, device: Arc<BlkDevice>) -> io::Result<()> {
-    backends::control_socket::serve_listener(listener, Arc::new(move |req| handle(req, &device)))
+/// Serve `listener`'s clients on a thread of its own; `served` names the image (a `reopen`
+/// changes it).
+pub fn serve_listener(
+    listener: UnixListener,
+    device: Arc<BlkDevice>,
+    served: Served,
+) -> io::Result<()> {
+    let served = Mutex::new(served);
+    backends::control_socket::serve_listener(
+        listener,
+        Arc::new(move |req| match req.get("op").and_then(Value::as_str) {
+            Some("reopen") => reopen_request(req, &device, &served),
+            Some("info") => {
+                let mut info = handle(req, &device);
+                if let Ok(s) = served.lock() {
+                    info["image"] = json!(s.image);
+                }
+                info
+            }
+            _ => handle(req, &device),
+        }),
+    )
+}
+
+/// `{"op":"reopen","image":"/overlays/disk.snap1.qcow2"}`: switch to a new overlay there.
+fn reopen_request(req: &Value, device: &BlkDevice, served: &Mutex<Served>) -> Value {
+    let Some(image) = req.get("image").and_then(Value::as_str) else {
+        return error("reopen needs \"image\": the new overlay's absolute path");
+    };
+    let Ok(mut served) = served.lock() else {
+        return error("the control state is poisoned");
+    };
+    let base = served.image.clone();
+    match reopen::reopen(device, &mut served, std::path::Path::new(image)) {
+        Ok(()) => json!({"ok": true, "image": image, "backing": base}),
+        Err(e) => error(api::error_chain(&e)),
+    }
 }
 
 /// A snapshot as the control socket and `svctl` show it.
@@ -51,11 +89,11 @@ pub fn handle(req: &Value, device: &BlkDevice) -> Value {
     match op {
         Some("info") => json!({
             "ok": true,
-            "format": if device.disk.qcow2().is_some() { "qcow2" } else { "raw" },
-            "capacity_bytes": device.disk.capacity(),
+            "format": if device.disk.get().qcow2().is_some() { "qcow2" } else { "raw" },
+            "capacity_bytes": device.disk.get().capacity(),
             "readonly": device.readonly,
         }),
-        Some("flush") => match device.disk.flush() {
+        Some("flush") => match device.disk.get().flush() {
             Ok(()) => json!({"ok": true}),
             Err(e) => error(format!("flush failed: {e}")),
         },
@@ -81,7 +119,8 @@ pub fn handle(req: &Value, device: &BlkDevice) -> Value {
             })
         }
         Some(other) => error(format!(
-            "unknown op {other:?} (info, flush, snapshot-list, snapshot-create, snapshot-delete)"
+            "unknown op {other:?} (info, flush, snapshot-list, snapshot-create, snapshot-delete, \
+             reopen)"
         )),
         None => error("a request needs \"op\""),
     }
@@ -91,7 +130,7 @@ fn with_qcow2(
     device: &BlkDevice,
     f: impl FnOnce(&Qcow2Disk) -> Result<Value, crate::disk::qcow2::SnapshotError>,
 ) -> Value {
-    match device.disk.qcow2() {
+    match device.disk.get().qcow2() {
         None => error("internal snapshots need a qcow2 image; this disk is raw"),
         Some(q) => f(q).unwrap_or_else(|e| error(api::error_chain(&e))),
     }
@@ -103,16 +142,24 @@ mod tests {
     use crate::disk::{open, Format, OpenOptions};
     use crate::stats::Stats;
 
-    fn device(image: &std::path::Path, readonly: bool) -> BlkDevice {
-        let opts = OpenOptions {
-            readonly,
+    fn rw_opts() -> OpenOptions {
+        OpenOptions {
+            readonly: false,
             direct: false,
             format: Format::Auto,
             backing_dirs: Vec::new(),
+        }
+    }
+
+    fn device(image: &std::path::Path, readonly: bool) -> BlkDevice {
+        let opts = OpenOptions {
+            readonly,
+            ..rw_opts()
         };
         BlkDevice {
-            disk: open(image, &opts).unwrap(),
+            disk: crate::blk::DiskSlot::new(open(image, &opts).unwrap()),
             readonly,
+            io_in_flight: Default::default(),
             serial: Vec::new(),
             max_request_bytes: 1 << 20,
             stats: Arc::new(Stats::default()),
@@ -135,7 +182,17 @@ mod tests {
         let raw = dir.join("disk.raw");
         std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
         let socket = dir.join("ctl.sock");
-        serve_listener(bind(&socket).unwrap(), Arc::new(device(&image, false))).unwrap();
+        let served = Served {
+            image: image.clone(),
+            opts: rw_opts(),
+            overlay_dir: None,
+        };
+        serve_listener(
+            bind(&socket).unwrap(),
+            Arc::new(device(&image, false)),
+            served,
+        )
+        .unwrap();
         let ask = |req: Value| {
             let timeout = std::time::Duration::from_secs(5);
             api::backend::blk::control_request(&socket, &req, timeout).unwrap()

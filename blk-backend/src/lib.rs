@@ -10,6 +10,7 @@ pub mod control;
 pub mod disk;
 #[doc(hidden)]
 pub mod fuzz_harness;
+pub mod reopen;
 pub mod request;
 mod saved_state;
 pub mod stats;
@@ -54,6 +55,7 @@ pub struct Config {
     /// Asynchronous I/O with io_uring (raw images); off or unavailable: synchronous.
     pub uring: bool,
     pub control: Option<PathBuf>,
+    pub overlay_dir: Option<PathBuf>,
     pub daemon: DaemonConfig,
 }
 
@@ -72,6 +74,7 @@ impl TryFrom<api::backend::blk::BlkBackendConfig> for Config {
             serial: c.serial,
             uring: c.io_engine == api::backend::blk::IoEngine::Uring,
             control: c.control,
+            overlay_dir: c.overlay_dir,
             daemon: c.daemon,
         })
     }
@@ -122,8 +125,9 @@ pub(crate) struct BlkFactory {
     queue_size: usize,
     uring: bool,
     /// The control socket, bound before confinement and served from `start_threads`.
-    control: Option<std::os::unix::net::UnixListener>,
+    control: Option<(std::os::unix::net::UnixListener, reopen::Served)>,
     control_path: Option<PathBuf>,
+    overlay_dir: Option<PathBuf>,
 }
 
 impl BlkFactory {
@@ -133,7 +137,8 @@ impl BlkFactory {
         // a request is at most one header, one status and queue_size - 2 data descriptors
         let seg_max = options.queue_size as u32 - 2;
         let device = Arc::new(BlkDevice {
-            disk,
+            disk: blk::DiskSlot::new(disk),
+            io_in_flight: Default::default(),
             readonly: options.readonly,
             serial: options.serial,
             max_request_bytes: u64::from(seg_max) * u64::from(SIZE_MAX),
@@ -165,6 +170,7 @@ impl BlkFactory {
             uring: options.uring,
             control: None,
             control_path: None,
+            overlay_dir: None,
         }
     }
 }
@@ -242,14 +248,18 @@ impl BackendFactory for BlkFactory {
     }
 
     fn start_threads(&mut self) -> std::io::Result<()> {
-        if let Some(listener) = self.control.take() {
-            control::serve_listener(listener, self.device.clone())?;
+        if let Some((listener, served)) = self.control.take() {
+            control::serve_listener(listener, self.device.clone(), served)?;
         }
         Ok(())
     }
 
     fn removed_at_exit(&self) -> Vec<PathBuf> {
         self.control_path.iter().cloned().collect()
+    }
+
+    fn image_dirs(&self) -> Vec<PathBuf> {
+        self.overlay_dir.iter().cloned().collect()
     }
 
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
@@ -260,7 +270,7 @@ impl BackendFactory for BlkFactory {
                 let _ = std::fs::remove_file(path);
             }
             if !device.readonly {
-                if let Err(e) = device.disk.close() {
+                if let Err(e) = device.disk.get().close() {
                     tracing::error!("closing the image failed: {e}");
                 }
             }
@@ -286,15 +296,13 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
     if !(2..=32768).contains(&config.queue_size) || !config.queue_size.is_power_of_two() {
         return Err(Error::QueueSize(config.queue_size));
     }
-    let disk = disk::open(
-        &config.image,
-        &OpenOptions {
-            readonly: config.readonly,
-            direct: config.direct,
-            format: config.format,
-            backing_dirs: config.backing_dirs.clone(),
-        },
-    )?;
+    let opts = OpenOptions {
+        readonly: config.readonly,
+        direct: config.direct,
+        format: config.format,
+        backing_dirs: config.backing_dirs.clone(),
+    };
+    let disk = disk::open(&config.image, &opts)?;
     let capacity = disk.capacity();
     tracing::info!(
         "serving {} ({} bytes{}) with {} queue(s) of {} on {} worker thread(s)",
@@ -323,8 +331,14 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
             path: path.clone(),
             source,
         })?;
-        factory.control = Some(listener);
+        let served = reopen::Served {
+            image: config.image.clone(),
+            opts,
+            overlay_dir: config.overlay_dir.clone(),
+        };
+        factory.control = Some((listener, served));
         factory.control_path = Some(path.clone());
+        factory.overlay_dir = config.overlay_dir.clone();
     }
     let result = serve::serve("splitvisor-blk", &config.daemon, factory);
     if let Some(path) = &config.control {

@@ -10,7 +10,7 @@ use crate::vhu_blk::VhostUserBlk;
 
 impl VhostUserBlk {
     fn format(&self) -> &'static str {
-        if self.device().disk.qcow2().is_some() {
+        if self.device().disk.get().qcow2().is_some() {
             "qcow2"
         } else {
             "raw"
@@ -32,7 +32,7 @@ impl DeviceState for VhostUserBlk {
         }
         let d = self.device();
         Ok(json!({
-            "capacity": d.disk.capacity(),
+            "capacity": d.disk.get().capacity(),
             "format": self.format(),
             "readonly": d.readonly,
             "serial": String::from_utf8_lossy(&d.serial),
@@ -44,7 +44,7 @@ impl DeviceState for VhostUserBlk {
         let capacity = field(state, "capacity", Value::as_u64)?;
         let format = field(state, "format", |v| v.as_str().map(String::from))?;
         let readonly = field(state, "readonly", Value::as_bool)?;
-        let ours = (d.disk.capacity(), self.format(), d.readonly);
+        let ours = (d.disk.get().capacity(), self.format(), d.readonly);
         if (capacity, format.as_str(), readonly) != ours {
             let ro = |r: bool| if r { ", read-only" } else { "" };
             return Err(format!(

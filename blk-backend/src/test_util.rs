@@ -77,7 +77,8 @@ pub fn device_as(image: &TempImage, format: Format) -> BlkDevice {
 
 fn device_on(disk: Box<dyn crate::disk::Disk>, readonly: bool) -> BlkDevice {
     BlkDevice {
-        disk,
+        disk: crate::blk::DiskSlot::new(disk),
+        io_in_flight: Default::default(),
         readonly,
         serial: b"SERIAL-42".to_vec(),
         max_request_bytes: MIB,

@@ -226,10 +226,8 @@ mod tests {
         );
         let img = TempImage::new("uring", &vec![0u8; MIB as usize]);
         let dev = device(&img, false);
-        let file = dev
-            .disk
-            .identity_file()
-            .expect("raw images allow async I/O");
+        let disk = dev.disk.get();
+        let file = disk.identity_file().expect("raw images allow async I/O");
         let atomic = GuestMemoryAtomic::new(memory());
         let mem = atomic.memory();
         let mut ring = UringQueue::new(16, false).unwrap();

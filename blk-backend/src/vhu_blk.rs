@@ -111,7 +111,7 @@ impl VhostUserBlk {
         queue_size: usize,
         uring: bool,
     ) -> io::Result<Self> {
-        let async_ok = uring && device.disk.identity_file().is_some();
+        let async_ok = uring && device.disk.get().identity_file().is_some();
         // Inline submission makes each worker thread do the write's work in the kernel
         // (for O_DIRECT on ext4 most of it); with fewer threads than CPUs and several writes in
         // flight, the kernel's io-wq workers can do it on the idle CPUs instead. Measured on
@@ -207,6 +207,9 @@ impl VhostUserBlk {
             // whatever completed meanwhile goes back in this same pass (one interrupt for
             // both), as QEMU does after each submission
             let done = ring.reap(&self.device, false)?;
+            self.device
+                .io_in_flight
+                .fetch_sub(done.len(), Ordering::AcqRel);
             used += give_back(queue, &mem, &done, qs.tracker.as_ref());
         }
         if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
@@ -227,9 +230,12 @@ impl VhostUserBlk {
         let mem = atomic.memory();
         match started {
             Start::Done(len) => Some(len),
-            Start::Io(req) => match (qs.uring.as_mut(), self.device.disk.identity_file()) {
+            Start::Io(req) => match (qs.uring.as_mut(), self.device.disk.get().identity_file()) {
                 (Some(ring), Some(file)) => match ring.push(file, head, req, atomic.memory()) {
-                    Ok(()) => None,
+                    Ok(()) => {
+                        self.device.io_in_flight.fetch_add(1, Ordering::AcqRel);
+                        None
+                    }
                     Err(req) => Some(self.device.finish_sync(&mem, &req)),
                 },
                 _ => Some(self.device.finish_sync(&mem, &req)),
@@ -304,6 +310,9 @@ impl VhostUserBlk {
             return Ok(());
         };
         let done = ring.reap(&self.device, wait)?;
+        self.device
+            .io_in_flight
+            .fetch_sub(done.len(), Ordering::AcqRel);
         if done.is_empty() {
             return Ok(());
         }
@@ -326,11 +335,7 @@ impl VhostUserBlk {
 
     /// Requests handed to io_uring and not completed yet, over every queue.
     pub(crate) fn in_flight(&self) -> usize {
-        self.queues
-            .iter()
-            .filter_map(|q| q.lock().ok())
-            .filter_map(|q| q.uring.as_ref().map(|u| u.in_flight()))
-            .sum()
+        self.device.io_in_flight.load(Ordering::Acquire)
     }
 }
 
@@ -383,7 +388,7 @@ impl VhostUserBackend for VhostUserBlk {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let config = BlkConfig {
-            capacity: self.device.disk.capacity() >> SECTOR_SHIFT,
+            capacity: self.device.disk.get().capacity() >> SECTOR_SHIFT,
             ..self.config.clone()
         };
         backends::config_space::read(&config.to_bytes(), offset, size)

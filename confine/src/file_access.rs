@@ -46,6 +46,18 @@ impl Grant {
         }
     }
 
+    /// Make, read and write regular files (the overlays a disk backend switches to for an
+    /// external snapshot, in a directory of their own).
+    pub fn images(dir: PathBuf) -> Grant {
+        Grant {
+            dir,
+            access: AccessFs::MakeReg
+                | AccessFs::ReadFile
+                | AccessFs::WriteFile
+                | AccessFs::Truncate,
+        }
+    }
+
     /// Remove files (the sockets and pidfile a process leaves behind at exit).
     pub fn remove_files(dir: PathBuf) -> Grant {
         Grant {

@@ -70,6 +70,12 @@ impl BlkProcess {
         process
     }
 
+    /// SIGTERM, and wait for the exit (the image closed cleanly).
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();

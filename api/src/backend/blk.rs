@@ -73,10 +73,16 @@ pub struct BlkBackendConfig {
     /// Serial number reported to the guest (up to 20 bytes; /sys/block/vdX/serial).
     #[arg(long, value_name = "ID", default_value = "")]
     pub serial: String,
-    /// Serve the JSON control socket (flush; internal snapshots of a qcow2 image) here.
+    /// Serve the JSON control socket (flush; internal snapshots of a qcow2 image; `reopen`
+    /// onto a new overlay) here.
     #[arg(long, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<PathBuf>,
+    /// The directory the control socket's `reopen` makes overlays in (external snapshots);
+    /// the only place the confined backend may create files.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay_dir: Option<PathBuf>,
 }
 
 /// One request to the blk backend's control socket at `path` ([`super::control_request`]).

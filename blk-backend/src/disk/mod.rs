@@ -112,6 +112,20 @@ pub fn open_qcow2(path: &Path, opts: &OpenOptions) -> Result<qcow2::Qcow2Disk, O
     open_qcow2_at(path, &opts, 0)
 }
 
+/// Open the new overlay at `path` over `backing`, the disk it reads through to (already open:
+/// `reopen.rs`).
+pub fn open_qcow2_over(
+    path: &Path,
+    opts: &OpenOptions,
+    backing: Box<dyn Disk>,
+) -> Result<qcow2::Qcow2Disk, OpenError> {
+    let file = raw::open_file(path, opts)?;
+    qcow2::Qcow2Disk::open_over(file, path, opts, backing).map_err(|source| OpenError::Qcow2 {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 fn open_qcow2_at(
     path: &Path,
     opts: &OpenOptions,

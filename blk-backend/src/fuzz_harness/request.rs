@@ -140,8 +140,11 @@ pub(super) fn run(data: &[u8]) -> Report {
         backing_dirs: Vec::new(),
     };
     let device = BlkDevice {
-        disk: disk::open(&image.0, &opts).expect("the scratch raw image opens"),
+        disk: crate::blk::DiskSlot::new(
+            disk::open(&image.0, &opts).expect("the scratch raw image opens"),
+        ),
         readonly,
+        io_in_flight: Default::default(),
         serial: SERIAL.to_vec(),
         max_request_bytes,
         stats: Arc::new(Stats::default()),

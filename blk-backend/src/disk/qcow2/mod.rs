@@ -8,6 +8,7 @@
 //! to them, data before the L2 entry that maps it. Metadata state lives behind one mutex;
 //! reads and in-place writes of allocated clusters do their data I/O outside it.
 
+mod create;
 mod header;
 mod internal_snapshots;
 mod layout;
@@ -23,6 +24,7 @@ use std::sync::Mutex;
 
 use super::file_io::{self, GuestIovecs};
 use super::{backing, Disk, OpenOptions};
+pub use create::create_overlay;
 pub use header::Field;
 pub use internal_snapshots::{SnapshotError, SnapshotInfo};
 /// The first bytes of every qcow2 image ("QFI\xfb").
@@ -100,17 +102,39 @@ impl Qcow2Disk {
         opts: &OpenOptions,
         depth: u32,
     ) -> Result<Self, Qcow2Error> {
+        Self::open_on(file, path, opts, depth, None)
+    }
+
+    /// Open an overlay whose backing file the caller already has open as `backing` (a disk
+    /// switched to its new overlay keeps reading its old image through the same handle).
+    pub fn open_over(
+        file: File,
+        path: &Path,
+        opts: &OpenOptions,
+        backing: Box<dyn Disk>,
+    ) -> Result<Self, Qcow2Error> {
+        Self::open_on(file, path, opts, 0, Some(backing))
+    }
+
+    fn open_on(
+        file: File,
+        path: &Path,
+        opts: &OpenOptions,
+        depth: u32,
+        given: Option<Box<dyn Disk>>,
+    ) -> Result<Self, Qcow2Error> {
         let (header, first) = read_header(&file)?;
         let meta = load_meta(&file, &header)?;
-        let backing = match &header.backing_file {
-            Some(name) => Some(open_backing(
+        let backing = match (&header.backing_file, given) {
+            (Some(_), Some(given)) => Some(given),
+            (Some(name), None) => Some(open_backing(
                 path,
                 name,
                 header.backing_format.as_deref(),
                 opts,
                 depth,
             )?),
-            None => None,
+            (None, _) => None,
         };
         // written only once the image passed every check
         if !opts.readonly && header.version == 3 && first.get(88..96) != Some(&[0u8; 8][..]) {
