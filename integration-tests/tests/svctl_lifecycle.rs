@@ -389,10 +389,33 @@ fn a_snapshot_of_the_running_domain_brings_back_its_disk_and_memory() {
         "{check}"
     );
     ok("snapshot-delete");
+    let after = ok("snapshot-list-after-delete");
+    assert!(!after.contains("\"s1\""), "{after}");
+}
+
+#[test]
+fn an_external_snapshot_moves_the_running_disk_onto_an_overlay_and_the_image_stays() {
+    let made = ok("snapshot-external");
     assert!(
-        ok("snapshot-list-after-delete").contains("\"snapshots\": []"),
-        "{}",
-        step("snapshot-list-after-delete")
+        made.contains("external: vda -> /tmp/store/overlays/vm1/vda-disk.ext1.qcow2"),
+        "{made}"
+    );
+    let after = console_with("EXTW-43");
+    assert_eq!(
+        result(&after, "EXTREAD-11"),
+        ["SNAP-DISK-E"],
+        "the guest reads its write"
+    );
+    // the domain was shut down, started (on the overlay, through to the image) and
+    // destroyed since; the overlay is clean and names the image as its backing file
+    let q = step("qemu-img-overlay");
+    assert!(q.contains("backing file: /tmp/w/disk.qcow2"), "{q}");
+    assert!(q.contains("No errors were found"), "{q}");
+    assert_eq!(l1_value("OVERLAY-SECTOR"), "SNAP-DISK-E", "{q}");
+    assert_eq!(
+        l1_value("BASE-SECTOR"),
+        "SNAP-DISK-A",
+        "the image kept the snapshot: {q}"
     );
 }
 

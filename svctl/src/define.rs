@@ -137,6 +137,7 @@ fn disk(spec: &str) -> Result<Disk, String> {
         format: "auto".into(),
         readonly: false,
         queues: 1,
+        backing_dirs: Vec::new(),
     };
     for (k, v) in opts(spec) {
         match k.as_str() {

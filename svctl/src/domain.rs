@@ -67,6 +67,10 @@ pub struct Disk {
     pub readonly: bool,
     #[serde(default = "one_u16")]
     pub queues: u16,
+    /// Directories a qcow2 disk's backing files may come from besides its own (an external
+    /// snapshot's overlay reads through to the image it was made over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backing_dirs: Vec<PathBuf>,
 }
 
 /// The format of the image at `path` as splitvisor-blk's probe would see it.
@@ -254,6 +258,8 @@ impl Domain {
             readonly: disk.readonly,
             queues: disk.queues.into(),
             control: Some(rt.disk_control(i)),
+            overlay_dir: Some(rt.overlays.clone()),
+            backing_dir: disk.backing_dirs.clone(),
             ..BlkBackendConfig::default()
         }
     }
@@ -362,6 +368,9 @@ impl Domain {
 /// Where a running domain keeps its sockets, PIDs and logs.
 pub struct Runtime {
     pub dir: PathBuf,
+    /// Where the domain's external snapshots put their overlays (in the store: they
+    /// outlive a run); the disks' backends may create files there and nowhere else.
+    pub overlays: PathBuf,
 }
 
 impl Runtime {

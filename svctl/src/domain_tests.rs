@@ -39,6 +39,7 @@ fn a_domain_derives_each_backends_configuration() {
     d.validate().unwrap();
     let rt = Runtime {
         dir: "/run/sv/web".into(),
+        overlays: "/var/lib/sv/overlays/web".into(),
     };
     // what the supervisor writes is what each backend reads
     let text = serde_json::to_string(&d.blk_backend(0, &rt)).unwrap();

@@ -27,6 +27,7 @@ pub fn domain_json_run(data: &[u8]) -> bool {
     }
     let rt = Runtime {
         dir: "/run/splitvisor/fuzz".into(),
+        overlays: "/var/lib/splitvisor/overlays/fuzz".into(),
     };
     let vm = domain::vm_config(&d, &rt);
     if let Err(e) = vm.validate() {

@@ -9,6 +9,7 @@
 mod backend_restart;
 mod console;
 mod define;
+mod external_snapshot;
 mod info;
 mod lifecycle;
 mod process;
@@ -87,7 +88,14 @@ enum Verb {
     Restore { file: PathBuf },
     /// Snapshot a domain: its qcow2 disks (internal snapshots) and, while it runs, its
     /// memory and devices (virsh snapshot-create-as).
-    SnapshotCreateAs { name: String, snapshot: String },
+    SnapshotCreateAs {
+        name: String,
+        snapshot: String,
+        /// An external snapshot of the disks only: each goes on in a new qcow2 overlay and
+        /// the image under it is the snapshot (raw disks too).
+        #[arg(long)]
+        disk_only: bool,
+    },
     /// List a domain's snapshots: name, time, state, whether memory was saved.
     SnapshotList { name: String },
     /// Put a domain back as it was at a snapshot (running again if memory was saved).
@@ -218,9 +226,11 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
         }
         Verb::Save { name, file } => save::save(&store, &name, &file, out),
         Verb::Restore { file } => save::restore(&store, &file, out),
-        Verb::SnapshotCreateAs { name, snapshot } => {
-            snapshot::create(&store, &name, &snapshot, out)
-        }
+        Verb::SnapshotCreateAs {
+            name,
+            snapshot,
+            disk_only,
+        } => snapshot::create(&store, &name, &snapshot, disk_only, out),
         Verb::SnapshotList { name } => snapshot::list(&store, &name, out),
         Verb::SnapshotRevert { name, snapshot } => snapshot::revert(&store, &name, &snapshot, out),
         Verb::SnapshotDelete { name, snapshot } => snapshot::delete(&store, &name, &snapshot, out),

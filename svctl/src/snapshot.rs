@@ -27,16 +27,26 @@ const STATE_LIMIT: Duration = Duration::from_secs(600);
 /// How long a disk's backend may take to make or drop an internal snapshot.
 const DISK_LIMIT: Duration = Duration::from_secs(120);
 
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs())
+}
+
 /// What the store keeps about a snapshot (`snapshot.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Meta {
-    name: String,
+pub(crate) struct Meta {
+    pub(crate) name: String,
     /// Seconds since the epoch.
-    created: u64,
+    pub(crate) created: u64,
     /// The domain's state when it was made: running, paused or shut off.
-    state: String,
+    pub(crate) state: String,
     /// Whether memory and device state were saved (a running or paused domain).
-    memory: bool,
+    pub(crate) memory: bool,
+    /// An external snapshot (`--disk-only`): each disk went on in a new overlay, and these
+    /// images, as they were then, are the snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) external: Vec<PathBuf>,
 }
 
 /// A row of `snapshot-list`.
@@ -47,7 +57,7 @@ struct Listed {
     memory: bool,
 }
 
-fn snap_dir(store: &Store, name: &str, snap: &str) -> Result<PathBuf, String> {
+pub(crate) fn snap_dir(store: &Store, name: &str, snap: &str) -> Result<PathBuf, String> {
     check_name(snap).map_err(|_| {
         format!(
             "invalid snapshot name {snap:?}: use letters, digits, '-', '_' and '.' (up to 64, \
@@ -57,13 +67,16 @@ fn snap_dir(store: &Store, name: &str, snap: &str) -> Result<PathBuf, String> {
     Ok(store.snapshots(name).join(snap))
 }
 
-fn read_meta(dir: &Path) -> Option<Meta> {
+pub(crate) fn read_meta(dir: &Path) -> Option<Meta> {
     let text = std::fs::read_to_string(dir.join("snapshot.json")).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-/// The domain's qcow2 disks (index, path); a raw disk is refused with `why`.
-fn qcow2_disks(d: &Domain, why: &str) -> Result<Vec<(usize, PathBuf)>, String> {
+/// A disk as the snapshot verbs use it: its index, image and backing directories.
+type DiskRef = (usize, PathBuf, Vec<PathBuf>);
+
+/// The domain's qcow2 disks; a raw disk is refused with `why`.
+fn qcow2_disks(d: &Domain, why: &str) -> Result<Vec<DiskRef>, String> {
     let mut out = Vec::new();
     for (i, disk) in d.disks.iter().enumerate() {
         let is_qcow2 = match disk.format.as_str() {
@@ -82,23 +95,27 @@ fn qcow2_disks(d: &Domain, why: &str) -> Result<Vec<(usize, PathBuf)>, String> {
         if disk.readonly {
             continue; // nothing of it changes
         }
-        out.push((i, disk.path.clone()));
+        out.push((i, disk.path.clone(), disk.backing_dirs.clone()));
     }
     Ok(out)
 }
 
-fn open_image(path: &Path, readonly: bool) -> Result<disk::qcow2::Qcow2Disk, String> {
+fn open_image(
+    path: &Path,
+    backing_dirs: &[PathBuf],
+    readonly: bool,
+) -> Result<disk::qcow2::Qcow2Disk, String> {
     let opts = OpenOptions {
         readonly,
         direct: false,
         format: Format::Qcow2,
-        backing_dirs: Vec::new(),
+        backing_dirs: backing_dirs.to_vec(),
     };
     disk::open_qcow2(path, &opts).map_err(|e| api::error_chain(&e))
 }
 
 /// One request to disk `i`'s backend; its error, or the reply.
-fn ask_disk(store: &Store, name: &str, i: usize, req: Value) -> Result<Value, String> {
+pub(crate) fn ask_disk(store: &Store, name: &str, i: usize, req: Value) -> Result<Value, String> {
     let path = store.runtime(name).disk_control(i);
     let reply = control_request(&path, &req, DISK_LIMIT)?;
     match reply.get("ok") {
@@ -116,7 +133,7 @@ fn ask_disk(store: &Store, name: &str, i: usize, req: Value) -> Result<Value, St
 fn on_disks(
     store: &Store,
     name: &str,
-    disks: &[(usize, PathBuf)],
+    disks: &[DiskRef],
     running: bool,
     snap: &str,
     create: bool,
@@ -126,11 +143,11 @@ fn on_disks(
     } else {
         "snapshot-delete"
     };
-    for (done, (i, path)) in disks.iter().enumerate() {
+    for (done, (i, path, dirs)) in disks.iter().enumerate() {
         let result = if running {
             ask_disk(store, name, *i, json!({"op": op, "name": snap})).map(drop)
         } else {
-            open_image(path, false).and_then(|q| {
+            open_image(path, dirs, false).and_then(|q| {
                 let r = if create {
                     q.create_snapshot(snap).map(drop)
                 } else {
@@ -152,11 +169,20 @@ fn on_disks(
     Ok(())
 }
 
-pub fn create(store: &Store, name: &str, snap: &str, out: &Out) -> Result<(), String> {
+pub fn create(
+    store: &Store,
+    name: &str,
+    snap: &str,
+    disk_only: bool,
+    out: &Out,
+) -> Result<(), String> {
     let d = store.load(name)?;
     let dir = snap_dir(store, name, snap)?;
     if dir.exists() {
         return Err(format!("domain '{name}' already has a snapshot '{snap}'"));
+    }
+    if disk_only {
+        return crate::external_snapshot::create(store, d, snap, &dir, out);
     }
     let disks = qcow2_disks(&d, "an internal snapshot")?;
     let state = lifecycle::state(store, name);
@@ -184,11 +210,10 @@ pub fn create(store: &Store, name: &str, snap: &str, out: &Out) -> Result<(), St
     })();
     let meta = Meta {
         name: snap.to_string(),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |t| t.as_secs()),
+        created: now(),
         state: state.to_string(),
         memory: running,
+        external: Vec::new(),
     };
     let finish = made.and_then(|()| {
         let write = |file: &str, text: String| {
@@ -221,6 +246,7 @@ fn disk_snapshots(
     name: &str,
     i: usize,
     path: &Path,
+    backing_dirs: &[PathBuf],
     running: bool,
 ) -> Result<Vec<(String, u64)>, String> {
     if running {
@@ -234,7 +260,7 @@ fn disk_snapshots(
             })
             .collect());
     }
-    let q = open_image(path, true)?;
+    let q = open_image(path, backing_dirs, true)?;
     let list = q.snapshots().map_err(|e| api::error_chain(&e))?;
     Ok(list.into_iter().map(|s| (s.name, s.date_sec)).collect())
 }
@@ -256,8 +282,8 @@ fn listed(store: &Store, name: &str, d: &Domain) -> Result<Vec<Listed>, String> 
     // what only the disks know (qemu-img snapshot -c): disk-only snapshots
     let running = lifecycle::state(store, name) != DomState::ShutOff;
     if let Ok(disks) = qcow2_disks(d, "") {
-        for (i, path) in disks {
-            for (snap, date) in disk_snapshots(store, name, i, &path, running)? {
+        for (i, path, dirs) in disks {
+            for (snap, date) in disk_snapshots(store, name, i, &path, &dirs, running)? {
                 if !rows.iter().any(|r| r.name == snap) {
                     rows.push(Listed {
                         name: snap,
@@ -315,11 +341,19 @@ pub fn revert(store: &Store, name: &str, snap: &str, out: &Out) -> Result<(), St
     let d = store.load(name)?;
     let dir = snap_dir(store, name, snap)?;
     let meta = read_meta(&dir);
+    if let Some(m) = meta.as_ref().filter(|m| !m.external.is_empty()) {
+        let images: Vec<String> = m.external.iter().map(|p| p.display().to_string()).collect();
+        return Err(format!(
+            "snapshot '{snap}' is external (--disk-only): reverting to it is not supported; \
+             the disks as they were then are {}",
+            images.join(", ")
+        ));
+    }
     let disks = qcow2_disks(&d, "reverting to a snapshot")?;
     let running = lifecycle::state(store, name) != DomState::ShutOff;
     // every disk must have it before any is changed
-    for (i, path) in &disks {
-        let known = disk_snapshots(store, name, *i, path, running)?;
+    for (i, path, dirs) in &disks {
+        let known = disk_snapshots(store, name, *i, path, dirs, running)?;
         if !known.iter().any(|(n, _)| n == snap) {
             return Err(match &meta {
                 Some(_) => format!(
@@ -339,8 +373,8 @@ pub fn revert(store: &Store, name: &str, snap: &str, out: &Out) -> Result<(), St
     if running {
         lifecycle::destroy(store, name)?;
     }
-    for (_, path) in &disks {
-        let mut q = open_image(path, false)?;
+    for (_, path, dirs) in &disks {
+        let mut q = open_image(path, dirs, false)?;
         let applied = q.apply_snapshot(snap).map_err(|e| api::error_chain(&e));
         let closed = disk::Disk::close(&q).map_err(|e| format!("{}: {e}", path.display()));
         applied.and(closed)?;
@@ -360,14 +394,24 @@ pub fn revert(store: &Store, name: &str, snap: &str, out: &Out) -> Result<(), St
 pub fn delete(store: &Store, name: &str, snap: &str, out: &Out) -> Result<(), String> {
     let d = store.load(name)?;
     let dir = snap_dir(store, name, snap)?;
+    if read_meta(&dir).is_some_and(|m| !m.external.is_empty()) {
+        // the disks run on in their overlays, over the images the snapshot names
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        out.print(
+            format!("Domain snapshot {snap} deleted (its images stay: the disks' overlays read through them)\n"),
+            json!({"name": name, "snapshot": snap, "ok": true}),
+        );
+        return Ok(());
+    }
     let disks = qcow2_disks(&d, "a snapshot")?;
     let running = lifecycle::state(store, name) != DomState::ShutOff;
     let mut found = dir.exists();
-    for (i, path) in &disks {
-        let known = disk_snapshots(store, name, *i, path, running)?;
+    for (i, path, dirs) in &disks {
+        let known = disk_snapshots(store, name, *i, path, dirs, running)?;
         if known.iter().any(|(n, _)| n == snap) {
             found = true;
-            on_disks(store, name, &[(*i, path.clone())], running, snap, false)?;
+            let one = [(*i, path.clone(), dirs.clone())];
+            on_disks(store, name, &one, running, snap, false)?;
         }
     }
     if !found {

@@ -129,6 +129,7 @@ impl Store {
     pub fn runtime(&self, name: &str) -> Runtime {
         Runtime {
             dir: self.runtime.join(name),
+            overlays: self.dir.join("overlays").join(name),
         }
     }
 

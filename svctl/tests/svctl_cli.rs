@@ -513,3 +513,60 @@ fn snapshots_of_a_shut_off_domain_are_qcow2_internal_snapshots_both_ways() {
         .success());
     fails_with(&s.svctl(&["snapshot-create-as", "rawdom", "x"]), "is raw");
 }
+
+#[test]
+fn an_external_snapshot_of_a_shut_off_domain_moves_its_disks_onto_overlays() {
+    let s = Store::new("external");
+    let raw = s.dir.join("disk.raw");
+    std::fs::write(&raw, b"R".repeat(1 << 20)).unwrap();
+    let disk = format!(
+        r#", "disks": [{{"path": "{}", "format": "raw"}}]"#,
+        raw.display()
+    );
+    assert!(s
+        .svctl(&["define", &s.domain("ext", &disk)])
+        .status
+        .success());
+    let made = s.svctl(&["snapshot-create-as", "ext", "before", "--disk-only"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let overlay = s.dir.join("store/overlays/ext/vda-disk.before.qcow2");
+    assert!(
+        stdout(&made).contains(&format!("external: vda -> {}", overlay.display())),
+        "{}",
+        stdout(&made)
+    );
+    // the definition names the overlay, which reads through to the untouched raw image
+    let def: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.dir.join("store/ext.json")).unwrap())
+            .unwrap();
+    assert_eq!(def["disks"][0]["path"], overlay.display().to_string());
+    assert_eq!(def["disks"][0]["format"], "qcow2");
+    assert_eq!(
+        def["disks"][0]["backing_dirs"][0],
+        s.dir.display().to_string()
+    );
+    let ov = overlay.display().to_string();
+    let info = qemu_img(&["info", "--output=json", &ov]);
+    assert!(
+        info.contains(&format!("\"backing-filename\": \"{}\"", raw.display())),
+        "{info}"
+    );
+    assert_eq!(guest_bytes(&s, &ov, 0, 512), b"R".repeat(512));
+    let list = stdout(&s.svctl(&["snapshot-list", "ext"]));
+    assert!(
+        list.lines()
+            .any(|l| l.trim_start().starts_with("before") && l.contains("disk-snapshot")),
+        "{list}"
+    );
+    fails_with(
+        &s.svctl(&["snapshot-revert", "ext", "before"]),
+        "is external (--disk-only): reverting to it is not supported",
+    );
+    fails_with(
+        &s.svctl(&["snapshot-create-as", "ext", "before", "--disk-only"]),
+        "already has a snapshot 'before'",
+    );
+    let d = s.svctl(&["snapshot-delete", "ext", "before"]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    assert!(overlay.exists(), "the disk runs on in its overlay");
+}

@@ -224,6 +224,10 @@ sv snapshot-list vm1
 step snapshot-revert
 sv snapshot-revert vm1 s1
 con 60 'echo 3 > /proc/sys/vm/drop_caches; c=$(cat /tmp/ctr); sleep 2; echo "REVERTED-$((3 + 4)) $(cat /tmp/snapmark) $(dd if=/dev/vda bs=512 skip=20480 count=1 2>/dev/null | head -c 11) $c $(cat /tmp/ctr)"; echo REVERT-$((9 * 9))' REVERT-81
+# an external snapshot of the running domain: its disk goes on in an overlay
+step snapshot-external
+sv snapshot-create-as vm1 ext1 --disk-only
+con 60 'printf SNAP-DISK-E | dd of=/dev/vda bs=512 seek=20480 conv=fsync 2>/dev/null; echo 3 > /proc/sys/vm/drop_caches; echo "EXTREAD-$((5 + 6)) $(dd if=/dev/vda bs=512 skip=20480 count=1 2>/dev/null | head -c 11)"; echo EXTW-$((6 * 7 + 1))' EXTW-43
 step shutdown
 t0=$(l1_up)
 sv shutdown vm1 --timeout 120
@@ -261,6 +265,14 @@ step snapshot-delete
 sv snapshot-delete vm1 s1
 step snapshot-list-after-delete
 sv --json snapshot-list vm1
+# the external snapshot: the overlay reads through to the image, which kept its sector
+OVL=/tmp/store/overlays/vm1/vda-disk.ext1.qcow2
+step qemu-img-overlay
+qemu-img info $OVL >> $S 2>&1; echo "rc=$? (qemu-img)" >> $S
+qemu-img check $OVL >> $S 2>&1; echo "rc=$? (qemu-img)" >> $S
+qemu-img convert -O raw $OVL $W/ovl.raw && echo "OVERLAY-SECTOR $(dd if=$W/ovl.raw bs=512 skip=20480 count=1 2>/dev/null | head -c 11)" >> $S
+qemu-img convert -O raw $W/disk.qcow2 $W/base.raw && echo "BASE-SECTOR $(dd if=$W/base.raw bs=512 skip=20480 count=1 2>/dev/null | head -c 11)" >> $S
+rm -f $W/ovl.raw $W/base.raw
 # vm2's supervisor is SIGKILLed: destroy works from the record alone (it stops the vmm, then
 # the backends, and removes the runtime dir; checked by the steps at the end)
 step kill-supervisor-vm2

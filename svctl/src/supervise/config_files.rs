@@ -90,7 +90,33 @@ pub(super) fn write_backend_configs(
             tap,
         });
     }
+    if !d.disks.is_empty() {
+        overlay_dir(d, rt)?;
+    }
     Ok(configs)
+}
+
+/// The directory the disks' backends make external snapshots' overlays in (and are confined
+/// to for that): it must exist, private, and belong to the user they run as.
+fn overlay_dir(d: &Domain, rt: &Runtime) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = &rt.overlays;
+    let err = |e: std::io::Error| format!("cannot create {}: {e}", dir.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if let Some(spec) = d.backend_user() {
+        let id = confine::privileges::resolve(&spec).map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(&rt.overlays, Some(id.uid), Some(id.gid))
+            .map_err(|e| format!("cannot give {} to {spec}: {e}", rt.overlays.display()))?;
+    }
+    Ok(())
 }
 
 /// Write the vmm's configuration file, `<runtime>/vm.json`; the vmm's arguments.
@@ -198,6 +224,7 @@ mod tests {
     fn an_unwritable_runtime_dir_is_reported_with_the_path() {
         let rt = Runtime {
             dir: "/nonexistent/svctl-runtime".into(),
+            overlays: "/nonexistent/overlays".into(),
         };
         let err = write_backend_configs(&web(), &rt).expect_err("refused");
         assert!(

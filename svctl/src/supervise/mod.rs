@@ -347,7 +347,10 @@ impl TempRuntime {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("svctl-supervise-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("runtime dir");
-        TempRuntime(Runtime { dir })
+        TempRuntime(Runtime {
+            overlays: dir.join("overlays"),
+            dir,
+        })
     }
 }
 
