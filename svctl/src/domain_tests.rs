@@ -13,6 +13,7 @@ fn auto_formats_are_recorded_from_the_image() {
         format: format.into(),
         readonly: false,
         queues: 1,
+        backing_dirs: Vec::new(),
     };
     let mut d: Domain =
         serde_json::from_str(r#"{"name": "f", "memory": "64M", "kernel": "/k"}"#).unwrap();
