@@ -178,7 +178,13 @@ impl Restore {
     /// Put the saved RAM into `ram` (fresh, all zeros).
     pub fn memory(&self, ram: &GuestRam) -> Result<(), RestoreError> {
         let image = self.memory_file()?;
-        memory::restore(&self.manifest, &image, ram.memory(), ram.size())?;
+        memory::restore(
+            &self.manifest,
+            &image,
+            ram.memory(),
+            ram.size(),
+            ram.memfd(),
+        )?;
         tracing::info!(
             chunks = self.manifest.chunks.len(),
             "guest RAM restored from the snapshot"
