@@ -93,6 +93,12 @@ pub enum Error {
     QueueSize(usize),
     #[error(transparent)]
     Open(#[from] OpenError),
+    #[error("cannot open the overlay directory {path}")]
+    OverlayDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot serve the control socket {path}")]
     Control {
         path: PathBuf,
@@ -331,10 +337,20 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
             path: path.clone(),
             source,
         })?;
+        let overlay_dir = match &config.overlay_dir {
+            Some(dir) => Some((
+                dir.clone(),
+                std::fs::File::open(dir).map_err(|source| Error::OverlayDir {
+                    path: dir.clone(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
         let served = reopen::Served {
             image: config.image.clone(),
             opts,
-            overlay_dir: config.overlay_dir.clone(),
+            overlay_dir,
         };
         factory.control = Some((listener, served));
         factory.control_path = Some(path.clone());

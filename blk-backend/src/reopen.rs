@@ -45,7 +45,10 @@ pub enum ReopenError {
 pub struct Served {
     pub image: PathBuf,
     pub opts: OpenOptions,
-    pub overlay_dir: Option<PathBuf>,
+    /// `--overlay-dir`, and the directory opened at start: overlays are made through it
+    /// (`/proc/self/fd/N/NAME`), so the backend needs no right to walk the path to it once it
+    /// runs as its own user.
+    pub overlay_dir: Option<(PathBuf, std::fs::File)>,
 }
 
 /// Switch `device` to a new overlay at `overlay` over the image `served` names; `served`
@@ -57,19 +60,25 @@ pub fn reopen(device: &BlkDevice, served: &mut Served, overlay: &Path) -> Result
     if !overlay.is_absolute() {
         return Err(ReopenError::NotAbsolute(overlay.to_path_buf()));
     }
-    if let Some(dir) = &served.overlay_dir {
-        let inside = overlay
-            .parent()
-            .and_then(|p| p.canonicalize().ok())
-            .zip(dir.canonicalize().ok())
-            .is_some_and(|(p, d)| p == d);
-        if !inside {
-            return Err(ReopenError::OutsideOverlayDir {
-                path: overlay.to_path_buf(),
-                dir: dir.clone(),
-            });
+    // where the file is really made: beneath the directory opened at start
+    let made_at = match &served.overlay_dir {
+        None => overlay.to_path_buf(),
+        Some((dir, handle)) => {
+            let name = overlay
+                .file_name()
+                .filter(|_| overlay.parent() == Some(dir.as_path()));
+            let Some(name) = name else {
+                return Err(ReopenError::OutsideOverlayDir {
+                    path: overlay.to_path_buf(),
+                    dir: dir.clone(),
+                });
+            };
+            use std::os::fd::AsRawFd;
+            Path::new("/proc/self/fd")
+                .join(handle.as_raw_fd().to_string())
+                .join(name)
         }
-    }
+    };
     let start = Instant::now();
     loop {
         let n = device
@@ -101,16 +110,16 @@ pub fn reopen(device: &BlkDevice, served: &mut Served, overlay: &Path) -> Result
             "the current image's path is not UTF-8",
         ))
     })?;
-    qcow2::create_overlay(overlay, base_name, format, old.capacity()).map_err(create_err)?;
+    qcow2::create_overlay(&made_at, base_name, format, old.capacity()).map_err(create_err)?;
     let opts = OpenOptions {
         format: Format::Qcow2,
         ..served.opts.clone()
     };
-    let opened = disk::open_qcow2_over(overlay, &opts, Box::new(Shared(old.clone())));
+    let opened = disk::open_qcow2_over(&made_at, &opts, Box::new(Shared(old.clone())));
     let new = match opened {
         Ok(d) => d,
         Err(e) => {
-            let _ = std::fs::remove_file(overlay);
+            let _ = std::fs::remove_file(&made_at);
             return Err(e.into());
         }
     };
