@@ -127,18 +127,16 @@ pub fn save(
 }
 
 /// Put the saved RAM into a new VM's (`size` bytes, all zeros), checking each chunk's CRC.
-/// Written into the `memfd` when given: the kernel allocates the pages without zeroing them
-/// or mapping them in, which is what made a restore slow (the guest maps them as it touches
-/// them). A hugetlbfs memfd takes no `write`: then, or without one, through the guest's
-/// mapping.
+/// Written into the `memfd` when given (the kernel allocates the pages; the guest maps them
+/// as it touches them); a hugetlbfs memfd takes no `write`, so then, or without a memfd,
+/// through the guest's mapping.
 pub fn restore(
     manifest: &MemoryManifest,
     image: &File,
     ram: &GuestMemoryMmap,
     size: u64,
-    memfd: Option<&File>,
+    mut memfd: Option<&File>,
 ) -> Result<(), MemoryImageError> {
-    let mut memfd = memfd;
     if manifest.size != size {
         return Err(MemoryImageError::Size {
             saved: manifest.size,
@@ -148,24 +146,14 @@ pub fn restore(
     let mut buf = vec![0u8; CHUNK as usize];
     for c in &manifest.chunks {
         let inside = c.len <= CHUNK && c.offset.checked_add(c.len).is_some_and(|e| e <= size);
-        if !inside {
+        let gpa = guest_address(ram, c.offset).filter(|_| inside);
+        let Some(gpa) = gpa else {
             return Err(MemoryImageError::OutOfRange {
                 offset: c.offset,
                 len: c.len,
                 size,
             });
-        }
-        let gpa = guest_address(ram, c.offset).ok_or(MemoryImageError::OutOfRange {
-            offset: c.offset,
-            len: c.len,
-            size,
-        })?;
-        if memfd.is_none() {
-            if let Ok(slice) = ram.get_slice(gpa, c.len as usize) {
-                read_into_guest(image, &slice, c)?;
-                continue;
-            }
-        }
+        };
         let chunk = &mut buf[..c.len as usize];
         image
             .read_exact_at(chunk, c.offset)
@@ -183,33 +171,6 @@ pub fn restore(
         }
         ram.write_slice(chunk, gpa)
             .map_err(|e| io("write guest RAM", c.offset)(std::io::Error::other(e.to_string())))?;
-    }
-    Ok(())
-}
-
-/// Read chunk `c` straight into the guest RAM `slice` holds, its pages populated first in
-/// one call (MADV_POPULATE_WRITE) rather than faulted in one by one — a fault each is what
-/// made a restore slow, all the more under nested paging — then check its CRC there. No vCPU
-/// runs yet, and a chunk that fails its CRC fails the whole restore.
-fn read_into_guest(
-    image: &File,
-    slice: &vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, ()>>,
-    c: &Chunk,
-) -> Result<(), MemoryImageError> {
-    let guard = slice.ptr_guard_mut();
-    let ptr = guard.as_ptr();
-    let len = c.len as usize;
-    // SAFETY: advice on a range of our own guest RAM mapping; an old kernel without
-    // MADV_POPULATE_WRITE answers EINVAL and the pages are faulted in by the read instead.
-    unsafe { libc::madvise(ptr.cast(), len, libc::MADV_POPULATE_WRITE) };
-    // SAFETY: `ptr..ptr + len` is mapped guest RAM (the slice checked it) that nothing else
-    // touches while the VM is built: no vCPU runs and no backend has it yet.
-    let dst = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-    image
-        .read_exact_at(dst, c.offset)
-        .map_err(io("read memory.bin", c.offset))?;
-    if crc32fast::hash(dst) != c.crc {
-        return Err(MemoryImageError::Crc(c.offset));
     }
     Ok(())
 }
