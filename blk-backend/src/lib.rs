@@ -133,7 +133,6 @@ pub(crate) struct BlkFactory {
     /// The control socket, bound before confinement and served from `start_threads`.
     control: Option<(std::os::unix::net::UnixListener, reopen::Served)>,
     control_path: Option<PathBuf>,
-    overlay_dir: Option<PathBuf>,
 }
 
 impl BlkFactory {
@@ -176,7 +175,6 @@ impl BlkFactory {
             uring: options.uring,
             control: None,
             control_path: None,
-            overlay_dir: None,
         }
     }
 }
@@ -265,7 +263,12 @@ impl BackendFactory for BlkFactory {
     }
 
     fn image_dirs(&self) -> Vec<PathBuf> {
-        self.overlay_dir.iter().cloned().collect()
+        // the overlay directory of the control socket's `reopen` (none without a control socket)
+        let served = self
+            .control
+            .iter()
+            .filter_map(|(_, s)| s.overlay_dir.as_ref());
+        served.map(|(dir, _)| dir.clone()).collect()
     }
 
     fn on_terminate(&self) -> Box<dyn Fn() + Send> {
@@ -354,7 +357,6 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         };
         factory.control = Some((listener, served));
         factory.control_path = Some(path.clone());
-        factory.overlay_dir = config.overlay_dir.clone();
     }
     let result = serve::serve("splitvisor-blk", &config.daemon, factory);
     if let Some(path) = &config.control {
