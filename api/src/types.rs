@@ -14,10 +14,34 @@ pub struct VmInfo {
     pub uptime_ms: u64,
     pub cpus: u8,
     pub memory_bytes: u64,
+    /// The page size guest RAM got (docs/architecture.md, "Guest RAM").
+    pub ram_pages: RamPages,
     /// How often the ACPI power button was pressed (`vm.shutdown`).
     pub power_button_presses: u64,
     pub devices: Vec<DeviceInfo>,
     pub config: VmConfig,
+}
+
+/// The pages behind guest RAM: 2 MiB transparent huge pages, 2 MiB hugetlbfs pages the
+/// operator reserved, or 4 KiB pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RamPages {
+    #[serde(rename = "2M-thp")]
+    Thp2M,
+    #[serde(rename = "2M-hugetlb")]
+    Hugetlb2M,
+    #[serde(rename = "4K")]
+    Small4K,
+}
+
+impl std::fmt::Display for RamPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            RamPages::Thp2M => "2M-thp",
+            RamPages::Hugetlb2M => "2M-hugetlb",
+            RamPages::Small4K => "4K",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

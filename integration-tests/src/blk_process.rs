@@ -33,8 +33,7 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn guest_memory() -> (GuestRam, GuestMemoryMmap) {
     let ram = GuestRam::new(&MemoryConfig {
         size: ByteSize(16 << 20),
-        hugepages: false,
-        mergeable: false,
+        ..MemoryConfig::default()
     })
     .expect("guest memory");
     let mem = ram.memory().clone();

@@ -1,7 +1,8 @@
 //! splitvisor boots the Debian cloud kernel under real KVM (inside the nested-KVM sandbox):
 //! bzImage and ELF/PVH, 1 and 2 vCPUs, the guest sees the configured CPUs and memory, guest
 //! poweroff ends splitvisor with 0, reboot with 3 under --on-reboot exit, SIGTERM with 5, and the serial console is
-//! interactive. All cases run in one L1 job; each property is its own test.
+//! interactive; default guest RAM is in 2 MiB pages. All cases run in one L1 job; each property
+//! is its own test.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -17,10 +18,16 @@ boot_case elf1 150 --kernel $L2_ELF --initramfs $L2_INITRD --cmdline "$CMD sv.cm
 boot_case elf2 150 --kernel $L2_ELF --initramfs $L2_INITRD --cmdline "$CMD sv.cmd=nproc" --cpus 2 --memory 512M
 boot_case reboot 150 --kernel $L2_KERNEL --initramfs $L2_INITRD --cmdline "$CMD sv.cmd64=$(b64 'reboot -f')" --memory 256M --on-reboot exit
 
-# SIGTERM while the guest sits at its shell
-splitvisor --kernel $L2_KERNEL --initramfs $L2_INITRD --cmdline "$CMD" --memory 256M </dev/null >"$JOB/sigterm.log" 2>&1 &
+# SIGTERM while the guest sits at its shell; before it, the RAM mode the default chose and
+# what of guest RAM the vmm has mapped in 2 MiB pages
+splitvisor --kernel $L2_KERNEL --initramfs $L2_INITRD --cmdline "$CMD" --memory 256M \
+    --api-socket /tmp/sigterm.api </dev/null >"$JOB/sigterm.log" 2>&1 &
 pid=$!
 wait_for SPLITVISOR-GUEST-READY "$JOB/sigterm.log" 150 && sleep 1
+curl -sS --max-time 30 --unix-socket /tmp/sigterm.api http://localhost/api/v1/vm.info \
+    >"$JOB/sigterm-info.json" 2>&1
+grep -E "^(ShmemPmdMapped|FilePmdMapped|Shared_Hugetlb):" /proc/$pid/smaps_rollup \
+    >"$JOB/sigterm-smaps.txt"
 kill -TERM $pid
 finish_case sigterm $pid 30
 
@@ -44,6 +51,7 @@ fn job() -> &'static JobOutput {
     shared_job(&OUT, || {
         Sandbox::new()?
             .timeout(Duration::from_secs(480))
+            .host_tool("curl")
             .run(&format!("{GUEST_SH}\n{JOB}"))
     })
 }
@@ -148,4 +156,29 @@ fn serial_console_is_interactive() {
         c.log
     );
     assert_eq!(c.rc, "0", "poweroff typed on the console: {}", c.log);
+}
+
+/// With default options guest RAM is in 2 MiB pages (a stock L1: `shmem_enabled` is `never`,
+/// so a private huge tmpfs), `vm.info` says so, and the booted guest's RAM is PMD-mapped.
+#[test]
+fn default_guest_ram_is_in_2_mib_pages_and_vm_info_says_so() {
+    let out = job();
+    let info = out.file("sigterm-info.json").unwrap_or_default();
+    let info: serde_json::Value =
+        serde_json::from_str(&info).unwrap_or_else(|e| panic!("vm.info is not JSON ({e}): {info}"));
+    assert_eq!(info["ram_pages"], "2M-thp", "{info}");
+    let smaps = out.file("sigterm-smaps.txt").unwrap_or_default();
+    let kib = |field: &str| -> u64 {
+        smaps
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {smaps}"))
+    };
+    let pmd = kib("ShmemPmdMapped:") + kib("FilePmdMapped:");
+    // a booted 256 MiB guest has touched well over 16 MiB of its RAM
+    assert!(
+        pmd >= 16 << 10,
+        "{pmd} kB of guest RAM PMD-mapped:\n{smaps}"
+    );
 }

@@ -222,6 +222,8 @@ fn dominfo_and_device_lists_describe_the_domain() {
     assert_eq!(field(&info, "Name"), "vm1");
     assert_eq!(field(&info, "CPU(s)"), "2");
     assert_eq!(field(&info, "Max memory"), "524288 KiB");
+    // the supervisor starts the vmm with default RAM: 2 MiB pages on a stock L1
+    assert_eq!(field(&info, "Memory pages"), "2M-thp");
     assert_eq!(field(&info, "Persistent"), "yes");
     assert_eq!(field(&info, "Autostart"), "disable");
     assert_eq!(field(&info, "UUID").len(), 36, "{info}");

@@ -463,8 +463,7 @@ pub fn vm_config(d: &Domain, rt: &Runtime) -> VmConfig {
         cpus: d.vcpus,
         memory: MemoryConfig {
             size: d.memory,
-            hugepages: false,
-            mergeable: false,
+            ..MemoryConfig::default()
         },
         serial: SerialConfig::Socket(rt.console()),
         devices,

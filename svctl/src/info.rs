@@ -77,13 +77,12 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
     };
     let persistent = store.persistent(name);
     // each device's link to its backend process, from the running vmm
-    let devices: Vec<api::types::DeviceInfo> = match st {
-        DomState::ShutOff => Vec::new(),
-        _ => api(store, name)
-            .get::<api::types::VmInfo>("vm.info")
-            .map(|i| i.devices)
-            .unwrap_or_default(),
+    let info = match st {
+        DomState::ShutOff => None,
+        _ => api(store, name).get::<api::types::VmInfo>("vm.info").ok(),
     };
+    let ram_pages = info.as_ref().map(|i| i.ram_pages.to_string());
+    let devices: Vec<api::types::DeviceInfo> = info.map(|i| i.devices).unwrap_or_default();
     let backends: Vec<Value> = devices
         .iter()
         .filter_map(|dev| {
@@ -101,6 +100,7 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
     let j = json!({
         "id": pid, "name": d.name, "uuid": d.uuid, "state": st.to_string(), "vcpus": d.vcpus,
         "cpu_time_s": cpu, "max_memory_kib": max_kib, "used_memory_kib": used_kib,
+        "ram_pages": ram_pages,
         "persistent": persistent, "autostart": d.autostart, "supervisor": supervisor,
         "backends": backends, "backend_processes": processes,
     });
@@ -120,6 +120,7 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
         ("CPU time", cpu.map_or("-".into(), |c| format!("{c:.1}s"))),
         ("Max memory", format!("{max_kib} KiB")),
         ("Used memory", format!("{used_kib} KiB")),
+        ("Memory pages", ram_pages.unwrap_or_else(|| "-".into())),
         ("Persistent", yn(persistent).into()),
         (
             "Autostart",

@@ -9,8 +9,11 @@ use confine::syscalls::{FILES, KVM, RUNTIME, SOCKETS, SOCKET_IO, STACKED_FILTER,
 
 pub use confine::seccomp::SeccompError;
 
-/// Install the vmm's filter (`off`: none).
+/// Install the vmm's filter (`off`: none). What the filter forbids but the vmm needs once is
+/// done first: the private huge-page tmpfs for guest RAM is mounted
+/// ([`crate::memory::backing::prepare`]).
 pub fn install(mode: crate::config::SeccompMode) -> Result<(), SeccompError> {
+    crate::memory::backing::prepare();
     confine::seccomp::install(
         "splitvisor",
         mode,

@@ -269,6 +269,7 @@ fn api_context() -> crate::api::server::ApiContext {
     let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
     crate::api::server::ApiContext {
         cfg: crate::config::VmConfig::default(),
+        ram_pages: api::types::RamPages::Small4K,
         started: std::time::Instant::now(),
         control: Arc::new(crate::run_control::RunControl::new(
             vm.clone(),

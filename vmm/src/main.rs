@@ -35,7 +35,9 @@ struct Args {
     /// Number of vCPUs (1-254) [default: 1].
     #[arg(long, value_name = "N")]
     cpus: Option<u8>,
-    /// Guest RAM: SIZE[,hugepages=on][,mergeable=on], e.g. 512M or 2G,hugepages=on [default: 512M].
+    /// Guest RAM: SIZE[,hugepages=on|off][,shared=off][,mergeable=on], e.g. 512M or
+    /// 2G,hugepages=on [default: 512M in 2 MiB pages where the host allows, see vm.info's
+    /// ram_pages]; shared=off (private RAM, no devices) is what mergeable=on (KSM) needs.
     #[arg(long, value_name = "SIZE[,OPTS]")]
     memory: Option<MemoryConfig>,
     /// Serial console: stdio, pty, socket=PATH, file=PATH or off [default: stdio].

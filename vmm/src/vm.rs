@@ -326,16 +326,15 @@ impl Vm {
         }
         let mut api = None;
         if let Some(path) = &cfg.api_socket {
-            let snapshot = Arc::new(crate::snapshot::save::Handles {
+            // private RAM (`shared=off`) has no file to read: no snapshots of it
+            let memfd = match ram.memfd() {
+                Some(f) => Some(f.try_clone().map_err(VmError::Thread)?),
+                None => None,
+            };
+            let snapshot = memfd.map(|memfd| crate::snapshot::save::Handles {
                 vm: vm.clone(),
                 caps: caps.clone(),
-                memfd: ram
-                    .memfd()
-                    .ok_or_else(|| {
-                        VmError::Thread(std::io::Error::other("guest RAM has no memfd"))
-                    })?
-                    .try_clone()
-                    .map_err(VmError::Thread)?,
+                memfd,
                 ram_size: ram.size(),
                 control: control.clone(),
                 devices: devices.clone(),
@@ -347,12 +346,13 @@ impl Vm {
             });
             let ctx = ApiContext {
                 cfg: cfg.clone(),
+                ram_pages: ram.pages(),
                 started: std::time::Instant::now(),
                 control: control.clone(),
                 exit: exit.clone(),
                 power_button,
                 devices: api_devices,
-                snapshot: Some(snapshot),
+                snapshot: snapshot.map(Arc::new),
             };
             api = Some((path.clone(), ctx));
         }

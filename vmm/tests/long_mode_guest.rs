@@ -33,8 +33,7 @@ fn long_mode_code_does_port_and_mmio_io_and_runs_again_after_a_reset() {
     vm.create_pit2(Default::default()).unwrap();
     let ram = GuestRam::new(&MemoryConfig {
         size: ByteSize(64 << 20),
-        hugepages: false,
-        mergeable: false,
+        ..MemoryConfig::default()
     })
     .unwrap();
     // SAFETY: `ram` lives until the end of the test, after the last KVM_RUN.

@@ -51,8 +51,7 @@ fn machine(kvm: &Kvm) -> (VmFd, GuestRam) {
     vm.create_pit2(Default::default()).unwrap();
     let ram = GuestRam::new(&MemoryConfig {
         size: ByteSize(32 << 20),
-        hugepages: false,
-        mergeable: false,
+        ..MemoryConfig::default()
     })
     .unwrap();
     // SAFETY: each test's RAM outlives its VM's last KVM_RUN (both dropped at the end).

@@ -46,7 +46,7 @@ pub enum ConfigError {
         "invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 512M)"
     )]
     InvalidSize(String),
-    #[error("invalid --memory option {0:?}: expected size[,hugepages=on|off][,mergeable=on|off]")]
+    #[error("invalid --memory option {0:?}: expected size[,hugepages=on|off][,shared=on|off][,mergeable=on|off]")]
     InvalidMemoryOption(String),
     #[error("invalid on/off value {value:?} for {key}")]
     InvalidSwitch { key: String, value: String },
@@ -76,6 +76,17 @@ pub enum ConfigError {
     CpuCount(u8),
     #[error("--memory {0} is too small: a Linux guest needs at least {min} MiB", min = MIN_MEMORY >> 20)]
     MemoryTooSmall(ByteSize),
+    #[error("--memory shared=off does not go with {0}")]
+    PrivateRam(&'static str),
+    #[error(
+        "--memory shared=off: the vhost-user device on {} cannot map private guest RAM (leave shared=on)",
+        .0.display()
+    )]
+    PrivateRamDevice(PathBuf),
+    #[error(
+        "--memory mergeable=on needs shared=off: KSM merges only private memory, never a shared file"
+    )]
+    MergeableShared,
     #[error("--memory {size} with hugepages=on is not a multiple of the 2 MiB huge page size")]
     HugepageAlignment { size: ByteSize },
 }
@@ -142,23 +153,36 @@ impl From<ByteSize> for String {
     }
 }
 
-/// Guest RAM: always a shared memfd, optionally hugetlbfs-backed or KSM-mergeable.
+/// Guest RAM: a shared file the backends map, in 2 MiB pages where the host allows
+/// (docs/architecture.md, "Guest RAM").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     pub size: ByteSize,
-    #[serde(default)]
-    pub hugepages: bool,
+    /// `true`: hugetlbfs pages the operator reserved (an error without them); `false`: a
+    /// plain memfd; not given: the vmm chooses, 2 MiB pages first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<bool>,
+    /// KSM (`MADV_MERGEABLE`): the kernel merges only private memory, so `shared=off` only.
     #[serde(default)]
     pub mergeable: bool,
+    /// `false`: private anonymous RAM — no vhost-user devices, no snapshots (the lower bound
+    /// of the boot benchmark, and what KSM can merge).
+    #[serde(default = "shared_by_default")]
+    pub shared: bool,
+}
+
+fn shared_by_default() -> bool {
+    true
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             size: ByteSize(512 << 20),
-            hugepages: false,
+            hugepages: None,
             mergeable: false,
+            shared: true,
         }
     }
 }
@@ -176,7 +200,7 @@ fn parse_switch(key: &str, value: &str) -> Result<bool, ConfigError> {
 
 impl FromStr for MemoryConfig {
     type Err = ConfigError;
-    /// `SIZE[,hugepages=on][,mergeable=on]`
+    /// `SIZE[,hugepages=on|off][,shared=on|off][,mergeable=on|off]`
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         let mut parts = s.split(',');
         let size = parts.next().unwrap_or_default().parse()?;
@@ -186,7 +210,8 @@ impl FromStr for MemoryConfig {
         };
         for opt in parts {
             match opt.split_once('=') {
-                Some(("hugepages", v)) => mem.hugepages = parse_switch("hugepages", v)?,
+                Some(("hugepages", v)) => mem.hugepages = Some(parse_switch("hugepages", v)?),
+                Some(("shared", v)) => mem.shared = parse_switch("shared", v)?,
                 Some(("mergeable", v)) => mem.mergeable = parse_switch("mergeable", v)?,
                 _ => return Err(ConfigError::InvalidMemoryOption(s.to_string())),
             }
@@ -333,10 +358,22 @@ impl VmConfig {
         if self.memory.size.0 < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(self.memory.size));
         }
-        if self.memory.hugepages && !self.memory.size.0.is_multiple_of(2 << 20) {
+        if self.memory.hugepages == Some(true) && !self.memory.size.0.is_multiple_of(2 << 20) {
             return Err(ConfigError::HugepageAlignment {
                 size: self.memory.size,
             });
+        }
+        if !self.memory.shared {
+            if self.memory.hugepages == Some(true) {
+                return Err(ConfigError::PrivateRam(
+                    "hugepages=on (hugetlbfs RAM is a shared file)",
+                ));
+            }
+            if let Some(device) = self.devices.first() {
+                return Err(ConfigError::PrivateRamDevice(device.socket.clone()));
+            }
+        } else if self.memory.mergeable {
+            return Err(ConfigError::MergeableShared);
         }
         for (index, device) in self.devices.iter().enumerate() {
             device.check().map_err(|problem| ConfigError::Device {
@@ -385,7 +422,9 @@ mod tests {
     fn memory_option() {
         let m: MemoryConfig = "1G,hugepages=on,mergeable=off".parse().unwrap();
         assert_eq!(m.size, ByteSize(1 << 30));
-        assert!(m.hugepages && !m.mergeable);
+        assert!(m.hugepages == Some(true) && !m.mergeable && m.shared);
+        let m: MemoryConfig = "1G,shared=off,mergeable=on".parse().unwrap();
+        assert!(m.hugepages.is_none() && m.mergeable && !m.shared);
         assert!("1G,huge=on".parse::<MemoryConfig>().is_err());
         assert!("1G,hugepages=maybe".parse::<MemoryConfig>().is_err());
     }
@@ -548,5 +587,27 @@ mod tests {
         );
         c.kernel = None;
         assert_eq!(c.validate(), Err(ConfigError::NoKernel));
+    }
+
+    #[test]
+    fn private_ram_refuses_devices_and_ksm_refuses_shared_ram() {
+        let mut c = VmConfig {
+            kernel: Some("/k".into()),
+            ..VmConfig::default()
+        };
+        c.memory = "512M,mergeable=on".parse().unwrap();
+        assert_eq!(c.validate(), Err(ConfigError::MergeableShared));
+        c.memory = "512M,shared=off,mergeable=on".parse().unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        c.memory = "512M,shared=off,hugepages=on".parse().unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::PrivateRam(_))));
+        c.memory.hugepages = None;
+        c.devices = vec!["vhost-user,type=blk,socket=/run/b.sock".parse().unwrap()];
+        let err = c.validate().unwrap_err();
+        assert_eq!(err, ConfigError::PrivateRamDevice("/run/b.sock".into()));
+        assert!(err.to_string().contains("/run/b.sock"), "{err}");
+        // the default is shared, and a config without the key (older ones) stays shared
+        let m: MemoryConfig = serde_json::from_str(r#"{"size":"1G","hugepages":false}"#).unwrap();
+        assert!(m.shared && m.hugepages == Some(false));
     }
 }

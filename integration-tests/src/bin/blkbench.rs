@@ -74,8 +74,8 @@ fn main() -> Result<()> {
     let size = QUEUE_AREA * u64::from(args.queues);
     let ram = GuestRam::new(&MemoryConfig {
         size: ByteSize(size),
-        hugepages: args.hugepages,
-        mergeable: false,
+        hugepages: args.hugepages.then_some(true),
+        ..MemoryConfig::default()
     })
     .context("guest memory")?;
     let mem = ram.memory().clone();

@@ -85,8 +85,7 @@ fn main() -> Result<()> {
     }
     let ram = GuestRam::new(&MemoryConfig {
         size: ByteSize(2 * QUEUE_AREA),
-        hugepages: false,
-        mergeable: false,
+        ..MemoryConfig::default()
     })
     .context("guest memory")?;
     let mem = ram.memory().clone();

@@ -29,6 +29,8 @@ use ::api::types::{
 /// What the handlers can see of the VM.
 pub struct ApiContext {
     pub cfg: VmConfig,
+    /// The pages behind guest RAM, as [`crate::memory::backing`] chose them.
+    pub ram_pages: api::types::RamPages,
     pub started: Instant,
     pub control: Arc<RunControl>,
     pub exit: Arc<ExitHandle>,
@@ -186,6 +188,7 @@ async fn info(State(ctx): Ctx) -> Json<VmInfo> {
         uptime_ms: ctx.started.elapsed().as_millis() as u64,
         cpus: ctx.cfg.cpus,
         memory_bytes: ctx.cfg.memory.size.0,
+        ram_pages: ctx.ram_pages,
         power_button_presses: ctx.power_button.presses(),
         devices: ctx.devices.iter().map(device_info).collect(),
         config: ctx.cfg.clone(),
@@ -231,7 +234,10 @@ async fn snapshot(
         Err(e) => return fail(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let Some(handles) = ctx.snapshot.clone() else {
-        return fail(StatusCode::CONFLICT, "this API serves no VM to snapshot");
+        return fail(
+            StatusCode::CONFLICT,
+            "this API serves no VM to snapshot, or its RAM is private (--memory shared=off)",
+        );
     };
     match tokio::task::spawn_blocking(move || save::save(&handles, &dir)).await {
         Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),

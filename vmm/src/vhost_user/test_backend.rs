@@ -471,8 +471,7 @@ impl Rings {
 pub fn guest_ram() -> GuestRam {
     GuestRam::new(&MemoryConfig {
         size: ByteSize(64 << 20),
-        hugepages: false,
-        mergeable: false,
+        ..MemoryConfig::default()
     })
     .unwrap()
 }

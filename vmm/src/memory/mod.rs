@@ -1,26 +1,26 @@
-//! Guest RAM: one memfd, mapped `MAP_SHARED` so vhost-user backends can map the same pages.
-//! Split around the 32-bit hole (see [`crate::layout`]); optionally hugetlbfs-backed
-//! (`MFD_HUGETLB`) and KSM-mergeable (`MADV_MERGEABLE`).
+//! Guest RAM: one file (a memfd, or an unnamed file on a private huge-page tmpfs), mapped
+//! `MAP_SHARED` so vhost-user backends can map the same pages; which file, and so which page
+//! size, is [`backing`]'s choice. Split around the 32-bit hole (see [`crate::layout`]).
+//! `shared=off` is private anonymous memory instead (no backends; KSM can merge it).
+
+pub mod backing;
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
 
+use api::types::RamPages;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::config::{ByteSize, MemoryConfig};
 use crate::layout::ram_ranges;
-
-const HUGE_PAGE_SIZE: u64 = 2 << 20;
-const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-const FREE_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+use backing::NR_HUGEPAGES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("cannot create the guest memory memfd")]
     Memfd(#[source] std::io::Error),
-    #[error("cannot size the guest memory memfd to {0} bytes")]
+    #[error("cannot size the guest memory file to {0} bytes")]
     Size(u64, #[source] std::io::Error),
     #[error("cannot map guest memory")]
     Map(#[source] vm_memory::mmap::FromRangesError),
@@ -30,53 +30,57 @@ pub enum MemoryError {
         "hugepages=on needs {need} free 2 MiB huge pages but {free} are free: raise {NR_HUGEPAGES}"
     )]
     NoHugepages { need: u64, free: u64 },
-    #[error("madvise(MADV_MERGEABLE) failed (is KSM built into the host kernel?)")]
-    Mergeable(#[source] std::io::Error),
+    #[error("madvise({0}) on guest memory failed")]
+    Madvise(&'static str, #[source] std::io::Error),
 }
 
-/// The guest's RAM and the memfd behind it.
+/// The guest's RAM and the file behind it.
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     size: u64,
+    pages: RamPages,
 }
 
 impl GuestRam {
     pub fn new(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> {
         let size = cfg.size.0;
         check_host_memory(size)?;
-        if cfg.hugepages {
-            check_free_hugepages(size)?;
+        let backing = backing::create(cfg)?;
+        if let Some(file) = &backing.file {
+            file.set_len(size).map_err(|e| MemoryError::Size(size, e))?;
         }
-        let mut flags = libc::MFD_CLOEXEC;
-        if cfg.hugepages {
-            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
-        }
-        // SAFETY: memfd_create with a valid NUL-terminated name; the result is checked.
-        let fd = unsafe { libc::memfd_create(c"splitvisor-guest-ram".as_ptr(), flags) };
-        if fd < 0 {
-            return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
-        }
-        // SAFETY: fd is a freshly created descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size).map_err(|e| MemoryError::Size(size, e))?;
-
         let mut ranges = Vec::new();
         let mut file_offset = 0;
         for (start, len) in ram_ranges(size) {
-            let f = file.try_clone().map_err(MemoryError::Memfd)?;
-            ranges.push((
-                GuestAddress(start),
-                len as usize,
-                Some(FileOffset::new(f, file_offset)),
-            ));
+            let f = match &backing.file {
+                Some(file) => Some(FileOffset::new(
+                    file.try_clone().map_err(MemoryError::Memfd)?,
+                    file_offset,
+                )),
+                None => None,
+            };
+            ranges.push((GuestAddress(start), len as usize, f));
             file_offset += len;
         }
         let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(MemoryError::Map)?;
-        let ram = GuestRam { mem, size };
-        if cfg.mergeable {
-            ram.madvise_mergeable()?;
+        let ram = GuestRam {
+            mem,
+            size,
+            pages: backing.pages,
+        };
+        if backing.advise_huge {
+            ram.madvise(libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
         }
+        if cfg.mergeable {
+            ram.madvise(libc::MADV_MERGEABLE, "MADV_MERGEABLE")?;
+        }
+        tracing::info!("guest RAM: {} in {} pages", ByteSize(size), backing.pages);
         Ok(ram)
+    }
+
+    /// The page size the RAM's backing gives (`vm.info`'s `ram_pages`).
+    pub fn pages(&self) -> RamPages {
+        self.pages
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {
@@ -87,7 +91,8 @@ impl GuestRam {
         self.size
     }
 
-    /// The memfd behind every region (guest RAM is its bytes 0..size, region after region).
+    /// The file behind every region (guest RAM is its bytes 0..size, region after region);
+    /// `None` for private RAM (`shared=off`).
     pub fn memfd(&self) -> Option<&File> {
         self.mem
             .iter()
@@ -143,19 +148,13 @@ impl GuestRam {
         Ok(())
     }
 
-    fn madvise_mergeable(&self) -> Result<(), MemoryError> {
+    fn madvise(&self, advice: libc::c_int, name: &'static str) -> Result<(), MemoryError> {
         for (_, _, len, host) in self.regions() {
-            // SAFETY: [host, host+len) is a mapping owned by `self.mem`; MADV_MERGEABLE only
-            // changes how the kernel may share its pages, never their contents.
-            let ret = unsafe {
-                libc::madvise(
-                    host as *mut libc::c_void,
-                    len as usize,
-                    libc::MADV_MERGEABLE,
-                )
-            };
+            // SAFETY: [host, host+len) is a mapping owned by `self.mem`; MADV_HUGEPAGE and
+            // MADV_MERGEABLE only change how the kernel backs its pages, never their contents.
+            let ret = unsafe { libc::madvise(host as *mut libc::c_void, len as usize, advice) };
             if ret != 0 {
-                return Err(MemoryError::Mergeable(std::io::Error::last_os_error()));
+                return Err(MemoryError::Madvise(name, std::io::Error::last_os_error()));
             }
         }
         Ok(())
@@ -183,14 +182,5 @@ fn check_host_memory(size: u64) -> Result<(), MemoryError> {
     Ok(())
 }
 
-fn check_free_hugepages(size: u64) -> Result<(), MemoryError> {
-    let need = size.div_ceil(HUGE_PAGE_SIZE);
-    let free = std::fs::read_to_string(FREE_HUGEPAGES)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    if free < need {
-        return Err(MemoryError::NoHugepages { need, free });
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests;
