@@ -35,6 +35,9 @@ struct Args {
     /// without them is reported as the VMM's own overhead.
     #[arg(long, default_value_t = 512)]
     guest_mem_mib: u64,
+    /// A/B: print case A's medians over case B's (repeatable) [default: the cases in pairs].
+    #[arg(long = "ratio", value_name = "A/B")]
+    ratios: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -162,6 +165,20 @@ fn main() -> Result<()> {
                 .context("--case must be NAME=COMMAND")
         })
         .collect::<Result<_>>()?;
+    // the ratios asked for, or the cases in pairs (ours, theirs)
+    let index = |name: &str| cases.iter().position(|(n, _)| n == name);
+    let pairs: Vec<(usize, usize)> = if args.ratios.is_empty() {
+        (0..cases.len() / 2).map(|i| (2 * i, 2 * i + 1)).collect()
+    } else {
+        args.ratios
+            .iter()
+            .map(|r| {
+                r.split_once('/')
+                    .and_then(|(a, b)| Some((index(a)?, index(b)?)))
+                    .with_context(|| format!("--ratio {r}: expected A/B, two case names"))
+            })
+            .collect::<Result<_>>()?
+    };
     let mut results: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
     let mut failures = vec![0usize; cases.len()];
     for i in 0..args.runs {
@@ -170,7 +187,7 @@ fn main() -> Result<()> {
             match run_once(cmd, &args.marker, timeout, args.guest_mem_mib << 10) {
                 Ok(run) => {
                     println!(
-                        "run {:>2} {name:<14} boot {:>8.1} ms  peak RSS {:>7} KiB  VMM overhead {:>6} KiB",
+                        "run {:>2} {name:<20} boot {:>8.1} ms  peak RSS {:>7} KiB  VMM overhead {:>6} KiB",
                         i + 1,
                         run.boot.as_secs_f64() * 1000.0,
                         run.peak_rss_kib,
@@ -180,7 +197,7 @@ fn main() -> Result<()> {
                 }
                 Err(e) => {
                     // a failed run is reported and counted, not averaged in
-                    println!("run {:>2} {name:<14} FAILED: {e:#}", i + 1);
+                    println!("run {:>2} {name:<20} FAILED: {e:#}", i + 1);
                     failures[c] += 1;
                 }
             }
@@ -195,14 +212,22 @@ fn main() -> Result<()> {
         }
     }
     let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    let boot_ms = |r: &Run| r.boot.as_secs_f64() * 1000.0;
     let summary: Vec<[f64; 3]> = results
         .iter()
         .map(|runs| {
             [
-                med(runs, |r| r.boot.as_secs_f64() * 1000.0),
+                med(runs, boot_ms),
                 med(runs, |r| r.peak_rss_kib as f64),
                 med(runs, |r| r.peak_overhead_kib as f64),
             ]
+        })
+        .collect();
+    let range: Vec<(f64, f64)> = results
+        .iter()
+        .map(|runs| {
+            let ms = runs.iter().map(boot_ms);
+            (ms.clone().fold(f64::MAX, f64::min), ms.fold(0.0, f64::max))
         })
         .collect();
     if args.json {
@@ -217,22 +242,27 @@ fn main() -> Result<()> {
         return Ok(());
     }
     println!(
-        "\n{:<14} {:>17} {:>21} {:>24}",
-        "case", "median boot (ms)", "median peak RSS (KiB)", "median VMM overhead (KiB)"
+        "\n{:<20} {:>17} {:>19} {:>21} {:>24}",
+        "case",
+        "median boot (ms)",
+        "range (ms)",
+        "median peak RSS (KiB)",
+        "median VMM overhead (KiB)"
     );
-    for ((n, _), [b, r, o]) in cases.iter().zip(&summary) {
-        println!("{n:<14} {b:>17.1} {r:>21.0} {o:>24.0}");
+    for (((n, _), [b, r, o]), (lo, hi)) in cases.iter().zip(&summary).zip(&range) {
+        let span = format!("{lo:.0}-{hi:.0}");
+        println!("{n:<20} {b:>17.1} {span:>19} {r:>21.0} {o:>24.0}");
     }
-    // cases come in pairs (ours, theirs): print their ratios
-    for (pair, sums) in cases.chunks(2).zip(summary.chunks(2)) {
-        if let ([(a, _), (b, _)], [x, y]) = (pair, sums) {
-            println!(
-                "{a} / {b}: boot time {:.2}, peak RSS {:.2}, VMM overhead {:.2}",
-                x[0] / y[0],
-                x[1] / y[1],
-                x[2] / y[2]
-            );
-        }
+    for (a, b) in pairs {
+        let (x, y) = (summary[a], summary[b]);
+        println!(
+            "{} / {}: boot time {:.2}, peak RSS {:.2}, VMM overhead {:.2}",
+            cases[a].0,
+            cases[b].0,
+            x[0] / y[0],
+            x[1] / y[1],
+            x[2] / y[2]
+        );
     }
     Ok(())
 }
