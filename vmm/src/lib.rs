@@ -19,6 +19,7 @@ pub mod power_on;
 pub mod run_control;
 pub mod signals;
 pub mod snapshot;
+pub mod threads;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod virtio;

@@ -46,8 +46,7 @@ pub fn install_vcpu_kick_handler() -> std::io::Result<()> {
 
 /// Start the thread that turns a stop signal into a VM exit.
 pub fn spawn_handler(exit: Arc<ExitHandle>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("signals".into())
+    crate::threads::builder("signals")
         .spawn(move || {
             let set = stop_set();
             let mut sig: libc::c_int = 0;

@@ -52,16 +52,14 @@ pub fn spawn(
     control: Arc<RunControl>,
     seccomp: crate::config::SeccompMode,
 ) -> std::io::Result<std::thread::JoinHandle<VcpuFd>> {
-    std::thread::Builder::new()
-        .name(format!("vcpu{id}"))
-        .spawn(move || {
-            if let Err(e) = crate::confinement::install_vcpu(id, seccomp) {
-                let why = format!("vCPU {id}: {}", crate::error_chain(&e));
-                devices.exit.request(VmExit::Crash(why));
-                return vcpu;
-            }
-            run(id, vcpu, devices, control)
-        })
+    crate::threads::builder(format!("vcpu{id}")).spawn(move || {
+        if let Err(e) = crate::confinement::install_vcpu(id, seccomp) {
+            let why = format!("vCPU {id}: {}", crate::error_chain(&e));
+            devices.exit.request(VmExit::Crash(why));
+            return vcpu;
+        }
+        run(id, vcpu, devices, control)
+    })
 }
 
 fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>, control: Arc<RunControl>) -> VcpuFd {

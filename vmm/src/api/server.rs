@@ -89,10 +89,11 @@ pub fn serve_on_thread(path: &Path, thread: &str, app: Router) -> Result<(), Api
         })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // its blocking pool's threads (`run_blocking`): see crate::threads
+        .thread_stack_size(crate::threads::STACK_SIZE)
         .build()
         .map_err(ApiServerError::Thread)?;
-    std::thread::Builder::new()
-        .name(thread.into())
+    crate::threads::builder(thread)
         .spawn(move || {
             runtime.block_on(async move {
                 let listener = match tokio::net::UnixListener::from_std(std_listener) {

@@ -397,8 +397,7 @@ impl<R: Read + AsRawFd> Read for WaitForInput<R> {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), SerialError> {
-    std::thread::Builder::new()
-        .name(name.into())
+    crate::threads::builder(name)
         .spawn(f)
         .map(|_| ())
         .map_err(SerialError::Thread)

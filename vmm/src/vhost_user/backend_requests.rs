@@ -80,19 +80,17 @@ impl BackendChannel {
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let _ = self.relay.on_config_change.set(on_config_change);
         let name = self.relay.name.clone();
-        std::thread::Builder::new()
-            .name(format!("{name}-backend-req"))
-            .spawn(move || loop {
-                match self.handler.handle_request() {
-                    Ok(_) => {}
-                    Err(vhost::vhost_user::Error::Disconnected) => return,
-                    Err(e) => {
-                        // the stream cannot be trusted past a bad message: stop serving it
-                        tracing::warn!(device = %name, error = %e, "backend request channel closed");
-                        return;
-                    }
+        crate::threads::builder(format!("{name}-backend-req")).spawn(move || loop {
+            match self.handler.handle_request() {
+                Ok(_) => {}
+                Err(vhost::vhost_user::Error::Disconnected) => return,
+                Err(e) => {
+                    // the stream cannot be trusted past a bad message: stop serving it
+                    tracing::warn!(device = %name, error = %e, "backend request channel closed");
+                    return;
                 }
-            })
+            }
+        })
     }
 }
 

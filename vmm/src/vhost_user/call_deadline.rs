@@ -76,8 +76,7 @@ fn watchdog() -> Option<&'static Watchdog> {
         .get_or_init(|| {
             let watchdog = Arc::new(Watchdog::default());
             let runner = watchdog.clone();
-            match std::thread::Builder::new()
-                .name("vhost-user-deadline".into())
+            match crate::threads::builder("vhost-user-deadline")
                 .spawn(move || runner.run())
             {
                 Ok(_) => Some(watchdog),

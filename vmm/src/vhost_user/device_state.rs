@@ -115,11 +115,9 @@ fn with_timeout<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
     let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("device-state".into())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })?;
+    crate::threads::builder("device-state").spawn(move || {
+        let _ = tx.send(f());
+    })?;
     rx.recv_timeout(TRANSFER_TIMEOUT).map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::TimedOut,

@@ -451,8 +451,7 @@ pub fn spawn(
     transport: Arc<Mutex<VirtioPciDevice>>,
 ) -> std::io::Result<()> {
     let mut handle = watch_handle(&device)?;
-    std::thread::Builder::new()
-        .name(format!("{name}-reconnect"))
+    crate::threads::builder(format!("{name}-reconnect"))
         .spawn(move || loop {
             wait_for_hangup(&handle);
             device
