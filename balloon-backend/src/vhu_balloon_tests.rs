@@ -129,3 +129,27 @@ fn a_memory_table_at_the_top_of_the_address_space_is_served_without_an_abort() {
     dev.update_memory(GuestMemoryAtomic::new(mem)).unwrap();
     assert_eq!(state.ram.load(Ordering::Relaxed), 1 << 20);
 }
+
+/// GET_CONFIG answers any window of the spec's `struct virtio_balloon_config` (num_pages,
+/// actual, free_page_hint_cmd_id, poison_val: 16 bytes), zeros for the fields we do not offer.
+#[test]
+fn get_config_answers_every_window_of_the_spec_config_space() {
+    const SPEC_CONFIG_LEN: usize = 16;
+    let state = Arc::new(BalloonState::default());
+    state.num_pages.store(0x1234, Ordering::Relaxed);
+    state.driver_wrote_actual(0x10);
+    let dev = VhostUserBalloon::new(state, false, false);
+    let mut spec = [0u8; SPEC_CONFIG_LEN];
+    spec[..4].copy_from_slice(&0x1234u32.to_le_bytes());
+    spec[4..8].copy_from_slice(&0x10u32.to_le_bytes());
+    for offset in 0..SPEC_CONFIG_LEN {
+        for size in 1..=SPEC_CONFIG_LEN - offset {
+            let got = dev.get_config(offset as u32, size as u32);
+            assert_eq!(
+                got,
+                spec[offset..offset + size],
+                "offset {offset} size {size}"
+            );
+        }
+    }
+}

@@ -462,6 +462,28 @@ mod tests {
     }
 
     #[test]
+    fn get_config_answers_every_window_of_the_config_space() {
+        let vu = backend(1, 1);
+        let full = vu.get_config(0, CONFIG_SIZE as u32);
+        assert_eq!(full.len(), CONFIG_SIZE);
+        // capacity: the 1 MiB image in 512-byte sectors
+        assert_eq!(full[..8], (MIB >> 9).to_le_bytes());
+        for offset in 0..CONFIG_SIZE {
+            for size in 1..=CONFIG_SIZE - offset {
+                let got = vu.get_config(offset as u32, size as u32);
+                assert_eq!(
+                    got,
+                    full[offset..offset + size],
+                    "offset {offset} size {size}"
+                );
+            }
+        }
+        // a newer frontend's longer struct: exactly the size asked, zeros past our fields
+        let longer = vu.get_config(CONFIG_SIZE as u32 - 4, 36);
+        assert_eq!((longer.len(), &longer[4..]), (36, &[0u8; 32][..]));
+    }
+
+    #[test]
     fn queues_are_dealt_round_robin_over_the_worker_threads() {
         assert_eq!(backend(4, 2).queues_per_thread(), vec![0b0101, 0b1010]);
         assert_eq!(backend(3, 1).queues_per_thread(), vec![0b111]);

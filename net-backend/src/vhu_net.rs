@@ -382,7 +382,7 @@ impl VhostUserBackend for VhostUserNet {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        backends::config_space::read(&self.config.to_bytes(), offset, size)
+        self.config.read(offset, size)
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {

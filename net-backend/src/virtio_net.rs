@@ -67,7 +67,18 @@ impl NetConfig {
         b[10..12].copy_from_slice(&self.mtu.to_le_bytes());
         b
     }
+
+    /// GET_CONFIG: `size` bytes from `offset`, zeros for the fields of the spec's longer
+    /// `virtio_net_config` we do not fill (speed, duplex, the RSS fields…), which frontends ask
+    /// for (Cloud Hypervisor reads 17 bytes, up to `duplex`).
+    pub fn read(&self, offset: u32, size: u32) -> Vec<u8> {
+        backends::config_space::read(&self.to_bytes(), offset, size)
+    }
 }
+
+/// The spec's `struct virtio_net_config` in full (virtio 1.3: up to `supported_hash_types`).
+#[cfg(test)]
+const SPEC_CONFIG_LEN: usize = 24;
 
 /// A MAC address written `52:54:00:12:34:56` (unicast only).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -81,6 +92,33 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_config_answers_every_window_of_the_spec_config_space() {
+        let c = NetConfig {
+            mac: [0x52, 0x54, 0, 1, 2, 3],
+            status: 1,
+            max_virtqueue_pairs: 2,
+            mtu: 1500,
+        };
+        let mut spec = c.to_bytes().to_vec();
+        spec.resize(SPEC_CONFIG_LEN, 0);
+        for offset in 0..SPEC_CONFIG_LEN {
+            for size in 1..=SPEC_CONFIG_LEN - offset {
+                let got = c.read(offset as u32, size as u32);
+                assert_eq!(
+                    got,
+                    spec[offset..offset + size],
+                    "offset {offset} size {size}"
+                );
+            }
+        }
+        // what Cloud Hypervisor asks for: 17 bytes, our 12 then speed and duplex as zeros
+        let ch = c.read(0, 17);
+        assert_eq!((&ch[..6], &ch[12..]), (&c.mac[..], &[0u8; 5][..]));
+        // past the struct altogether: still exactly the size asked, zeros
+        assert_eq!(c.read(SPEC_CONFIG_LEN as u32, 8), vec![0; 8]);
+    }
 
     #[test]
     fn mac_parses_and_prints() {
