@@ -85,3 +85,31 @@ fn private_ram_has_no_file_and_gets_anonymous_huge_pages_where_the_host_allows()
         other => assert_eq!((other, anon_huge), (RamPages::Small4K, 0)),
     }
 }
+
+/// The `VmFlags` of the mapping that starts at `host` (`mg`: KSM may merge it, `hg`: huge
+/// pages advised).
+fn vm_flags(host: u64) -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let header = format!("{host:x}-");
+    smaps
+        .lines()
+        .skip_while(|l| !l.starts_with(&header))
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .expect("the mapping has VmFlags")
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn mergeable_private_ram_is_offered_to_ksm() {
+    let private = ram(",shared=off,mergeable=on");
+    let flags = vm_flags(host_address(&private));
+    assert!(flags.iter().any(|f| f == "mg"), "{flags:?}");
+    if private.pages() == RamPages::Thp2M {
+        assert!(flags.iter().any(|f| f == "hg"), "{flags:?}");
+    }
+    // the shared default is not: KSM would skip it, and the config refuses the option there
+    let shared = ram("");
+    assert!(!vm_flags(host_address(&shared)).iter().any(|f| f == "mg"));
+}
