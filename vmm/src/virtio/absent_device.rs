@@ -30,4 +30,27 @@ impl VirtioDevice for AbsentDevice {
     fn state(&self) -> VirtioDeviceState {
         VirtioDeviceState::Absent
     }
+    /// A snapshot is refused: restoring it would connect a backend behind a device the guest
+    /// saw broken (or never reach one), so it could not bring the VM back as it was.
+    fn suspend(&mut self) -> Result<(), String> {
+        Err(
+            "its backend was unreachable when the VM started, so the guest has no working \
+             device here: a snapshot could not bring it back (start the VM again with its \
+             backend running)"
+                .into(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_of_an_absent_device_is_refused_with_the_reason() {
+        let mut absent = AbsentDevice { device_type: 2 };
+        let why = absent.suspend().unwrap_err();
+        assert!(why.contains("backend was unreachable"), "{why}");
+        assert!(absent.resume().is_ok());
+    }
 }
