@@ -235,9 +235,17 @@ pub const PRIVILEGES: &[i64] = &[
     SYS_seccomp,
 ];
 
+/// The new mount API's calls that make a *detached* mount: the vmm's private huge-page tmpfs
+/// for guest RAM (`vmm::memory::backing`), made before the vmm's own filter, which forbids
+/// them again. Without `move_mount` (never allowed) such a mount is attached nowhere: it is
+/// only reachable through its descriptor. Only a parent whose children include the vmm (the
+/// supervisor) allows them.
+pub const DETACHED_MOUNT: &[i64] = &[SYS_fsopen, SYS_fsconfig, SYS_fsmount];
+
 /// Every group (for tests).
 pub const ALL_GROUPS: &[&[i64]] = &[
     RUNTIME,
+    DETACHED_MOUNT,
     FILES,
     SOCKETS,
     SOCKET_IO,
@@ -258,6 +266,7 @@ pub const NEVER: &[(i64, &str)] = &[
     (SYS_process_vm_writev, "process_vm_writev"),
     (SYS_kcmp, "kcmp"),
     (SYS_mount, "mount"),
+    (SYS_move_mount, "move_mount"),
     (SYS_umount2, "umount2"),
     (SYS_pivot_root, "pivot_root"),
     (SYS_chroot, "chroot"),

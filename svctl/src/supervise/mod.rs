@@ -71,15 +71,25 @@ pub fn tail(path: &Path) -> String {
 
 /// The supervisor's seccomp filter, in the domain's mode. What it starts inherits the filter
 /// (and adds its own), so it allows what the vmm and the backends need besides starting,
-/// watching and signalling processes and giving up privileges; it still refuses ptrace,
-/// mount, namespaces, modules, BPF, keys and the rest of `confine::syscalls::NEVER`.
+/// watching and signalling processes and giving up privileges — the vmm's detached
+/// huge-page tmpfs for guest RAM included (`DETACHED_MOUNT`, made before the vmm's own
+/// filter); it still refuses ptrace, mount, namespaces, modules, BPF, keys and the rest of
+/// `confine::syscalls::NEVER`.
 fn confine(store: &Store, name: &str) -> Result<(), String> {
     use confine::syscalls::*;
     let mode = store
         .load(name)
         .map_or_else(|_| Default::default(), |d| d.seccomp);
     let groups = [
-        RUNTIME, FILES, SOCKETS, SOCKET_IO, IO_URING, KVM, PROCESSES, PRIVILEGES,
+        RUNTIME,
+        FILES,
+        SOCKETS,
+        SOCKET_IO,
+        IO_URING,
+        KVM,
+        PROCESSES,
+        PRIVILEGES,
+        DETACHED_MOUNT,
     ];
     confine::seccomp::install("svctl supervisor", mode, &groups)
         .map_err(|e| format!("domain '{name}': {e}"))
