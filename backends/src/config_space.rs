@@ -15,6 +15,20 @@ pub fn read(space: &[u8], offset: u32, size: u32) -> Vec<u8> {
     out
 }
 
+/// The first window `(offset, size, answer)` of `spec` — a device's whole config struct as
+/// the virtio spec lays it out, zeros in the fields the device does not fill — for which `read`
+/// (the device's GET_CONFIG) does not answer exactly those bytes; `None` when every window is
+/// right. The backends' tests check their GET_CONFIG with it.
+pub fn first_wrong_window(
+    spec: &[u8],
+    read: impl Fn(u32, u32) -> Vec<u8>,
+) -> Option<(usize, usize, Vec<u8>)> {
+    (0..spec.len())
+        .flat_map(|offset| (1..=spec.len() - offset).map(move |size| (offset, size)))
+        .map(|(offset, size)| (offset, size, read(offset as u32, size as u32)))
+        .find(|(offset, size, got)| got[..] != spec[*offset..offset + size])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +45,20 @@ mod tests {
         // offsets and sizes whose sum overflows are no panic
         assert_eq!(read(&space, u32::MAX, 4), vec![0; 4]);
         assert_eq!(read(&space, 7, u32::MAX).len(), u32::MAX as usize);
+    }
+
+    #[test]
+    fn the_window_check_finds_a_wrong_answer() {
+        let spec = [1u8, 2, 3, 0, 0];
+        assert_eq!(
+            first_wrong_window(&spec, |o, s| read(&spec[..3], o, s)),
+            None
+        );
+        // a device that answers short past its fields is caught at the first such window
+        let short = |o: u32, s: u32| read(&spec[..3], o, s.min(3u32.saturating_sub(o)));
+        assert_eq!(
+            first_wrong_window(&spec, short),
+            Some((0, 4, vec![1, 2, 3]))
+        );
     }
 }

@@ -76,10 +76,6 @@ impl NetConfig {
     }
 }
 
-/// The spec's `struct virtio_net_config` in full (virtio 1.3: up to `supported_hash_types`).
-#[cfg(test)]
-const SPEC_CONFIG_LEN: usize = 24;
-
 /// A MAC address written `52:54:00:12:34:56` (unicast only).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     s.parse::<api::backend::net::MacAddress>().ok().map(|m| m.0)
@@ -93,6 +89,9 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 mod tests {
     use super::*;
 
+    /// The spec's `struct virtio_net_config` in full (virtio 1.3: up to `supported_hash_types`).
+    const SPEC_CONFIG_LEN: usize = 24;
+
     #[test]
     fn get_config_answers_every_window_of_the_spec_config_space() {
         let c = NetConfig {
@@ -103,16 +102,8 @@ mod tests {
         };
         let mut spec = c.to_bytes().to_vec();
         spec.resize(SPEC_CONFIG_LEN, 0);
-        for offset in 0..SPEC_CONFIG_LEN {
-            for size in 1..=SPEC_CONFIG_LEN - offset {
-                let got = c.read(offset as u32, size as u32);
-                assert_eq!(
-                    got,
-                    spec[offset..offset + size],
-                    "offset {offset} size {size}"
-                );
-            }
-        }
+        let wrong = backends::config_space::first_wrong_window(&spec, |o, s| c.read(o, s));
+        assert_eq!(wrong, None);
         // what Cloud Hypervisor asks for: 17 bytes, our 12 then speed and duplex as zeros
         let ch = c.read(0, 17);
         assert_eq!((&ch[..6], &ch[12..]), (&c.mac[..], &[0u8; 5][..]));

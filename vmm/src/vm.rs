@@ -327,10 +327,11 @@ impl Vm {
         let mut api = None;
         if let Some(path) = &cfg.api_socket {
             // private RAM (`shared=off`) has no file to read: no snapshots of it
-            let memfd = match ram.memfd() {
-                Some(f) => Some(f.try_clone().map_err(VmError::Thread)?),
-                None => None,
-            };
+            let memfd = ram
+                .memfd()
+                .map(std::fs::File::try_clone)
+                .transpose()
+                .map_err(VmError::Thread)?;
             let snapshot = memfd.map(|memfd| crate::snapshot::save::Handles {
                 vm: vm.clone(),
                 caps: caps.clone(),

@@ -41,7 +41,31 @@ pub struct Backing {
     pub advise_huge: bool,
 }
 
-/// A detached tmpfs mount with `huge=within_size`: files are made in it with `O_TMPFILE`.
+impl Backing {
+    fn shared(file: File, pages: RamPages, advise_huge: bool) -> Backing {
+        Backing {
+            file: Some(file),
+            pages,
+            advise_huge,
+        }
+    }
+
+    /// A hugetlbfs memfd (the free pages already checked).
+    fn hugetlb() -> Result<Backing, MemoryError> {
+        Ok(Backing::shared(memfd(true)?, RamPages::Hugetlb2M, false))
+    }
+}
+
+/// 2 MiB pages if `huge`, else 4 KiB.
+fn thp_if(huge: bool) -> RamPages {
+    if huge {
+        RamPages::Thp2M
+    } else {
+        RamPages::Small4K
+    }
+}
+
+/// A detached tmpfs mount with `huge=within_size` (see [`HugeTmpfs::file`]).
 struct HugeTmpfs(OwnedFd);
 
 /// The private tmpfs, or why there is none. Mounted at most once per process.
@@ -139,71 +163,50 @@ fn hugetlb_fits(size: u64) -> Result<(), MemoryError> {
 
 /// Choose and create the backing of `cfg` (the file not yet sized).
 pub fn create(cfg: &MemoryConfig) -> Result<Backing, MemoryError> {
-    let shmem = policy(SHMEM_ENABLED);
-    let shmem = shmem.as_deref();
     if !cfg.shared {
         let thp = matches!(policy(THP_ENABLED).as_deref(), Some("always" | "madvise"));
         return Ok(Backing {
             file: None,
-            pages: if thp {
-                RamPages::Thp2M
-            } else {
-                RamPages::Small4K
-            },
+            pages: thp_if(thp),
             advise_huge: thp,
         });
     }
+    let shmem = policy(SHMEM_ENABLED);
+    let shmem = shmem.as_deref();
     match cfg.hugepages {
         Some(true) => {
             hugetlb_fits(cfg.size.0)?;
-            Ok(Backing {
-                file: Some(memfd(true)?),
-                pages: RamPages::Hugetlb2M,
-                advise_huge: false,
-            })
+            Backing::hugetlb()
         }
-        Some(false) => Ok(Backing {
-            file: Some(memfd(false)?),
-            pages: if shmem_huge_by_itself(shmem) {
-                RamPages::Thp2M
-            } else {
-                RamPages::Small4K
-            },
-            advise_huge: false,
-        }),
+        Some(false) => Ok(Backing::shared(
+            memfd(false)?,
+            thp_if(shmem_huge_by_itself(shmem)),
+            false,
+        )),
         None => automatic(cfg.size.0, shmem),
     }
 }
 
 fn automatic(size: u64, shmem: Option<&str>) -> Result<Backing, MemoryError> {
-    let thp = |file, advise_huge| Backing {
-        file: Some(file),
-        pages: RamPages::Thp2M,
-        advise_huge,
-    };
     if shmem_huge_by_itself(shmem) {
-        return Ok(thp(memfd(false)?, false));
+        return Ok(Backing::shared(memfd(false)?, RamPages::Thp2M, false));
     }
     let mut tmpfs_problem = String::from("shmem_enabled is deny");
     if shmem != Some("deny") {
         match HUGE_TMPFS.get_or_init(mount_huge_tmpfs) {
             Ok(tmpfs) => match tmpfs.file() {
-                Ok(file) => return Ok(thp(file, false)),
+                Ok(file) => return Ok(Backing::shared(file, RamPages::Thp2M, false)),
                 Err(e) => tmpfs_problem = format!("a file on it: {e}"),
             },
             Err(e) => tmpfs_problem = e.clone(),
         }
         tracing::debug!("guest RAM: no private huge-page tmpfs ({tmpfs_problem})");
         if shmem == Some("advise") {
-            return Ok(thp(memfd(false)?, true));
+            return Ok(Backing::shared(memfd(false)?, RamPages::Thp2M, true));
         }
     }
     if size.is_multiple_of(HUGE_PAGE_SIZE) && hugetlb_fits(size).is_ok() {
-        return Ok(Backing {
-            file: Some(memfd(true)?),
-            pages: RamPages::Hugetlb2M,
-            advise_huge: false,
-        });
+        return Backing::hugetlb();
     }
     tracing::warn!(
         "guest RAM in 4 KiB pages (a slower boot, more TLB misses): {SHMEM_ENABLED} is {}, \
@@ -213,11 +216,7 @@ fn automatic(size: u64, shmem: Option<&str>) -> Result<Backing, MemoryError> {
         shmem.unwrap_or("unknown"),
         size.div_ceil(HUGE_PAGE_SIZE)
     );
-    Ok(Backing {
-        file: Some(memfd(false)?),
-        pages: RamPages::Small4K,
-        advise_huge: false,
-    })
+    Ok(Backing::shared(memfd(false)?, RamPages::Small4K, false))
 }
 
 #[cfg(test)]

@@ -17,21 +17,31 @@ fn touch(ram: &GuestRam) {
     }
 }
 
-/// `field` (kB) of the mapping that starts at `host` in /proc/self/smaps.
-fn smaps_kib(host: u64, field: &str) -> u64 {
+/// The value of `field` (e.g. `Rss:`) in the /proc/self/smaps entry of the mapping that
+/// starts at `host`.
+fn smaps_field(host: u64, field: &str) -> String {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let header = format!("{host:x}-");
     let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&header));
     lines.next().expect("the mapping is in smaps");
     lines
+        // the entry's own lines: `Name: value`, up to the next mapping's header
         .take_while(|l| {
             l.split_whitespace()
                 .next()
                 .is_some_and(|w| w.ends_with(':'))
         })
         .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} for the mapping at {host:#x}"))
+        .trim()
+        .to_string()
+}
+
+/// `field` in kB.
+fn smaps_kib(host: u64, field: &str) -> u64 {
+    let value = smaps_field(host, field);
+    let kib = value.trim_end_matches("kB").trim().parse();
+    kib.unwrap_or_else(|_| panic!("{field} {value} is not in kB"))
 }
 
 fn host_address(ram: &GuestRam) -> u64 {
@@ -89,16 +99,8 @@ fn private_ram_has_no_file_and_gets_anonymous_huge_pages_where_the_host_allows()
 /// The `VmFlags` of the mapping that starts at `host` (`mg`: KSM may merge it, `hg`: huge
 /// pages advised).
 fn vm_flags(host: u64) -> Vec<String> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let header = format!("{host:x}-");
-    smaps
-        .lines()
-        .skip_while(|l| !l.starts_with(&header))
-        .find_map(|l| l.strip_prefix("VmFlags:"))
-        .expect("the mapping has VmFlags")
-        .split_whitespace()
-        .map(String::from)
-        .collect()
+    let flags = smaps_field(host, "VmFlags:");
+    flags.split_whitespace().map(String::from).collect()
 }
 
 #[test]

@@ -103,28 +103,22 @@ pub fn save(
                 .read_exact_at(chunk, at)
                 .map_err(io("read guest RAM", at))?;
             // runs of non-zero pages, one write each
-            let mut any = false;
-            let mut run: Option<usize> = None;
-            let pages = chunk.len().div_ceil(PAGE);
-            for i in 0..=pages {
-                let zero = i == pages
-                    || chunk[i * PAGE..((i + 1) * PAGE).min(chunk.len())]
-                        .iter()
-                        .all(|&b| b == 0);
-                match (zero, run) {
-                    (false, None) => run = Some(i),
-                    (true, Some(first)) => {
-                        let bytes = &chunk[first * PAGE..(i * PAGE).min(chunk.len())];
-                        let off = at + (first * PAGE) as u64;
-                        out.write_all_at(bytes, off)
-                            .map_err(io("write memory.bin", off))?;
-                        any = true;
-                        run = None;
-                    }
-                    _ => {}
+            let data: Vec<bool> = chunk
+                .chunks(PAGE)
+                .map(|p| p.iter().any(|&b| b != 0))
+                .collect();
+            let mut first = 0;
+            for run in data.chunk_by(|a, b| a == b) {
+                let end = first + run.len();
+                if run[0] {
+                    let bytes = &chunk[first * PAGE..(end * PAGE).min(chunk.len())];
+                    let off = at + (first * PAGE) as u64;
+                    out.write_all_at(bytes, off)
+                        .map_err(io("write memory.bin", off))?;
                 }
+                first = end;
             }
-            if any {
+            if data.contains(&true) {
                 chunks.push(Chunk {
                     offset: at,
                     len,
