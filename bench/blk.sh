@@ -13,8 +13,11 @@
 # Environment: SV_BLK_ARGS adds arguments to splitvisor-blk (e.g. "--threads 1"); BENCH_QUEUES
 # picks the queue counts (default "1 4"); BENCH_PAGES=2m|4k the harness's memory (default 2m,
 # 2 MiB huge pages reserved for the run; see bench/blk-backends.sh).
+# `bench/blk.sh vm [ROUNDS]` runs bench/blk-vm.sh instead: a guest's I/O in the sandbox,
+# splitvisor + splitvisor-blk against QEMU's in-VMM virtio-blk.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ "${1:-}" = vm ] && exec bench/blk-vm.sh "${@:2}"
 SECS="${1:-3}"
 ROUNDS="${2:-3}"
 STORE="${3:-disk}"
