@@ -15,9 +15,41 @@ pub use api::backend::SchedPolicy;
 
 fn raw(policy: SchedPolicy) -> libc::c_int {
     match policy {
-        SchedPolicy::Batch => libc::SCHED_BATCH,
+        // `auto` starts every thread as batch; a worker that follows its queue's depth
+        // switches itself (`follow_depth`)
+        SchedPolicy::Batch | SchedPolicy::Auto => libc::SCHED_BATCH,
         SchedPolicy::Other => libc::SCHED_OTHER,
     }
+}
+
+thread_local! {
+    /// The policy `follow_depth` last gave the calling thread (`None`: not set by it yet).
+    static FOLLOWED: std::cell::Cell<Option<SchedPolicy>> = const { std::cell::Cell::new(None) };
+}
+
+/// The policy for a worker whose guest has `depth` requests outstanding on the queue it kicked:
+/// at most one means the guest waits on each request (a synchronous read, an fsync, QD1), so
+/// the worker its kick wakes should run at once (`other`, preempting the vCPU, which has
+/// nothing left to do but halt); more means the guest keeps working while requests are in
+/// flight, and the worker should not take the CPU from it (`batch`).
+pub fn for_depth(depth: usize) -> SchedPolicy {
+    if depth <= 1 {
+        SchedPolicy::Other
+    } else {
+        SchedPolicy::Batch
+    }
+}
+
+/// Put the calling thread under [`for_depth`]`(depth)`, with a system call only when that
+/// changes its policy. Block workers under `auto` call this on each kick, before serving it.
+pub fn follow_depth(depth: usize) -> io::Result<()> {
+    let want = for_depth(depth);
+    if FOLLOWED.get() == Some(want) {
+        return Ok(());
+    }
+    set_policy(want)?;
+    FOLLOWED.set(Some(want));
+    Ok(())
 }
 
 /// Put the calling thread under `policy`; threads it starts afterwards inherit it, so
@@ -59,6 +91,26 @@ mod tests {
             assert_eq!(child, Some(SchedPolicy::Batch));
             set_policy(SchedPolicy::Other).unwrap();
             assert_eq!(policy().unwrap(), Some(SchedPolicy::Other));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn auto_starts_as_batch_and_a_worker_follows_its_depth() {
+        std::thread::spawn(|| {
+            set_policy(SchedPolicy::Auto).unwrap();
+            assert_eq!(policy().unwrap(), Some(SchedPolicy::Batch));
+            for (depth, want) in [
+                (1, SchedPolicy::Other),
+                (0, SchedPolicy::Other),
+                (2, SchedPolicy::Batch),
+                (32, SchedPolicy::Batch),
+                (1, SchedPolicy::Other),
+            ] {
+                follow_depth(depth).unwrap();
+                assert_eq!(policy().unwrap(), Some(want), "depth {depth}");
+            }
         })
         .join()
         .unwrap();

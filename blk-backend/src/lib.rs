@@ -118,6 +118,8 @@ pub(crate) struct DeviceOptions {
     pub queue_size: usize,
     /// Asynchronous I/O with io_uring (the caller made sure the kernel has it).
     pub uring: bool,
+    /// The daemon's `--sched` (under `auto` the workers follow their queues' depth).
+    pub sched: backends::sched::SchedPolicy,
 }
 
 /// Makes a fresh vhost-user face for each connection over the one open device.
@@ -130,6 +132,7 @@ pub(crate) struct BlkFactory {
     threads: usize,
     queue_size: usize,
     uring: bool,
+    sched: backends::sched::SchedPolicy,
     /// The control socket, bound before confinement and served from `start_threads`.
     control: Option<(std::os::unix::net::UnixListener, reopen::Served)>,
     control_path: Option<PathBuf>,
@@ -173,6 +176,7 @@ impl BlkFactory {
             threads: options.threads,
             queue_size: options.queue_size,
             uring: options.uring,
+            sched: options.sched,
             control: None,
             control_path: None,
         }
@@ -183,14 +187,17 @@ impl BackendFactory for BlkFactory {
     type Backend = Arc<VhostUserBlk>;
 
     fn create(&mut self) -> std::io::Result<Self::Backend> {
-        let vu = Arc::new(VhostUserBlk::new(
-            self.device.clone(),
-            self.config.clone(),
-            self.queues,
-            self.threads,
-            self.queue_size,
-            self.uring,
-        )?);
+        let vu = Arc::new(
+            VhostUserBlk::new(
+                self.device.clone(),
+                self.config.clone(),
+                self.queues,
+                self.threads,
+                self.queue_size,
+                self.uring,
+            )?
+            .with_sched(self.sched),
+        );
         Ok(vu)
     }
 
@@ -333,6 +340,7 @@ pub fn start_backend(config: Config) -> Result<(), Error> {
         threads,
         queue_size: config.queue_size,
         uring,
+        sched: config.daemon.sched,
     };
     let mut factory = BlkFactory::new(disk, options);
     if let Some(path) = &config.control {

@@ -41,6 +41,9 @@ pub struct VhostUserBlk {
     inflight: InflightSlot,
     /// A DEVICE_STATE transfer in progress (`saved_state.rs`).
     transfer: backends::device_state::Transfer,
+    /// Under `--sched auto`: each worker sets its own policy from the depth the guest keeps
+    /// (`backends::sched::follow_depth`).
+    follow_depth: bool,
 }
 
 struct QueueState {
@@ -145,7 +148,14 @@ impl VhostUserBlk {
             queues,
             inflight: InflightSlot::new(num_queues as u16),
             transfer: Default::default(),
+            follow_depth: false,
         })
+    }
+
+    /// Under `policy` `auto`, the workers follow the depth of their queues.
+    pub fn with_sched(mut self, policy: backends::sched::SchedPolicy) -> Self {
+        self.follow_depth = policy == backends::sched::SchedPolicy::Auto;
+        self
     }
 
     /// Where the relay puts the frontend's inflight region for this connection.
@@ -182,6 +192,19 @@ impl VhostUserBlk {
             .ok_or_else(|| io::Error::other(format!("no queue {index}")))?
             .lock()
             .map_err(|_| io::Error::other("queue lock poisoned"))
+    }
+
+    /// The requests the guest has outstanding on a queue: in flight, and waiting in the avail
+    /// ring (the guest writes its index: a bogus one only picks a policy).
+    fn depth(&self, qs: &QueueState, vring: &VringRwLock) -> io::Result<usize> {
+        let in_flight = qs.uring.as_ref().map_or(0, UringQueue::in_flight);
+        let atomic = self.mem.get()?;
+        let state = vring.get_ref();
+        let queue = state.get_queue();
+        let waiting = queue
+            .avail_idx(&*atomic.memory(), Ordering::Acquire)
+            .map_or(0, |avail| avail.0.wrapping_sub(queue.next_avail()));
+        Ok(in_flight + usize::from(waiting))
     }
 
     /// Serve every available chain of `vring`: synchronously, or submitted to the queue's
@@ -443,6 +466,11 @@ impl VhostUserBackend for VhostUserBlk {
                 qs.vring = Some(vring.clone());
             }
             self.take_over_inflight(queue, &mut qs, vring)?;
+            // before any work, so that the kernel's io_uring workers this submission may
+            // start inherit the policy too
+            if self.follow_depth {
+                backends::sched::follow_depth(self.depth(&qs, vring)?)?;
+            }
             backends::queue::drain(vring, self.event_idx.load(Ordering::Relaxed), || {
                 self.process_queue(&mut qs, vring)
             })

@@ -69,6 +69,10 @@ impl BlkProcess {
         process
     }
 
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// SIGTERM, and wait for the exit (the image closed cleanly).
     pub fn terminate(&mut self) {
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();

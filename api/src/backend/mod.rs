@@ -57,10 +57,14 @@ pub enum LandlockMode {
 #[serde(rename_all = "lowercase")]
 pub enum SchedPolicy {
     /// `SCHED_BATCH`: a woken worker does not preempt the running vCPU.
-    #[default]
     Batch,
     /// `SCHED_OTHER`: the normal policy (a woken worker may preempt).
     Other,
+    /// `SCHED_BATCH`, except a block worker whose guest waits on one request at a time: that
+    /// worker switches itself to `SCHED_OTHER` until the guest queues more (net and balloon
+    /// threads stay `SCHED_BATCH`).
+    #[default]
+    Auto,
 }
 
 /// The options every backend daemon takes besides its device options.
@@ -88,9 +92,10 @@ pub struct DaemonConfig {
     #[arg(long, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats_socket: Option<PathBuf>,
-    /// Scheduling policy of every thread: `batch` keeps a worker that a guest's kick wakes
-    /// from preempting the vCPU that kicked (see docs/backends.md).
-    #[arg(long, value_enum, default_value_t = SchedPolicy::Batch)]
+    /// Scheduling policy of the threads: `batch` keeps a worker that a guest's kick wakes from
+    /// preempting the vCPU that kicked; `auto` is `batch` but for a block worker whose guest
+    /// waits on each request, which runs at once (`other`) (see docs/backends.md).
+    #[arg(long, value_enum, default_value_t = SchedPolicy::Auto)]
     pub sched: SchedPolicy,
     /// Once the device's resources (image, tap, sockets) are open, become this user
     /// (`USER[:GROUP]`, names or numbers): no capabilities are left (docs/security.md).
@@ -137,7 +142,7 @@ mod tests {
     fn an_empty_json_object_is_the_command_line_with_no_options() {
         let d: DaemonConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(d, DaemonConfig::default());
-        assert_eq!(d.sched, SchedPolicy::Batch);
+        assert_eq!(d.sched, SchedPolicy::Auto);
         assert!(d.socket.is_none() && !d.once);
         assert!(serde_json::from_str::<DaemonConfig>(r#"{"sockt": "/x"}"#).is_err());
     }

@@ -74,6 +74,7 @@ fn factory(setup: Setup) -> io::Result<BlkFactory> {
         threads: setup.threads,
         queue_size: setup.queue_size,
         uring: setup.uring && crate::uring::available(),
+        sched: backends::sched::SchedPolicy::Batch,
     };
     Ok(BlkFactory::new(disk, options))
 }
