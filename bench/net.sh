@@ -3,9 +3,10 @@
 #
 # vm (inside the nested-KVM sandbox, side by side in one L1 run): the same guest kernel,
 #   initramfs, 2 vCPUs and 512 MiB on splitvisor + splitvisor-net, on QEMU's built-in
-#   userspace virtio-net with a tap (-accel kvm, -netdev tap,vhost=off) and, to tell the vmm's
-#   part from the process split's, on QEMU as the vhost-user frontend of splitvisor-net; each
-#   with 1 and 2 queue pairs. First it measures what a switch between two processes costs in
+#   userspace virtio-net with a tap (-accel kvm, -netdev tap,vhost=off), on QEMU with the
+#   in-kernel vhost-net data path (-netdev tap,vhost=on: L1 loads vhost and vhost_net from the
+#   Debian kernel) and, to tell the vmm's part from the process split's, on QEMU as the
+#   vhost-user frontend of splitvisor-net; each with 1 and 2 queue pairs. First it measures what a switch between two processes costs in
 #   L1 against one between two threads of a process (`perf bench sched pipe`, if perf is
 #   installed): the emulated L1 makes the first several times dearer, and a vhost-user
 #   backend adds process switches to every packet that QEMU's built-in device does not.
@@ -13,11 +14,13 @@
 #   (TCP, as many streams as pairs), and the request/response rate of an adaptive ping from
 #   the namespace to the guest (`ping -A`, which sends the next request after about a round
 #   trip, so a few are outstanding at most — up to 9 were seen here — where `-f` queued up
-#   while replies took over 10 ms): replies received per second of the run. Each boot measures
-#   each of these twice; ROUNDS (default 3) boots per configuration, taking turns (sv 1,
-#   qemu 1, qemu+sv 1, sv 2, qemu 2, qemu+sv 2, then again) so that L1's drift — the same
-#   configuration ran 2-5x apart from one boot to the next — hits all three. Reported: the
-#   median and the range of all 2 x ROUNDS samples. Compare ratios: L1 itself is emulated.
+#   while replies took over 10 ms): replies received per second of the run, and its mean round
+#   trip (µs per request). Then, the guest idle, the CPU time the VMM and the backend use
+#   in 5 s (ms per s). Each boot measures each of these twice (idle CPU once); ROUNDS (default
+#   3) boots per configuration, taking turns (sv 1, qemu 1, vhost-net 1, qemu+sv 1, sv 2, ...,
+#   then again) so that L1's drift — the same configuration ran 2-5x apart from one boot to the
+#   next — hits all four. Reported: the median and the range of all samples. Compare ratios:
+#   L1 itself is emulated.
 # native (on the host, no VM): sv-netbench drives the backend alone through a VM-less
 #   vhost-user frontend, ring -> tap and tap -> ring, 64- and 1514-byte frames, in a
 #   namespace of its own. SV_NET_ARGS adds arguments to its splitvisor-net (e.g. "--sched other").
@@ -91,7 +94,7 @@ while [ $r -lt $R ]; do
     r=$((r+1))
 done
 echo BENCH-PING-ME
-sleep $((R * 6 + 5))
+sleep $((R * 6 + 12))
 EOF
 )"
     local l1
@@ -116,9 +119,12 @@ PER_BOOT=2
 QEMU="qemu-system-x86_64 -L /usr/share/qemu -L /usr/share/seabios -accel kvm -cpu host -smp 2 -m 512M
     -nodefaults -no-user-config -display none -serial stdio -no-reboot
     -kernel $KIT/l2/vmlinuz -initrd $KIT/l2/initramfs.cpio.gz"
-run() { # run sv|qsv|qemu PAIRS BOOT (qsv: QEMU in front of splitvisor-net)
-    vmm=$1 p=$2 log=/tmp/$1-$2-$3.log
-    if [ $vmm != qemu ]; then
+cpu() { # CPU time of the PIDs, in ticks (utime + stime)
+    t=0; for pid in "$@"; do t=$((t + $(cut -d' ' -f14,15 /proc/$pid/stat | tr ' ' '+'))); done; echo $t
+}
+run() { # run sv|qsv|qemu|qvh PAIRS BOOT (qsv: QEMU in front of splitvisor-net; qvh: vhost-net)
+    vmm=$1 p=$2 log=/tmp/$1-$2-$3.log NET=""
+    if [ $vmm = sv ] || [ $vmm = qsv ]; then
         RUST_LOG=info $IP netns exec b splitvisor-net --socket /tmp/n.sock --create-tap t0 --queues $p --pidfile /tmp/n.pid 2>/tmp/n.err &
         NET=$!
         i=0; while [ ! -f /tmp/n.pid ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
@@ -136,7 +142,8 @@ run() { # run sv|qsv|qemu PAIRS BOOT (qsv: QEMU in front of splitvisor-net)
             -append "$CMD sv.pairs=$p sv.rounds=$PER_BOOT sv.cmd64=$G64" </dev/null >$log 2>&1 &
         VM=$!
     else
-        $IP netns exec b $QEMU -netdev tap,id=n0,ifname=t0,script=no,downscript=no,vhost=off,queues=$p \
+        vhost=off; [ $vmm = qvh ] && vhost=on
+        $IP netns exec b $QEMU -netdev tap,id=n0,ifname=t0,script=no,downscript=no,vhost=$vhost,queues=$p \
             -device virtio-net-pci,netdev=n0,mq=on,vectors=$((2 * p + 2)),romfile= \
             -append "$CMD sv.pairs=$p sv.rounds=$PER_BOOT sv.cmd64=$G64" </dev/null >$log 2>&1 &
         VM=$!
@@ -158,8 +165,13 @@ run() { # run sv|qsv|qemu PAIRS BOOT (qsv: QEMU in front of splitvisor-net)
             [ -n "$rate" ] && [ "$rate" != 0 ] || cat /tmp/ping.out
             # (a file of its own: the VM still writes its console to $log at its own offset)
             echo "BENCH-RR $rate" >> $log.rr
+            # "rtt min/avg/max/mdev = A/B/C/D ms": the mean round trip in µs
+            echo "BENCH-LAT $(grep rtt /tmp/ping.out | awk -F'[/ ]' '{ printf "%.0f", $8 * 1000 }')" >> $log.rr
             r=$((r+1))
         done
+        sleep 1
+        c0=$(cpu $VM $NET); sleep 5; c1=$(cpu $VM $NET)
+        echo "BENCH-IDLE $(( (c1 - c0) * 1000 / 100 / 5 ))" >> $log.rr
     else
         echo "BENCH-FAILED $vmm $p" >> $log.rr
     fi
@@ -168,17 +180,17 @@ run() { # run sv|qsv|qemu PAIRS BOOT (qsv: QEMU in front of splitvisor-net)
     echo "$vmm $p TAP $($IP -s -n b link show t0 | tr -s ' \n' ' ')"
     i=0; while kill -0 $VM 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
     kill -9 $VM 2>/dev/null; wait $VM
-    if [ $vmm != qemu ]; then
+    if [ -n "$NET" ]; then
         kill $NET; wait $NET; rm -f /tmp/n.pid
         grep 'stats at exit' /tmp/n.err | sed "s/.*stats at exit: /$vmm $p BACKEND /"
     fi
     $IP -n b link del t0 2>/dev/null
-    for k in OUT IN RR; do echo "$vmm $p $k $(cat $log $log.rr 2>/dev/null | grep "^BENCH-$k" | awk '{print $2}' | tr '\n' ' ')"; done
+    for k in OUT IN RR LAT IDLE; do echo "$vmm $p $k $(cat $log $log.rr 2>/dev/null | grep "^BENCH-$k" | awk '{print $2}' | tr '\n' ' ')"; done
     grep -q BENCH-FAILED $log.rr 2>/dev/null && tail -20 $log
 }
 boot=1
 while [ $boot -le $ROUNDS ]; do
-    for p in 1 2; do run sv $p $boot; run qemu $p $boot; run qsv $p $boot; done
+    for p in 1 2; do run sv $p $boot; run qemu $p $boot; run qvh $p $boot; run qsv $p $boot; done
     boot=$((boot + 1))
 done
 kill $SRV
@@ -190,24 +202,27 @@ EOF
         --host-tool iperf3 --host-tool ping $(command -v perf >/dev/null && echo --host-tool perf) \
         --host-dir /usr/share/qemu --host-dir /usr/share/seabios \
         "ROUNDS=$ROUNDS; GUEST=\$(printf '%s' '$(printf '%s' "$guest" | base64 | tr -d '\n')' | base64 -d)
-$l1" 2>&1 | tee >(cat >&2) | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^((sv|qsv|qemu) [12] (OUT|IN|RR)|SWITCH) ' || true)"
+$l1" 2>&1 | tee >(cat >&2) | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^((sv|qsv|qemu|qvh) [12] (OUT|IN|RR|LAT|IDLE)|SWITCH) ' || true)"
     echo "$out" | grep '^SWITCH ' | awk '{ printf "round trip between two %s in L1: %s us\n", $2, $3 }'
     echo
-    echo "| pairs | test | splitvisor + splitvisor-net, median (range) | QEMU virtio-net (userspace, tap), median (range) | QEMU + splitvisor-net (vhost-user), median (range) | ratio: ours / QEMU | ratio: QEMU + splitvisor-net / QEMU |"
-    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    echo "| pairs | test | splitvisor + splitvisor-net, median (range) | QEMU virtio-net (userspace, tap), median (range) | QEMU + vhost-net (kernel), median (range) | QEMU + splitvisor-net (vhost-user), median (range) | ratio: ours / QEMU | ratio: ours / vhost-net | ratio: QEMU + splitvisor-net / QEMU |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
     for p in 1 2; do
-        for k in OUT IN RR; do
+        for k in OUT IN RR LAT IDLE; do
             sa=$(echo "$out" | grep "^sv $p $k " | cut -d' ' -f4-)
             sb=$(echo "$out" | grep "^qemu $p $k " | cut -d' ' -f4-)
+            sv=$(echo "$out" | grep "^qvh $p $k " | cut -d' ' -f4-)
             sc=$(echo "$out" | grep "^qsv $p $k " | cut -d' ' -f4-)
-            a="$(median $sa)" b="$(median $sb)" c="$(median $sc)"
+            a="$(median $sa)" b="$(median $sb)" v="$(median $sv)" c="$(median $sc)"
             case $k in
                 OUT) name="TCP guest -> host, Mbit/s" ;;
                 IN) name="TCP host -> guest, Mbit/s" ;;
                 RR) name="ping request/response, per s" ;;
+                LAT) name="ping round trip, µs (lower is better)" ;;
+                IDLE) name="idle guest: CPU of VMM + backend, ms per s (lower is better)" ;;
             esac
-            echo "| $p | $name | $a ($(range $sa)) | $b ($(range $sb)) | $c ($(range $sc)) | $(ratio "$a" "$b") | $(ratio "$c" "$b") |"
+            echo "| $p | $name | $a ($(range $sa)) | $b ($(range $sb)) | $v ($(range $sv)) | $c ($(range $sc)) | $(ratio "$a" "$b") | $(ratio "$a" "$v") | $(ratio "$c" "$b") |"
         done
     done
 }

@@ -29,7 +29,7 @@ L2_MODULES="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virti
             failover net_failover virtio_net virtio_balloon virtio_console evdev button"
 L1_MODULES="irqbypass ccp kvm kvm-amd virtio virtio_ring virtio_pci 9pnet 9pnet_virtio netfs
             fscache 9p tun veth bridge crc32c_generic nf_tables nft_chain_nat nft_masq nft_ct nf_nat
-            nf_conntrack"
+            nf_conntrack vhost vhost_net"
 
 step() { printf '[guest-kit %s] %s\n' "$(date +%T)" "$*"; }
 die() { printf 'guest-kit: error: %s\n' "$*" >&2; exit 1; }
