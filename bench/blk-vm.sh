@@ -26,9 +26,8 @@ cargo build --release --workspace --bins --quiet
 scripts/guest-kit.sh >/dev/null
 BIN=target/release
 
-median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-range() { printf '%s\n' "$@" | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+# shellcheck source=bench/stats.sh
+. bench/stats.sh
 
 # in the guest: each row twice, then idle while L1 measures
 guest="$(cat <<'EOF'

@@ -32,8 +32,8 @@ scripts/install-deps.sh >/dev/null
 cargo build --release --workspace --bins --quiet
 BIN=target/release
 
-median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-range() { printf '%s\n' "$@" | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
+# shellcheck source=bench/stats.sh
+. bench/stats.sh
 
 # the native run's namespace and backend, removed on any exit (also when `set -e` stops a step)
 NB_NS="" NB_PID=""
@@ -207,7 +207,6 @@ $l1" 2>&1 | tee >(cat >&2) | tr -d '\r' | sed -n 's/^L1| //p' | grep -E '^((sv|q
     echo
     echo "| pairs | test | splitvisor + splitvisor-net, median (range) | QEMU virtio-net (userspace, tap), median (range) | QEMU + vhost-net (kernel), median (range) | QEMU + splitvisor-net (vhost-user), median (range) | ratio: ours / QEMU | ratio: ours / vhost-net | ratio: QEMU + splitvisor-net / QEMU |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
     for p in 1 2; do
         for k in OUT IN RR LAT IDLE; do
             sa=$(echo "$out" | grep "^sv $p $k " | cut -d' ' -f4-)

@@ -31,21 +31,22 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
     threads
 }
 
-/// The policies of the backend's threads one second into a 2 s run at queue depth `qd` (a
-/// worker lives as long as its frontend's connection).
-fn policies_at_depth(
-    backend: &BlkProcess,
-    socket: &std::path::Path,
-    qd: u32,
-) -> Vec<(String, u32)> {
+/// A splitvisor-blk under `--sched POLICY` on a fresh 16 MiB raw image, in a directory of its
+/// own (kept alive with it).
+fn start(policy: &str) -> (Scratch, BlkProcess) {
+    let dir = Scratch::new(&format!("blk-sched-{policy}"));
+    let image = dir.path("disk.img");
+    std::fs::write(&image, vec![0u8; 16 << 20]).unwrap();
+    let backend = BlkProcess::start(&dir.path("blk.sock"), &image, "raw", &["--sched", policy]);
+    (dir, backend)
+}
+
+/// The policies of the worker threads and of every other thread, one second into a 2 s run
+/// at queue depth `qd` (a worker lives as long as its frontend's connection).
+fn policies_at_depth(dir: &Scratch, backend: &BlkProcess, qd: u32) -> (Vec<u32>, Vec<u32>) {
     let mut bench = Command::new(bin("sv-blkbench"))
-        .args([
-            "--socket",
-            &socket.display().to_string(),
-            "--rw",
-            "randread",
-        ])
-        .args(["--qd", &qd.to_string(), "--secs", "2"])
+        .args(["--socket", &dir.path("blk.sock").display().to_string()])
+        .args(["--rw", "randread", "--qd", &qd.to_string(), "--secs", "2"])
         .stdout(Stdio::null())
         .spawn()
         .expect("sv-blkbench (built by `cargo build --release`)");
@@ -55,47 +56,30 @@ fn policies_at_depth(
         bench.wait().unwrap().success(),
         "sv-blkbench at QD{qd} failed"
     );
-    policies
-}
-
-fn workers(policies: &[(String, u32)]) -> Vec<u32> {
-    policies
-        .iter()
-        .filter(|(name, _)| name == "vring_worker")
-        .map(|(_, p)| *p)
-        .collect()
+    let (workers, others): (Vec<_>, Vec<_>) = policies
+        .into_iter()
+        .partition(|(name, _)| name == "vring_worker");
+    let policy = |threads: Vec<(String, u32)>| threads.into_iter().map(|(_, p)| p).collect();
+    (policy(workers), policy(others))
 }
 
 #[test]
 fn under_auto_the_worker_follows_the_guests_queue_depth() {
-    let dir = Scratch::new("blk-sched-auto");
-    let (image, socket) = (dir.path("disk.img"), dir.path("blk.sock"));
-    std::fs::write(&image, vec![0u8; 16 << 20]).unwrap();
-    let backend = BlkProcess::start(&socket, &image, "raw", &["--sched", "auto"]);
+    let (dir, backend) = start("auto");
     for (qd, want) in [(1, SCHED_OTHER), (16, SCHED_BATCH), (1, SCHED_OTHER)] {
-        let policies = policies_at_depth(&backend, &socket, qd);
-        assert_eq!(workers(&policies), vec![want], "QD{qd}: {policies:?}");
-        let others: Vec<_> = policies
-            .iter()
-            .filter(|(n, _)| n != "vring_worker")
-            .collect();
+        let (workers, others) = policies_at_depth(&dir, &backend, qd);
+        assert_eq!(workers, vec![want], "QD{qd}: the worker");
         assert!(
-            !others.is_empty() && others.iter().all(|(_, p)| *p == SCHED_BATCH),
-            "QD{qd}: every thread but the worker stays batch: {policies:?}"
+            !others.is_empty() && others.iter().all(|p| *p == SCHED_BATCH),
+            "QD{qd}: every thread but the worker stays batch: {others:?}"
         );
     }
 }
 
 #[test]
 fn under_batch_the_worker_stays_batch_at_depth_one() {
-    let dir = Scratch::new("blk-sched-batch");
-    let (image, socket) = (dir.path("disk.img"), dir.path("blk.sock"));
-    std::fs::write(&image, vec![0u8; 16 << 20]).unwrap();
-    let backend = BlkProcess::start(&socket, &image, "raw", &["--sched", "batch"]);
-    let policies = policies_at_depth(&backend, &socket, 1);
-    assert_eq!(workers(&policies), vec![SCHED_BATCH], "{policies:?}");
-    assert!(
-        policies.iter().all(|(_, p)| *p == SCHED_BATCH),
-        "{policies:?}"
-    );
+    let (dir, backend) = start("batch");
+    let (workers, others) = policies_at_depth(&dir, &backend, 1);
+    assert_eq!(workers, vec![SCHED_BATCH]);
+    assert!(others.iter().all(|p| *p == SCHED_BATCH), "{others:?}");
 }
