@@ -129,6 +129,43 @@ pub struct RestoreConfig {
     pub resume: bool,
 }
 
+/// `PUT /api/v1/vm.send-migration` (Cloud Hypervisor's body, `ch-remote send-migration`;
+/// `downtime_ms` is ours).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmSendMigrationData {
+    /// `tcp:HOST:PORT` or `unix:PATH`: where the destination vmm listens (`--incoming`).
+    pub destination_url: String,
+    /// Hand guest RAM's file over (same host, `unix:` only) instead of copying it.
+    #[serde(default)]
+    pub local: bool,
+    /// The pause the guest may see, in milliseconds [default: 300].
+    #[serde(default)]
+    pub downtime_ms: Option<u64>,
+}
+
+/// `PUT /api/v1/vm.receive-migration` (Cloud Hypervisor's body).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmReceiveMigrationData {
+    /// `tcp:ADDR:PORT` or `unix:PATH`: where to listen for the source.
+    pub receiver_url: String,
+}
+
+/// What `vm.send-migration` answers once the VM runs at the destination (the source then
+/// exits with status 6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// `local` (RAM's file handed over), `precopy` (RAM copied while the guest ran, then
+    /// the pages it wrote) or `stop-and-copy` (RAM copied while it was paused).
+    pub mode: String,
+    /// Guest RAM bytes sent.
+    pub ram_bytes: u64,
+    /// Dirty-page rounds after the first pass.
+    pub rounds: u32,
+    pub total_ms: u64,
+    /// From the pause here to the destination's confirmation that the VM runs there.
+    pub downtime_ms: u64,
+}
+
 /// Every error: a status code and this body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {

@@ -165,6 +165,13 @@ pub fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// [`value`], which the test needs: a panic showing `text` when it is missing.
+pub fn required(text: &str, key: &str) -> String {
+    value(text, key)
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+}
+
 /// `(exit status, Mbit/s)` from a line `KEY <rc> <rate>` (the net tests' iperf3 summaries).
 pub fn iperf(log: &str, key: &str) -> (String, f64) {
     let v = value(log, key).unwrap_or_default();

@@ -14,7 +14,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use integration_tests::guest::{self, GUEST_SH};
+use integration_tests::guest::{self, required as value, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
 
 const GUEST: &str = r#"
@@ -155,12 +155,6 @@ fn job() -> &'static JobOutput {
 
 fn file(name: &str) -> String {
     job().file(name).unwrap_or_default()
-}
-
-fn value(text: &str, key: &str) -> String {
-    guest::value(text, key)
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
 }
 
 #[test]

@@ -16,6 +16,8 @@ pub enum VmExit {
     Signal(i32),
     /// Stopped through the API (`vm.stop`, a hard stop): 5.
     Stopped,
+    /// Migrated: the destination confirmed that the VM runs there (`vm.send-migration`): 6.
+    Migrated,
 }
 
 /// Exit statuses of `splitvisor`; 1 is any setup or vmm error, 2 a bad command line.
@@ -28,6 +30,7 @@ impl VmExit {
             VmExit::Reset => 3,
             VmExit::Crash(_) => 4,
             VmExit::Signal(_) | VmExit::Stopped => 5,
+            VmExit::Migrated => 6,
         }
     }
 }

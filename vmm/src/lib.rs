@@ -14,6 +14,7 @@ pub mod fuzz_harness;
 pub mod irq_routing;
 pub mod layout;
 pub mod memory;
+pub mod migration;
 pub mod pci;
 pub mod power_on;
 pub mod run_control;

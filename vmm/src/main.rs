@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 the guest powered off; 1 an error (bad configuration, missing files, KVM
 //! failure); 2 a bad command line; 3 the guest rebooted with `--on-reboot exit` (or could not
-//! be reset in place); 4 a vCPU crashed; 5 stopped by SIGTERM/SIGINT/SIGHUP or the API's `vm.stop`.
+//! be reset in place); 4 a vCPU crashed; 5 stopped by SIGTERM/SIGINT/SIGHUP or the API's `vm.stop`; 6 the VM
+//! migrated away (`vm.send-migration`: the destination confirmed it runs there).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,16 @@ struct Args {
     /// With --restore: leave the vCPUs paused (`vm.resume` starts them).
     #[arg(long, requires = "restore")]
     paused: bool,
+    /// Wait for a migration on tcp:ADDR:PORT or unix:PATH (`vm.send-migration` at the
+    /// source) and run the VM it brings, connecting to the devices' sockets it names (each
+    /// overridable by --device vhost-user,id=ID,socket=PATH). The API socket, console,
+    /// name and seccomp mode are this process's own.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with_all = ["config", "kernel", "initramfs", "cmdline", "cpus", "memory", "restore"]
+    )]
+    incoming: Option<String>,
 }
 
 fn config_from(mut args: Args) -> anyhow::Result<VmConfig> {
@@ -172,6 +183,37 @@ fn move_device(cfg: &mut VmConfig, spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--incoming URL`: receive the VM, build it (paused) and run it once the source commits.
+fn incoming_vm(args: Args, url: &str) -> anyhow::Result<Vm> {
+    use vmm::migration::{receive, url::MigrationUrl};
+    let url: MigrationUrl = url.parse()?;
+    vmm::confinement::install(args.seccomp.unwrap_or_default())?;
+    let adjust = |cfg: &mut VmConfig| -> Result<(), String> {
+        let mut args = args.clone();
+        // this process's own, never the source's (its API socket and console may be in use)
+        cfg.api_socket = None;
+        cfg.serial = SerialConfig::default();
+        for spec in &args.devices {
+            move_device(cfg, spec).map_err(|e| format!("{e:#}"))?;
+        }
+        apply_process_options(cfg, &mut args);
+        Ok(())
+    };
+    let incoming = receive::receive(&url, &adjust)?;
+    let cfg = incoming.cfg.clone();
+    match Vm::restore(&incoming.restore, &cfg) {
+        Ok(vm) => {
+            incoming.finish(&|| vm.resume())?;
+            Ok(vm)
+        }
+        Err(e) => {
+            let msg = format!("{:#}", anyhow::Error::from(e));
+            incoming.fail(&msg);
+            Err(anyhow::anyhow!(msg))
+        }
+    }
+}
+
 /// Only `--api-socket`: no VM until `vm.restore` names a snapshot (`api/waiting.rs`);
 /// `None` when `vmm.shutdown` came first.
 fn wait_for_vm(args: Args) -> anyhow::Result<Option<Vm>> {
@@ -230,10 +272,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
     let waits = args.restore.is_none()
+        && args.incoming.is_none()
         && args.config.is_none()
         && args.kernel.is_none()
         && args.api_socket.is_some();
     let result = match args.restore.clone() {
+        None if args.incoming.is_some() => {
+            let url = args.incoming.clone().unwrap_or_default();
+            incoming_vm(args, &url)
+        }
         None if waits => match wait_for_vm(args) {
             Ok(Some(vm)) => Ok(vm),
             Ok(None) => return ExitCode::SUCCESS,

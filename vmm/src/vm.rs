@@ -142,7 +142,10 @@ impl Vm {
             None => Some(boot::check_inputs(cfg)?),
             Some(_) => None,
         };
-        let ram = GuestRam::new(&cfg.memory)?;
+        let ram = match restore.and_then(Restore::take_ram) {
+            Some(received) => received,
+            None => GuestRam::new(&cfg.memory)?,
+        };
         signals::block().map_err(VmError::Thread)?;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let max = kvm.get_max_vcpus();
@@ -193,6 +196,7 @@ impl Vm {
         let mut api_devices = Vec::new();
         let router = Arc::new(IrqRouter::new(vm.clone()));
         let mut pci = PciBus::new();
+        let mut vhost_devices = Vec::new();
         let names = crate::config::device_ids(&cfg.devices);
         for (i, (dev, name)) in cfg.devices.iter().zip(names).enumerate() {
             let mut channel = None;
@@ -207,6 +211,7 @@ impl Vm {
                 Ok(mut b) => {
                     channel = b.take_backend_channel();
                     let shared = Arc::new(Mutex::new(b));
+                    vhost_devices.push(shared.clone());
                     (Box::new(SharedVhostUser(shared.clone())), Some(shared))
                 }
                 Err(e) if restore.is_some() => {
@@ -344,6 +349,10 @@ impl Vm {
                     .map(|d| (d.name.clone(), d.transport.clone()))
                     .collect(),
                 cfg: cfg.clone(),
+                vhost: vhost_devices.clone(),
+                regions: ram.regions(),
+                ram_pages: ram.pages(),
+                exit: exit.clone(),
             });
             let ctx = ApiContext {
                 cfg: cfg.clone(),
@@ -375,6 +384,12 @@ impl Vm {
         }
         tracing::info!(name = %cfg.name, cpus = cfg.cpus, "VM started");
         Ok(vm)
+    }
+
+    /// Run the vCPUs of a VM that was built paused (a migration's destination, once the
+    /// source has committed).
+    pub fn resume(&self) -> Result<(), crate::run_control::RunError> {
+        self.control.resume()
     }
 
     fn spawn_vcpus(&mut self, vcpus: Vec<kvm_ioctls::VcpuFd>) -> Result<(), VmError> {
@@ -417,7 +432,10 @@ impl Vm {
                 }
             }
             self.console.restore_terminal();
-            self.remove_sockets();
+            if self.exit.wait() != VmExit::Migrated {
+                // (after a migration the destination may serve the same paths now)
+                self.remove_sockets();
+            }
             return self.exit.wait();
         }
     }

@@ -122,6 +122,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(&p("vm.balloon"), get(balloon_info).put(balloon_set))
         .route(&p("vm.balloon-stats"), get(balloon_stats))
         .route(&p("vm.snapshot"), put(snapshot))
+        .route(&p("vm.send-migration"), put(send_migration))
         .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(ctx)
 }
@@ -244,6 +245,46 @@ async fn snapshot(
         Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e @ (SnapshotError::Exists(_) | SnapshotError::Url(_)))) => {
             fail(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Ok(Err(e)) => fail(StatusCode::CONFLICT, crate::error_chain(&e)),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Migrate the VM to the vmm waiting at `destination_url`; answered once the VM runs there,
+/// then this vmm exits (status 6). Blocking work: off the runtime thread.
+async fn send_migration(
+    State(ctx): Ctx,
+    body: Result<Json<::api::types::VmSendMigrationData>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    use crate::migration::send::{self, SendRequest};
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let url = match req.destination_url.parse() {
+        Ok(u) => u,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, format!("{e}")),
+    };
+    let Some(handles) = ctx.snapshot.clone() else {
+        return fail(
+            StatusCode::CONFLICT,
+            "this API serves no VM to migrate, or its RAM is private (--memory shared=off)",
+        );
+    };
+    let req = SendRequest {
+        url,
+        local: req.local,
+        downtime: Duration::from_millis(req.downtime_ms.unwrap_or(300)),
+    };
+    match tokio::task::spawn_blocking(move || send::send(&handles, &req)).await {
+        Ok(Ok(report)) => {
+            let exit = ctx.exit.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                exit.request(VmExit::Migrated);
+            });
+            Json(report).into_response()
         }
         Ok(Err(e)) => fail(StatusCode::CONFLICT, crate::error_chain(&e)),
         Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -49,6 +49,34 @@ impl GuestRam {
         if let Some(file) = &backing.file {
             file.set_len(size).map_err(|e| MemoryError::Size(size, e))?;
         }
+        GuestRam::map(cfg, backing)
+    }
+
+    /// The RAM of a VM whose file another process made (a local migration's source hands
+    /// its memfd over): mapped as [`Self::new`] maps its own, contents kept.
+    pub fn from_file(
+        cfg: &MemoryConfig,
+        file: File,
+        pages: RamPages,
+    ) -> Result<GuestRam, MemoryError> {
+        let size = cfg.size.0;
+        let len = file.metadata().map_err(MemoryError::Memfd)?.len();
+        if len < size {
+            return Err(MemoryError::Size(
+                size,
+                std::io::Error::other(format!("the file handed over holds only {len} bytes")),
+            ));
+        }
+        let backing = backing::Backing {
+            file: Some(file),
+            pages,
+            advise_huge: pages == RamPages::Thp2M,
+        };
+        GuestRam::map(cfg, backing)
+    }
+
+    fn map(cfg: &MemoryConfig, backing: backing::Backing) -> Result<GuestRam, MemoryError> {
+        let size = cfg.size.0;
         let mut ranges = Vec::new();
         let mut file_offset = 0;
         for (start, len) in ram_ranges(size) {
@@ -159,6 +187,16 @@ impl GuestRam {
         }
         Ok(())
     }
+}
+
+/// `mib` MiB of guest RAM with the default backing (unit tests).
+#[cfg(test)]
+pub(crate) fn test_ram(mib: u64) -> GuestRam {
+    GuestRam::new(&MemoryConfig {
+        size: ByteSize(mib << 20),
+        ..MemoryConfig::default()
+    })
+    .unwrap()
 }
 
 fn meminfo_kib(key: &str) -> Option<u64> {

@@ -57,7 +57,11 @@ fn io(what: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> MemoryI
 }
 
 /// The next `(data start, data end)` of `file` at or after `from` (before `end`), if any.
-fn next_data(file: &File, from: u64, end: u64) -> Result<Option<(u64, u64)>, MemoryImageError> {
+pub(crate) fn next_data(
+    file: &File,
+    from: u64,
+    end: u64,
+) -> Result<Option<(u64, u64)>, MemoryImageError> {
     let fd = file.as_raw_fd();
     // SAFETY: lseek on our own open descriptor; no memory is passed.
     let data = unsafe { libc::lseek(fd, from as libc::off_t, libc::SEEK_DATA) };
@@ -183,7 +187,7 @@ pub fn restore(
 }
 
 /// The guest address of memfd offset `offset` (regions are laid out in the memfd in order).
-fn guest_address(ram: &GuestMemoryMmap, offset: u64) -> Option<GuestAddress> {
+pub(crate) fn guest_address(ram: &GuestMemoryMmap, offset: u64) -> Option<GuestAddress> {
     ram.iter().find_map(|r| {
         let start = r.file_offset()?.start();
         (start..start + r.len())
@@ -195,16 +199,8 @@ fn guest_address(ram: &GuestMemoryMmap, offset: u64) -> Option<GuestAddress> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ByteSize, MemoryConfig};
-    use crate::memory::GuestRam;
 
-    fn ram(mib: u64) -> GuestRam {
-        GuestRam::new(&MemoryConfig {
-            size: ByteSize(mib << 20),
-            ..MemoryConfig::default()
-        })
-        .unwrap()
-    }
+    use crate::memory::test_ram as ram;
 
     fn scratch(name: &str) -> (std::path::PathBuf, File) {
         let path = std::env::temp_dir().join(format!("sv-mem-{name}-{}", std::process::id()));

@@ -60,9 +60,14 @@ pub enum RestoreError {
 
 /// A snapshot, read and checked, being restored.
 pub struct Restore {
+    /// The snapshot's directory (or, for a migration, the stream it came on: for messages).
     dir: PathBuf,
     sections: Sections,
     manifest: MemoryManifest,
+    /// A migration's RAM, already received (taken by the VM being built); `None` for a
+    /// snapshot, whose RAM is in memory.bin.
+    received_ram: std::sync::Mutex<Option<GuestRam>>,
+    received: bool,
     /// Start with the vCPUs paused (`--paused`: `vm.resume` runs them).
     pub paused: bool,
 }
@@ -92,6 +97,8 @@ impl Restore {
                 size: 0,
                 chunks: Vec::new(),
             },
+            received_ram: std::sync::Mutex::new(None),
+            received: false,
             paused,
         };
         r.manifest = r.section("memory", memory::VERSION)?;
@@ -104,15 +111,51 @@ impl Restore {
                 want: r.manifest.size,
             });
         }
-        // read now, so that a damaged section fails before KVM is touched
-        let config = r.config()?;
-        r.platform()?;
-        r.serial()?;
-        r.pci_latch()?;
-        for id in 0..config.cpus {
-            r.vcpu(id)?;
-        }
+        r.check()?;
         Ok(r)
+    }
+
+    /// A migration's state (`sections`, from the stream `label`) with its RAM already in
+    /// `ram`; the VM starts paused (the destination runs it once the source commits).
+    pub fn received(label: &str, sections: &[u8], ram: GuestRam) -> Result<Restore, RestoreError> {
+        let dir = PathBuf::from(label);
+        let sections = Sections::read(sections).map_err(|source| RestoreError::Format {
+            dir: dir.clone(),
+            source,
+        })?;
+        let r = Restore {
+            dir,
+            sections,
+            manifest: MemoryManifest {
+                size: ram.size(),
+                chunks: Vec::new(),
+            },
+            received_ram: std::sync::Mutex::new(Some(ram)),
+            received: true,
+            paused: true,
+        };
+        r.check()?;
+        Ok(r)
+    }
+
+    /// Read every section now, so that a damaged one fails before KVM is touched.
+    fn check(&self) -> Result<(), RestoreError> {
+        let config = self.config()?;
+        self.platform()?;
+        self.serial()?;
+        self.pci_latch()?;
+        for id in 0..config.cpus {
+            self.vcpu(id)?;
+        }
+        Ok(())
+    }
+
+    /// A migration's RAM, for the VM being built (once).
+    pub fn take_ram(&self) -> Option<GuestRam> {
+        self.received_ram
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     pub fn dir(&self) -> &Path {
@@ -175,8 +218,11 @@ impl Restore {
         Ok(u32::from_le_bytes(bytes))
     }
 
-    /// Put the saved RAM into `ram` (fresh, all zeros).
+    /// Put the saved RAM into `ram` (fresh, all zeros); a migration's is there already.
     pub fn memory(&self, ram: &GuestRam) -> Result<(), RestoreError> {
+        if self.received {
+            return Ok(());
+        }
         let image = self.memory_file()?;
         memory::restore(
             &self.manifest,

@@ -72,6 +72,12 @@ pub struct Handles {
     pub devices: Arc<Devices>,
     pub transports: Vec<(String, Arc<Mutex<VirtioPciDevice>>)>,
     pub cfg: VmConfig,
+    /// For a migration: the vhost-user connections (handed over to the destination), the KVM
+    /// slots of guest RAM (for the dirty log), its pages, and how the VM ends.
+    pub vhost: Vec<Arc<Mutex<crate::vhost_user::VhostUserDevice>>>,
+    pub regions: Vec<(u32, u64, u64, u64)>,
+    pub ram_pages: api::types::RamPages,
+    pub exit: Arc<crate::exit::ExitHandle>,
 }
 
 /// What a snapshot took.
@@ -140,7 +146,7 @@ fn save_exclusive(h: &Handles, dir: &Path) -> Result<u64, SnapshotError> {
 }
 
 /// Stop every device's rings; on a failure, start again those already stopped.
-fn suspend_devices(h: &Handles) -> Result<usize, SnapshotError> {
+pub fn suspend_devices(h: &Handles) -> Result<usize, SnapshotError> {
     for (i, (name, t)) in h.transports.iter().enumerate() {
         if let Err(why) = lock(t).suspend_device() {
             resume_devices(h, i);
@@ -154,7 +160,7 @@ fn suspend_devices(h: &Handles) -> Result<usize, SnapshotError> {
 }
 
 /// Start again the rings of the first `count` devices.
-fn resume_devices(h: &Handles, count: usize) {
+pub fn resume_devices(h: &Handles, count: usize) {
     for (name, t) in h.transports.iter().take(count) {
         if let Err(e) = lock(t).resume_device() {
             tracing::error!(device = %name, "cannot start the rings again after the snapshot: {e}");
@@ -165,6 +171,59 @@ fn resume_devices(h: &Handles, count: usize) {
 /// Read everything (the VM paused, its devices stopped) and write the directory; the guest
 /// RAM bytes written.
 fn write_snapshot(h: &Handles, dir: &Path) -> Result<u64, SnapshotError> {
+    let mut sections = capture(h)?;
+    let config = serde_json::to_vec_pretty(&h.cfg)?;
+
+    // a fresh directory of ours beside DIR (never one that exists: a link or another's
+    // directory there is refused, not followed)
+    let tmp = dir.with_file_name(format!(
+        ".{}.tmp-{}-{}",
+        dir.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        platform::unix_ns()
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(io(&tmp))?;
+    let written = (|| {
+        let mem_path = tmp.join("memory.bin");
+        let mem = create_new(&mem_path)?;
+        let mut last = 0;
+        let size = h.ram_size;
+        let manifest = memory::save(&h.memfd, size, &mem, &mut |at| {
+            let tenth = at * 10 / size.max(1);
+            if tenth > last {
+                last = tenth;
+                tracing::info!("snapshot: guest RAM {}% written", tenth * 10);
+            }
+        })?;
+        mem.sync_all().map_err(io(&mem_path))?;
+        let ram_bytes = manifest.chunks.iter().map(|c| c.len).sum();
+        sections.put("memory", memory::VERSION, serde_json::to_vec(&manifest)?);
+        write_file(&tmp.join("config.json"), &config)?;
+        write_file(&tmp.join("state.bin"), &sections.to_bytes())?;
+        File::open(&tmp)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&tmp))?;
+        let _ = std::fs::remove_dir(dir); // an empty one (checked above)
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        // the new name on disk too: `svctl save` stops the VM right after
+        if let Some(parent) = dir.parent() {
+            let _ = File::open(parent).and_then(|d| d.sync_all());
+        }
+        Ok(ram_bytes)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
+}
+
+/// Everything but guest RAM, as sections (the VM paused, its devices stopped): each vCPU,
+/// the platform, the console, the PCI latch, each device, the configuration. A migration
+/// sends the same.
+pub fn capture(h: &Handles) -> Result<Sections, SnapshotError> {
     let mut sections = Sections::new();
     let (caps, devices) = (h.caps.clone(), h.devices.clone());
     let vcpus = h.control.run_on_parked(move |id, vcpu| {
@@ -214,53 +273,8 @@ fn write_snapshot(h: &Handles, dir: &Path) -> Result<u64, SnapshotError> {
             serde_json::to_vec(&state)?,
         );
     }
-    let config = serde_json::to_vec_pretty(&h.cfg)?;
-    sections.put("config", CONFIG_VERSION, config.clone());
-
-    // a fresh directory of ours beside DIR (never one that exists: a link or another's
-    // directory there is refused, not followed)
-    let tmp = dir.with_file_name(format!(
-        ".{}.tmp-{}-{}",
-        dir.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id(),
-        platform::unix_ns()
-    ));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&tmp)
-        .map_err(io(&tmp))?;
-    let written = (|| {
-        let mem_path = tmp.join("memory.bin");
-        let mem = create_new(&mem_path)?;
-        let mut last = 0;
-        let size = h.ram_size;
-        let manifest = memory::save(&h.memfd, size, &mem, &mut |at| {
-            let tenth = at * 10 / size.max(1);
-            if tenth > last {
-                last = tenth;
-                tracing::info!("snapshot: guest RAM {}% written", tenth * 10);
-            }
-        })?;
-        mem.sync_all().map_err(io(&mem_path))?;
-        let ram_bytes = manifest.chunks.iter().map(|c| c.len).sum();
-        sections.put("memory", memory::VERSION, serde_json::to_vec(&manifest)?);
-        write_file(&tmp.join("config.json"), &config)?;
-        write_file(&tmp.join("state.bin"), &sections.to_bytes())?;
-        File::open(&tmp)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&tmp))?;
-        let _ = std::fs::remove_dir(dir); // an empty one (checked above)
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        // the new name on disk too: `svctl save` stops the VM right after
-        if let Some(parent) = dir.parent() {
-            let _ = File::open(parent).and_then(|d| d.sync_all());
-        }
-        Ok(ram_bytes)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    written
+    sections.put("config", CONFIG_VERSION, serde_json::to_vec_pretty(&h.cfg)?);
+    Ok(sections)
 }
 
 /// A new file (never an existing one, nor through a link).

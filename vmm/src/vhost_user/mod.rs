@@ -12,6 +12,7 @@ mod config_space_tests;
 mod device_state;
 #[cfg(test)]
 mod frontend_tests;
+mod handover;
 pub mod inflight;
 #[cfg(test)]
 mod inflight_tests;
@@ -151,6 +152,9 @@ pub struct VhostUserDevice {
     /// Between [`Self::suspend`] and [`Self::resume_suspended`]: a new connection leaves the
     /// rings stopped (a snapshot is reading guest memory), the resume starts them.
     suspended: bool,
+    /// Between [`Self::release`] and [`Self::reclaim`]: a migration's destination has the
+    /// backend; the reconnect thread does not connect.
+    released: bool,
 }
 
 /// One queue as the driver set it up, kept for replaying it to a new backend connection.
@@ -345,6 +349,7 @@ impl VhostUserDevice {
             inflight: None,
             saved_state: None,
             suspended: false,
+            released: false,
         })
     }
 

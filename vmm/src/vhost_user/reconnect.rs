@@ -151,6 +151,10 @@ impl VhostUserDevice {
         if let Some(closer) = self.channel_closer.take() {
             closer.close(); // its thread would wait on the dead backend for good
         }
+        if self.released {
+            tracing::info!(device = %self.name, "backend handed over to a migration's destination");
+            return;
+        }
         tracing::error!(
             device = %self.name,
             socket = %self.socket.display(),
@@ -487,6 +491,15 @@ fn reconnect_until_up(
     loop {
         std::thread::sleep(delay);
         delay = (delay * 2).clamp(Duration::from_millis(1), MAX_BACKOFF);
+        if device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_released()
+        {
+            // a migration's destination has the backend: connect only once it is reclaimed
+            delay = super::handover::RECLAIM_POLL;
+            continue;
+        }
         let stream = match UnixStream::connect(socket) {
             Ok(s) => s,
             Err(e) => {

@@ -1,0 +1,289 @@
+//! Live migration of real guests between vmm processes (issue 28), inside the nested-KVM
+//! sandbox. Two "hosts" are two vmm processes in one L1; the backends stay where they are
+//! and are handed from one vmm to the next.
+//!
+//! The first guest (a qcow2 disk it writes and reads back on every count, a trigger disk,
+//! a NIC on a tap in a network namespace of the job's own, a 64 MiB tmpfs file with a
+//! known md5) moves A → B over TCP (its RAM copied, the VM paused: the backends do not log
+//! their writes yet), B → C locally (the memfd handed over), fails to move to D (whose disk
+//! socket leads nowhere: C takes its backends back and carries on), and moves C → E over
+//! TCP. It must count on across every move without a new boot, find every disk write
+//! where it put it, its file intact, and reach L1 over the network.
+//!
+//! The second guest has no device and rewrites 24 files of 1 MiB in its RAM while it moves
+//! P → Q over TCP with pre-copy (KVM's dirty log): afterwards it checks each file against
+//! the md5 it wrote when it last wrote that file.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use integration_tests::guest::{self, required as value, GUEST_SH};
+use integration_tests::{shared_job, JobOutput, Sandbox};
+
+const GUEST: &str = r#"
+mkdir -p /mnt && mount -t tmpfs -o size=80M tmpfs /mnt
+dd if=/dev/urandom of=/mnt/f bs=1M count=64 2>/dev/null
+echo "GUEST-MD5-BEFORE $(md5sum /mnt/f | cut -d' ' -f1)"
+ip link set eth0 up
+ip addr add 10.0.8.2/24 dev eth0
+ping -c 1 -W 5 10.0.8.1 > /dev/null 2>&1
+echo "GUEST-PING-BEFORE $?"
+i=0
+while [ $i -lt 3000 ]; do
+    i=$((i + 1))
+    echo "COUNT $i"
+    w=$(printf 'W%07d' $i)
+    printf '%s' "$w" | dd of=/dev/vda bs=4096 seek=200 conv=notrunc,fsync 2>/dev/null
+    r=$(dd if=/dev/vda bs=4096 skip=200 count=1 iflag=direct 2>/dev/null | head -c 8)
+    [ "$r" = "$w" ] || echo "GUEST-DISK-MISMATCH $i $r"
+    t=$(dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | head -c 8)
+    [ "$t" = FINISHED ] && break
+    sleep 0.2
+done
+echo "GUEST-LAST-COUNT $i"
+echo "GUEST-MD5-AFTER $(md5sum /mnt/f | cut -d' ' -f1)"
+ping -c 2 -W 5 10.0.8.1 > /dev/null 2>&1
+echo "GUEST-PING-AFTER $?"
+echo "GUEST-LOCKUPS $(dmesg | grep -ci 'soft lockup')"
+"#;
+
+const DIRTY_GUEST: &str = r#"
+mkdir -p /mnt && mount -t tmpfs -o size=64M tmpfs /mnt
+end=$(($(date +%s) + 45))
+n=0
+while [ "$(date +%s)" -lt $end ]; do
+    k=$((n % 24))
+    dd if=/dev/urandom of=/mnt/c$k bs=64k count=16 2>/dev/null
+    md5sum /mnt/c$k | cut -d' ' -f1 > /mnt/s$k
+    n=$((n + 1))
+    [ $((n % 24)) = 0 ] && echo "DIRTY $n"
+done
+bad=0
+for k in $(seq 0 23); do
+    [ "$(md5sum /mnt/c$k | cut -d' ' -f1)" = "$(cat /mnt/s$k)" ] || bad=$((bad + 1))
+done
+echo "GUEST-DIRTY-CHECKED $n bad=$bad"
+"#;
+
+const JOB: &str = r#"
+IP=/job/hostbin/ip
+W=/tmp/w
+mkdir -p $W
+L1=$JOB/l1.txt
+api() { # api SOCKET METHOD ENDPOINT [JSON]
+    curl -sS --max-time 300 --unix-socket $W/$1.sock -X "$2" \
+        -H 'Content-Type: application/json' ${4:+-d "$4"} -w ' HTTP-%{http_code}' \
+        "http://localhost/api/v1/$3"
+    echo
+}
+last_count() { grep -o 'COUNT [0-9]*' "$1" | tail -n1 | cut -d' ' -f2; }
+incoming() { # incoming NAME URL ARGS...: a destination vmm, its PID in $DEST
+    _n=$1 _u=$2
+    shift 2
+    RUST_LOG=warn,vmm::migration=info splitvisor --incoming "$_u" "$@" </dev/null \
+        >"$JOB/$_n.log" 2>&1 &
+    DEST=$!
+}
+qemu-img create -q -f qcow2 $W/disk.qcow2 64M
+truncate -s 1M $W/trigger.img
+start_blk disk $W $W/disk.qcow2 --format qcow2
+DISK=$BLK_PID
+start_blk trigger $W $W/trigger.img --format raw
+TRIG=$BLK_PID
+$IP netns add svmig
+$IP -n svmig link set lo up
+RUST_LOG=info $IP netns exec svmig splitvisor-net --socket $W/net.sock --create-tap svmig0 \
+    --mac 52:54:00:00:08:02 --pidfile $W/net.pid 2>>"$JOB/net.err" &
+NET=$!
+wait_for . $W/net.pid 30 || echo "NO-PIDFILE net" >> $L1
+$IP -n svmig addr add 10.0.8.1/24 dev svmig0
+
+RUST_LOG=warn,vmm::migration=info splitvisor --kernel $L2_KERNEL \
+    --initramfs $KIT/l2/initramfs.cpio.gz --memory 512M \
+    --cmdline "console=ttyS0 quiet sv.cmd64=$GUEST64" --api-socket $W/a.sock \
+    --device vhost-user,type=blk,socket=$W/disk.sock \
+    --device vhost-user,type=blk,socket=$W/trigger.sock \
+    --device vhost-user,type=net,socket=$W/net.sock </dev/null >"$JOB/vmA.log" 2>&1 &
+A=$!
+wait_for "COUNT 10" "$JOB/vmA.log" 300 || echo "NO-COUNT" >> $L1
+
+# A -> B over TCP
+incoming vmB tcp:127.0.0.1:7100 --api-socket $W/b.sock
+B=$DEST
+echo "L1-MIGRATE-AB $(api a PUT vm.send-migration '{"destination_url": "tcp:127.0.0.1:7100"}')" >> $L1
+wait $A; echo "L1-A-STATUS $?" >> $L1
+echo "L1-A-LAST $(last_count "$JOB/vmA.log")" >> $L1
+wait_for "COUNT" "$JOB/vmB.log" 60 || echo "NO-COUNT-B" >> $L1
+sleep 3
+
+# B -> C, local: guest RAM's memfd handed over
+incoming vmC unix:$W/mig.sock --api-socket $W/c.sock
+C=$DEST
+echo "L1-MIGRATE-BC $(api b PUT vm.send-migration '{"destination_url": "unix:/tmp/w/mig.sock", "local": true}')" >> $L1
+wait $B; echo "L1-B-STATUS $?" >> $L1
+echo "L1-B-LAST $(last_count "$JOB/vmB.log")" >> $L1
+wait_for "COUNT" "$JOB/vmC.log" 60 || echo "NO-COUNT-C" >> $L1
+sleep 3
+
+# C -> D fails (D's disk socket leads nowhere): C takes its backends back and carries on
+incoming vmD tcp:127.0.0.1:7101 --device vhost-user,id=blk0,socket=$W/nothing.sock
+D=$DEST
+echo "L1-MIGRATE-CD $(api c PUT vm.send-migration '{"destination_url": "tcp:127.0.0.1:7101"}')" >> $L1
+wait $D; echo "L1-D-STATUS $?" >> $L1
+before=$(last_count "$JOB/vmC.log")
+sleep 4
+echo "L1-C-COUNTS-ON $before $(last_count "$JOB/vmC.log")" >> $L1
+echo "L1-C-INFO $(api c GET vm.info)" >> $L1
+
+# C -> E over TCP: the third move of the same guest
+incoming vmE tcp:127.0.0.1:7102 --api-socket $W/e.sock
+E=$DEST
+echo "L1-MIGRATE-CE $(api c PUT vm.send-migration '{"destination_url": "tcp:127.0.0.1:7102"}')" >> $L1
+wait $C; echo "L1-C-STATUS $?" >> $L1
+echo "L1-C-LAST $(last_count "$JOB/vmC.log")" >> $L1
+wait_for "COUNT" "$JOB/vmE.log" 60 || echo "NO-COUNT-E" >> $L1
+sleep 2
+printf 'FINISHED' | dd of=$W/trigger.img conv=notrunc 2>/dev/null
+wait_for GUEST-LOCKUPS "$JOB/vmE.log" 180 || echo "NO-GUEST-END" >> $L1
+finish_case vmE $E 60
+kill -TERM $DISK $TRIG $NET
+wait $DISK $TRIG $NET 2>/dev/null
+$IP netns del svmig
+
+# pre-copy: a guest without devices dirties its RAM while it moves P -> Q
+RUST_LOG=warn,vmm::migration=info splitvisor --kernel $L2_KERNEL \
+    --initramfs $KIT/l2/initramfs.cpio.gz --memory 512M \
+    --cmdline "console=ttyS0 quiet sv.cmd64=$DIRTY64" --api-socket $W/p.sock \
+    </dev/null >"$JOB/vmP.log" 2>&1 &
+P=$!
+wait_for "DIRTY 48" "$JOB/vmP.log" 300 || echo "NO-DIRTY" >> $L1
+incoming vmQ tcp:127.0.0.1:7103 --api-socket $W/q.sock
+Q=$DEST
+echo "L1-MIGRATE-PQ $(api p PUT vm.send-migration '{"destination_url": "tcp:127.0.0.1:7103", "downtime_ms": 200}')" >> $L1
+wait $P; echo "L1-P-STATUS $?" >> $L1
+wait_for GUEST-DIRTY-CHECKED "$JOB/vmQ.log" 240 || echo "NO-DIRTY-END" >> $L1
+finish_case vmQ $Q 60
+"#;
+
+fn job() -> &'static JobOutput {
+    static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
+    shared_job(&OUT, || {
+        Sandbox::new()?
+            .timeout(Duration::from_secs(900))
+            .host_tool("curl")
+            .host_tool("ip")
+            .host_tool("qemu-img")
+            .run(&format!(
+                "{GUEST_SH}\nGUEST64={}\nDIRTY64={}\n{JOB}",
+                guest::base64(GUEST.as_bytes()),
+                guest::base64(DIRTY_GUEST.as_bytes())
+            ))
+    })
+}
+
+fn file(name: &str) -> String {
+    job().file(name).unwrap_or_default()
+}
+
+fn counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("COUNT ")?.trim().parse().ok())
+        .collect()
+}
+
+/// The counts in `log` go on from `last` (the source's last count; an interrupted
+/// iteration may be repeated once) one by one, and the guest did not boot again.
+fn counts_on(name: &str, last: u64) -> Vec<u64> {
+    let log = file(name);
+    let c = counts(&log);
+    assert!(!c.is_empty(), "{name} never counted: {log}");
+    assert!(
+        c[0] == last || c[0] == last + 1,
+        "{name} starts at {} after {last}: {log}",
+        c[0]
+    );
+    assert!(
+        c.windows(2).all(|w| w[1] == w[0] + 1),
+        "{name} skipped: {c:?}"
+    );
+    assert!(!log.contains("Linux version"), "{name} booted again: {log}");
+    c
+}
+
+#[test]
+fn a_guest_with_disk_and_nic_moves_over_tcp_and_locally_and_counts_on() {
+    let l1 = file("l1.txt");
+    for (key, mode) in [
+        ("L1-MIGRATE-AB", "stop-and-copy"),
+        ("L1-MIGRATE-BC", "local"),
+    ] {
+        let answer = value(&l1, key);
+        assert!(answer.contains("HTTP-200"), "{key}: {l1}");
+        assert!(
+            answer.contains(&format!("\"mode\":\"{mode}\"")),
+            "{key}: {l1}"
+        );
+    }
+    // each source ends with the status that says the VM left
+    assert_eq!(value(&l1, "L1-A-STATUS"), "6", "{l1}");
+    assert_eq!(value(&l1, "L1-B-STATUS"), "6", "{l1}");
+    assert_eq!(value(&l1, "L1-C-STATUS"), "6", "{l1}");
+    let a_last: u64 = value(&l1, "L1-A-LAST").parse().unwrap();
+    let b = counts_on("vmB.log", a_last);
+    let b_last: u64 = value(&l1, "L1-B-LAST").parse().unwrap();
+    assert_eq!(*b.last().unwrap(), b_last);
+    let c_last: u64 = value(&l1, "L1-C-LAST").parse().unwrap();
+    counts_on("vmC.log", b_last);
+    let e = counts_on("vmE.log", c_last);
+    assert!(e.len() >= 2, "{e:?}");
+}
+
+#[test]
+fn disk_memory_and_network_survive_every_move() {
+    let (first, last) = (file("vmA.log"), file("vmE.log"));
+    let md5 = value(&first, "GUEST-MD5-BEFORE");
+    assert_eq!(value(&last, "GUEST-MD5-AFTER"), md5, "{last}");
+    assert_eq!(value(&first, "GUEST-PING-BEFORE"), "0", "{first}");
+    assert_eq!(value(&last, "GUEST-PING-AFTER"), "0", "{last}");
+    assert_eq!(value(&last, "GUEST-LOCKUPS"), "0", "{last}");
+    for log in ["vmA.log", "vmB.log", "vmC.log", "vmE.log"] {
+        let text = file(log);
+        assert!(!text.contains("GUEST-DISK-MISMATCH"), "{log}: {text}");
+    }
+    assert!(last.contains("GUEST-LAST-COUNT"), "{last}");
+    assert_eq!(file("vmE.rc").trim(), "0", "{last}");
+}
+
+#[test]
+fn a_destination_that_cannot_reach_a_backend_leaves_the_source_running_with_its_devices() {
+    let l1 = file("l1.txt");
+    let answer = value(&l1, "L1-MIGRATE-CD");
+    assert!(answer.contains("HTTP-409"), "{l1}");
+    assert!(
+        answer.contains("blk0"),
+        "the error names the device: {answer}"
+    );
+    assert_ne!(value(&l1, "L1-D-STATUS"), "0", "{l1}");
+    let on: Vec<u64> = value(&l1, "L1-C-COUNTS-ON")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // it counts (and so writes and reads its disk) after the failed attempt
+    assert!(on[1] > on[0], "C stopped counting: {l1}");
+    let info = value(&l1, "L1-C-INFO");
+    assert!(info.contains("\"state\":\"running\""), "{info}");
+}
+
+#[test]
+fn a_guest_dirtying_its_ram_moves_with_precopy_and_finds_every_page() {
+    let l1 = file("l1.txt");
+    let answer = value(&l1, "L1-MIGRATE-PQ");
+    assert!(answer.contains("HTTP-200"), "{l1}");
+    assert!(answer.contains("\"mode\":\"precopy\""), "{answer}");
+    assert_eq!(value(&l1, "L1-P-STATUS"), "6", "{l1}");
+    let q = file("vmQ.log");
+    let checked = value(&q, "GUEST-DIRTY-CHECKED");
+    assert!(checked.ends_with("bad=0"), "{q}");
+    assert!(!q.contains("Linux version"), "booted again: {q}");
+    assert!(q.contains("DIRTY"), "no dirtying after the move: {q}");
+}

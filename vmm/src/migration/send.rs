@@ -1,0 +1,243 @@
+//! The source's side of a migration (`vm.send-migration`):
+//!
+//! 1. connect, greet, send the configuration (with RAM's size and pages);
+//! 2. RAM: `local` hands the memfd over later; pre-copy sends all of it while the guest runs
+//!    (KVM's dirty log on), then rounds of the pages written meanwhile until the next round
+//!    would fit in `downtime_ms` at the rate measured (at most [`MAX_ROUNDS`]); otherwise
+//!    (stop-and-copy) all of it once the VM is paused;
+//! 3. pause the vCPUs, stop every ring (GET_VRING_BASE), read the state (a snapshot's
+//!    sections), send the last dirty pages (or the memfd), then the state;
+//! 4. let go of every backend and say so (Released); the destination connects to them,
+//!    builds the VM paused and answers Ready; Commit; it runs the VM and answers Running.
+//!
+//! Pre-copy needs every write to guest RAM logged; the backends do not log theirs yet
+//! (VHOST_USER_PROTOCOL_F_LOG_SHMFD), so a VM with vhost-user devices is copied while paused.
+//! A failure before Released leaves the VM as it was (running or paused, logging off); after
+//! it, the backends are taken back first; after Commit, nothing is undone (the destination
+//! may run the VM): the VM stays paused here and the error says so.
+
+use std::time::{Duration, Instant};
+
+use api::types::MigrationReport;
+
+use super::dirty::{self, DirtyLog, PAGE};
+use super::ram::RamSender;
+use super::url::MigrationUrl;
+use super::wire::{Conn, Kind};
+use super::{MigrationError, StreamConfig};
+use crate::snapshot::save::{self, Handles};
+
+/// Dirty rounds after the first pass, at most; then stop-and-copy whatever is left.
+pub const MAX_ROUNDS: u32 = 8;
+/// How long a peer may be silent (the destination builds the VM and connects to every
+/// backend between Released and Ready).
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a backend taken back after a failure may take to reconnect.
+const RECLAIM_FOR: Duration = Duration::from_secs(10);
+
+pub struct SendRequest {
+    pub url: MigrationUrl,
+    pub local: bool,
+    pub downtime: Duration,
+}
+
+/// How far the migration got: what a failure must undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Running,
+    Paused,
+    Suspended,
+    Released,
+    Committed,
+}
+
+struct Source<'a> {
+    h: &'a Handles,
+    conn: Conn,
+    stage: Stage,
+    was_running: bool,
+}
+
+/// Migrate the VM to `req.url`. On success the VM runs at the destination (the caller ends
+/// this vmm with [`crate::exit::VmExit::Migrated`]).
+pub fn send(h: &Handles, req: &SendRequest) -> Result<MigrationReport, MigrationError> {
+    if req.local && !matches!(req.url, MigrationUrl::Unix(_)) {
+        return Err(MigrationError::Refused(
+            "a local migration goes over unix:PATH (guest RAM's file is handed over)".into(),
+        ));
+    }
+    let conn = req.url.connect()?;
+    conn.set_timeout(Some(PEER_TIMEOUT))
+        .map_err(super::wire::WireError::from)?;
+    h.control.begin_snapshot()?;
+    let mut src = Source {
+        h,
+        was_running: !h.control.paused(),
+        conn,
+        stage: Stage::Running,
+    };
+    let result = src.run(req);
+    if let Err(e) = &result {
+        let _ = src
+            .conn
+            .send(Kind::Failed, crate::error_chain(e).as_bytes());
+        src.conn.shutdown();
+        src.undo();
+    }
+    h.control.end_snapshot();
+    result
+}
+
+impl Source<'_> {
+    fn run(&mut self, req: &SendRequest) -> Result<MigrationReport, MigrationError> {
+        let t0 = Instant::now();
+        let h = self.h;
+        self.conn.send_hello()?;
+        let head = StreamConfig {
+            config: h.cfg.clone(),
+            ram_size: h.ram_size,
+            ram_pages: h.ram_pages,
+            local: req.local,
+            paused: !self.was_running,
+        };
+        let head = serde_json::to_vec(&head).map_err(MigrationError::Config)?;
+        self.conn.send(Kind::Config, &head)?;
+        let mut ram = RamSender::new(&h.memfd, h.ram_size);
+        // every backend would have to log its writes for a pre-copy (see the module doc)
+        let precopy = !req.local && self.was_running && h.vhost.is_empty();
+        let mut rounds = 0;
+        let mut pending = Vec::new();
+        let log = if precopy {
+            let log = DirtyLog::start(h.vm.clone(), dirty::slots(&h.regions))
+                .map_err(MigrationError::DirtyLog)?;
+            let t = Instant::now();
+            ram.send_all(&mut self.conn)?;
+            let mut rate = rate_of(ram.bytes, t.elapsed());
+            tracing::info!(bytes = ram.bytes, "migration: first pass of guest RAM sent");
+            loop {
+                pending = log.take().map_err(MigrationError::DirtyLog)?;
+                let expected = duration_for(pending.len() as u64 * PAGE, rate);
+                tracing::info!(
+                    round = rounds + 1,
+                    dirty_pages = pending.len(),
+                    expected_downtime_ms = expected.as_millis() as u64,
+                    "migration: dirty pages"
+                );
+                if expected <= req.downtime || rounds >= MAX_ROUNDS {
+                    break;
+                }
+                let (t, before) = (Instant::now(), ram.bytes);
+                ram.send_pages(&mut self.conn, &pending)?;
+                rate = rate_of(ram.bytes - before, t.elapsed());
+                rounds += 1;
+            }
+            Some(log)
+        } else {
+            None
+        };
+
+        if self.was_running {
+            h.control.pause_for_snapshot()?;
+        }
+        let paused_at = Instant::now();
+        self.stage = Stage::Paused;
+        save::suspend_devices(h)?;
+        self.stage = Stage::Suspended;
+        let state = save::capture(h)?;
+        let mode = match log {
+            Some(log) => {
+                pending.extend(log.take().map_err(MigrationError::DirtyLog)?);
+                pending.sort_unstable();
+                pending.dedup();
+                ram.send_pages(&mut self.conn, &pending)?;
+                drop(log);
+                "precopy"
+            }
+            None if req.local => {
+                use std::os::fd::AsRawFd;
+                self.conn.send_fd(h.memfd.as_raw_fd())?;
+                "local"
+            }
+            None => {
+                ram.send_all(&mut self.conn)?;
+                "stop-and-copy"
+            }
+        };
+        self.conn.send(Kind::State, &state.to_bytes())?;
+        for d in &h.vhost {
+            d.lock().unwrap_or_else(|e| e.into_inner()).release();
+        }
+        self.stage = Stage::Released;
+        self.conn.send(Kind::Released, &[])?;
+        self.conn.expect(Kind::Ready)?;
+        self.conn.send(Kind::Commit, &[])?;
+        self.stage = Stage::Committed;
+        self.conn
+            .expect(Kind::Running)
+            .map_err(|e| MigrationError::Unconfirmed(crate::error_chain(&e)))?;
+        let report = MigrationReport {
+            mode: mode.into(),
+            ram_bytes: ram.bytes,
+            rounds,
+            total_ms: t0.elapsed().as_millis() as u64,
+            downtime_ms: paused_at.elapsed().as_millis() as u64,
+        };
+        tracing::info!(?report, "migration done: the VM runs at the destination");
+        Ok(report)
+    }
+
+    /// After a failure: back to how the VM was, as far as that is safe.
+    fn undo(&mut self) {
+        let h = self.h;
+        if self.stage >= Stage::Committed {
+            tracing::error!("migration failed after the commit: the VM stays paused here");
+            return;
+        }
+        if self.stage >= Stage::Released {
+            for d in &h.vhost {
+                d.lock().unwrap_or_else(|e| e.into_inner()).reclaim();
+            }
+            let start = Instant::now();
+            while !h
+                .vhost
+                .iter()
+                .all(|d| d.lock().unwrap_or_else(|e| e.into_inner()).is_up())
+                && start.elapsed() < RECLAIM_FOR
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if self.stage >= Stage::Suspended {
+            save::resume_devices(h, h.transports.len());
+        }
+        if self.stage >= Stage::Paused && self.was_running {
+            if let Err(e) = h.control.resume_after_snapshot() {
+                tracing::error!("cannot resume the VM after the failed migration: {e}");
+            }
+        }
+        tracing::warn!("migration failed; the VM carries on here");
+    }
+}
+
+/// Bytes per second (at least 1 MB/s: a first pass of almost nothing says little).
+fn rate_of(bytes: u64, took: Duration) -> u64 {
+    let secs = took.as_secs_f64().max(1e-3);
+    ((bytes as f64 / secs) as u64).max(1 << 20)
+}
+
+fn duration_for(bytes: u64, rate: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expected_pause_follows_the_measured_rate() {
+        let rate = rate_of(100 << 20, Duration::from_secs(1));
+        assert_eq!(duration_for(50 << 20, rate), Duration::from_millis(500));
+        // a tiny first pass does not make the link look slower than 1 MB/s
+        assert_eq!(rate_of(10, Duration::from_secs(1)), 1 << 20);
+    }
+}
