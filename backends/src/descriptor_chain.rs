@@ -25,8 +25,9 @@
 //! whole, so nothing outside guest memory is ever read or written, and buffers a device
 //! ignores are never looked at.
 
+use crate::guest_memory::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
 
 use crate::guest_iovecs::GuestIovecs;
 
@@ -113,7 +114,7 @@ impl ChainBuffer {
     fn push_slices<'a>(
         &self,
         mem: &'a GuestMemoryMmap,
-        out: &mut Vec<VolatileSlice<'a>>,
+        out: &mut Vec<crate::guest_iovecs::GuestSlice<'a>>,
     ) -> Result<(), ChainError> {
         if self.wraps() {
             return Err(self.outside());

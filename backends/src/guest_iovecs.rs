@@ -1,7 +1,13 @@
 //! Guest buffers as iovecs, so that a backend moves data between guest memory and a file or
 //! a tap with one vectored system call and no copy through its own memory.
 
+use vm_memory::bitmap::Bitmap;
 use vm_memory::VolatileSlice;
+
+use crate::guest_memory::BitmapMmapRegion;
+
+/// A slice of guest memory with its region's dirty-page log.
+pub type GuestSlice<'a> = VolatileSlice<'a, BitmapMmapRegion>;
 
 /// At most this many iovecs per system call (Linux's `UIO_MAXIOV`).
 pub const IOV_MAX: usize = 1024;
@@ -9,19 +15,29 @@ pub const IOV_MAX: usize = 1024;
 /// Guest buffers for one request, as iovecs for the kernel. Holds the slices, so the memory
 /// they point into stays mapped while the iovecs are in use.
 pub struct GuestIovecs<'a> {
-    slices: Vec<VolatileSlice<'a>>,
+    slices: Vec<GuestSlice<'a>>,
 }
 
 impl<'a> GuestIovecs<'a> {
     /// A plain host buffer seen as guest buffers (for metadata and copy-on-write data).
     pub fn from_buf(buf: &'a mut [u8]) -> GuestIovecs<'a> {
+        // SAFETY: `buf` is valid for reads and writes of its length for 'a, and nothing else
+        // reaches it while the slice borrows it; its log is empty (not guest memory).
+        let slice = unsafe {
+            VolatileSlice::with_bitmap(
+                buf.as_mut_ptr(),
+                buf.len(),
+                BitmapMmapRegion::default(),
+                None,
+            )
+        };
         GuestIovecs {
-            slices: vec![VolatileSlice::from(buf)],
+            slices: vec![slice],
         }
     }
 
     /// Guest buffers already checked and sliced (see `descriptor_chain`, which makes them).
-    pub fn new(slices: Vec<VolatileSlice<'a>>) -> Self {
+    pub fn new(slices: Vec<GuestSlice<'a>>) -> Self {
         GuestIovecs { slices }
     }
 
@@ -36,7 +52,7 @@ impl<'a> GuestIovecs<'a> {
     }
 
     /// The buffers, one slice per guest buffer and memory region it spans.
-    pub fn slices(&self) -> &[VolatileSlice<'a>] {
+    pub fn slices(&self) -> &[GuestSlice<'a>] {
         &self.slices
     }
 
@@ -59,6 +75,21 @@ impl<'a> GuestIovecs<'a> {
             offset = 0;
         }
         GuestIovecs { slices: out }
+    }
+
+    /// The kernel wrote the first `len` bytes (a read into these buffers by io_uring,
+    /// `preadv` or a tap's `readv`, which vm-memory does not see): set their pages in the
+    /// frontend's dirty-page log, if it keeps one (a live migration). Call it after the write
+    /// is done, never before: a page logged early may be sent before the data lands.
+    pub fn mark_written(&self, mut len: usize) {
+        for s in &self.slices {
+            if len == 0 {
+                break;
+            }
+            let n = s.len().min(len);
+            s.bitmap().mark_dirty(0, n);
+            len -= n;
+        }
     }
 
     /// Fill the buffers with zeroes.

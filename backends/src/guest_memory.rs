@@ -9,9 +9,19 @@
 use std::io;
 use std::sync::{PoisonError, RwLock};
 
-use vm_memory::{
-    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
+
+/// The dirty-page log every region carries: empty until a frontend sends SET_LOG_BASE (a
+/// live migration), then every write through vm-memory sets the page's bit in the
+/// frontend's log; writes the kernel makes into guest buffers (io_uring, `preadv`, a tap's
+/// `readv`) are marked by hand ([`crate::guest_iovecs::GuestIovecs::mark_written`]).
+pub use vhost_user_backend::bitmap::BitmapMmapRegion;
+
+/// Guest memory as every backend maps it, each region with its dirty-page log.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<BitmapMmapRegion>;
+
+/// A queue's ring over that memory.
+pub type Vring = vhost_user_backend::VringRwLock<GuestMemoryAtomic<GuestMemoryMmap>>;
 
 /// Why a memory table is refused.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,8 @@
 
 use std::io;
 
-use vhost_user_backend::{VringRwLock, VringT};
+use crate::guest_memory::Vring;
+use vhost_user_backend::VringT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 
@@ -16,7 +17,7 @@ use vm_memory::GuestMemory;
 /// pop), and the kick ends there rather than spinning the worker forever. The queue serves
 /// again once the driver resets the device.
 pub fn drain(
-    vring: &VringRwLock,
+    vring: &Vring,
     event_idx: bool,
     mut work: impl FnMut() -> io::Result<()>,
 ) -> io::Result<()> {

@@ -15,8 +15,9 @@
 
 use std::mem::size_of;
 
+use crate::guest_memory::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 /// The size of one descriptor in a table, and the granule of an indirect table's length.
 const DESC_SIZE: u32 = size_of::<Descriptor>() as u32;

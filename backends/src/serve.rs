@@ -10,10 +10,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::guest_memory::GuestMemoryMmap;
+use crate::guest_memory::Vring;
 use tracing::{info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringEpollHandler, VringRwLock};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringEpollHandler};
+use vm_memory::GuestMemoryAtomic;
 
 use crate::frontend_channel::FrontendChannel;
 use crate::readiness::{self, ReadinessError};
@@ -27,7 +29,9 @@ pub use api::backend::DaemonConfig;
 
 /// Makes a fresh device for each frontend connection.
 pub trait BackendFactory: Send + 'static {
-    type Backend: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static;
+    type Backend: VhostUserBackend<Bitmap = crate::guest_memory::BitmapMmapRegion, Vring = Vring>
+        + Clone
+        + 'static;
 
     /// The device for the next connection.
     fn create(&mut self) -> io::Result<Self::Backend>;
@@ -245,7 +249,9 @@ fn start_behind_relay<B>(
     hooks: relay::Hooks,
 ) -> Result<(), ServeError>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+    B: VhostUserBackend<Bitmap = crate::guest_memory::BitmapMmapRegion, Vring = Vring>
+        + Clone
+        + 'static,
 {
     let relay_err = |e: io::Error| ServeError::Relay(e);
     let dir = private_temp_dir("splitvisor-relay").map_err(relay_err)?;

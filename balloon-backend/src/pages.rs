@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use backends::guest_memory::GuestMemoryMmap;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::virtio_balloon::{PAGE_SHIFT, PAGE_SIZE};
 
@@ -310,6 +311,12 @@ impl Backing for GuestBacking<'_> {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        // the pages read as zeros now: a live migration's log must say so
+        vm_memory::bitmap::Bitmap::mark_dirty(
+            &r.bitmap(),
+            (gpa - r.start_addr().0) as usize,
+            len as usize,
+        );
         Ok(())
     }
 }

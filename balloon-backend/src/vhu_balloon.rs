@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use backends::descriptor_chain::{ChainBuffers, ChainError, OutOfOrder};
 use backends::guest_memory::GuestMemoryHandle;
+use backends::guest_memory::GuestMemoryMmap;
+use backends::guest_memory::Vring;
 use backends::lock_err;
 use tracing::warn;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{
-    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -40,7 +40,7 @@ pub struct VhostUserBalloon {
     // deadlock each other.
     balloon: Mutex<Balloon>,
     /// The stats buffer the driver gave, held until fresh numbers are wanted.
-    stats_buffer: Mutex<Option<(u16, VringRwLock)>>,
+    stats_buffer: Mutex<Option<(u16, Vring)>>,
     /// A DEVICE_STATE transfer in progress (`saved_state.rs`).
     transfer: backends::device_state::Transfer,
 }
@@ -61,7 +61,8 @@ impl VhostUserBalloon {
     pub fn new(state: Arc<BalloonState>, deflate_on_oom: bool, reporting: bool) -> Self {
         let mut features = 1u64 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_BALLOON_F_STATS_VQ
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | VhostUserVirtioFeatures::LOG_ALL.bits();
         if deflate_on_oom {
             features |= 1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
         }
@@ -112,7 +113,7 @@ impl VhostUserBalloon {
         add(&c.duplicate, out.duplicate);
     }
 
-    fn process(&self, role: QueueRole, vring: &VringRwLock) -> io::Result<()> {
+    fn process(&self, role: QueueRole, vring: &Vring) -> io::Result<()> {
         let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let backing = GuestBacking(&mem);
@@ -195,8 +196,8 @@ impl VhostUserBalloon {
 }
 
 impl VhostUserBackend for VhostUserBalloon {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = backends::guest_memory::BitmapMmapRegion;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         queue_roles(self.features).len()
@@ -220,6 +221,7 @@ impl VhostUserBackend for VhostUserBalloon {
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::DEVICE_STATE
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     backends::device_state_methods!(transfer);
@@ -271,7 +273,7 @@ impl VhostUserBackend for VhostUserBalloon {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {

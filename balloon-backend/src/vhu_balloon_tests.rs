@@ -5,8 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use backends::guest_memory::GuestMemoryMmap;
+use backends::guest_memory::Vring;
+use vhost_user_backend::{VhostUserBackend, VringT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::state::BalloonState;
@@ -27,10 +29,10 @@ fn memory() -> GuestMemoryAtomic<GuestMemoryMmap> {
 }
 
 /// Three ready vrings; only the stats queue's has rings.
-fn vrings(mem: &GuestMemoryAtomic<GuestMemoryMmap>) -> Vec<VringRwLock> {
+fn vrings(mem: &GuestMemoryAtomic<GuestMemoryMmap>) -> Vec<Vring> {
     (0..3)
         .map(|_| {
-            let v = VringRwLock::new(mem.clone(), QUEUE_SIZE).unwrap();
+            let v = Vring::new(mem.clone(), QUEUE_SIZE).unwrap();
             v.set_queue_size(QUEUE_SIZE);
             v.set_queue_info(DESC, AVAIL, USED).unwrap();
             v.set_queue_ready(true);

@@ -5,9 +5,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 
 use backends::descriptor_chain::{self, ChainBuffer};
+use backends::guest_memory::GuestMemoryMmap;
 use tracing::{debug, warn};
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::disk::{Disk, GuestIovecs};
 use crate::request::{self, BadReason, Limits, Request, RequestKind, Segment};
@@ -176,6 +177,12 @@ impl BlkDevice {
         self.stats
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if req.kind == RequestKind::In && result.is_ok() {
+            // the kernel filled the buffers (io_uring, preadv): vm-memory did not see it
+            if let Ok(bufs) = guest_iovecs(mem, &req.data) {
+                bufs.mark_written(bufs.len());
+            }
+        }
         let out = self.io_outcome(req, result);
         self.answer(mem, req.status, out)
     }

@@ -12,9 +12,10 @@
 use std::ops::Deref;
 
 use backends::descriptor_chain::{ChainBuffer, ChainBuffers, ChainError, OutOfOrder};
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap, Le32, Le64};
+use vm_memory::{ByteValued, Bytes, GuestAddress, Le32, Le64};
 
 use crate::virtio_blk::*;
 

@@ -3,9 +3,9 @@
 
 use super::*;
 use crate::test_util::{desc, header, memory, MIB, WRITE};
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::GuestMemoryMmap;
 
 fn limits() -> Limits {
     Limits {

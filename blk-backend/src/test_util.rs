@@ -1,7 +1,8 @@
 //! Helpers for unit tests: guest memory, descriptors and request headers in it.
 
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -10,8 +10,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use backends::descriptor_chain;
+use backends::guest_memory::GuestMemoryMmap;
 use io_uring::{opcode, types, IoUring};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 
 use crate::blk::BlkDevice;
 use crate::request::{Request, RequestKind};

@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use backends::guest_memory::GuestMemoryHandle;
+use backends::guest_memory::GuestMemoryMmap;
+use backends::guest_memory::Vring;
 use backends::inflight::{InflightSlot, Recovery, Tracker};
 use backends::saved_chain::SavedChain;
 use tracing::{info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -48,7 +50,7 @@ pub struct VhostUserBlk {
 
 struct QueueState {
     uring: Option<UringQueue>,
-    vring: Option<VringRwLock>,
+    vring: Option<Vring>,
     /// Where this queue's requests are tracked in the inflight region, if there is one.
     tracker: Option<Tracker>,
     /// The region generation the queue took over last (0: none yet).
@@ -196,7 +198,7 @@ impl VhostUserBlk {
 
     /// The requests the guest has outstanding on a queue: in flight, and waiting in the avail
     /// ring (the guest writes its index: a bogus one only picks a policy).
-    fn depth(&self, qs: &QueueState, vring: &VringRwLock) -> io::Result<usize> {
+    fn depth(&self, qs: &QueueState, vring: &Vring) -> io::Result<usize> {
         let in_flight = qs.uring.as_ref().map_or(0, UringQueue::in_flight);
         let atomic = self.mem.get()?;
         let state = vring.get_ref();
@@ -209,7 +211,7 @@ impl VhostUserBlk {
 
     /// Serve every available chain of `vring`: synchronously, or submitted to the queue's
     /// io_uring; then notify the guest if it wants to be.
-    fn process_queue(&self, qs: &mut QueueState, vring: &VringRwLock) -> io::Result<()> {
+    fn process_queue(&self, qs: &mut QueueState, vring: &Vring) -> io::Result<()> {
         let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let mut state = vring.get_mut();
@@ -273,7 +275,7 @@ impl VhostUserBlk {
         &self,
         index: usize,
         qs: &mut QueueState,
-        vring: &VringRwLock,
+        vring: &Vring,
     ) -> io::Result<()> {
         let Some((generation, region)) = self.inflight.newer_than(qs.generation) else {
             return Ok(());
@@ -363,8 +365,8 @@ impl VhostUserBlk {
 }
 
 impl VhostUserBackend for VhostUserBlk {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = backends::guest_memory::BitmapMmapRegion;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         self.num_queues
@@ -384,7 +386,8 @@ impl VhostUserBackend for VhostUserBlk {
             | 1 << VIRTIO_BLK_F_TOPOLOGY
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_MQ
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | VhostUserVirtioFeatures::LOG_ALL.bits();
         if self.device.readonly {
             f |= 1 << VIRTIO_BLK_F_RO;
         } else {
@@ -401,6 +404,7 @@ impl VhostUserBackend for VhostUserBlk {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
             | VhostUserProtocolFeatures::DEVICE_STATE
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     backends::device_state_methods!(transfer);
@@ -443,7 +447,7 @@ impl VhostUserBackend for VhostUserBlk {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
         backends::worker::recover(thread_id, || {

@@ -2,13 +2,14 @@
 //! sandbox. Two "hosts" are two vmm processes in one L1; the backends stay where they are
 //! and are handed from one vmm to the next.
 //!
-//! The first guest (a qcow2 disk it writes and reads back on every count, a trigger disk,
-//! a NIC on a tap in a network namespace of the job's own, a 64 MiB tmpfs file with a
-//! known md5) moves A → B over TCP (its RAM copied, the VM paused: the backends do not log
-//! their writes yet), B → C locally (the memfd handed over), fails to move to D (whose disk
-//! socket leads nowhere: C takes its backends back and carries on), and moves C → E over
-//! TCP. It must count on across every move without a new boot, find every disk write
-//! where it put it, its file intact, and reach L1 over the network.
+//! The first guest (a qcow2 disk it writes and reads back on every count while fio reads
+//! and verifies 16 MiB of it over and over, a trigger disk, a NIC on a tap in a network
+//! namespace of the job's own, a 64 MiB tmpfs file with a known md5) moves A → B over TCP
+//! with pre-copy (the vCPUs' writes logged by KVM, the backends' by themselves), B → C
+//! locally (the memfd handed over), fails to move to D (whose disk socket leads nowhere: C
+//! takes its backends back and carries on), and moves C → E over TCP. It must count on
+//! across every move without a new boot, find every disk write where it put it, fio no
+//! verify error, its file intact, and reach L1 over the network.
 //!
 //! The second guest has no device and rewrites 24 files of 1 MiB in its RAM while it moves
 //! P → Q over TCP with pre-copy (KVM's dirty log): afterwards it checks each file against
@@ -20,29 +21,40 @@ use std::time::Duration;
 use integration_tests::guest::{self, required as value, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
 
+/// The first guest's script (on its command line, so kept short). fio reads back and
+/// verifies what it wrote, over and over: the disk backend writes guest memory all along,
+/// and a write a migration misses is a verify error.
 const GUEST: &str = r#"
 mkdir -p /mnt && mount -t tmpfs -o size=80M tmpfs /mnt
 dd if=/dev/urandom of=/mnt/f bs=1M count=64 2>/dev/null
 echo "GUEST-MD5-BEFORE $(md5sum /mnt/f | cut -d' ' -f1)"
 ip link set eth0 up
 ip addr add 10.0.8.2/24 dev eth0
-ping -c 1 -W 5 10.0.8.1 > /dev/null 2>&1
+ping -c 1 -W 5 10.0.8.1 >/dev/null 2>&1
 echo "GUEST-PING-BEFORE $?"
+V="--name=v --filename=/dev/vda --offset=16M --size=16M --bs=64k --direct=1 --verify=crc32c"
+fio $V --rw=write --do_verify=0 >/dev/null 2>&1
+echo "GUEST-FIO-WRITTEN $?"
+(r=0; b=0; while [ ! -e /tmp/stop ]; do
+fio $V --rw=read --verify_only --ioengine=libaio --iodepth=4 >/tmp/o 2>&1 || { b=$((b+1)); cat /tmp/o; }
+r=$((r+1)); done; echo "GUEST-FIO-READS $r bad=$b") &
 i=0
 while [ $i -lt 3000 ]; do
-    i=$((i + 1))
-    echo "COUNT $i"
-    w=$(printf 'W%07d' $i)
-    printf '%s' "$w" | dd of=/dev/vda bs=4096 seek=200 conv=notrunc,fsync 2>/dev/null
-    r=$(dd if=/dev/vda bs=4096 skip=200 count=1 iflag=direct 2>/dev/null | head -c 8)
-    [ "$r" = "$w" ] || echo "GUEST-DISK-MISMATCH $i $r"
-    t=$(dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | head -c 8)
-    [ "$t" = FINISHED ] && break
-    sleep 0.2
+i=$((i+1))
+echo "COUNT $i"
+w=$(printf W%07d $i)
+printf $w | dd of=/dev/vda bs=4096 seek=200 conv=notrunc,fsync 2>/dev/null
+r=$(dd if=/dev/vda bs=4096 skip=200 count=1 iflag=direct 2>/dev/null | head -c 8)
+[ "$r" = $w ] || echo "GUEST-DISK-MISMATCH $i $r"
+t=$(dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | head -c 8)
+[ "$t" = FINISHED ] && break
+sleep 0.2
 done
 echo "GUEST-LAST-COUNT $i"
+touch /tmp/stop
+wait
 echo "GUEST-MD5-AFTER $(md5sum /mnt/f | cut -d' ' -f1)"
-ping -c 2 -W 5 10.0.8.1 > /dev/null 2>&1
+ping -c 2 -W 5 10.0.8.1 >/dev/null 2>&1
 echo "GUEST-PING-AFTER $?"
 echo "GUEST-LOCKUPS $(dmesg | grep -ci 'soft lockup')"
 "#;
@@ -105,7 +117,7 @@ RUST_LOG=warn,vmm::migration=info splitvisor --kernel $L2_KERNEL \
     --device vhost-user,type=blk,socket=$W/trigger.sock \
     --device vhost-user,type=net,socket=$W/net.sock </dev/null >"$JOB/vmA.log" 2>&1 &
 A=$!
-wait_for "COUNT 10" "$JOB/vmA.log" 300 || echo "NO-COUNT" >> $L1
+wait_for "COUNT 10" "$JOB/vmA.log" 300 || { echo "NO-COUNT" >> $L1; exit 1; }
 
 # A -> B over TCP
 incoming vmB tcp:127.0.0.1:7100 --api-socket $W/b.sock
@@ -156,7 +168,7 @@ RUST_LOG=warn,vmm::migration=info splitvisor --kernel $L2_KERNEL \
     --cmdline "console=ttyS0 quiet sv.cmd64=$DIRTY64" --api-socket $W/p.sock \
     </dev/null >"$JOB/vmP.log" 2>&1 &
 P=$!
-wait_for "DIRTY 48" "$JOB/vmP.log" 300 || echo "NO-DIRTY" >> $L1
+wait_for "DIRTY 48" "$JOB/vmP.log" 300 || { echo "NO-DIRTY" >> $L1; exit 1; }
 incoming vmQ tcp:127.0.0.1:7103 --api-socket $W/q.sock
 Q=$DEST
 echo "L1-MIGRATE-PQ $(api p PUT vm.send-migration '{"destination_url": "tcp:127.0.0.1:7103", "downtime_ms": 200}')" >> $L1
@@ -164,6 +176,18 @@ wait $P; echo "L1-P-STATUS $?" >> $L1
 wait_for GUEST-DIRTY-CHECKED "$JOB/vmQ.log" 240 || echo "NO-DIRTY-END" >> $L1
 finish_case vmQ $Q 60
 "#;
+
+/// The scripts go on the kernel command line (at most 2047 bytes with the rest of it).
+#[test]
+fn the_guest_scripts_fit_the_kernel_command_line() {
+    for script in [GUEST, DIRTY_GUEST] {
+        let line = format!(
+            "console=ttyS0 quiet sv.cmd64={}",
+            guest::base64(script.as_bytes())
+        );
+        assert!(line.len() <= 2047, "{} bytes", line.len());
+    }
+}
 
 fn job() -> &'static JobOutput {
     static OUT: OnceLock<Result<JobOutput, String>> = OnceLock::new();
@@ -214,8 +238,9 @@ fn counts_on(name: &str, last: u64) -> Vec<u64> {
 fn a_guest_with_disk_and_nic_moves_over_tcp_and_locally_and_counts_on() {
     let l1 = file("l1.txt");
     for (key, mode) in [
-        ("L1-MIGRATE-AB", "stop-and-copy"),
+        ("L1-MIGRATE-AB", "precopy"),
         ("L1-MIGRATE-BC", "local"),
+        ("L1-MIGRATE-CE", "precopy"),
     ] {
         let answer = value(&l1, key);
         assert!(answer.contains("HTTP-200"), "{key}: {l1}");
@@ -251,6 +276,12 @@ fn disk_memory_and_network_survive_every_move() {
         assert!(!text.contains("GUEST-DISK-MISMATCH"), "{log}: {text}");
     }
     assert!(last.contains("GUEST-LAST-COUNT"), "{last}");
+    assert_eq!(value(&first, "GUEST-FIO-WRITTEN"), "0", "{first}");
+    let reads = value(&last, "GUEST-FIO-READS");
+    assert!(
+        reads.ends_with(" bad=0"),
+        "fio found data a migration lost: {last}"
+    );
     assert_eq!(file("vmE.rc").trim(), "0", "{last}");
 }
 

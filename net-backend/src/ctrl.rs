@@ -5,8 +5,9 @@
 //! guest's stack filters); anything else is refused.
 
 use backends::descriptor_chain::{ChainBuffers, ChainError, OutOfOrder};
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::virtio_net::*;
 

@@ -5,10 +5,11 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::rx::{wait_for_more_buffers, RxQueue, Stop};
 use crate::stats::NetStats;

@@ -9,8 +9,8 @@ use std::os::fd::RawFd;
 
 use backends::descriptor_chain::ChainBuffers;
 use backends::guest_iovecs::GuestIovecs;
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use crate::stats::{add, NetStats};
 use crate::tap;

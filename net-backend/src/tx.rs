@@ -6,8 +6,8 @@ use std::os::fd::RawFd;
 
 use backends::descriptor_chain::{ChainBuffers, ChainError};
 use backends::guest_iovecs::{GuestIovecs, IOV_MAX};
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::DescriptorChain;
-use vm_memory::GuestMemoryMmap;
 
 use crate::flow::{self, FlowTable};
 use crate::tap;

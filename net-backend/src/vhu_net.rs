@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use backends::guest_memory::GuestMemoryHandle;
+use backends::guest_memory::GuestMemoryMmap;
+use backends::guest_memory::Vring;
 use backends::lock_err;
 use tracing::{info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -121,7 +123,7 @@ impl VhostUserNet {
 
     /// Send everything the guest queued; with EVENT_IDX, tell it where to kick next and go
     /// round again if it added packets meanwhile.
-    fn transmit_all(&self, pair: usize, vring: &VringRwLock) -> io::Result<()> {
+    fn transmit_all(&self, pair: usize, vring: &Vring) -> io::Result<()> {
         if !vring.get_ref().get_queue().ready() {
             return Ok(());
         }
@@ -133,7 +135,7 @@ impl VhostUserNet {
     /// Deliver what the tap has. Unlike transmit, the receive ring normally holds unused
     /// buffers, so "the guest added more" is no reason to go round again: the tap's readiness
     /// drives receive, and the guest's kick is only wanted once the buffers ran out.
-    fn receive(&self, pair: usize, vring: &VringRwLock) -> io::Result<()> {
+    fn receive(&self, pair: usize, vring: &Vring) -> io::Result<()> {
         let fd = self.tap_fd(pair)?;
         let atomic = self.mem.get()?;
         let mem = atomic.memory();
@@ -165,7 +167,7 @@ impl VhostUserNet {
         }
     }
 
-    fn transmit(&self, pair: usize, vring: &VringRwLock) -> io::Result<()> {
+    fn transmit(&self, pair: usize, vring: &Vring) -> io::Result<()> {
         // a flow goes out on the one tap queue the flow table gave it among the attached ones
         // (a detached queue refuses writes with EBADFD; the first one is always attached), so
         // that the tap steers its answers to one queue; packets with no flow go out on the
@@ -212,7 +214,7 @@ impl VhostUserNet {
         Ok(())
     }
 
-    fn control(&self, vring: &VringRwLock) -> io::Result<()> {
+    fn control(&self, vring: &Vring) -> io::Result<()> {
         let atomic = self.mem.get()?;
         let mem = atomic.memory();
         let mut state = vring.get_mut();
@@ -289,7 +291,7 @@ impl VhostUserNet {
     /// The kernel steers flows to a pair's tap queue only while the driver uses the pair:
     /// asked for on our control queue (our vmm) and its rings enabled (QEMU, which serves
     /// the control queue itself, disables the rings of unused pairs). Pair 0 always stays.
-    fn sync_tap_queue(&self, pair: usize, vrings: &[VringRwLock]) {
+    fn sync_tap_queue(&self, pair: usize, vrings: &[Vring]) {
         if pair == 0 {
             return;
         }
@@ -305,8 +307,8 @@ impl VhostUserNet {
 }
 
 impl VhostUserBackend for VhostUserNet {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = backends::guest_memory::BitmapMmapRegion;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         2 * self.pairs + 1
@@ -338,7 +340,8 @@ impl VhostUserBackend for VhostUserNet {
         ]
         .iter()
         .fold(
-            VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+                | VhostUserVirtioFeatures::LOG_ALL.bits(),
             |f, bit| f | 1u64 << bit,
         )
     }
@@ -373,6 +376,7 @@ impl VhostUserBackend for VhostUserNet {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::DEVICE_STATE
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     backends::device_state_methods!(transfer);
@@ -409,7 +413,7 @@ impl VhostUserBackend for VhostUserNet {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[Vring],
         pair: usize,
     ) -> io::Result<()> {
         backends::worker::recover(pair, || {

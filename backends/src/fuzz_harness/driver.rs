@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
+use crate::guest_memory::GuestMemoryMmap;
+use crate::guest_memory::Vring;
 use vhost::vhost_user::message::FrontendReq;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -77,7 +79,9 @@ struct OneBackend<B>(Option<B>);
 
 impl<B> BackendFactory for OneBackend<B>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+    B: VhostUserBackend<Bitmap = crate::guest_memory::BitmapMmapRegion, Vring = Vring>
+        + Clone
+        + 'static,
 {
     type Backend = B;
     fn create(&mut self) -> io::Result<B> {
@@ -101,7 +105,9 @@ pub fn expect_set_up(run: io::Result<Outcome>) {
 /// stopped within 20 s ends the process.
 pub fn drive_messages<B>(backend: B, data: &[u8]) -> io::Result<Outcome>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+    B: VhostUserBackend<Bitmap = crate::guest_memory::BitmapMmapRegion, Vring = Vring>
+        + Clone
+        + 'static,
 {
     drive("vu-fuzz", OneBackend(Some(backend)), data)
 }
@@ -192,7 +198,9 @@ struct Connection<'a, B: VhostUserBackend> {
 
 impl<B> Connection<'_, B>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+    B: VhostUserBackend<Bitmap = crate::guest_memory::BitmapMmapRegion, Vring = Vring>
+        + Clone
+        + 'static,
 {
     /// Write the stream, start the handler (behind the relay or not), read the replies; the
     /// frontend's socket is closed on return.

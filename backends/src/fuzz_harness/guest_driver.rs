@@ -17,9 +17,11 @@
 //! - chain (an operation of the harness): `count: u8` → 1 + count % [`MAX_CHAIN`]
 //!   descriptors, laid out from the ring's next free table entry on.
 
-use vhost_user_backend::{VringRwLock, VringT};
+use crate::guest_memory::GuestMemoryMmap;
+use crate::guest_memory::Vring;
+use vhost_user_backend::VringT;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
 
 use super::bytes::{Input, Seed};
 
@@ -225,10 +227,10 @@ impl<const N: usize> GuestDriver<N> {
         memory: &GuestMemoryAtomic<GuestMemoryMmap>,
         count: usize,
         event_idx: bool,
-    ) -> Option<Vec<VringRwLock>> {
+    ) -> Option<Vec<Vring>> {
         let mut vrings = Vec::new();
         for ring in self.rings.iter().take(count) {
-            let vring = VringRwLock::new(memory.clone(), 256).ok()?;
+            let vring = Vring::new(memory.clone(), 256).ok()?;
             vring.set_queue_size(self.size);
             vring
                 .set_queue_info(ring.desc, ring.avail, ring.used)

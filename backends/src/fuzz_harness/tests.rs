@@ -4,10 +4,12 @@
 use std::io;
 use std::sync::Arc;
 
+use crate::guest_memory::GuestMemoryMmap;
+use crate::guest_memory::Vring;
 use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -22,8 +24,8 @@ struct Idle {
 const IDLE_FEATURES: u64 = 1 << 32 | 1 << 30; // VERSION_1 | PROTOCOL_FEATURES
 
 impl VhostUserBackend for Idle {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = crate::guest_memory::BitmapMmapRegion;
+    type Vring = Vring;
     fn num_queues(&self) -> usize {
         2
     }
@@ -56,7 +58,7 @@ impl VhostUserBackend for Idle {
         &self,
         _event: u16,
         _evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[Vring],
         _thread: usize,
     ) -> io::Result<()> {
         // what a device does first: look at the ring

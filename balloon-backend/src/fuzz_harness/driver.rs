@@ -7,7 +7,8 @@
 use backends::fuzz_harness::driver_seed::{DriverOps, DriverSeed};
 use backends::fuzz_harness::guest_driver::{GuestDriver, Layout, Ring};
 use backends::fuzz_harness::memory_file;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use backends::guest_memory::GuestMemoryMmap;
+use vm_memory::{FileOffset, GuestAddress};
 
 use super::queues::{OP_AVAIL_IDX, OP_CHAIN, OP_POKE};
 

@@ -19,9 +19,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use backends::guest_memory::GuestMemoryMmap;
+use backends::guest_memory::Vring;
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
 
 use super::driver::{self, Driver, RINGS};
@@ -96,7 +98,7 @@ struct Harness {
     memory: GuestMemoryAtomic<GuestMemoryMmap>,
     state: Arc<BalloonState>,
     device: VhostUserBalloon,
-    vrings: Vec<VringRwLock>,
+    vrings: Vec<Vring>,
     report: Report,
 }
 

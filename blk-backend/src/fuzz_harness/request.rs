@@ -22,8 +22,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{pattern, ScratchFile};
 use crate::blk::BlkDevice;

@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use backends::guest_memory::GuestMemoryHandle;
+use backends::guest_memory::{BitmapMmapRegion, GuestMemoryHandle, GuestMemoryMmap, Vring};
 use clap::Parser;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -40,8 +40,8 @@ struct Fake {
 }
 
 impl VhostUserBackend for Fake {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = BitmapMmapRegion;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         1
@@ -66,7 +66,7 @@ impl VhostUserBackend for Fake {
         &self,
         _device_event: u16,
         _evset: EventSet,
-        _vrings: &[VringRwLock],
+        _vrings: &[Vring],
         _thread_id: usize,
     ) -> std::io::Result<()> {
         Ok(())

@@ -11,7 +11,8 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use backends::guest_memory::Vring;
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
@@ -26,7 +27,7 @@ use crate::virtio_net::*;
 pub(super) struct DeviceSide {
     device: VhostUserNet,
     /// Pair 0's worker's vrings, by its local index: receive, transmit, control.
-    vrings: Vec<VringRwLock>,
+    vrings: Vec<Vring>,
 }
 
 impl DeviceSide {

@@ -6,9 +6,10 @@
 
 use backends::fuzz_harness::driver_seed::{DriverOps, DriverSeed};
 use backends::fuzz_harness::guest_driver::{GuestDriver, Layout, Ring};
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use super::queues::{OP_AVAIL_IDX, OP_CHAIN, OP_POKE};
 

@@ -25,8 +25,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use backends::fuzz_harness::guest_driver::read_fill;
+use backends::guest_memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::device::DeviceSide;
 use super::driver::{self, Driver};

@@ -10,6 +10,7 @@
 //! over the stream, or (local migration) its memfd is handed over by SCM_RIGHTS.
 //! docs/migration.md describes the protocol and the failure cases.
 
+pub mod backend_log;
 pub mod dirty;
 pub mod ram;
 pub mod receive;
@@ -52,6 +53,8 @@ pub enum MigrationError {
     Run(#[from] crate::run_control::RunError),
     #[error("KVM's dirty log failed")]
     DirtyLog(#[source] kvm_ioctls::Error),
+    #[error("the backends' dirty log failed: {0}")]
+    BackendLog(String),
     #[error("the source's configuration cannot be read")]
     Config(#[source] serde_json::Error),
     #[error("{0}")]

@@ -10,8 +10,9 @@
 //! 4. let go of every backend and say so (Released); the destination connects to them,
 //!    builds the VM paused and answers Ready; Commit; it runs the VM and answers Running.
 //!
-//! Pre-copy needs every write to guest RAM logged; the backends do not log theirs yet
-//! (VHOST_USER_PROTOCOL_F_LOG_SHMFD), so a VM with vhost-user devices is copied while paused.
+//! Pre-copy needs every write to guest RAM logged: the vCPUs' by KVM ([`DirtyLog`]), the
+//! backends' by themselves ([`BackendLog`], VHOST_USER_PROTOCOL_F_LOG_SHMFD); a VM with a
+//! backend that cannot log is copied while paused.
 //! A failure before Released leaves the VM as it was (running or paused, logging off); after
 //! it, the backends are taken back first; after Commit, nothing is undone (the destination
 //! may run the VM): the VM stays paused here and the error says so.
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use api::types::MigrationReport;
 
+use super::backend_log::BackendLog;
 use super::dirty::{self, DirtyLog, PAGE};
 use super::ram::RamSender;
 use super::url::MigrationUrl;
@@ -103,19 +105,26 @@ impl Source<'_> {
         let head = serde_json::to_vec(&head).map_err(MigrationError::Config)?;
         self.conn.send(Kind::Config, &head)?;
         let mut ram = RamSender::new(&h.memfd, h.ram_size);
-        // every backend would have to log its writes for a pre-copy (see the module doc)
-        let precopy = !req.local && self.was_running && h.vhost.is_empty();
+        // every backend must log its writes for a pre-copy (see the module doc)
+        let precopy = !req.local && self.was_running && BackendLog::possible(&h.vhost);
         let mut rounds = 0;
         let mut pending = Vec::new();
         let log = if precopy {
-            let log = DirtyLog::start(h.vm.clone(), dirty::slots(&h.regions))
-                .map_err(MigrationError::DirtyLog)?;
+            let slots = dirty::slots(&h.regions);
+            let log =
+                DirtyLog::start(h.vm.clone(), slots.clone()).map_err(MigrationError::DirtyLog)?;
+            let blog =
+                BackendLog::start(h.vhost.clone(), slots).map_err(MigrationError::BackendLog)?;
+            let mut log = Logs {
+                kvm: log,
+                backends: blog,
+            };
             let t = Instant::now();
             ram.send_all(&mut self.conn)?;
             let mut rate = rate_of(ram.bytes, t.elapsed());
             tracing::info!(bytes = ram.bytes, "migration: first pass of guest RAM sent");
             loop {
-                pending = log.take().map_err(MigrationError::DirtyLog)?;
+                pending = log.take()?;
                 let expected = duration_for(pending.len() as u64 * PAGE, rate);
                 tracing::info!(
                     round = rounds + 1,
@@ -145,8 +154,8 @@ impl Source<'_> {
         self.stage = Stage::Suspended;
         let state = save::capture(h)?;
         let mode = match log {
-            Some(log) => {
-                pending.extend(log.take().map_err(MigrationError::DirtyLog)?);
+            Some(mut log) => {
+                pending.extend(log.take()?);
                 pending.sort_unstable();
                 pending.dedup();
                 ram.send_pages(&mut self.conn, &pending)?;
@@ -216,6 +225,23 @@ impl Source<'_> {
             }
         }
         tracing::warn!("migration failed; the VM carries on here");
+    }
+}
+
+/// KVM's log and the backends' together.
+struct Logs {
+    kvm: DirtyLog,
+    backends: BackendLog,
+}
+
+impl Logs {
+    /// The pages written since the last call, in order, each once.
+    fn take(&mut self) -> Result<Vec<u64>, MigrationError> {
+        let mut pages = self.kvm.take().map_err(MigrationError::DirtyLog)?;
+        pages.extend(self.backends.take().map_err(MigrationError::BackendLog)?);
+        pages.sort_unstable();
+        pages.dedup();
+        Ok(pages)
     }
 }
 

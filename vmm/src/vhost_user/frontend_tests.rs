@@ -69,7 +69,8 @@ fn the_handshake_takes_only_the_protocol_features_it_uses() {
         | PROTOCOL_F_CONFIG
         | PROTOCOL_F_CONFIGURE_MEM_SLOTS
         | PROTOCOL_F_INFLIGHT_SHMFD
-        | PROTOCOL_F_LOG_SHMFD;
+        | PROTOCOL_F_LOG_SHMFD
+        | PROTOCOL_F_HOST_NOTIFIER;
     let backend = start_with(
         "protocol",
         Script {
@@ -91,7 +92,7 @@ fn the_handshake_takes_only_the_protocol_features_it_uses() {
             SET_BACKEND_REQ_FD,
         ]
     );
-    let wanted = offered & !PROTOCOL_F_LOG_SHMFD;
+    let wanted = offered & !PROTOCOL_F_HOST_NOTIFIER;
     assert_eq!(
         backend.messages(SET_PROTOCOL_FEATURES),
         vec![wanted.to_le_bytes()]

@@ -30,6 +30,11 @@ impl VhostUserDevice {
         self.released
     }
 
+    /// The device's id (`blk0`, `net0` …).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Whether the backend is connected.
     pub fn is_up(&self) -> bool {
         self.link.is_up()

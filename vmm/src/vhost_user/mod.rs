@@ -10,6 +10,7 @@ mod call_deadline;
 #[cfg(test)]
 mod config_space_tests;
 mod device_state;
+mod dirty_log;
 #[cfg(test)]
 mod frontend_tests;
 mod handover;
@@ -41,6 +42,10 @@ use persist::VringState;
 /// How long to wait for a backend's socket to appear.
 pub const SOCKET_WAIT: Duration = Duration::from_secs(10);
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// VHOST_F_LOG_ALL: the backend logs its writes to guest memory (live migration).
+const F_LOG_ALL: u64 = 1 << 26;
+/// Feature bits between the vmm and the backend, never offered to the guest.
+const VHOST_ONLY: u64 = F_PROTOCOL_FEATURES | F_LOG_ALL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
@@ -155,6 +160,8 @@ pub struct VhostUserDevice {
     /// Between [`Self::release`] and [`Self::reclaim`]: a migration's destination has the
     /// backend; the reconnect thread does not connect.
     released: bool,
+    /// During a migration's pre-copy: LOG_ALL is in the features sent (`dirty_log.rs`).
+    logging: bool,
 }
 
 /// One queue as the driver set it up, kept for replaying it to a new backend connection.
@@ -202,7 +209,8 @@ const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::BACKEND_REQ)
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
     .union(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
-    .union(VhostUserProtocolFeatures::DEVICE_STATE);
+    .union(VhostUserProtocolFeatures::DEVICE_STATE)
+    .union(VhostUserProtocolFeatures::LOG_SHMFD);
 
 /// What the driver-independent part of the negotiation learned from one connection.
 struct Handshake {
@@ -350,6 +358,7 @@ impl VhostUserDevice {
             saved_state: None,
             suspended: false,
             released: false,
+            logging: false,
         })
     }
 
@@ -392,7 +401,7 @@ impl VhostUserDevice {
         let err = |step| protocol_err(&name, &socket, step);
         let _deadline = self.deadline();
         self.frontend
-            .set_features(self.acked_features)
+            .set_features(self.features_to_send())
             .map_err(err("SET_FEATURES"))?;
         let regions: Vec<VhostUserMemoryRegionInfo> = self
             .mem
@@ -492,7 +501,7 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn features(&self) -> u64 {
-        self.backend_features & !F_PROTOCOL_FEATURES
+        self.backend_features & !VHOST_ONLY
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {

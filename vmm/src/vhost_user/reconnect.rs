@@ -39,7 +39,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::vhost_user::VhostUserProtocolFeatures;
 
 use super::backend_requests::BackendChannel;
-use super::{handshake, FrontendError, Handshake, VhostUserDevice, F_PROTOCOL_FEATURES};
+use super::{handshake, FrontendError, Handshake, VhostUserDevice};
 use crate::virtio::pci::VirtioPciDevice;
 use crate::virtio::{QueueSetup, VirtioDevice, VirtioDeviceState};
 
@@ -296,7 +296,7 @@ impl VhostUserDevice {
         let needed = match self.acked_features {
             0 => self.backend_features,
             acked => acked,
-        } & !F_PROTOCOL_FEATURES;
+        } & !super::VHOST_ONLY;
         let missing = needed & !hs.backend_features;
         if missing != 0 {
             return Err(refused(format!(

@@ -63,6 +63,8 @@ pub const RING_SETUP: [u32; 6] = [
 
 pub const PROTOCOL_F_MQ: u64 = 1 << 0;
 pub const PROTOCOL_F_LOG_SHMFD: u64 = 1 << 1;
+/// One the vmm does not use (VHOST_USER_PROTOCOL_F_HOST_NOTIFIER).
+pub const PROTOCOL_F_HOST_NOTIFIER: u64 = 1 << 11;
 pub const PROTOCOL_F_REPLY_ACK: u64 = 1 << 3;
 pub const PROTOCOL_F_BACKEND_REQ: u64 = 1 << 5;
 pub const PROTOCOL_F_CONFIG: u64 = 1 << 9;
