@@ -166,6 +166,22 @@ pub struct MigrationReport {
     pub downtime_ms: u64,
 }
 
+/// `GET /api/v1/vm.migration-info` (ours, what `svctl domjobinfo` shows): the last or the
+/// running migration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    pub running: bool,
+    /// `none`, `connecting`, `ram` (first pass), `dirty` (rounds), `stopped` (the VM paused,
+    /// its state being sent), `handover`, then `completed`, `failed` or `cancelled`.
+    pub phase: String,
+    pub ram_bytes: u64,
+    pub rounds: u32,
+    /// The last round's dirty pages.
+    pub dirty_pages: u64,
+    pub expected_downtime_ms: u64,
+    pub elapsed_ms: u64,
+}
+
 /// Every error: a status code and this body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {

@@ -88,12 +88,20 @@ api() { # api SOCKET METHOD ENDPOINT [JSON]
         "http://localhost/api/v1/$3"
     echo
 }
+wait_phase() { # wait_phase SOCKET PHASE: until the source's migration is in PHASE (10 s)
+    n=0
+    while ! api $1 GET vm.migration-info | grep -q "\"phase\":\"$2\""; do
+        n=$((n + 1))
+        [ $n -gt 100 ] && return 1
+        sleep 0.1
+    done
+}
 last_count() { grep -o 'COUNT [0-9]*' "$1" | tail -n1 | cut -d' ' -f2; }
 incoming() { # incoming NAME URL ARGS...: a destination vmm, its PID in $DEST
     _n=$1 _u=$2
     shift 2
     RUST_LOG=warn,vmm::migration=info splitvisor --incoming "$_u" "$@" </dev/null \
-        >"$JOB/$_n.log" 2>&1 &
+        >"$JOB/$_n.log" 2>"$JOB/$_n.err" &
     DEST=$!
 }
 qemu-img create -q -f qcow2 $W/disk.qcow2 64M
@@ -115,9 +123,33 @@ RUST_LOG=warn,vmm::migration=info splitvisor --kernel $L2_KERNEL \
     --cmdline "console=ttyS0 quiet sv.cmd64=$GUEST64" --api-socket $W/a.sock \
     --device vhost-user,type=blk,socket=$W/disk.sock \
     --device vhost-user,type=blk,socket=$W/trigger.sock \
-    --device vhost-user,type=net,socket=$W/net.sock </dev/null >"$JOB/vmA.log" 2>&1 &
+    --device vhost-user,type=net,socket=$W/net.sock </dev/null >"$JOB/vmA.log" 2>"$JOB/vmA.err" &
 A=$!
 wait_for "COUNT 10" "$JOB/vmA.log" 300 || { echo "NO-COUNT" >> $L1; exit 1; }
+
+# a migration cancelled during pre-copy, then one whose destination dies: A carries on
+incoming vmX tcp:127.0.0.1:7110
+X=$DEST
+(api a PUT vm.send-migration '{"destination_url": "tcp:127.0.0.1:7110"}' > $W/cancel.out) &
+CURL=$!
+wait_phase a ram || echo "NO-RAM-PHASE" >> $L1
+echo "L1-INFO-DURING $(api a GET vm.migration-info)" >> $L1
+echo "L1-CANCEL $(api a PUT vm.cancel-migration)" >> $L1
+wait $CURL
+echo "L1-CANCELLED $(cat $W/cancel.out)" >> $L1
+echo "L1-INFO-AFTER $(api a GET vm.migration-info)" >> $L1
+wait $X; echo "L1-X-STATUS $?" >> $L1
+incoming vmY tcp:127.0.0.1:7111
+Y=$DEST
+(api a PUT vm.send-migration '{"destination_url": "tcp:127.0.0.1:7111"}' > $W/kill.out) &
+CURL=$!
+wait_phase a ram || echo "NO-RAM-PHASE-2" >> $L1
+kill -9 $Y
+wait $CURL
+echo "L1-DEST-KILLED $(cat $W/kill.out)" >> $L1
+before=$(last_count "$JOB/vmA.log")
+sleep 3
+echo "L1-A-COUNTS-ON $before $(last_count "$JOB/vmA.log")" >> $L1
 
 # A -> B over TCP
 incoming vmB tcp:127.0.0.1:7100 --api-socket $W/b.sock
@@ -147,11 +179,19 @@ sleep 4
 echo "L1-C-COUNTS-ON $before $(last_count "$JOB/vmC.log")" >> $L1
 echo "L1-C-INFO $(api c GET vm.info)" >> $L1
 
-# C -> E over TCP: the third move of the same guest
-incoming vmE tcp:127.0.0.1:7102 --api-socket $W/e.sock
-E=$DEST
+# C -> E over TCP: the third move of the same guest; E is a vmm started with only its API
+# socket, told to wait by vm.receive-migration (Cloud Hypervisor's body)
+RUST_LOG=warn,vmm::migration=info splitvisor --api-socket $W/e.sock </dev/null \
+    >"$JOB/vmE.log" 2>"$JOB/vmE.err" &
+E=$!
+n=0
+while [ ! -S $W/e.sock ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+(api e PUT vm.receive-migration '{"receiver_url": "tcp:127.0.0.1:7102"}' > $W/receive.out) &
+RECEIVE=$!
 echo "L1-MIGRATE-CE $(api c PUT vm.send-migration '{"destination_url": "tcp:127.0.0.1:7102"}')" >> $L1
 wait $C; echo "L1-C-STATUS $?" >> $L1
+wait $RECEIVE
+echo "L1-RECEIVED $(cat $W/receive.out)" >> $L1
 echo "L1-C-LAST $(last_count "$JOB/vmC.log")" >> $L1
 wait_for "COUNT" "$JOB/vmE.log" 60 || echo "NO-COUNT-E" >> $L1
 sleep 2
@@ -166,7 +206,7 @@ $IP netns del svmig
 RUST_LOG=warn,vmm::migration=info splitvisor --kernel $L2_KERNEL \
     --initramfs $KIT/l2/initramfs.cpio.gz --memory 512M \
     --cmdline "console=ttyS0 quiet sv.cmd64=$DIRTY64" --api-socket $W/p.sock \
-    </dev/null >"$JOB/vmP.log" 2>&1 &
+    </dev/null >"$JOB/vmP.log" 2>"$JOB/vmP.err" &
 P=$!
 wait_for "DIRTY 48" "$JOB/vmP.log" 300 || { echo "NO-DIRTY" >> $L1; exit 1; }
 incoming vmQ tcp:127.0.0.1:7103 --api-socket $W/q.sock
@@ -303,6 +343,41 @@ fn a_destination_that_cannot_reach_a_backend_leaves_the_source_running_with_its_
     assert!(on[1] > on[0], "C stopped counting: {l1}");
     let info = value(&l1, "L1-C-INFO");
     assert!(info.contains("\"state\":\"running\""), "{info}");
+}
+
+#[test]
+fn a_cancelled_migration_and_a_dead_destination_leave_the_source_running_with_its_disk() {
+    let l1 = file("l1.txt");
+    let during = value(&l1, "L1-INFO-DURING");
+    assert!(during.contains("\"running\":true"), "{l1}");
+    assert!(value(&l1, "L1-CANCEL").contains("HTTP-204"), "{l1}");
+    let cancelled = value(&l1, "L1-CANCELLED");
+    assert!(
+        cancelled.contains("HTTP-409") && cancelled.contains("cancelled"),
+        "{l1}"
+    );
+    let after = value(&l1, "L1-INFO-AFTER");
+    assert!(after.contains("\"phase\":\"cancelled\""), "{after}");
+    assert_ne!(value(&l1, "L1-X-STATUS"), "0", "{l1}");
+    // killed while RAM was on its way (not before it listened)
+    let killed = value(&l1, "L1-DEST-KILLED");
+    assert!(
+        killed.contains("HTTP-409") && !killed.contains("cannot connect"),
+        "{l1}"
+    );
+    assert!(!l1.contains("NO-RAM-PHASE"), "{l1}");
+    // it counts (writing and reading its disk each time) after both
+    let on: Vec<u64> = value(&l1, "L1-A-COUNTS-ON")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(on.len() == 2 && on[1] > on[0], "A stopped counting: {l1}");
+}
+
+#[test]
+fn a_vmm_started_with_only_its_api_socket_receives_a_migration() {
+    let l1 = file("l1.txt");
+    assert!(value(&l1, "L1-RECEIVED").contains("HTTP-204"), "{l1}");
 }
 
 #[test]

@@ -183,11 +183,11 @@ fn move_device(cfg: &mut VmConfig, spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--incoming URL`: receive the VM, build it (paused) and run it once the source commits.
-fn incoming_vm(args: Args, url: &str) -> anyhow::Result<Vm> {
+/// `--incoming URL` (or `vm.receive-migration`): receive the VM, build it (paused) and run it
+/// once the source commits. `before_build` runs once the VM is received, before it is built.
+fn incoming_vm(args: Args, url: &str, before_build: impl FnOnce()) -> anyhow::Result<Vm> {
     use vmm::migration::{receive, url::MigrationUrl};
     let url: MigrationUrl = url.parse()?;
-    vmm::confinement::install(args.seccomp.unwrap_or_default())?;
     let adjust = |cfg: &mut VmConfig| -> Result<(), String> {
         let mut args = args.clone();
         // this process's own, never the source's (its API socket and console may be in use)
@@ -200,6 +200,7 @@ fn incoming_vm(args: Args, url: &str) -> anyhow::Result<Vm> {
         Ok(())
     };
     let incoming = receive::receive(&url, &adjust)?;
+    before_build();
     let cfg = incoming.cfg.clone();
     match Vm::restore(&incoming.restore, &cfg) {
         Ok(vm) => {
@@ -229,6 +230,29 @@ fn wait_for_vm(args: Args) -> anyhow::Result<Option<Vm>> {
                 return Ok(None);
             }
             Request::Restore { config, reply } => (config, reply),
+            Request::Receive { config, reply } => {
+                if let Err(e) = config
+                    .receiver_url
+                    .parse::<vmm::migration::url::MigrationUrl>()
+                {
+                    let _ = reply.send(Outcome::Refused(e.to_string()));
+                    continue;
+                }
+                let result = incoming_vm(args.clone(), &config.receiver_url, || {
+                    waiting::release(&path)
+                });
+                return match result {
+                    Ok(vm) => {
+                        let _ = reply.send(Outcome::Started);
+                        Ok(Some(vm))
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Outcome::Failed(format!("{e:#}")));
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        Err(e)
+                    }
+                };
+            }
         };
         let mut wanted = args.clone();
         wanted.paused = !config.resume;
@@ -279,7 +303,9 @@ fn main() -> ExitCode {
     let result = match args.restore.clone() {
         None if args.incoming.is_some() => {
             let url = args.incoming.clone().unwrap_or_default();
-            incoming_vm(args, &url)
+            vmm::confinement::install(args.seccomp.unwrap_or_default())
+                .map_err(anyhow::Error::from)
+                .and_then(|()| incoming_vm(args, &url, || {}))
         }
         None if waits => match wait_for_vm(args) {
             Ok(Some(vm)) => Ok(vm),

@@ -353,6 +353,7 @@ impl Vm {
                 regions: ram.regions(),
                 ram_pages: ram.pages(),
                 exit: exit.clone(),
+                progress: Arc::default(),
             });
             let ctx = ApiContext {
                 cfg: cfg.clone(),

@@ -123,6 +123,8 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(&p("vm.balloon-stats"), get(balloon_stats))
         .route(&p("vm.snapshot"), put(snapshot))
         .route(&p("vm.send-migration"), put(send_migration))
+        .route(&p("vm.cancel-migration"), put(cancel_migration))
+        .route(&p("vm.migration-info"), get(migration_info))
         .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(ctx)
 }
@@ -288,6 +290,27 @@ async fn send_migration(
         }
         Ok(Err(e)) => fail(StatusCode::CONFLICT, crate::error_chain(&e)),
         Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Stop the running migration: the VM carries on here (409 if none runs, or it is past the
+/// point where it can be undone).
+async fn cancel_migration(State(ctx): Ctx) -> Response {
+    match &ctx.snapshot {
+        Some(h) if h.progress.request_cancel() => StatusCode::NO_CONTENT.into_response(),
+        _ => fail(StatusCode::CONFLICT, "no migration is running"),
+    }
+}
+
+/// The running (or last) migration's progress.
+async fn migration_info(State(ctx): Ctx) -> Response {
+    match &ctx.snapshot {
+        Some(h) => Json(h.progress.info()).into_response(),
+        None => Json(::api::types::MigrationInfo {
+            phase: "none".into(),
+            ..Default::default()
+        })
+        .into_response(),
     }
 }
 

@@ -4,6 +4,10 @@
 //! `--restore` would (paused unless `"resume": true`, as Cloud Hypervisor does), and the
 //! request is answered once the VM is built. A snapshot that cannot be read is refused (400)
 //! and the vmm keeps waiting; a VM that fails to build ends the process after the answer.
+//! `PUT /api/v1/vm.receive-migration {"receiver_url": "tcp:ADDR:PORT"|"unix:PATH"}` (Cloud
+//! Hypervisor's body) waits for a migration there instead, as `--incoming` does, and is
+//! answered once the VM runs here (a bad URL: 400, still waiting; a failed migration: 500,
+//! the process ends).
 //!
 //! The VM's own API server binds the same path: the main thread unlinks this server's socket
 //! first, so the request in flight is answered on its connection while new ones reach the VM.
@@ -19,13 +23,18 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::server::ApiServerError;
-use ::api::types::{ApiError, RestoreConfig};
+use ::api::types::{ApiError, RestoreConfig, VmReceiveMigrationData};
 
 /// What the waiting API asks of the main thread.
 pub enum Request {
     /// Start the VM from this snapshot; the outcome goes back through `reply`.
     Restore {
         config: RestoreConfig,
+        reply: oneshot::Sender<Outcome>,
+    },
+    /// Receive a migration on this URL; the outcome goes back through `reply`.
+    Receive {
+        config: VmReceiveMigrationData,
         reply: oneshot::Sender<Outcome>,
     },
     /// `vmm.shutdown`: end the process.
@@ -56,6 +65,7 @@ pub fn spawn(path: &Path) -> Result<mpsc::Receiver<Request>, ApiServerError> {
 fn router(tx: mpsc::Sender<Request>) -> Router {
     let p = |s: &str| format!("{}/{s}", ::api::PREFIX);
     let restore_tx = tx.clone();
+    let receive_tx = tx.clone();
     Router::new()
         .route(
             &p("vmm.ping"),
@@ -78,6 +88,10 @@ fn router(tx: mpsc::Sender<Request>) -> Router {
             &p("vm.restore"),
             put(move |body| restore(restore_tx.clone(), body)),
         )
+        .route(
+            &p("vm.receive-migration"),
+            put(move |body| receive(receive_tx.clone(), body)),
+        )
         .fallback(|| async {
             fail(
                 StatusCode::NOT_FOUND,
@@ -90,17 +104,37 @@ async fn restore(
     tx: mpsc::Sender<Request>,
     body: Result<Json<RestoreConfig>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    forward(tx, body, |config, reply| Request::Restore { config, reply }).await
+}
+
+async fn receive(
+    tx: mpsc::Sender<Request>,
+    body: Result<Json<VmReceiveMigrationData>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    forward(tx, body, |config, reply| Request::Receive { config, reply }).await
+}
+
+/// Hand the request the body makes to the main thread and answer with its outcome.
+async fn forward<T>(
+    tx: mpsc::Sender<Request>,
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    request: impl FnOnce(T, oneshot::Sender<Outcome>) -> Request,
+) -> Response {
     let Json(config) = match body {
         Ok(b) => b,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let (reply, outcome) = oneshot::channel();
-    if tx.send(Request::Restore { config, reply }).is_err() {
+    if tx.send(request(config, reply)).is_err() {
         return fail(
             StatusCode::CONFLICT,
             "the vmm is no longer waiting for a VM",
         );
     }
+    answer(outcome).await
+}
+
+async fn answer(outcome: oneshot::Receiver<Outcome>) -> Response {
     match outcome.await {
         Ok(Outcome::Started) => StatusCode::NO_CONTENT.into_response(),
         Ok(Outcome::Refused(e)) => fail(StatusCode::BAD_REQUEST, e),

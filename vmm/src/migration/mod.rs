@@ -59,6 +59,90 @@ pub enum MigrationError {
     Config(#[source] serde_json::Error),
     #[error("{0}")]
     Refused(String),
+    #[error("the migration was cancelled (vm.cancel-migration)")]
+    Cancelled,
     #[error("the destination did not confirm after the commit ({0}): the VM stays paused here; check the destination before resuming it")]
     Unconfirmed(String),
+}
+
+/// A migration's progress, shared with the API (`vm.migration-info`, `vm.cancel-migration`).
+#[derive(Debug, Default)]
+pub struct Progress {
+    running: std::sync::atomic::AtomicBool,
+    cancel: std::sync::atomic::AtomicBool,
+    phase: std::sync::Mutex<&'static str>,
+    ram_bytes: std::sync::atomic::AtomicU64,
+    rounds: std::sync::atomic::AtomicU32,
+    dirty_pages: std::sync::atomic::AtomicU64,
+    expected_downtime_ms: std::sync::atomic::AtomicU64,
+    started: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Progress {
+    /// A migration begins (false if one is already running).
+    pub fn begin(&self) -> bool {
+        if self.running.swap(true, Relaxed) {
+            return false;
+        }
+        self.cancel.store(false, Relaxed);
+        self.ram_bytes.store(0, Relaxed);
+        self.rounds.store(0, Relaxed);
+        self.dirty_pages.store(0, Relaxed);
+        self.expected_downtime_ms.store(0, Relaxed);
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        self.set_phase("connecting");
+        true
+    }
+
+    pub fn end(&self, outcome: &'static str) {
+        self.set_phase(outcome);
+        self.running.store(false, Relaxed);
+    }
+
+    pub fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    pub fn add_ram(&self, bytes: u64) {
+        self.ram_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub fn round(&self, rounds: u32, dirty_pages: u64, expected_ms: u64) {
+        self.rounds.store(rounds, Relaxed);
+        self.dirty_pages.store(dirty_pages, Relaxed);
+        self.expected_downtime_ms.store(expected_ms, Relaxed);
+    }
+
+    /// Ask the running migration to stop (false if none runs).
+    pub fn request_cancel(&self) -> bool {
+        let phase = *self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.running.load(Relaxed) || phase == "handover" {
+            return false; // nothing to stop, or past the point where it can be undone
+        }
+        self.cancel.store(true, Relaxed);
+        true
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Relaxed)
+    }
+
+    /// What `vm.migration-info` shows.
+    pub fn info(&self) -> api::types::MigrationInfo {
+        let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
+        api::types::MigrationInfo {
+            running: self.running.load(Relaxed),
+            phase: match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
+                "" => "none".to_string(),
+                p => p.to_string(),
+            },
+            ram_bytes: self.ram_bytes.load(Relaxed),
+            rounds: self.rounds.load(Relaxed),
+            dirty_pages: self.dirty_pages.load(Relaxed),
+            expected_downtime_ms: self.expected_downtime_ms.load(Relaxed),
+            elapsed_ms: started.map_or(0, |t| t.elapsed().as_millis() as u64),
+        }
+    }
 }

@@ -33,6 +33,8 @@ pub enum RamError {
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("cannot write guest RAM at offset {offset:#x}: {why}")]
     Write { offset: u64, why: String },
+    #[error("the migration was cancelled (vm.cancel-migration)")]
+    Cancelled,
 }
 
 /// Sends RAM from the source's file, counting what it sent.
@@ -42,6 +44,8 @@ pub struct RamSender<'a> {
     buf: Vec<u8>,
     /// Bytes of RAM sent so far.
     pub bytes: u64,
+    /// Counts what is sent, and says when to stop.
+    progress: Option<&'a super::Progress>,
 }
 
 impl<'a> RamSender<'a> {
@@ -51,7 +55,14 @@ impl<'a> RamSender<'a> {
             size,
             buf: vec![0; CHUNK as usize],
             bytes: 0,
+            progress: None,
         }
+    }
+
+    /// Report to `progress` and stop when it is cancelled.
+    pub fn with_progress(mut self, progress: &'a super::Progress) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     fn read(&mut self, offset: u64, len: u64) -> Result<(), RamError> {
@@ -67,9 +78,15 @@ impl<'a> RamSender<'a> {
         from: usize,
         to: usize,
     ) -> Result<(), RamError> {
+        if self.progress.is_some_and(|p| p.cancelled()) {
+            return Err(RamError::Cancelled);
+        }
         let bytes = &self.buf[from..to];
         conn.send_parts(Kind::Ram, &[&(offset + from as u64).to_le_bytes(), bytes])?;
         self.bytes += bytes.len() as u64;
+        if let Some(p) = self.progress {
+            p.add_ram(bytes.len() as u64);
+        }
         Ok(())
     }
 

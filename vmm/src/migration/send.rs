@@ -68,6 +68,23 @@ pub fn send(h: &Handles, req: &SendRequest) -> Result<MigrationReport, Migration
             "a local migration goes over unix:PATH (guest RAM's file is handed over)".into(),
         ));
     }
+    if !h.progress.begin() {
+        return Err(MigrationError::Refused(
+            "a migration is already running".into(),
+        ));
+    }
+    let result = send_begun(h, req);
+    h.progress.end(match &result {
+        Ok(_) => "completed",
+        Err(MigrationError::Cancelled | MigrationError::Ram(super::ram::RamError::Cancelled)) => {
+            "cancelled"
+        }
+        Err(_) => "failed",
+    });
+    result
+}
+
+fn send_begun(h: &Handles, req: &SendRequest) -> Result<MigrationReport, MigrationError> {
     let conn = req.url.connect()?;
     conn.set_timeout(Some(PEER_TIMEOUT))
         .map_err(super::wire::WireError::from)?;
@@ -104,7 +121,7 @@ impl Source<'_> {
         };
         let head = serde_json::to_vec(&head).map_err(MigrationError::Config)?;
         self.conn.send(Kind::Config, &head)?;
-        let mut ram = RamSender::new(&h.memfd, h.ram_size);
+        let mut ram = RamSender::new(&h.memfd, h.ram_size).with_progress(&h.progress);
         // every backend must log its writes for a pre-copy (see the module doc)
         let precopy = !req.local && self.was_running && BackendLog::possible(&h.vhost);
         let mut rounds = 0;
@@ -120,12 +137,19 @@ impl Source<'_> {
                 backends: blog,
             };
             let t = Instant::now();
+            h.progress.set_phase("ram");
             ram.send_all(&mut self.conn)?;
+            h.progress.set_phase("dirty");
             let mut rate = rate_of(ram.bytes, t.elapsed());
             tracing::info!(bytes = ram.bytes, "migration: first pass of guest RAM sent");
             loop {
+                if h.progress.cancelled() {
+                    return Err(MigrationError::Cancelled);
+                }
                 pending = log.take()?;
                 let expected = duration_for(pending.len() as u64 * PAGE, rate);
+                h.progress
+                    .round(rounds, pending.len() as u64, expected.as_millis() as u64);
                 tracing::info!(
                     round = rounds + 1,
                     dirty_pages = pending.len(),
@@ -145,10 +169,14 @@ impl Source<'_> {
             None
         };
 
+        if h.progress.cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
         if self.was_running {
             h.control.pause_for_snapshot()?;
         }
         let paused_at = Instant::now();
+        h.progress.set_phase("stopped");
         self.stage = Stage::Paused;
         save::suspend_devices(h)?;
         self.stage = Stage::Suspended;
@@ -173,6 +201,10 @@ impl Source<'_> {
             }
         };
         self.conn.send(Kind::State, &state.to_bytes())?;
+        if h.progress.cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        h.progress.set_phase("handover");
         for d in &h.vhost {
             d.lock().unwrap_or_else(|e| e.into_inner()).release();
         }

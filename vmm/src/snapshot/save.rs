@@ -78,6 +78,7 @@ pub struct Handles {
     pub regions: Vec<(u32, u64, u64, u64)>,
     pub ram_pages: api::types::RamPages,
     pub exit: Arc<crate::exit::ExitHandle>,
+    pub progress: Arc<crate::migration::Progress>,
 }
 
 /// What a snapshot took.
