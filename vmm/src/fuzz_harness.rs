@@ -208,8 +208,11 @@ const PATHS: &[&str] = &[
     "vm.stop",
     "vm.balloon",
     "vm.balloon-stats",
-    "vm.add-device",
     "vm.snapshot",
+    "vm.send-migration",
+    "vm.cancel-migration",
+    "vm.migration-info",
+    "vm.add-device",
     "",
 ];
 
@@ -351,6 +354,7 @@ mod tests {
         assert_eq!(api_bodies_run(&seeds["balloon-target-huge"]), Some(400));
         // a valid target below the memory size gets past the body: no balloon device here
         assert_ne!(api_bodies_run(&seeds["balloon-target"]), Some(400));
-        assert_eq!(api_bodies_run(&[5, 11, 0]), Some(404));
+        // the last path is no route
+        assert_eq!(api_bodies_run(&[5, (PATHS.len() - 1) as u8, 0]), Some(404));
     }
 }
