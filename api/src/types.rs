@@ -164,6 +164,17 @@ pub struct MigrationReport {
     pub total_ms: u64,
     /// From the pause here to the destination's confirmation that the VM runs there.
     pub downtime_ms: u64,
+    /// Where the downtime went: stopping the vCPUs and rings and reading the state here,
+    /// sending the last pages (or the memfd) and the state, the destination building the VM
+    /// and taking the backends over, and the commit until it runs.
+    #[serde(default)]
+    pub stop_ms: u64,
+    #[serde(default)]
+    pub copy_ms: u64,
+    #[serde(default)]
+    pub destination_ms: u64,
+    #[serde(default)]
+    pub resume_ms: u64,
 }
 
 /// `GET /api/v1/vm.migration-info` (ours, what `svctl domjobinfo` shows): the last or the

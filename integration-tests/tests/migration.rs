@@ -310,6 +310,13 @@ fn disk_memory_and_network_survive_every_move() {
     assert_eq!(value(&last, "GUEST-MD5-AFTER"), md5, "{last}");
     assert_eq!(value(&first, "GUEST-PING-BEFORE"), "0", "{first}");
     assert_eq!(value(&last, "GUEST-PING-AFTER"), "0", "{last}");
+    // after each move the net backend announced the guest's MAC on its tap (a RARP)
+    let net = file("net.err");
+    let announced = net
+        .lines()
+        .filter(|l| l.contains("announced the guest's MAC on the tap") && l.contains("sent=3"))
+        .count();
+    assert!(announced >= 3, "{announced} announcements: {net}");
     assert_eq!(value(&last, "GUEST-LOCKUPS"), "0", "{last}");
     for log in ["vmA.log", "vmB.log", "vmC.log", "vmE.log"] {
         let text = file(log);

@@ -6,6 +6,7 @@
 //! picks the tap queue a guest packet goes out on), `ctrl.rs`
 //! serves the control queue, `tap.rs` talks to the kernel's tap driver.
 
+mod announce;
 pub mod ctrl;
 pub mod flow;
 #[doc(hidden)]

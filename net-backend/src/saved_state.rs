@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::vhu_net::VhostUserNet;
 
-fn mac_text(mac: &[u8; 6]) -> String {
+pub(crate) fn mac_text(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -48,6 +48,8 @@ impl DeviceState for VhostUserNet {
         }
         self.pairs_in_use.store(in_use, Ordering::Relaxed);
         tracing::info!(pairs = in_use, "queue pairs in use, from the snapshot");
+        // the NIC is here now (a migration or a restore): tell the network
+        crate::announce::start(self.tap.clone(), self.config().mac);
         Ok(())
     }
 }

@@ -36,7 +36,7 @@ const CTRL: u16 = 2;
 
 /// The vhost-user face of the net device, for one frontend connection.
 pub struct VhostUserNet {
-    tap: Arc<Tap>,
+    pub(crate) tap: Arc<Tap>,
     pairs: usize,
     queue_size: usize,
     config: NetConfig,

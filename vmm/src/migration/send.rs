@@ -181,6 +181,7 @@ impl Source<'_> {
         save::suspend_devices(h)?;
         self.stage = Stage::Suspended;
         let state = save::capture(h)?;
+        let stopped_at = Instant::now();
         let mode = match log {
             Some(mut log) => {
                 pending.extend(log.take()?);
@@ -201,6 +202,7 @@ impl Source<'_> {
             }
         };
         self.conn.send(Kind::State, &state.to_bytes())?;
+        let copied_at = Instant::now();
         if h.progress.cancelled() {
             return Err(MigrationError::Cancelled);
         }
@@ -211,6 +213,7 @@ impl Source<'_> {
         self.stage = Stage::Released;
         self.conn.send(Kind::Released, &[])?;
         self.conn.expect(Kind::Ready)?;
+        let ready_at = Instant::now();
         self.conn.send(Kind::Commit, &[])?;
         self.stage = Stage::Committed;
         self.conn
@@ -222,6 +225,10 @@ impl Source<'_> {
             rounds,
             total_ms: t0.elapsed().as_millis() as u64,
             downtime_ms: paused_at.elapsed().as_millis() as u64,
+            stop_ms: ms(stopped_at - paused_at),
+            copy_ms: ms(copied_at - stopped_at),
+            destination_ms: ms(ready_at - copied_at),
+            resume_ms: ms(ready_at.elapsed()),
         };
         tracing::info!(?report, "migration done: the VM runs at the destination");
         Ok(report)
@@ -275,6 +282,10 @@ impl Logs {
         pages.dedup();
         Ok(pages)
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 /// Bytes per second (at least 1 MB/s: a first pass of almost nothing says little).
