@@ -177,8 +177,9 @@ impl BlkDevice {
         self.stats
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if req.kind == RequestKind::In && result.is_ok() {
-            // the kernel filled the buffers (io_uring, preadv): vm-memory did not see it
+        if req.kind == RequestKind::In {
+            // the kernel filled the buffers (io_uring, preadv), a failed read perhaps some of
+            // them: vm-memory did not see it
             if let Ok(bufs) = guest_iovecs(mem, &req.data) {
                 bufs.mark_written(bufs.len());
             }

@@ -40,6 +40,9 @@ impl VmExit {
 pub struct ExitHandle {
     reason: Mutex<Option<VmExit>>,
     cond: Condvar,
+    /// In-place reboots so far (a migration that sees one is refused: the kernel was loaded
+    /// into RAM again, which no dirty log sees).
+    resets: std::sync::atomic::AtomicU64,
 }
 
 impl ExitHandle {
@@ -58,9 +61,16 @@ impl ExitHandle {
         let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if *reason == Some(VmExit::Reset) {
             *reason = None;
+            self.resets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return true;
         }
         false
+    }
+
+    /// How many times the VM was reset in place.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn requested(&self) -> bool {

@@ -204,7 +204,7 @@ fn incoming_vm(args: Args, url: &str, before_build: impl FnOnce()) -> anyhow::Re
     let cfg = incoming.cfg.clone();
     match Vm::restore(&incoming.restore, &cfg) {
         Ok(vm) => {
-            incoming.finish(&|| vm.resume())?;
+            incoming.finish(&|run| vm.take_over(run))?;
             Ok(vm)
         }
         Err(e) => {

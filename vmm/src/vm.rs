@@ -329,6 +329,10 @@ impl Vm {
         if let (Some(clock), Some(true)) = (restored_clock, restore.map(|r| r.paused)) {
             control.start_paused(clock);
         }
+        if restore.is_some_and(Restore::is_migration) {
+            // until the source commits, nothing here may run it (nor pause, nor snapshot)
+            let _ = control.begin_snapshot();
+        }
         let mut api = None;
         if let Some(path) = &cfg.api_socket {
             // private RAM (`shared=off`) has no file to read: no snapshots of it
@@ -387,10 +391,14 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Run the vCPUs of a VM that was built paused (a migration's destination, once the
-    /// source has committed).
-    pub fn resume(&self) -> Result<(), crate::run_control::RunError> {
-        self.control.resume()
+    /// A migration's destination, once the source has committed: the VM is this process's
+    /// (the API may pause and resume it), and with `run` its vCPUs start.
+    pub fn take_over(&self, run: bool) -> Result<(), crate::run_control::RunError> {
+        self.control.end_snapshot();
+        if run {
+            self.control.resume()?;
+        }
+        Ok(())
     }
 
     fn spawn_vcpus(&mut self, vcpus: Vec<kvm_ioctls::VcpuFd>) -> Result<(), VmError> {

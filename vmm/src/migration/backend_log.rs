@@ -66,6 +66,7 @@ impl BackendLog {
         };
         for d in &log.devices {
             let mut d = lock(d);
+            // on a failure, `log` is dropped: every device switches logging off again
             d.set_log(&log.current, size).map_err(|e| e.to_string())?;
         }
         Ok(log)

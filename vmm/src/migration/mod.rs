@@ -117,11 +117,22 @@ impl Progress {
 
     /// Ask the running migration to stop (false if none runs).
     pub fn request_cancel(&self) -> bool {
-        let phase = *self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.running.load(Relaxed) || phase == "handover" {
+        // under the phase's lock: a cancel and the hand-over never cross
+        let phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.running.load(Relaxed) || *phase == "handover" {
             return false; // nothing to stop, or past the point where it can be undone
         }
         self.cancel.store(true, Relaxed);
+        true
+    }
+
+    /// Enter the hand-over (from here a cancel is refused); false if a cancel came first.
+    pub fn enter_handover(&self) -> bool {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if self.cancel.load(Relaxed) {
+            return false;
+        }
+        *phase = "handover";
         true
     }
 
@@ -144,5 +155,26 @@ impl Progress {
             expected_downtime_ms: self.expected_downtime_ms.load(Relaxed),
             elapsed_ms: started.map_or(0, |t| t.elapsed().as_millis() as u64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_and_the_hand_over_exclude_each_other() {
+        let p = Progress::default();
+        assert!(!p.request_cancel(), "nothing runs yet");
+        assert!(p.begin());
+        assert!(!p.begin(), "one at a time");
+        assert!(p.enter_handover());
+        assert!(!p.request_cancel(), "too late once handed over");
+        p.end("completed");
+        assert!(p.begin());
+        assert!(p.request_cancel());
+        assert!(!p.enter_handover(), "cancelled first");
+        p.end("cancelled");
+        assert_eq!(p.info().phase, "cancelled");
     }
 }

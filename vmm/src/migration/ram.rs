@@ -126,9 +126,11 @@ impl<'a> RamSender<'a> {
         while i < pages.len() {
             let start = pages[i];
             let mut n = 1;
+            // within one 2 MiB chunk: never across a region's end (regions start on 2 MiB
+            // boundaries of the file)
             while i + n < pages.len()
                 && pages[i + n] == start + n as u64 * PAGE
-                && (n as u64 + 1) * PAGE <= CHUNK
+                && start % CHUNK + (n as u64 + 1) * PAGE <= CHUNK
             {
                 n += 1;
             }
@@ -254,5 +256,29 @@ mod tests {
         outside.extend_from_slice(b"xyz");
         assert!(matches!(r.put(&outside), Err(RamError::OutOfRange { .. })));
         assert!(matches!(r.put(b"short"), Err(RamError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn a_run_of_dirty_pages_stops_at_a_2_mib_boundary() {
+        let src = ram(8);
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Conn::Unix(a), Conn::Unix(b));
+        // four neighbours across the boundary at 2 MiB (where a region may end)
+        let pages: Vec<u64> = (0..4).map(|i| CHUNK - 2 * PAGE + i * PAGE).collect();
+        let mut s = RamSender::new(src.memfd().unwrap(), 8 << 20);
+        s.send_pages(&mut a, &pages).unwrap();
+        a.send(Kind::State, b"").unwrap();
+        let mut frames = Vec::new();
+        while let Ok(f) = b.recv() {
+            if f.kind == Kind::State {
+                break;
+            }
+            let at = u64::from_le_bytes(f.body[..8].try_into().unwrap());
+            frames.push((at, f.body.len() as u64 - 8));
+        }
+        assert_eq!(
+            frames,
+            vec![(CHUNK - 2 * PAGE, 2 * PAGE), (CHUNK, 2 * PAGE)]
+        );
     }
 }

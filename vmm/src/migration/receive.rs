@@ -69,12 +69,16 @@ fn receive_on(
             head.ram_size, cfg.memory.size.0
         )));
     }
+    // accepted once the RAM is made (a local migration's comes later, with the VM paused)
     let ram = if head.local {
+        conn.send(Kind::Accepted, &[])?;
         let frame = conn.expect(Kind::MemFd)?;
         let file = frame.file.ok_or(WireError::NoMemFd)?;
         GuestRam::from_file(&cfg.memory, file, head.ram_pages)?
     } else {
-        GuestRam::new(&cfg.memory)?
+        let ram = GuestRam::new(&cfg.memory)?;
+        conn.send(Kind::Accepted, &[])?;
+        ram
     };
     let mut into = RamReceiver::new(&ram);
     let state = loop {
@@ -101,18 +105,19 @@ fn receive_on(
 }
 
 impl Incoming {
-    /// The VM is built (paused): tell the source, wait for its commit, run the VM (unless
-    /// it was paused there) and confirm. `resume` runs the vCPUs.
+    /// The VM is built (paused): tell the source, wait for its commit, take the VM over
+    /// (`take_over(run)`, run unless it was paused there) and confirm.
     pub fn finish(
         mut self,
-        resume: &dyn Fn() -> Result<(), crate::run_control::RunError>,
+        take_over: &dyn Fn(bool) -> Result<(), crate::run_control::RunError>,
     ) -> Result<(), MigrationError> {
         self.conn.send(Kind::Ready, &[])?;
         self.conn.expect(Kind::Commit)?;
-        if !self.paused {
-            resume()?;
+        // committed: the VM is ours now, whatever happens to the connection
+        take_over(!self.paused)?;
+        if let Err(e) = self.conn.send(Kind::Running, &[]) {
+            tracing::warn!("cannot confirm to the source (the VM runs here all the same): {e}");
         }
-        self.conn.send(Kind::Running, &[])?;
         tracing::info!("migration received: the VM runs here");
         Ok(())
     }

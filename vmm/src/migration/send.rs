@@ -58,6 +58,8 @@ struct Source<'a> {
     conn: Conn,
     stage: Stage,
     was_running: bool,
+    /// The VM's in-place reboots when the migration began.
+    resets: u64,
 }
 
 /// Migrate the VM to `req.url`. On success the VM runs at the destination (the caller ends
@@ -94,6 +96,7 @@ fn send_begun(h: &Handles, req: &SendRequest) -> Result<MigrationReport, Migrati
         was_running: !h.control.paused(),
         conn,
         stage: Stage::Running,
+        resets: h.exit.resets(),
     };
     let result = src.run(req);
     if let Err(e) = &result {
@@ -103,7 +106,11 @@ fn send_begun(h: &Handles, req: &SendRequest) -> Result<MigrationReport, Migrati
         src.conn.shutdown();
         src.undo();
     }
-    h.control.end_snapshot();
+    if src.stage < Stage::Committed {
+        h.control.end_snapshot();
+    }
+    // else: the VM may run at the destination now; pause, resume and snapshots stay refused
+    // here for good (this vmm exits after a success)
     result
 }
 
@@ -121,6 +128,9 @@ impl Source<'_> {
         };
         let head = serde_json::to_vec(&head).map_err(MigrationError::Config)?;
         self.conn.send(Kind::Config, &head)?;
+        // the destination has made its RAM (or refused, with its reason) before anything here
+        // changes
+        self.conn.expect(Kind::Accepted)?;
         let mut ram = RamSender::new(&h.memfd, h.ram_size).with_progress(&h.progress);
         // every backend must log its writes for a pre-copy (see the module doc)
         let precopy = !req.local && self.was_running && BackendLog::possible(&h.vhost);
@@ -181,6 +191,13 @@ impl Source<'_> {
         save::suspend_devices(h)?;
         self.stage = Stage::Suspended;
         let state = save::capture(h)?;
+        if h.exit.resets() != self.resets || h.exit.requested() {
+            return Err(MigrationError::Refused(
+                "the guest rebooted (or is stopping) during the migration: the kernel was loaded \
+                 into its RAM again, which no dirty log sees; migrate again"
+                    .into(),
+            ));
+        }
         let stopped_at = Instant::now();
         let mode = match log {
             Some(mut log) => {
@@ -203,10 +220,9 @@ impl Source<'_> {
         };
         self.conn.send(Kind::State, &state.to_bytes())?;
         let copied_at = Instant::now();
-        if h.progress.cancelled() {
+        if !h.progress.enter_handover() {
             return Err(MigrationError::Cancelled);
         }
-        h.progress.set_phase("handover");
         for d in &h.vhost {
             d.lock().unwrap_or_else(|e| e.into_inner()).release();
         }

@@ -6,6 +6,7 @@
 //! source → destination                      destination → source
 //! Hello  magic "SVMIGRAT", version u32
 //! Config the VM's configuration (JSON, with the RAM's size and pages)
+//!                                           Accepted  its RAM is made: send it
 //! MemFd  (local only) guest RAM's file, by SCM_RIGHTS
 //! Ram    offset u64 | bytes  (memfd offsets; repeated)
 //! State  the state sections (snapshot/format.rs)
@@ -67,6 +68,7 @@ pub enum Kind {
     Commit = 7,
     Running = 8,
     Failed = 9,
+    Accepted = 10,
 }
 
 impl Kind {
@@ -81,6 +83,7 @@ impl Kind {
             7 => Kind::Commit,
             8 => Kind::Running,
             9 => Kind::Failed,
+            10 => Kind::Accepted,
             k => return Err(WireError::UnknownKind(k)),
         })
     }
@@ -255,6 +258,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Commit => "Commit",
         Kind::Running => "Running",
         Kind::Failed => "Failed",
+        Kind::Accepted => "Accepted",
     }
 }
 

@@ -150,6 +150,11 @@ impl Restore {
         Ok(())
     }
 
+    /// Whether this is a migration's state (the VM is held until the source commits).
+    pub fn is_migration(&self) -> bool {
+        self.received
+    }
+
     /// A migration's RAM, for the VM being built (once).
     pub fn take_ram(&self) -> Option<GuestRam> {
         self.received_ram

@@ -41,6 +41,7 @@ impl VhostUserDevice {
         self.frontend
             .set_log_base(0, Some(region))
             .map_err(protocol_err(&name, &socket, "SET_LOG_BASE"))?;
+        self.log = log.try_clone().ok().map(|f| (f, size));
         if !self.logging {
             self.logging = true;
             self.frontend
@@ -50,6 +51,24 @@ impl VhostUserDevice {
         Ok(())
     }
 
+    /// After a new memory table (a re-activation during a migration): vhost-user-backend's
+    /// new regions carry no log, so the current one is handed over again (the caller's
+    /// deadline covers it).
+    pub(super) fn resend_log(&mut self) -> Result<(), FrontendError> {
+        let Some((log, size)) = self.log.as_ref().filter(|_| self.logging) else {
+            return Ok(());
+        };
+        let region = VhostUserDirtyLogRegion {
+            mmap_size: *size,
+            mmap_offset: 0,
+            mmap_handle: log.as_raw_fd(),
+        };
+        let (name, socket) = (self.name.clone(), self.socket.clone());
+        self.frontend
+            .set_log_base(0, Some(region))
+            .map_err(protocol_err(&name, &socket, "SET_LOG_BASE"))
+    }
+
     /// Stop logging: SET_FEATURES without LOG_ALL. (vhost-user-backend keeps writing bits
     /// into the last log it was given, which nothing reads any more.)
     pub fn stop_log(&mut self) {
@@ -57,6 +76,7 @@ impl VhostUserDevice {
             return;
         }
         self.logging = false;
+        self.log = None;
         if !self.link.is_up() {
             return;
         }

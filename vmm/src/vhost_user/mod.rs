@@ -160,8 +160,10 @@ pub struct VhostUserDevice {
     /// Between [`Self::release`] and [`Self::reclaim`]: a migration's destination has the
     /// backend; the reconnect thread does not connect.
     released: bool,
-    /// During a migration's pre-copy: LOG_ALL is in the features sent (`dirty_log.rs`).
+    /// During a migration's pre-copy: LOG_ALL is in the features sent (`dirty_log.rs`), and
+    /// the log file (with its size) every new memory table is followed by.
     logging: bool,
+    log: Option<(std::fs::File, u64)>,
 }
 
 /// One queue as the driver set it up, kept for replaying it to a new backend connection.
@@ -359,6 +361,7 @@ impl VhostUserDevice {
             suspended: false,
             released: false,
             logging: false,
+            log: None,
         })
     }
 
@@ -439,6 +442,7 @@ impl VhostUserDevice {
                 .set_mem_table(&regions)
                 .map_err(err("SET_MEM_TABLE"))?;
         }
+        self.resend_log()?;
         self.send_inflight_region()?;
         self.vrings.clear();
         for q in 0..self.ring_setups.len() {

@@ -325,6 +325,13 @@ impl VhostUserDevice {
         self.channel_closer = hs.channel.as_ref().and_then(|c| c.closer().ok());
         if self.suspended {
             tracing::info!(device = %self.name, "rings left stopped: a snapshot is being taken");
+            // a new backend (or the one a migration gave back, whose state went to the
+            // destination) gets the state this device's suspend took
+            if let Some(state) = self.saved_state.clone() {
+                if let Err(e) = self.load_device_state(&state) {
+                    tracing::warn!(device = %self.name, error = %e, "cannot give the backend its state back");
+                }
+            }
         } else if !self.ring_setups.is_empty() {
             if let Err(e) = self.start_rings(super::suspend::RingBase::UsedIndex) {
                 self.close_connection();
