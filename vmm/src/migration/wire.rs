@@ -19,7 +19,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -139,13 +139,6 @@ impl Conn {
         };
     }
 
-    pub fn try_clone(&self) -> io::Result<Conn> {
-        Ok(match self {
-            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
-            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
-        })
-    }
-
     pub fn send_hello(&mut self) -> Result<(), WireError> {
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&VERSION.to_le_bytes());
@@ -238,13 +231,6 @@ impl Conn {
         }
         Ok(f)
     }
-
-    pub fn raw_fd(&self) -> RawFd {
-        match self {
-            Conn::Tcp(s) => s.as_raw_fd(),
-            Conn::Unix(s) => s.as_raw_fd(),
-        }
-    }
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -265,6 +251,7 @@ fn kind_name(k: Kind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn frames_and_a_file_cross_a_unix_pair() {
