@@ -141,6 +141,10 @@ pub struct VmSendMigrationData {
     /// The pause the guest may see, in milliseconds [default: 300].
     #[serde(default)]
     pub downtime_ms: Option<u64>,
+    /// Ours: any JSON, carried to the destination as it is and shown there by
+    /// `vm.migration-info` (svctl sends the domain's definition this way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// `PUT /api/v1/vm.receive-migration` (Cloud Hypervisor's body).
@@ -148,6 +152,27 @@ pub struct VmSendMigrationData {
 pub struct VmReceiveMigrationData {
     /// `tcp:ADDR:PORT` or `unix:PATH`: where to listen for the source.
     pub receiver_url: String,
+    /// Ours: once the source has let go of its backends, wait for `vm.migration-devices`
+    /// (the sockets of the backends started here meanwhile) before building the VM.
+    #[serde(default)]
+    pub await_devices: bool,
+}
+
+/// `PUT /api/v1/vm.migration-devices` (ours), on a destination told to `await_devices`:
+/// where this host's backends listen, by device id; the devices not named keep the sockets
+/// the source's configuration gives.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MigrationDevices {
+    pub devices: Vec<MigrationDevice>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationDevice {
+    pub id: String,
+    pub socket: std::path::PathBuf,
+    /// The backend's control socket (blk, balloon), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<std::path::PathBuf>,
 }
 
 /// What `vm.send-migration` answers once the VM runs at the destination (the source then
@@ -182,8 +207,15 @@ pub struct MigrationReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MigrationInfo {
     pub running: bool,
-    /// `none`, `connecting`, `ram` (first pass), `dirty` (rounds), `stopped` (the VM paused,
-    /// its state being sent), `handover`, then `completed`, `failed` or `cancelled`.
+    /// `outgoing` (this vmm sends the VM), `incoming` (a vmm waiting for one; the VM's own
+    /// API shows its outgoing migrations) or empty (none yet).
+    #[serde(default)]
+    pub direction: String,
+    /// Outgoing: `none`, `connecting`, `ram` (first pass), `dirty` (rounds), `stopped` (the
+    /// VM paused, its state being sent), `handover`, then `completed`, `failed` or
+    /// `cancelled`. Incoming: `listening`, `ram`, `released` (the source let go of its
+    /// backends: waiting for `vm.migration-devices` if told to), `building`, then
+    /// `completed` or `failed`.
     pub phase: String,
     pub ram_bytes: u64,
     pub rounds: u32,
@@ -191,6 +223,12 @@ pub struct MigrationInfo {
     pub dirty_pages: u64,
     pub expected_downtime_ms: u64,
     pub elapsed_ms: u64,
+    /// Incoming: the source's `metadata` (once its configuration has come).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// Why the last migration failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Every error: a status code and this body.

@@ -169,10 +169,21 @@ fn move_device(cfg: &mut VmConfig, spec: &str) -> anyhow::Result<()> {
     let (Some(id), Some(socket)) = (id, socket) else {
         return Err(usage());
     };
+    relocate(cfg, id, socket, control).map_err(|e| anyhow::anyhow!("--device {spec}: {e}"))
+}
+
+/// Device `id` of a snapshot's (or a migrating VM's) configuration has its backend on
+/// `socket` (and `control`) here.
+fn relocate(
+    cfg: &mut VmConfig,
+    id: &str,
+    socket: PathBuf,
+    control: Option<PathBuf>,
+) -> Result<(), String> {
     let ids = vmm::config::device_ids(&cfg.devices);
     let i = ids.iter().position(|d| d == id).ok_or_else(|| {
-        anyhow::anyhow!(
-            "--device {spec}: the snapshot has no device {id} (its devices: {})",
+        format!(
+            "the VM has no device {id} (its devices: {})",
             ids.join(", ")
         )
     })?;
@@ -183,9 +194,76 @@ fn move_device(cfg: &mut VmConfig, spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a destination told to `await_devices` waits for `vm.migration-devices` once the
+/// source has let go of its backends.
+const DEVICES_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `"await_devices": true`: take `vm.migration-devices` from the waiting API (a request
+/// naming an unknown device is refused and waited past).
+fn await_devices(
+    requests: &std::sync::mpsc::Receiver<vmm::api::waiting::Request>,
+    cfg: &mut VmConfig,
+) -> Result<(), String> {
+    use std::sync::mpsc::RecvTimeoutError;
+    use vmm::api::waiting::{Outcome, Request};
+    let deadline = std::time::Instant::now() + DEVICES_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match requests.recv_timeout(left) {
+            Ok(Request::Devices { devices, reply }) => {
+                let mut wanted = cfg.clone();
+                let taken = devices
+                    .devices
+                    .into_iter()
+                    .try_for_each(|d| relocate(&mut wanted, &d.id, d.socket, d.control));
+                match taken {
+                    Ok(()) => {
+                        *cfg = wanted;
+                        let _ = reply.send(Outcome::Started);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Outcome::Refused(e));
+                    }
+                }
+            }
+            Ok(Request::Restore { reply, .. } | Request::Receive { reply, .. }) => {
+                let _ = reply.send(Outcome::Refused("a migration is being received".into()));
+            }
+            Ok(Request::Shutdown) => {
+                return Err("vmm.shutdown came while the migration waited for its devices".into())
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "vm.migration-devices did not come within {} s of the source letting go \
+                     of its backends",
+                    DEVICES_WAIT.as_secs()
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err("the API server ended".into()),
+        }
+    }
+}
+
 /// `--incoming URL` (or `vm.receive-migration`): receive the VM, build it (paused) and run it
-/// once the source commits. `before_build` runs once the VM is received, before it is built.
-fn incoming_vm(args: Args, url: &str, before_build: impl FnOnce()) -> anyhow::Result<Vm> {
+/// once the source commits. `before_build` runs once the VM is received, before it is built;
+/// with `devices` (`await_devices`), after `vm.migration-devices` has come from there.
+/// How an incoming migration ended, in `progress` (what `vm.migration-info` shows).
+fn recorded(progress: &vmm::migration::Progress, result: anyhow::Result<Vm>) -> anyhow::Result<Vm> {
+    match &result {
+        Ok(_) => progress.end("completed"),
+        Err(e) => progress.fail(format!("{e:#}")),
+    }
+    result
+}
+
+fn incoming_vm(
+    args: Args,
+    url: &str,
+    progress: &vmm::migration::Progress,
+    devices: Option<&std::sync::mpsc::Receiver<vmm::api::waiting::Request>>,
+    before_build: impl FnOnce(),
+) -> anyhow::Result<Vm> {
     use vmm::migration::{receive, url::MigrationUrl};
     let url: MigrationUrl = url.parse()?;
     let adjust = |cfg: &mut VmConfig| -> Result<(), String> {
@@ -199,9 +277,16 @@ fn incoming_vm(args: Args, url: &str, before_build: impl FnOnce()) -> anyhow::Re
         apply_process_options(cfg, &mut args);
         Ok(())
     };
-    let incoming = receive::receive(&url, &adjust)?;
+    let incoming = receive::receive(&url, &adjust, progress)?;
+    let mut cfg = incoming.cfg.clone();
+    if let Some(requests) = devices {
+        if let Err(why) = await_devices(requests, &mut cfg) {
+            incoming.fail(&why);
+            return Err(anyhow::anyhow!(why));
+        }
+    }
+    progress.set_phase("building");
     before_build();
-    let cfg = incoming.cfg.clone();
     match Vm::restore(&incoming.restore, &cfg) {
         Ok(vm) => {
             incoming.finish(&|run| vm.take_over(run))?;
@@ -221,7 +306,8 @@ fn wait_for_vm(args: Args) -> anyhow::Result<Option<Vm>> {
     use vmm::api::waiting::{self, Outcome, Request};
     let path = args.api_socket.clone().context("no API socket")?;
     vmm::confinement::install(args.seccomp.unwrap_or_default())?;
-    let requests = waiting::spawn(&path)?;
+    let progress = std::sync::Arc::new(vmm::migration::Progress::default());
+    let requests = waiting::spawn(&path, progress.clone())?;
     tracing::info!("no VM yet: waiting for vm.restore on {}", path.display());
     while let Ok(request) = requests.recv() {
         let (config, reply) = match request {
@@ -230,6 +316,14 @@ fn wait_for_vm(args: Args) -> anyhow::Result<Option<Vm>> {
                 return Ok(None);
             }
             Request::Restore { config, reply } => (config, reply),
+            Request::Devices { reply, .. } => {
+                let _ = reply.send(Outcome::Refused(
+                    "no migration waits for its devices (vm.receive-migration with \
+                     \"await_devices\": true first)"
+                        .into(),
+                ));
+                continue;
+            }
             Request::Receive { config, reply } => {
                 if let Err(e) = config
                     .receiver_url
@@ -238,9 +332,16 @@ fn wait_for_vm(args: Args) -> anyhow::Result<Option<Vm>> {
                     let _ = reply.send(Outcome::Refused(e.to_string()));
                     continue;
                 }
-                let result = incoming_vm(args.clone(), &config.receiver_url, || {
-                    waiting::release(&path)
-                });
+                progress.begin_incoming();
+                let devices = config.await_devices.then_some(&requests);
+                let result = incoming_vm(
+                    args.clone(),
+                    &config.receiver_url,
+                    &progress,
+                    devices,
+                    || waiting::release(&path),
+                );
+                let result = recorded(&progress, result);
                 return match result {
                     Ok(vm) => {
                         let _ = reply.send(Outcome::Started);
@@ -305,7 +406,11 @@ fn main() -> ExitCode {
             let url = args.incoming.clone().unwrap_or_default();
             vmm::confinement::install(args.seccomp.unwrap_or_default())
                 .map_err(anyhow::Error::from)
-                .and_then(|()| incoming_vm(args, &url, || {}))
+                .and_then(|()| {
+                    let progress = vmm::migration::Progress::default();
+                    progress.begin_incoming();
+                    recorded(&progress, incoming_vm(args, &url, &progress, None, || {}))
+                })
         }
         None if waits => match wait_for_vm(args) {
             Ok(Some(vm)) => Ok(vm),

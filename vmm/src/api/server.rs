@@ -278,6 +278,7 @@ async fn send_migration(
         url,
         local: req.local,
         downtime: Duration::from_millis(req.downtime_ms.unwrap_or(300)),
+        metadata: req.metadata,
     };
     match tokio::task::spawn_blocking(move || send::send(&handles, &req)).await {
         Ok(Ok(report)) => {

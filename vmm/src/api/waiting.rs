@@ -9,6 +9,12 @@
 //! answered once the VM runs here (a bad URL: 400, still waiting; a failed migration: 500,
 //! the process ends).
 //!
+//! With `"await_devices": true` (ours) the vmm waits, once the source has let go of its
+//! backends, for `PUT /api/v1/vm.migration-devices` naming the sockets of the backends
+//! started here meanwhile (a manager learns what to start from `GET vm.migration-info`:
+//! the source's `metadata`, and the phase `released`); it is answered once they are
+//! taken. Until the VM runs, `vm.migration-info` shows the incoming migration.
+//!
 //! The VM's own API server binds the same path: the main thread unlinks this server's socket
 //! first, so the request in flight is answered on its connection while new ones reach the VM.
 
@@ -23,7 +29,10 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::server::ApiServerError;
-use ::api::types::{ApiError, RestoreConfig, VmReceiveMigrationData};
+use ::api::types::{ApiError, MigrationDevices, RestoreConfig, VmReceiveMigrationData};
+
+use crate::migration::Progress;
+use std::sync::Arc;
 
 /// What the waiting API asks of the main thread.
 pub enum Request {
@@ -35,6 +44,11 @@ pub enum Request {
     /// Receive a migration on this URL; the outcome goes back through `reply`.
     Receive {
         config: VmReceiveMigrationData,
+        reply: oneshot::Sender<Outcome>,
+    },
+    /// Where this host's backends listen (a migration told to `await_devices`).
+    Devices {
+        devices: MigrationDevices,
         reply: oneshot::Sender<Outcome>,
     },
     /// `vmm.shutdown`: end the process.
@@ -55,18 +69,33 @@ fn fail(code: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 /// Bind `path` (mode 0600) and serve the waiting API on a thread of its own; the requests
-/// come out of the returned channel.
-pub fn spawn(path: &Path) -> Result<mpsc::Receiver<Request>, ApiServerError> {
+/// come out of the returned channel. `progress` is what `vm.migration-info` shows.
+pub fn spawn(
+    path: &Path,
+    progress: Arc<Progress>,
+) -> Result<mpsc::Receiver<Request>, ApiServerError> {
     let (tx, rx) = mpsc::channel();
-    super::server::serve_on_thread(path, "api-waiting", router(tx))?;
+    super::server::serve_on_thread(path, "api-waiting", router(tx, progress))?;
     Ok(rx)
 }
 
-fn router(tx: mpsc::Sender<Request>) -> Router {
+fn router(tx: mpsc::Sender<Request>, progress: Arc<Progress>) -> Router {
     let p = |s: &str| format!("{}/{s}", ::api::PREFIX);
     let restore_tx = tx.clone();
     let receive_tx = tx.clone();
+    let devices_tx = tx.clone();
     Router::new()
+        .route(
+            &p("vm.migration-info"),
+            get(move || {
+                let info = progress.info();
+                async move { Json(info) }
+            }),
+        )
+        .route(
+            &p("vm.migration-devices"),
+            put(move |body| devices(devices_tx.clone(), body)),
+        )
         .route(
             &p("vmm.ping"),
             get(|| async {
@@ -112,6 +141,17 @@ async fn receive(
     body: Result<Json<VmReceiveMigrationData>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     forward(tx, body, |config, reply| Request::Receive { config, reply }).await
+}
+
+async fn devices(
+    tx: mpsc::Sender<Request>,
+    body: Result<Json<MigrationDevices>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    forward(tx, body, |devices, reply| Request::Devices {
+        devices,
+        reply,
+    })
+    .await
 }
 
 /// Hand the request the body makes to the main thread and answer with its outcome.

@@ -33,6 +33,10 @@ pub struct StreamConfig {
     pub local: bool,
     /// The VM was paused at the source, and stays paused at the destination.
     pub paused: bool,
+    /// What the source's `vm.send-migration` gave as `metadata`, for the destination's
+    /// manager.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,13 @@ pub struct Progress {
     dirty_pages: std::sync::atomic::AtomicU64,
     expected_downtime_ms: std::sync::atomic::AtomicU64,
     started: std::sync::Mutex<Option<std::time::Instant>>,
+    incoming: std::sync::atomic::AtomicBool,
+    metadata: std::sync::Mutex<Option<serde_json::Value>>,
+    error: std::sync::Mutex<Option<String>>,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -91,14 +102,38 @@ impl Progress {
         self.rounds.store(0, Relaxed);
         self.dirty_pages.store(0, Relaxed);
         self.expected_downtime_ms.store(0, Relaxed);
-        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        *locked(&self.started) = Some(std::time::Instant::now());
+        self.incoming.store(false, Relaxed);
+        *locked(&self.metadata) = None;
+        *locked(&self.error) = None;
         self.set_phase("connecting");
         true
+    }
+
+    /// A migration is being received (on a vmm that has no VM yet).
+    pub fn begin_incoming(&self) -> bool {
+        if !self.begin() {
+            return false;
+        }
+        self.incoming.store(true, Relaxed);
+        self.set_phase("listening");
+        true
+    }
+
+    /// What the source's configuration brought for the destination's manager.
+    pub fn set_metadata(&self, metadata: Option<serde_json::Value>) {
+        *locked(&self.metadata) = metadata;
     }
 
     pub fn end(&self, outcome: &'static str) {
         self.set_phase(outcome);
         self.running.store(false, Relaxed);
+    }
+
+    /// The migration failed, for this reason.
+    pub fn fail(&self, why: String) {
+        *locked(&self.error) = Some(why);
+        self.end("failed");
     }
 
     pub fn set_phase(&self, phase: &'static str) {
@@ -142,9 +177,15 @@ impl Progress {
 
     /// What `vm.migration-info` shows.
     pub fn info(&self) -> api::types::MigrationInfo {
-        let started = *self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let started = *locked(&self.started);
+        let direction = match (started.is_some(), self.incoming.load(Relaxed)) {
+            (false, _) => "",
+            (true, false) => "outgoing",
+            (true, true) => "incoming",
+        };
         api::types::MigrationInfo {
             running: self.running.load(Relaxed),
+            direction: direction.to_string(),
             phase: match *self.phase.lock().unwrap_or_else(|e| e.into_inner()) {
                 "" => "none".to_string(),
                 p => p.to_string(),
@@ -154,6 +195,8 @@ impl Progress {
             dirty_pages: self.dirty_pages.load(Relaxed),
             expected_downtime_ms: self.expected_downtime_ms.load(Relaxed),
             elapsed_ms: started.map_or(0, |t| t.elapsed().as_millis() as u64),
+            metadata: locked(&self.metadata).clone(),
+            error: locked(&self.error).clone(),
         }
     }
 }

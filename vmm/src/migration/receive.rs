@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::ram::RamReceiver;
 use super::url::MigrationUrl;
 use super::wire::{Conn, Kind, WireError};
-use super::{MigrationError, StreamConfig};
+use super::{MigrationError, Progress, StreamConfig};
 use crate::config::VmConfig;
 use crate::memory::GuestRam;
 use crate::snapshot::restore::Restore;
@@ -31,15 +31,17 @@ pub struct Incoming {
 
 /// Listen on `url`, take the source's stream up to Released. `adjust` changes the
 /// source's configuration before anything is built (this vmm's API socket and console,
-/// devices on other sockets); an error it returns is sent back to the source.
+/// devices on other sockets); an error it returns is sent back to the source. `progress`
+/// (begun incoming) follows the phases up to `released`.
 pub fn receive(
     url: &MigrationUrl,
     adjust: &dyn Fn(&mut VmConfig) -> Result<(), String>,
+    progress: &Progress,
 ) -> Result<Incoming, MigrationError> {
     let mut conn = url.accept_one()?;
     conn.set_timeout(Some(PEER_TIMEOUT))
         .map_err(WireError::from)?;
-    match receive_on(&mut conn, url, adjust) {
+    match receive_on(&mut conn, url, adjust, progress) {
         Ok((restore, cfg, paused)) => Ok(Incoming {
             restore,
             cfg,
@@ -57,10 +59,12 @@ fn receive_on(
     conn: &mut Conn,
     url: &MigrationUrl,
     adjust: &dyn Fn(&mut VmConfig) -> Result<(), String>,
+    progress: &Progress,
 ) -> Result<(Restore, VmConfig, bool), MigrationError> {
     conn.read_hello()?;
     let head = conn.expect(Kind::Config)?;
     let head: StreamConfig = serde_json::from_slice(&head.body).map_err(MigrationError::Config)?;
+    progress.set_metadata(head.metadata.clone());
     let mut cfg = head.config.clone();
     adjust(&mut cfg).map_err(MigrationError::Refused)?;
     if cfg.memory.size.0 != head.ram_size {
@@ -80,11 +84,16 @@ fn receive_on(
         conn.send(Kind::Accepted, &[])?;
         ram
     };
+    progress.set_phase("ram");
     let mut into = RamReceiver::new(&ram);
     let state = loop {
         let frame = conn.recv()?;
         match frame.kind {
-            Kind::Ram => into.put(&frame.body)?,
+            Kind::Ram => {
+                let before = into.bytes;
+                into.put(&frame.body)?;
+                progress.add_ram(into.bytes - before);
+            }
             Kind::State => break frame.body,
             got => {
                 return Err(WireError::Unexpected {
@@ -100,6 +109,7 @@ fn receive_on(
         "migration: guest RAM and state received"
     );
     conn.expect(Kind::Released)?;
+    progress.set_phase("released");
     let restore = Restore::received(&format!("the migration stream from {url}"), &state, ram)?;
     Ok((restore, cfg, head.paused))
 }

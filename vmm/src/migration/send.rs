@@ -41,6 +41,8 @@ pub struct SendRequest {
     pub url: MigrationUrl,
     pub local: bool,
     pub downtime: Duration,
+    /// Carried to the destination as it is (`StreamConfig::metadata`).
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// How far the migration got: what a failure must undo.
@@ -76,13 +78,13 @@ pub fn send(h: &Handles, req: &SendRequest) -> Result<MigrationReport, Migration
         ));
     }
     let result = send_begun(h, req);
-    h.progress.end(match &result {
-        Ok(_) => "completed",
+    match &result {
+        Ok(_) => h.progress.end("completed"),
         Err(MigrationError::Cancelled | MigrationError::Ram(super::ram::RamError::Cancelled)) => {
-            "cancelled"
+            h.progress.end("cancelled")
         }
-        Err(_) => "failed",
-    });
+        Err(e) => h.progress.fail(crate::error_chain(e)),
+    }
     result
 }
 
@@ -125,6 +127,7 @@ impl Source<'_> {
             ram_pages: h.ram_pages,
             local: req.local,
             paused: !self.was_running,
+            metadata: req.metadata.clone(),
         };
         let head = serde_json::to_vec(&head).map_err(MigrationError::Config)?;
         self.conn.send(Kind::Config, &head)?;
