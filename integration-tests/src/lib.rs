@@ -15,6 +15,7 @@ pub mod proc_status;
 pub mod sandbox;
 pub mod scratch;
 pub mod shell_words;
+pub mod steps;
 pub mod vring;
 
 pub use kit::Kit;

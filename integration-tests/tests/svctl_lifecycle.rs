@@ -40,20 +40,12 @@ fn steps() -> String {
     job().file("steps.txt").unwrap_or_default()
 }
 
-/// The output of the step named `name` (up to the next step).
 fn step(name: &str) -> String {
-    let all = steps();
-    let header = format!("== {name}");
-    let mut lines = all.lines().skip_while(|l| *l != header);
-    assert!(lines.next().is_some(), "step {name} missing:\n{all}");
-    let body: Vec<&str> = lines.take_while(|l| !l.starts_with("== ")).collect();
-    body.join("\n")
+    integration_tests::steps::step(&steps(), name)
 }
 
 fn ok(name: &str) -> String {
-    let s = step(name);
-    assert!(s.contains("rc=0 "), "step {name} failed:\n{s}");
-    s
+    integration_tests::steps::ok(&steps(), name)
 }
 
 fn fails_with(name: &str, msg: &str) {

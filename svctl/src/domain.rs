@@ -436,6 +436,10 @@ impl Runtime {
     pub fn restore_from(&self) -> PathBuf {
         self.dir.join("restore-from")
     }
+    /// What `svctl migrate-receive` asks the supervisor (`supervise/incoming.rs`).
+    pub fn incoming(&self) -> PathBuf {
+        self.dir.join("incoming.json")
+    }
 }
 
 /// The vmm's configuration for this domain: the devices' sockets are in `rt`.

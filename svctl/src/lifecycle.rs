@@ -69,7 +69,7 @@ pub enum Started {
 
 /// Launch `svctl __supervise NAME` in a session of its own (a terminal closing does not stop
 /// the domain), its output appended to `<runtime>/NAME/supervisor.log`.
-fn spawn_supervisor(store: &Store, name: &str) -> Result<Child, String> {
+pub fn spawn_supervisor(store: &Store, name: &str) -> Result<Child, String> {
     let rt = store.runtime(name);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -99,7 +99,7 @@ fn spawn_supervisor(store: &Store, name: &str) -> Result<Child, String> {
 }
 
 /// Why a supervisor we started ended early, from the logs it left.
-fn failed(store: &Store, name: &str, status: std::process::ExitStatus) -> String {
+pub fn failed(store: &Store, name: &str, status: std::process::ExitStatus) -> String {
     let logs = store.dir.join("logs").join(name);
     let rt = store.runtime(name);
     let why = [rt.log(), logs.join("supervisor.log"), logs.join("vmm.log")]

@@ -12,6 +12,7 @@ mod define;
 mod external_snapshot;
 mod info;
 mod lifecycle;
+mod migrate;
 mod process;
 mod record;
 mod save;
@@ -105,6 +106,41 @@ enum Verb {
     /// Restart a backend on purpose (e.g. after an upgrade): drained, started again on its
     /// socket; DEVICE as dominfo names it (blk0), or vda, or the interface's name.
     BackendRestart { name: String, device: String },
+    /// Move a running domain to another host's `svctl migrate-receive` (virsh migrate);
+    /// its disks must be on storage both hosts see.
+    Migrate {
+        name: String,
+        /// tcp:HOST:PORT or unix:PATH, as the destination listens.
+        uri: String,
+        /// Keep the guest running while its memory is copied (else it is paused first
+        /// and resumed at the destination).
+        #[arg(long)]
+        live: bool,
+        /// Same host (unix: URI): guest RAM's file is handed over, not copied.
+        #[arg(long)]
+        local: bool,
+        /// The pause the guest may see, in milliseconds [default: 300].
+        #[arg(long, value_name = "MS")]
+        downtime: Option<u64>,
+        /// Remove the domain's definition here once it runs there.
+        #[arg(long)]
+        undefinesource: bool,
+    },
+    /// Wait for a domain migrated from another host (its definition comes with it).
+    MigrateReceive {
+        name: String,
+        /// tcp:ADDR:PORT or unix:PATH to listen on.
+        #[arg(long, value_name = "URI")]
+        listen: String,
+        /// Seconds to wait for the source [default: 600].
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Return once the domain runs here (by default: once it listens).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a domain's running (or last) migration job (virsh domjobinfo).
+    Domjobinfo { name: String },
     /// Set the memory a running guest keeps (balloon), e.g. 256M.
     Setmem { name: String, size: String },
     /// Memory statistics of a running guest (from its balloon).
@@ -237,6 +273,37 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
         Verb::BackendRestart { name, device } => {
             backend_restart::backend_restart(&store, &name, &device, out)
         }
+        Verb::Migrate {
+            name,
+            uri,
+            live,
+            local,
+            downtime,
+            undefinesource,
+        } => {
+            let o = migrate::MigrateOptions {
+                uri,
+                live,
+                local,
+                downtime_ms: downtime,
+                undefine_source: undefinesource,
+            };
+            migrate::migrate(&store, &name, &o, out)
+        }
+        Verb::MigrateReceive {
+            name,
+            listen,
+            timeout,
+            wait,
+        } => migrate::receive(
+            &store,
+            &name,
+            &listen,
+            Duration::from_secs(timeout),
+            wait,
+            out,
+        ),
+        Verb::Domjobinfo { name } => migrate::domjobinfo(&store, &name, out),
         Verb::Setmem { name, size } => info::setmem(&store, &name, &size, out),
         Verb::Dommemstat { name } => info::dommemstat(&store, &name, out),
         Verb::Setvcpus {

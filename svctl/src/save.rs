@@ -91,7 +91,8 @@ pub fn same_definition(current: &Domain, saved: &Domain, file: &Path) -> Result<
         return Ok(());
     }
     Err(format!(
-        "domain '{}' was redefined since its state was saved ({} changed): the state needs          the definition it was saved with (`svctl define {}`)",
+        "domain '{}' was redefined since its state was saved ({} changed): the state needs \
+         the definition it was saved with (`svctl define {}`)",
         current.name,
         changed.join(", "),
         file.display()

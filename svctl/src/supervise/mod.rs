@@ -16,6 +16,7 @@
 mod backend;
 mod config_files;
 pub mod control;
+pub mod incoming;
 mod lock;
 mod tap_maker;
 pub mod teardown;
@@ -29,7 +30,7 @@ use control::{ControlSocket, Reply, Request};
 pub use lock::SupervisorLock;
 use tap_maker::{TapMaker, TapSpec};
 
-use crate::domain::Runtime;
+use crate::domain::{Domain, Runtime};
 use crate::process::{poll_readable, Exit, ProcessError, ProcessId, Signaller, Watched};
 use crate::record::Record;
 use crate::store::Store;
@@ -134,7 +135,10 @@ pub fn supervise(store: &Store, name: &str) -> Result<Exit, String> {
             if let Some(rec) = rec {
                 teardown::stop_backends(teardown::recorded_backends(&rec));
             }
-            start_afresh(store, name, &rt, me)
+            match read_incoming(&rt) {
+                Some(req) => incoming::start_incoming(store, name, &rt, me, &req),
+                None => start_afresh(store, name, &rt, me),
+            }
         }
     };
     // the vmm has ended (or never started): keep the logs, leave nothing behind
@@ -142,33 +146,59 @@ pub fn supervise(store: &Store, name: &str) -> Result<Exit, String> {
     result
 }
 
-/// Start the domain's backends, then its vmm, and watch them.
-fn start_afresh(store: &Store, name: &str, rt: &Runtime, me: ProcessId) -> Result<Exit, String> {
-    let d = store.load(name)?;
-    let mut backends: Vec<Backend> = Vec::new();
-    let give_up = |backends: Vec<Backend>, e: String| {
-        teardown::stop_backends(
-            backends
-                .into_iter()
-                .filter_map(Backend::into_process)
-                .collect(),
-        );
-        Err(e)
-    };
+/// `svctl migrate-receive`'s request, taken (a supervisor started later boots the domain).
+fn read_incoming(rt: &Runtime) -> Option<incoming::IncomingRequest> {
+    let text = std::fs::read(rt.incoming()).ok()?;
+    let _ = std::fs::remove_file(rt.incoming());
+    serde_json::from_slice(&text)
+        .map_err(|e| tracing::error!("{}: {e}", rt.incoming().display()))
+        .ok()
+}
+
+/// Stop what was started (a start that failed half-way).
+fn give_up<T>(backends: Vec<Backend>, e: String) -> Result<T, String> {
+    teardown::stop_backends(
+        backends
+            .into_iter()
+            .filter_map(Backend::into_process)
+            .collect(),
+    );
+    Err(e)
+}
+
+/// Start domain `d`'s backends that `wanted` names one by one, each awaited on READY and
+/// recorded at once with those `started` before (if we die now, `svctl start` finds and stops
+/// what we started); `vmm`: the recorded vmm.
+fn start_backends(
+    d: &Domain,
+    rt: &Runtime,
+    (me, vmm): (ProcessId, Option<ProcessId>),
+    mut backends: Vec<Backend>,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Backend>, String> {
     for BackendCommand {
         what,
         program,
         args,
         tap,
-    } in write_backend_configs(&d, rt)?
+    } in write_backend_configs(d, rt)?
     {
+        if !wanted(&what) {
+            continue;
+        }
         match Backend::start(rt, &what, bin(program), args, tap.map(TapMaker::new)) {
             Ok(b) => backends.push(b),
             Err(e) => return give_up(backends, e),
         }
-        // recorded at once: if we die now, `svctl start` finds and stops what we started
-        write_record(rt, me, None, &backends);
+        write_record(rt, me, vmm, &backends);
     }
+    Ok(backends)
+}
+
+/// Start the domain's backends, then its vmm, and watch them.
+fn start_afresh(store: &Store, name: &str, rt: &Runtime, me: ProcessId) -> Result<Exit, String> {
+    let d = store.load(name)?;
+    let backends = start_backends(&d, rt, (me, None), Vec::new(), &|_| true)?;
     // `svctl restore`: the vmm starts from the snapshot (its configuration, sockets included,
     // is the snapshot's) instead of booting
     let restore = std::fs::read(rt.restore_from()).ok();
