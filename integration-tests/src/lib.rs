@@ -11,6 +11,7 @@ pub mod blk_process;
 pub mod guest;
 pub mod kit;
 pub mod mode;
+pub mod ping;
 pub mod proc_status;
 pub mod sandbox;
 pub mod scratch;

@@ -410,27 +410,7 @@ fn ping_loss_within_the_pause(ping_file: &str, key: &str) {
         .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{key}: no downtime in {answer}"));
-    let ping = file(ping_file);
-    let stats = ping
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("{ping_file}: no statistics: {ping}"));
-    let num = |what: &str| -> u64 {
-        stats
-            .split(", ")
-            .find(|p| p.contains(what))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{what}: {stats}"))
-    };
-    let (sent, got) = (num("transmitted"), num("received"));
-    let allowed = downtime / 50 * 2 + 10;
-    assert!(sent > 40, "{ping_file}: {stats}");
-    assert!(
-        sent - got <= allowed,
-        "{ping_file}: lost {} > {allowed} (downtime {downtime} ms): {stats}",
-        sent - got
-    );
+    integration_tests::ping::assert_loss_within_pause(&file(ping_file), 50, downtime, 40);
 }
 
 #[test]

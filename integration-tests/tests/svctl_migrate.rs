@@ -177,29 +177,8 @@ fn the_ping_loses_at_most_what_the_pause_explains() {
         .and_then(|t| t.split(" ms").next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no downtime: {s}"));
-    let ping = file("ping.txt");
-    let stats = ping
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping statistics: {ping}"));
-    let num = |key: &str| -> u64 {
-        stats
-            .split(", ")
-            .find(|p| p.contains(key))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{key}: {stats}"))
-    };
-    let (sent, got) = (num("transmitted"), num("received"));
-    // a ping every 50 ms: the pause explains downtime/50 of them; the rest of the slack
-    // is for the emulated machine's timing
-    let allowed = downtime / 50 * 2 + 10;
-    assert!(sent > 100, "{stats}");
-    assert!(
-        sent - got <= allowed,
-        "lost {} > {allowed} (downtime {downtime} ms): {stats}",
-        sent - got
-    );
+    // a ping every 50 ms
+    integration_tests::ping::assert_loss_within_pause(&file("ping.txt"), 50, downtime, 100);
 }
 
 #[test]
