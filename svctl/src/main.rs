@@ -9,13 +9,16 @@
 mod backend_restart;
 mod console;
 mod define;
+mod edit;
 mod external_snapshot;
+mod identity;
 mod info;
 mod lifecycle;
 mod migrate;
 mod process;
 mod record;
 mod save;
+mod shell;
 mod snapshot;
 mod store;
 mod supervise;
@@ -41,8 +44,10 @@ struct Args {
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     json: bool,
+    /// The verb; without one, an interactive shell (a script on stdin when it is not a
+    /// terminal).
     #[command(subcommand)]
-    verb: Verb,
+    verb: Option<Verb>,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +67,17 @@ enum Verb {
     },
     /// Show a domain's state and resources.
     Dominfo { name: String },
+    /// Print a domain's UUID.
+    Domuuid { name: String },
+    /// Print a running domain's Id (its vmm's PID; `-` when shut off).
+    Domid { name: String },
+    /// Print the name of the domain with this UUID or Id.
+    Domname { uuid_or_id: String },
+    /// Print a domain's state: running, paused or shut off.
+    Domstate { name: String },
+    /// Edit a domain's definition in $VISUAL/$EDITOR (checked before it is saved; a bad
+    /// edit is refused and the definition left as it was).
+    Edit { name: String },
     /// Print the domain's definition (--vmm: the running vmm's configuration).
     Dumpconfig {
         name: String,
@@ -230,6 +246,11 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
         }
         Verb::List { all } => info::list(&store, all, out),
         Verb::Dominfo { name } => info::dominfo(&store, &name, out),
+        Verb::Domuuid { name } => identity::domuuid(&store, &name, out),
+        Verb::Domid { name } => identity::domid(&store, &name, out),
+        Verb::Domname { uuid_or_id } => identity::domname(&store, &uuid_or_id, out),
+        Verb::Domstate { name } => identity::domstate(&store, &name, out),
+        Verb::Edit { name } => edit::edit(&store, &name, out),
         Verb::Dumpconfig { name, vmm } => info::dumpconfig(&store, &name, vmm, out),
         Verb::Console { name } => {
             lifecycle::require_running(&store, &name)?;
@@ -339,15 +360,23 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let Some(verb) = args.verb else {
+        return shell::run(args.json);
+    };
     let out = Out { json: args.json };
-    match run(args.verb, &out) {
+    match run(verb, &out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if out.json {
-                println!("{}", json!({"error": e}));
-            }
-            eprintln!("svctl: error: {e}");
+            report(&e, &out);
             ExitCode::FAILURE
         }
     }
+}
+
+/// A verb's error: on stderr, and as `{"error": …}` on stdout with `--json`.
+fn report(e: &str, out: &Out) {
+    if out.json {
+        println!("{}", json!({"error": e}));
+    }
+    eprintln!("svctl: error: {e}");
 }

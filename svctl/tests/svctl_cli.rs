@@ -3,68 +3,12 @@
 //! running-domain cases (start twice, console of a stopped domain after a shutdown…) are in
 //! integration-tests/tests/svctl_lifecycle.rs, inside the sandbox.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-struct Store {
-    dir: PathBuf,
-}
+use std::path::Path;
+use std::process::Command;
 
-impl Store {
-    fn new(tag: &str) -> Store {
-        let dir = std::env::temp_dir().join(format!("svctl-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Store { dir }
-    }
-
-    fn svctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_svctl"))
-            .args(args)
-            .env("SVCTL_STORE", self.dir.join("store"))
-            .env("SVCTL_RUNTIME", self.dir.join("run"))
-            .output()
-            .unwrap()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    /// A domain file whose kernel exists (an empty file: nothing here boots it).
-    fn domain(&self, name: &str, extra: &str) -> String {
-        let kernel = self.file("vmlinuz", "");
-        self.file(
-            &format!("{name}.json"),
-            &format!(r#"{{"name": "{name}", "memory": "512M", "kernel": "{kernel}"{extra}}}"#),
-        )
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails_with(o: &Output, msg: &str) {
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
-    let err = stderr(o);
-    assert!(
-        err.starts_with("svctl: error: ") && err.contains(msg),
-        "expected {msg:?} in {err:?}"
-    );
-}
+use common::{fails_with, stderr, stdout, Store};
 
 #[test]
 fn every_verb_names_an_unknown_domain() {
