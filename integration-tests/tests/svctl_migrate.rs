@@ -7,10 +7,12 @@
 //! A domain (qcow2 disk, a NIC on the bridge, a balloon) counts on its console and writes a
 //! new cluster of its disk on every count, reading it back, while A pings it every 50 ms. A
 //! migration to a `migrate-receive` waiting for another domain is refused and the domain
-//! runs on; then it moves A → B live (`domjobinfo` on both hosts during it), and back B → A
-//! paused (virsh's default) with `--undefinesource`. The counts go on across both moves
-//! without a new boot, the disk reads back what was written, the ping loses at most what the
-//! pause explains, `qemu-img check` finds the image clean and nothing is left running.
+//! runs on; then it moves A → B live (`domjobinfo` on both hosts during it), back B → A
+//! paused (virsh's default) with `--undefinesource`, and A → B locally (`--local`: the
+//! "hosts" share a file system, so guest RAM's memfd is handed over, not copied). The counts
+//! go on across every move without a new boot, the disk reads back what was written, the
+//! ping loses at most what the pause explains, `qemu-img check` finds the image clean and
+//! nothing is left running.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -155,8 +157,24 @@ fn the_domain_moves_back_paused_and_resumes_at_the_destination() {
 }
 
 #[test]
+fn the_domain_moves_locally_with_its_memory_handed_over() {
+    ok("receive-b-local");
+    let s = ok("migrate-a-b-local");
+    assert!(s.contains("(local, 0.0 MiB"), "{s}");
+    let last_a = *counts(&file("con-a4.txt")).last().expect("counts on A");
+    let b = counts_on("con-b3.txt", last_a);
+    assert!(b.len() >= 5, "{b:?}");
+}
+
+#[test]
 fn the_disk_reads_back_every_write_and_stays_clean() {
-    for console in ["con-a2.txt", "con-b2.txt", "con-a3.txt"] {
+    for console in [
+        "con-a2.txt",
+        "con-b2.txt",
+        "con-a3.txt",
+        "con-a4.txt",
+        "con-b3.txt",
+    ] {
         let text = file(console);
         assert!(!text.contains("GUEST-DISK-MISMATCH"), "{console}: {text}");
     }

@@ -105,9 +105,19 @@ step dominfo-a
 sv A dominfo vm1
 sleep 4
 wait_console A con-a3.txt 'COUNT' 60 || echo "NO-COUNT-A3" >> $S
+
+# A -> B once more, locally: the "hosts" share a file system, so guest RAM's memfd is
+# handed over (a unix socket) instead of copied
+step receive-b-local
+sv B migrate-receive vm1 --listen unix:$W/local.sock
+(sleep 600 & echo $! > $W/sleep-a2.pid; wait) | on A console vm1 > $JOB/con-a4.txt 2>&1 &
+step migrate-a-b-local
+sv A migrate vm1 unix:$W/local.sock --local --live
+sleep 4
+wait_console B con-b3.txt 'COUNT' 60 || echo "NO-COUNT-B3" >> $S
 step destroy
-sv A destroy vm1
-kill $(cat $W/sleep-a.pid $W/sleep-b.pid)
+sv B destroy vm1
+kill $(cat $W/sleep-a.pid $W/sleep-b.pid $W/sleep-a2.pid)
 sleep 1
 step qemu-img-check
 qemu-img check $W/disk.qcow2 >> $S 2>&1
