@@ -152,8 +152,9 @@ pub struct VmSendMigrationData {
 pub struct VmReceiveMigrationData {
     /// `tcp:ADDR:PORT` or `unix:PATH`: where to listen for the source.
     pub receiver_url: String,
-    /// Ours: once the source has let go of its backends, wait for `vm.migration-devices`
-    /// (the sockets of the backends started here meanwhile) before building the VM.
+    /// Ours: once the source has let go of its backends, wait (40 s at most) for
+    /// `vm.migration-devices` (the sockets of the backends started here meanwhile) before
+    /// building the VM.
     #[serde(default)]
     pub await_devices: bool,
 }
@@ -213,9 +214,9 @@ pub struct MigrationInfo {
     pub direction: String,
     /// Outgoing: `none`, `connecting`, `ram` (first pass), `dirty` (rounds), `stopped` (the
     /// VM paused, its state being sent), `handover`, then `completed`, `failed` or
-    /// `cancelled`. Incoming: `listening`, `ram`, `released` (the source let go of its
-    /// backends: waiting for `vm.migration-devices` if told to), `building`, then
-    /// `completed` or `failed`.
+    /// `cancelled`. Incoming: `starting`, `listening` (bound), `ram`, `released` (the source
+    /// let go of its backends: waiting for `vm.migration-devices` if told to), `building`,
+    /// then `completed` or `failed`.
     pub phase: String,
     pub ram_bytes: u64,
     pub rounds: u32,

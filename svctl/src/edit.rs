@@ -22,8 +22,16 @@ pub fn edit(store: &Store, name: &str, out: &Out) -> Result<(), String> {
         ));
     }
     let text = serde_json::to_string_pretty(&old).map_err(|e| e.to_string())? + "\n";
-    let copy = std::env::temp_dir().join(format!("svctl-edit-{name}-{}.json", std::process::id()));
-    std::fs::write(&copy, &text).map_err(|e| format!("cannot write {}: {e}", copy.display()))?;
+    // in the (private) store's edits/, a new file each time: a refused edit kept earlier stays
+    let edits = store.dir.join("edits");
+    crate::store::private_dir(&edits)?;
+    let copy = edits.join(format!("{name}-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&copy)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", copy.display()))?;
     run_editor(&copy)?;
     let edited = std::fs::read_to_string(&copy)
         .map_err(|e| format!("cannot read {}: {e}", copy.display()))?;
@@ -60,9 +68,14 @@ pub fn edit(store: &Store, name: &str, out: &Out) -> Result<(), String> {
 /// `$VISUAL`, `$EDITOR` or `vi` on `file` (through `sh -c`, so the variable may hold
 /// arguments, as with git and virsh).
 fn run_editor(file: &Path) -> Result<(), String> {
-    let editor = std::env::var("VISUAL")
-        .or_else(|_| std::env::var("EDITOR"))
-        .unwrap_or_else(|_| "vi".to_string());
+    let set = |var| {
+        std::env::var(var)
+            .ok()
+            .filter(|v: &String| !v.trim().is_empty())
+    };
+    let editor = set("VISUAL")
+        .or_else(|| set("EDITOR"))
+        .unwrap_or_else(|| "vi".to_string());
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$1\""))

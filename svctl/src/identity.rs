@@ -31,7 +31,7 @@ pub fn domname(store: &Store, key: &str, out: &Out) -> Result<(), String> {
     let found = store.names().into_iter().find(|name| {
         let uuid = store.load(name).map(|d| d.uuid).unwrap_or_default();
         let id = store.vmm(name).map(|v| v.pid.to_string());
-        uuid.eq_ignore_ascii_case(key) || id.as_deref() == Some(key)
+        (!uuid.is_empty() && uuid.eq_ignore_ascii_case(key)) || id.as_deref() == Some(key)
     });
     let name = found.ok_or_else(|| format!("no domain has the UUID or Id {key:?}"))?;
     out.print(format!("{name}\n"), json!({"name": name}));

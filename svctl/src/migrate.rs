@@ -78,8 +78,14 @@ pub fn migrate(store: &Store, name: &str, o: &MigrateOptions, out: &Out) -> Resu
             if paused_here {
                 let _ = api.put("vm.resume", None);
             }
+            // past the commit the VM stays paused here (the vmm's error says so)
+            let here = if e.to_string().contains("stays paused") {
+                ""
+            } else {
+                " (it still runs here)"
+            };
             return Err(format!(
-                "domain '{name}': the migration to {} failed (it still runs here): {e}",
+                "domain '{name}': the migration to {} failed{here}: {e}",
                 o.uri
             ));
         }
@@ -190,9 +196,9 @@ pub fn receive(
     if store.supervisor(name).is_some() || store.vmm(name).is_some() {
         return Err(format!("domain '{name}' already runs here"));
     }
-    if !uri.starts_with("tcp:") && !uri.starts_with("unix:") {
+    if !uri_is_valid(uri) {
         return Err(format!(
-            "a migration URI is tcp:ADDR:PORT or unix:PATH, not {uri:?}"
+            "a migration URI is tcp:ADDR:PORT or unix:/PATH, not {uri:?}"
         ));
     }
     let rt = store.runtime(name);
@@ -207,10 +213,16 @@ pub fn receive(
     let mut child = lifecycle::spawn_supervisor(store, name)?;
     let api = lifecycle::api(store, name);
     let start = Instant::now();
-    // listening once the vmm shows the incoming migration
+    // listening once the vmm has bound the address
     loop {
         if let Ok(i) = api.get::<MigrationInfo>("vm.migration-info") {
-            if i.direction == "incoming" {
+            if i.phase == "failed" {
+                return Err(format!(
+                    "domain '{name}': cannot receive on {uri}: {}",
+                    i.error.unwrap_or_default()
+                ));
+            }
+            if i.direction == "incoming" && i.phase != "starting" {
                 break;
             }
         }
@@ -247,6 +259,17 @@ pub fn receive(
         json!({"name": name, "ok": true, "listen": uri, "state": "running"}),
     );
     Ok(())
+}
+
+/// `tcp:HOST:PORT` (a port number) or `unix:/ABSOLUTE/PATH`, as the vmm takes them.
+fn uri_is_valid(uri: &str) -> bool {
+    if let Some(path) = uri.strip_prefix("unix:") {
+        return path.trim_start_matches("//").starts_with('/');
+    }
+    uri.strip_prefix("tcp:")
+        .map(|a| a.trim_start_matches("//"))
+        .and_then(|a| a.rsplit_once(':'))
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// `svctl domjobinfo NAME`: the running (or last) migration, as virsh shows a job.
@@ -302,6 +325,22 @@ fn job_text(i: &MigrationInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_uris_the_vmm_takes_are_taken() {
+        for good in ["tcp:10.0.0.2:7100", "tcp:[::1]:7100", "unix:/run/m.sock"] {
+            assert!(uri_is_valid(good), "{good}");
+        }
+        for bad in [
+            "tcp:host",
+            "tcp::7100",
+            "tcp:h:99999",
+            "unix:rel.sock",
+            "file:///x",
+        ] {
+            assert!(!uri_is_valid(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_job_reads_like_virsh_domjobinfo() {

@@ -36,7 +36,13 @@ pub fn run(json: bool) -> ExitCode {
 fn script(json: bool) -> bool {
     let mut all_ok = true;
     for text in std::io::stdin().lock().lines() {
-        let Ok(text) = text else { break };
+        let text = match text {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("svctl: error: cannot read the script: {e}");
+                return false;
+            }
+        };
         match line(&text, json) {
             Line::Ran(ok) => all_ok &= ok,
             Line::Quit => break,

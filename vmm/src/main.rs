@@ -195,8 +195,8 @@ fn relocate(
 }
 
 /// How long a destination told to `await_devices` waits for `vm.migration-devices` once the
-/// source has let go of its backends.
-const DEVICES_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// source has let go of its backends: well within the 60 s the source waits for Ready.
+const DEVICES_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// `"await_devices": true`: take `vm.migration-devices` from the waiting API (a request
 /// naming an unknown device is refused and waited past).
@@ -245,9 +245,6 @@ fn await_devices(
     }
 }
 
-/// `--incoming URL` (or `vm.receive-migration`): receive the VM, build it (paused) and run it
-/// once the source commits. `before_build` runs once the VM is received, before it is built;
-/// with `devices` (`await_devices`), after `vm.migration-devices` has come from there.
 /// How an incoming migration ended, in `progress` (what `vm.migration-info` shows).
 fn recorded(progress: &vmm::migration::Progress, result: anyhow::Result<Vm>) -> anyhow::Result<Vm> {
     match &result {
@@ -257,6 +254,9 @@ fn recorded(progress: &vmm::migration::Progress, result: anyhow::Result<Vm>) -> 
     result
 }
 
+/// `--incoming URL` (or `vm.receive-migration`): receive the VM, build it (paused) and run it
+/// once the source commits. `before_build` runs once the VM is received, before it is built;
+/// with `devices` (`await_devices`), after `vm.migration-devices` has come from there.
 fn incoming_vm(
     args: Args,
     url: &str,

@@ -89,7 +89,7 @@ pub fn start_incoming(
             .and_then(Travelling::from_metadata),
         Err(e) => Err(e),
     };
-    let t = match travelling.and_then(|t| check(name, t)) {
+    let t = match travelling.and_then(|t| check(store, name, t)) {
         Ok(t) => t,
         Err(e) => {
             stop_vmm(&vmm);
@@ -97,7 +97,10 @@ pub fn start_incoming(
         }
     };
     // known here from now on (transient until the VM runs)
-    write_transient(rt, &t.domain)?;
+    if let Err(e) = write_transient(rt, &t.domain) {
+        stop_vmm(&vmm);
+        return Err(e);
+    }
     // the backends whose start waits for the source's last write, and the others, started
     // while the RAM comes
     let late = |what: &str| opens_a_mutable_image(&t.domain, what);
@@ -160,8 +163,9 @@ fn opens_a_mutable_image(d: &Domain, what: &str) -> bool {
         .is_some_and(|disk| disk.format != "raw")
 }
 
-/// The definition must be the domain asked for, and valid.
-fn check(name: &str, t: Travelling) -> Result<Travelling, String> {
+/// The definition must be the domain asked for, valid, not another domain of that name
+/// defined here (another UUID), and give no MAC twice on a bridge here.
+fn check(store: &Store, name: &str, t: Travelling) -> Result<Travelling, String> {
     if t.domain.name != name {
         return Err(format!(
             "the migration brings domain '{}', not '{name}'",
@@ -169,6 +173,16 @@ fn check(name: &str, t: Travelling) -> Result<Travelling, String> {
         ));
     }
     t.domain.validate().map_err(|e| e.to_string())?;
+    if let Ok(here) = store.load(name) {
+        if here.uuid != t.domain.uuid {
+            return Err(format!(
+                "a domain '{name}' with another UUID ({}) is defined here; the migration \
+                 brings {}",
+                here.uuid, t.domain.uuid
+            ));
+        }
+    }
+    store.check_macs(&t.domain)?;
     Ok(t)
 }
 
@@ -254,7 +268,7 @@ fn wait_for(
         }
         if let Some(exit) = vmm.exited() {
             return Err(format!(
-                "splitvisor ended ({exit}) before the migration came in: {}",
+                "splitvisor ended ({exit}) during the migration: {}",
                 vmm_log_tail(rt)
             ));
         }

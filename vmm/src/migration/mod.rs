@@ -116,7 +116,7 @@ impl Progress {
             return false;
         }
         self.incoming.store(true, Relaxed);
-        self.set_phase("listening");
+        self.set_phase("starting");
         true
     }
 

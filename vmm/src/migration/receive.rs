@@ -38,7 +38,7 @@ pub fn receive(
     adjust: &dyn Fn(&mut VmConfig) -> Result<(), String>,
     progress: &Progress,
 ) -> Result<Incoming, MigrationError> {
-    let mut conn = url.accept_one()?;
+    let mut conn = url.accept_one(|| progress.set_phase("listening"))?;
     conn.set_timeout(Some(PEER_TIMEOUT))
         .map_err(WireError::from)?;
     match receive_on(&mut conn, url, adjust, progress) {

@@ -105,7 +105,8 @@ impl MigrationUrl {
     }
 
     /// Listen and take the first connection; a Unix socket is removed once it is taken.
-    pub fn accept_one(&self) -> Result<Conn, UrlError> {
+    /// `listening` runs once the address is bound.
+    pub fn accept_one(&self, listening: impl FnOnce()) -> Result<Conn, UrlError> {
         let err = |source| UrlError::Listen {
             url: self.to_string(),
             source,
@@ -113,6 +114,7 @@ impl MigrationUrl {
         match self {
             MigrationUrl::Tcp(a) => {
                 let l = TcpListener::bind(a.as_str()).map_err(err)?;
+                listening();
                 tracing::info!("waiting for the migration stream on tcp:{a}");
                 let (s, peer) = l.accept().map_err(err)?;
                 tracing::info!(%peer, "migration stream connected");
@@ -122,6 +124,7 @@ impl MigrationUrl {
             MigrationUrl::Unix(p) => {
                 let l = api::unix_socket::bind(p, Some(0o600))
                     .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+                listening();
                 tracing::info!("waiting for the migration stream on unix:{}", p.display());
                 let accepted = l.accept();
                 let _ = std::fs::remove_file(p);
