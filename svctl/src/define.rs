@@ -21,15 +21,21 @@ pub fn define(store: &Store, file: &Path, out: &Out) -> Result<Domain, String> {
     if d.uuid.is_empty() {
         d.uuid = domain::new_uuid();
     }
-    d.record_detected_formats();
-    d.record_generated_macs();
-    store.check_macs(&d)?;
+    complete(store, &mut d)?;
     store.save(&d)?;
     out.print(
         format!("Domain '{}' defined from {}\n", d.name, file.display()),
         json!({"name": d.name, "uuid": d.uuid}),
     );
     Ok(d)
+}
+
+/// What a definition gets before it is saved (`define`, `edit`): the disks' formats and the
+/// NICs' MACs recorded, and no MAC twice on a bridge.
+pub fn complete(store: &Store, d: &mut Domain) -> Result<(), String> {
+    d.record_detected_formats();
+    d.record_generated_macs();
+    store.check_macs(d)
 }
 
 pub fn undefine(store: &Store, name: &str, out: &Out) -> Result<(), String> {

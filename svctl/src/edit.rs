@@ -107,8 +107,6 @@ fn checked(store: &Store, old: &Domain, file: &Path) -> Result<Domain, String> {
     if d.uuid != old.uuid {
         return Err(format!("the UUID cannot change (it is {})", old.uuid));
     }
-    d.record_detected_formats();
-    d.record_generated_macs();
-    store.check_macs(&d)?;
+    crate::define::complete(store, &mut d)?;
     Ok(d)
 }

@@ -79,16 +79,10 @@ pub fn start_incoming(
         let _ = vmm.signal(libc::SIGKILL);
     };
     let deadline = Instant::now() + Duration::from_secs(req.timeout_s);
-    let travelling = match wait_for(&client, &mut vmm, rt, Some(deadline), |i| {
+    let travelling = wait_for(&client, &mut vmm, rt, Some(deadline), |i| {
         i.metadata.is_some()
-    }) {
-        Ok(info) => info
-            .metadata
-            .as_ref()
-            .ok_or_else(|| "no metadata".to_string())
-            .and_then(Travelling::from_metadata),
-        Err(e) => Err(e),
-    };
+    })
+    .and_then(|info| Travelling::from_metadata(&info.metadata.unwrap_or_default()));
     let t = match travelling.and_then(|t| check(store, name, t)) {
         Ok(t) => t,
         Err(e) => {
