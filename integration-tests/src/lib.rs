@@ -8,6 +8,7 @@
 //! when its KVM is hardware-backed, see [`mode::Mode`]).
 
 pub mod blk_process;
+pub mod counts;
 pub mod guest;
 pub mod kit;
 pub mod mode;

@@ -19,6 +19,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use integration_tests::counts::check_counts_on;
 use integration_tests::guest::{self, required as value, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
 
@@ -261,29 +262,8 @@ fn file(name: &str) -> String {
     job().file(name).unwrap_or_default()
 }
 
-fn counts(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.strip_prefix("COUNT ")?.trim().parse().ok())
-        .collect()
-}
-
-/// The counts in `log` go on from `last` (the source's last count; an interrupted
-/// iteration may be repeated once) one by one, and the guest did not boot again.
 fn counts_on(name: &str, last: u64) -> Vec<u64> {
-    let log = file(name);
-    let c = counts(&log);
-    assert!(!c.is_empty(), "{name} never counted: {log}");
-    assert!(
-        c[0] == last || c[0] == last + 1,
-        "{name} starts at {} after {last}: {log}",
-        c[0]
-    );
-    assert!(
-        c.windows(2).all(|w| w[1] == w[0] + 1),
-        "{name} skipped: {c:?}"
-    );
-    assert!(!log.contains("Linux version"), "{name} booted again: {log}");
-    c
+    check_counts_on(name, &file(name), last).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

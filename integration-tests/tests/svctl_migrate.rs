@@ -17,6 +17,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use integration_tests::counts::{check_counts_on, counts};
 use integration_tests::guest::{self, GUEST_SH};
 use integration_tests::{shared_job, JobOutput, Sandbox};
 
@@ -67,26 +68,9 @@ fn ok(name: &str) -> String {
     integration_tests::steps::ok(&file("steps.txt"), name)
 }
 
-fn counts(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("COUNT ")?.trim().parse().ok())
-        .collect()
-}
-
-/// The counts on the destination's console go on from the source's last one (an iteration
-/// cut by the pause may show again), one by one, and the guest did not boot there.
+/// The counts on the destination's console go on from the source's last one.
 fn counts_on(console: &str, last: u64) -> Vec<u64> {
-    let text = file(console);
-    let c = counts(&text);
-    assert!(!c.is_empty(), "{console} has no count: {text}");
-    assert!(
-        c[0] >= last.saturating_sub(1) && c[0] <= last + 1,
-        "{console} starts at {} after {last}: {text}",
-        c[0]
-    );
-    assert!(c.windows(2).all(|w| w[1] == w[0] + 1), "{console}: {c:?}");
-    assert!(!text.contains("Linux version"), "{console}: booted again");
-    c
+    check_counts_on(console, &file(console), last).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
