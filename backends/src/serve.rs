@@ -224,6 +224,8 @@ fn serve_connections<F: BackendFactory>(
         crate::worker::set_connection(None);
         // dropping the daemon stops and joins its vring worker threads
         drop(daemon);
+        // and closes what vhost-user-backend left open of them
+        crate::worker::close_exit_events();
         if once {
             return Ok(());
         }

@@ -11,6 +11,7 @@
 //! is one per process.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -61,18 +62,63 @@ pub fn recover(worker: usize, handle: impl FnOnce() -> io::Result<()>) -> io::Re
     Ok(())
 }
 
+thread_local! {
+    /// The exit events' consumer descriptors handed to vhost-user-backend on this thread
+    /// (the one that makes the daemon: `VhostUserDaemon::new` asks for them) since the last
+    /// [`close_exit_events`]. Per thread, so that daemons made on other threads (tests,
+    /// the fuzz driver) keep theirs.
+    static EXIT_CONSUMERS: std::cell::RefCell<Vec<RawFd>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A fresh exit event for one worker thread, the body of `VhostUserBackend::exit_event`.
 /// Without one a worker never leaves its loop and dropping the daemon hangs. `None` if the
 /// kernel gives no eventfd.
+///
+/// vhost-user-backend 0.24 puts the consumer in the worker's epoll with `into_raw_fd` and
+/// never closes it: one eventfd per worker per connection would leak (a backend that serves
+/// many connections — reconnects, hotplug cycles — ran out of descriptors). Its number is
+/// kept here and [`close_exit_events`] closes it once the daemon is gone.
 pub fn exit_event() -> Option<(EventConsumer, EventNotifier)> {
-    new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+    EXIT_CONSUMERS.with(|fds| fds.borrow_mut().push(consumer.as_raw_fd()));
+    Some((consumer, notifier))
+}
+
+/// Close the exit events' consumers [`exit_event`] handed out on this thread. Only once the
+/// daemon that took them is dropped (its worker threads joined, their epolls closed): nothing uses them then,
+/// and nothing else owns those descriptors. Returns how many it closed.
+pub fn close_exit_events() -> usize {
+    let fds = EXIT_CONSUMERS.with(|fds| std::mem::take(&mut *fds.borrow_mut()));
+    let closed = fds.len();
+    for fd in fds {
+        // SAFETY: `fd` is an exit-event consumer vhost-user-backend took with `into_raw_fd`
+        // and leaked; its daemon is dropped, so no one else owns or uses it.
+        unsafe { libc::close(fd) };
+    }
+    closed
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Read;
+    use std::os::fd::IntoRawFd;
 
     use super::*;
+
+    fn open(fd: RawFd) -> bool {
+        std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists()
+    }
+
+    #[test]
+    fn exit_event_consumers_leaked_as_vhost_user_backend_does_are_closed() {
+        // what VringEpollHandler::new does with each: into_raw_fd, never closed
+        let fds: Vec<RawFd> = (0..3)
+            .map(|_| exit_event().expect("eventfd").0.into_raw_fd())
+            .collect();
+        assert!(fds.iter().all(|fd| open(*fd)));
+        assert_eq!(close_exit_events(), 3);
+        assert!(fds.iter().all(|fd| !open(*fd)), "still open: {fds:?}");
+    }
 
     #[test]
     fn an_error_is_counted_ends_the_connection_and_keeps_the_worker() {

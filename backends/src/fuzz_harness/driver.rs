@@ -20,7 +20,6 @@ use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::exit_events::ExitEventLeak;
 use super::{decode, FdKind, Input, Message};
 use crate::frontend_channel::FrontendChannel;
 use crate::serve::BackendFactory;
@@ -149,7 +148,6 @@ pub fn drive_with_ram<F: BackendFactory>(
     )
     .map_err(|e| io::Error::other(e.to_string()))?;
     let workers = daemon.get_epoll_handlers();
-    let leak = ExitEventLeak::find(&workers, backend.num_queues());
     let attached = factory.attach(&backend, &workers);
     drop(workers);
     let mut peers = Vec::new();
@@ -175,7 +173,8 @@ pub fn drive_with_ram<F: BackendFactory>(
     // dropping the daemon sends the exit events and joins the vring workers
     watch.stage("stopping the vring workers");
     drop(daemon);
-    let swept = leak.close();
+    // vhost-user-backend 0.24 leaves each worker's exit event open (crate::worker)
+    let swept = crate::worker::close_exit_events();
     drop(peers);
     if let Ok(o) = &mut outcome {
         if !input.through_relay() {

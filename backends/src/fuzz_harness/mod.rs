@@ -46,15 +46,14 @@
 //! After each input every thread the stack started is joined (the daemon's connection thread
 //! and the vring workers, by their exit events; the relay's two threads end by themselves once
 //! both sockets are shut) and every descriptor is closed — including the workers' exit-event
-//! descriptors, which vhost-user-backend 0.24 never closes (see `exit_events.rs`). A handler
+//! descriptors, which vhost-user-backend 0.24 never closes (see `crate::worker`). A handler
 //! that neither answers nor closes for 10 s is a panic; a stack that hangs elsewhere (a vring
 //! worker that never leaves its loop cannot be joined) ends the process with a message after
 //! 20 s, so that a fuzzer keeps the input and a test run does not hang.
 //!
 //! Files: `input.rs` (the format, and mutations for the tests), `seeds.rs` (message bodies and
 //! the vmm's sequences, for every backend's seeds), `driver.rs` (one connection),
-//! `exit_events.rs` (the descriptors the library leaves open), `backend_checks.rs` (what the
-//! backends' tests of their harness check alike).
+//! `backend_checks.rs` (what the backends' tests of their harness check alike).
 //!
 //! # The queue harnesses' shared parts
 //!
@@ -67,7 +66,6 @@ pub mod backend_checks;
 pub mod bytes;
 mod driver;
 pub mod driver_seed;
-mod exit_events;
 pub mod guest_driver;
 mod input;
 mod seeds;
