@@ -9,6 +9,7 @@
 //! {"op":"snapshot-create","name":"s1"}   -> {"ok":true,"snapshot":{…}}
 //! {"op":"snapshot-delete","name":"s1"}   -> {"ok":true}
 //! {"op":"reopen","image":"/ovl/d.s1.qcow2"} -> {"ok":true,"image":…,"backing":…}
+//! {"op":"resize","size":2147483648}     -> {"ok":true,"old_bytes":…,"capacity_bytes":…,"frontend_told":true}
 //! anything wrong                         -> {"ok":false,"error":"…"}
 //! ```
 //!
@@ -17,6 +18,8 @@
 //! the guest's memory, pause the guest and stop its rings first (`vm.snapshot` does both).
 //! `reopen` makes an external snapshot (`reopen.rs`): a new qcow2 overlay over the image
 //! served until now, in `--overlay-dir`, served from then on.
+//! `resize` grows the image (raw: the file; qcow2: its virtual size, the L1 table with it) and
+//! tells the frontend, whose guest sees the new capacity (`resize.rs`); it never shrinks.
 //! Applying a snapshot is not offered here: the disk would change under a running guest
 //! (`svctl snapshot-revert` applies it with the domain stopped).
 
@@ -26,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 pub use backends::control_socket::bind;
 use backends::control_socket::error;
+use backends::frontend_channel::FrontendChannel;
 use serde_json::{json, Value};
 
 use crate::blk::BlkDevice;
@@ -33,10 +37,11 @@ use crate::disk::qcow2::{Qcow2Disk, SnapshotInfo};
 use crate::reopen::{self, Served};
 
 /// Serve `listener`'s clients on a thread of its own; `served` names the image (a `reopen`
-/// changes it).
+/// changes it); `channel` reaches the frontend (a `resize` tells it).
 pub fn serve_listener(
     listener: UnixListener,
     device: Arc<BlkDevice>,
+    channel: Arc<Mutex<FrontendChannel>>,
     served: Served,
 ) -> io::Result<()> {
     let served = Mutex::new(served);
@@ -44,6 +49,7 @@ pub fn serve_listener(
         listener,
         Arc::new(move |req| match req.get("op").and_then(Value::as_str) {
             Some("reopen") => reopen_request(req, &device, &served),
+            Some("resize") => resize_request(req, &device, &channel),
             Some("info") => {
                 let mut info = handle(req, &device);
                 if let Ok(s) = served.lock() {
@@ -68,6 +74,22 @@ fn reopen_request(req: &Value, device: &BlkDevice, served: &Mutex<Served>) -> Va
     match reopen::reopen(device, &mut served, std::path::Path::new(image)) {
         Ok(()) => json!({"ok": true, "image": image, "backing": base}),
         Err(e) => error(api::error_chain(&e)),
+    }
+}
+
+/// `{"op":"resize","size":BYTES}`: grow the disk to that size.
+fn resize_request(req: &Value, device: &BlkDevice, channel: &Mutex<FrontendChannel>) -> Value {
+    let Some(size) = req.get("size").and_then(Value::as_u64) else {
+        return error("resize needs \"size\": the new size in bytes");
+    };
+    match crate::resize::grow(device, channel, size) {
+        Ok(g) => json!({
+            "ok": true,
+            "old_bytes": g.old,
+            "capacity_bytes": g.new,
+            "frontend_told": g.frontend_told,
+        }),
+        Err(e) => error(format!("cannot grow the disk to {size} bytes: {e}")),
     }
 }
 
@@ -120,7 +142,7 @@ pub fn handle(req: &Value, device: &BlkDevice) -> Value {
         }
         Some(other) => error(format!(
             "unknown op {other:?} (info, flush, snapshot-list, snapshot-create, snapshot-delete, \
-             reopen)"
+             reopen, resize)"
         )),
         None => error("a request needs \"op\""),
     }
@@ -190,6 +212,7 @@ mod tests {
         serve_listener(
             bind(&socket).unwrap(),
             Arc::new(device(&image, false)),
+            Default::default(),
             served,
         )
         .unwrap();
@@ -224,6 +247,19 @@ mod tests {
             .output()
             .unwrap();
         assert!(check.status.success(), "{check:?}");
+        // resize: grows, never shrinks; qemu-img sees the new size
+        let r = ask(json!({"op": "resize", "size": 8 << 20}));
+        assert_eq!(r["capacity_bytes"], 8 << 20, "{r}");
+        assert_eq!(r["old_bytes"], 4 << 20, "{r}");
+        assert_eq!(r["frontend_told"], false, "no frontend: {r}");
+        let r = ask(json!({"op": "resize", "size": 2 << 20}));
+        assert!(r["error"].as_str().unwrap().contains("shrinking"), "{r}");
+        let r = ask(json!({"op": "resize"}));
+        assert!(
+            r["error"].as_str().unwrap().contains("needs \"size\""),
+            "{r}"
+        );
+        assert_eq!(ask(json!({"op": "info"}))["capacity_bytes"], 8 << 20);
         // a raw disk and a read-only one say why not
         let raw_dev = device(&raw, false);
         let r = handle(&json!({"op": "snapshot-create", "name": "x"}), &raw_dev);
@@ -234,6 +270,19 @@ mod tests {
         let ro = device(&image, true);
         let r = handle(&json!({"op": "snapshot-create", "name": "x"}), &ro);
         assert_eq!(r["error"], "the disk is served read-only");
+        let r = resize_request(
+            &json!({"op": "resize", "size": 16 << 20}),
+            &ro,
+            &Default::default(),
+        );
+        assert!(r["error"].as_str().unwrap().contains("read-only"), "{r}");
+        let r = resize_request(
+            &json!({"op": "resize", "size": 3 << 20}),
+            &raw_dev,
+            &Default::default(),
+        );
+        assert_eq!(r["capacity_bytes"], 3 << 20, "{r}");
+        assert_eq!(std::fs::metadata(&raw).unwrap().len(), 3 << 20);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

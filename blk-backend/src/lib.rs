@@ -12,6 +12,7 @@ pub mod disk;
 pub mod fuzz_harness;
 pub mod reopen;
 pub mod request;
+pub mod resize;
 mod saved_state;
 pub mod stats;
 pub mod uring;
@@ -215,21 +216,7 @@ impl BackendFactory for BlkFactory {
         // SIGUSR2: online resize — take the image's new size and tell the guest
         let device = self.device.clone();
         let channel = self.channel.clone();
-        Box::new(move || match device.resize() {
-            Ok(None) => tracing::info!("resize: the image size did not change"),
-            Ok(Some((old, new))) => {
-                tracing::info!("resize: the disk changes from {old} to {new} bytes");
-                let sent = channel.lock().ok().map(|c| c.config_changed());
-                match sent {
-                    Some(Ok(true)) => tracing::info!("resize: the frontend was told"),
-                    _ => tracing::warn!(
-                        "resize: the frontend could not be told; the guest sees the new size \
-                         when its driver next reads the configuration"
-                    ),
-                }
-            }
-            Err(e) => tracing::error!("resize: cannot read the image size: {e}"),
-        })
+        Box::new(move || resize::refresh(&device, &channel))
     }
 
     fn attach(
@@ -260,7 +247,7 @@ impl BackendFactory for BlkFactory {
 
     fn start_threads(&mut self) -> std::io::Result<()> {
         if let Some((listener, served)) = self.control.take() {
-            control::serve_listener(listener, self.device.clone(), served)?;
+            control::serve_listener(listener, self.device.clone(), self.channel.clone(), served)?;
         }
         Ok(())
     }

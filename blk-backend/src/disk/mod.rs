@@ -20,6 +20,15 @@ pub trait Disk: Send + Sync {
     fn refresh_capacity(&self) -> io::Result<u64> {
         Ok(self.capacity())
     }
+    /// Grow the image to `new_size` bytes while it is served (never shrink it); returns the
+    /// new capacity.
+    fn grow(&self, new_size: u64) -> io::Result<u64> {
+        let _ = new_size;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this image cannot grow while it is served",
+        ))
+    }
     /// Fill `bufs` from `offset`.
     fn read_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()>;
     /// Store `bufs` at `offset`.

@@ -43,6 +43,10 @@ impl Disk for FirstSectorGuard {
         self.inner.refresh_capacity()
     }
 
+    fn grow(&self, new_size: u64) -> io::Result<u64> {
+        self.inner.grow(new_size)
+    }
+
     fn read_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
         self.inner.read_at(bufs, offset)
     }

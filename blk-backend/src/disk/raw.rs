@@ -73,6 +73,28 @@ impl Disk for RawDisk {
         Ok(size)
     }
 
+    fn grow(&self, new_size: u64) -> io::Result<u64> {
+        let current = self.refresh_capacity()?;
+        if !new_size.is_multiple_of(512) {
+            let why = format!("the new size {new_size} is not a multiple of 512 bytes");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
+        if new_size < current {
+            let why = format!(
+                "the disk has {current} bytes; shrinking it to {new_size} is refused (data \
+                 past the end would be lost)"
+            );
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
+        if !self.file.metadata()?.file_type().is_file() {
+            let why = "the image is a block device: grow it on the host, then send SIGUSR2";
+            return Err(io::Error::new(io::ErrorKind::Unsupported, why));
+        }
+        // the file's new tail is a hole: it reads as zeroes and takes no space
+        self.file.set_len(new_size)?;
+        self.refresh_capacity()
+    }
+
     fn read_at(&self, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
         file_io::read_exact_at(&self.file, bufs, offset)
     }

@@ -220,12 +220,13 @@ impl Qcow2Disk {
         let applied = info(snap, header.size);
         self.reload(m)?;
         drop(guard);
-        self.size = disk_size & !511;
+        self.size
+            .store(disk_size & !511, std::sync::atomic::Ordering::Release);
         tracing::info!("qcow2: snapshot {:?} applied", applied.name);
         Ok(applied)
     }
 
-    fn writable_meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>, SnapshotError> {
+    pub(super) fn writable_meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>, SnapshotError> {
         if self.readonly {
             return Err(SnapshotError::ReadOnly);
         }
@@ -233,20 +234,20 @@ impl Qcow2Disk {
     }
 
     /// Read the metadata state again from the changed image.
-    fn reload(&self, m: &mut Meta) -> Result<(), SnapshotError> {
+    pub(super) fn reload(&self, m: &mut Meta) -> Result<(), SnapshotError> {
         m.refs.return_reserve(&self.file, &mut m.layout)?;
         self.file.sync_data()?;
         *m = load_meta(&self.file, &read_header(&self.file)?.0)?;
         Ok(())
     }
 
-    fn table(&self, header: &Header) -> Result<(Vec<Entry>, u64), SnapshotError> {
+    pub(super) fn table(&self, header: &Header) -> Result<(Vec<Entry>, u64), SnapshotError> {
         let file_len = self.file.metadata()?.len();
         Ok(snapshots::read_table(&self.file, header, file_len)?)
     }
 
     /// Flush, free what waited for it, give the reserve back; the header as it is now.
-    fn quiesce(&self, m: &mut Meta) -> Result<Header, SnapshotError> {
+    pub(super) fn quiesce(&self, m: &mut Meta) -> Result<Header, SnapshotError> {
         self.file.sync_data()?;
         m.refs.apply_pending_frees(&self.file, &mut m.layout)?;
         m.refs.return_reserve(&self.file, &mut m.layout)?;
@@ -345,7 +346,7 @@ impl Qcow2Disk {
     }
 
     /// Write `bytes` into newly allocated clusters (refcount 1, synced); their offset.
-    fn write_new(&self, m: &mut Meta, area: Area, bytes: &[u8]) -> io::Result<u64> {
+    pub(super) fn write_new(&self, m: &mut Meta, area: Area, bytes: &[u8]) -> io::Result<u64> {
         let cs = self.cluster_size();
         let n = (bytes.len() as u64).div_ceil(cs).max(1);
         let offset = m.refs.allocate_run(&self.file, &mut m.layout, n)?;
@@ -357,7 +358,7 @@ impl Qcow2Disk {
     }
 
     /// Drop one reference from each cluster of `len` bytes at `offset`.
-    fn free_run(&self, m: &mut Meta, offset: u64, len: u64) -> io::Result<()> {
+    pub(super) fn free_run(&self, m: &mut Meta, offset: u64, len: u64) -> io::Result<()> {
         let cs = self.cluster_size();
         for i in 0..len.div_ceil(cs) {
             m.refs

@@ -9,6 +9,7 @@
 //! reads and in-place writes of allocated clusters do their data I/O outside it.
 
 mod create;
+mod grow;
 mod header;
 mod internal_snapshots;
 mod layout;
@@ -20,11 +21,13 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::file_io::{self, GuestIovecs};
 use super::{backing, Disk, OpenOptions};
 pub use create::create_overlay;
+pub use grow::GrowError;
 pub use header::Field;
 pub use internal_snapshots::{SnapshotError, SnapshotInfo};
 /// The first bytes of every qcow2 image ("QFI\xfb").
@@ -71,7 +74,8 @@ const MAX_BACKING_DEPTH: u32 = 16;
 pub struct Qcow2Disk {
     file: File,
     cluster_bits: u32,
-    size: u64,
+    /// The virtual size (it grows online: [`Qcow2Disk::grow_to`]).
+    size: AtomicU64,
     version: u32,
     readonly: bool,
     backing: Option<Box<dyn Disk>>,
@@ -144,7 +148,7 @@ impl Qcow2Disk {
         Ok(Qcow2Disk {
             file,
             cluster_bits: header.cluster_bits,
-            size: header.size & !511,
+            size: AtomicU64::new(header.size & !511),
             version: header.version,
             readonly: opts.readonly,
             backing,
@@ -376,7 +380,14 @@ impl Source<'_, '_> {
 
 impl Disk for Qcow2Disk {
     fn capacity(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn grow(&self, new_size: u64) -> io::Result<u64> {
+        self.grow_to(new_size).map_err(|e| match e {
+            GrowError::Image(SnapshotError::Io(io)) => io,
+            other => io::Error::new(io::ErrorKind::InvalidInput, api::error_chain(&other)),
+        })
     }
 
     fn qcow2(&self) -> Option<&Qcow2Disk> {

@@ -48,14 +48,14 @@ pub(super) fn rw() -> OpenOptions {
     }
 }
 
-fn write(disk: &dyn Disk, model: &mut [u8], offset: u64, data: &[u8]) {
+pub(super) fn write(disk: &dyn Disk, model: &mut [u8], offset: u64, data: &[u8]) {
     let mut buf = data.to_vec();
     disk.write_at(&GuestIovecs::from_buf(&mut buf), offset)
         .unwrap();
     model[offset as usize..offset as usize + data.len()].copy_from_slice(data);
 }
 
-fn read(disk: &dyn Disk, offset: u64, len: usize) -> Vec<u8> {
+pub(super) fn read(disk: &dyn Disk, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     disk.read_at(&GuestIovecs::from_buf(&mut buf), offset)
         .unwrap();
@@ -79,7 +79,7 @@ pub(super) fn assert_clean(image: &Path) {
 }
 
 /// `qemu-img check` passes with no leaks, and the image converts to `model`.
-fn assert_clean_and_equal(dir: &Dir, image: &Path, model: &[u8]) {
+pub(super) fn assert_clean_and_equal(dir: &Dir, image: &Path, model: &[u8]) {
     assert_clean(image);
     let bytes = converted(dir, image);
     assert_eq!(bytes.len(), model.len());
