@@ -8,7 +8,7 @@
 #       l2/vmlinuz            Debian cloud kernel, bzImage        (L2: the guest our vmm boots)
 #       l2/vmlinux            the same kernel as ELF, with its PVH note
 #       l2/initramfs-min.cpio.gz  busybox + virtio modules + /init (scripts/guest/l2-init.sh)
-#       l2/initramfs.cpio.gz  the same + fio, iperf3, mkfs.ext4 and ethtool with their libraries
+#       l2/initramfs.cpio.gz  the same + fio, iperf3, mkfs.ext4, resize2fs and ethtool with their libraries
 #       l1/vmlinuz            Debian generic kernel                (L1: the nested-KVM sandbox)
 #       l1/initramfs.cpio.gz  busybox + kvm-amd/9p modules + glibc + /init (scripts/guest/l1-init.sh)
 #       disks/raw.img         256 MiB raw test disk (sparse)
@@ -182,7 +182,7 @@ cp "$L2_DIR/boot/vmlinuz-$L2_VER" "$NEW/l2/vmlinuz"
 cp "$L2_DIR/boot/config-$L2_VER" "$NEW/l2/config"
 "$HERE/extract-vmlinux.sh" "$NEW/l2/vmlinuz" "$NEW/l2/vmlinux"
 
-step "L2 initramfs: busybox, virtio modules, /init (initramfs-min) + fio, iperf3, mkfs.ext4, ethtool (initramfs)"
+step "L2 initramfs: busybox, virtio modules, /init (initramfs-min) + fio, iperf3, mkfs.ext4, resize2fs, ethtool (initramfs)"
 R2="$WORK/l2root"
 new_root "$R2"
 add_modules "$R2" "$L2_DIR" "$L2_VER" $L2_MODULES
@@ -194,11 +194,16 @@ MKE2FS=""
 for f in "$SYSROOT/sbin/mke2fs" "$SYSROOT/usr/sbin/mke2fs"; do [ -f "$f" ] && MKE2FS="$f"; done
 [ -n "$MKE2FS" ] || die "mke2fs not found in e2fsprogs"
 cp "$MKE2FS" "$R2/usr/bin/mkfs.ext4"
+RESIZE2FS=""
+for f in "$SYSROOT/sbin/resize2fs" "$SYSROOT/usr/sbin/resize2fs"; do [ -f "$f" ] && RESIZE2FS="$f"; done
+[ -n "$RESIZE2FS" ] || die "resize2fs not found in e2fsprogs"
+cp "$RESIZE2FS" "$R2/usr/bin/resize2fs"
 ETHTOOL=""
 for f in "$SYSROOT/sbin/ethtool" "$SYSROOT/usr/sbin/ethtool"; do [ -f "$f" ] && ETHTOOL="$f"; done
 [ -n "$ETHTOOL" ] || die "ethtool not found in its package"
 cp "$ETHTOOL" "$R2/usr/bin/ethtool"
-add_libs_of "$R2" "$R2/usr/bin/fio" "$R2/usr/bin/iperf3" "$R2/usr/bin/mkfs.ext4" "$R2/usr/bin/ethtool"
+add_libs_of "$R2" "$R2/usr/bin/fio" "$R2/usr/bin/iperf3" "$R2/usr/bin/mkfs.ext4" "$R2/usr/bin/resize2fs" \
+    "$R2/usr/bin/ethtool"
 pack "$R2" "$NEW/l2/initramfs.cpio.gz"
 
 # ---- L1: the nested-KVM sandbox ---------------------------------------------------------

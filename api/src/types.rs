@@ -109,6 +109,54 @@ pub struct BalloonTarget {
     pub size: ByteSize,
 }
 
+/// `PUT /api/v1/vm.add-device`: a device to add while the VM runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDevice {
+    /// As `--device` takes it: `vhost-user,type=blk,id=blk1,socket=PATH[,queues=N]…`.
+    pub device: String,
+}
+
+/// What `vm.add-device` answers (Cloud Hypervisor's `PciDeviceInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciDeviceInfo {
+    pub id: String,
+    /// `0000:00:SS.0`
+    pub bdf: String,
+}
+
+/// `PUT /api/v1/vm.remove-device`: eject a device that was added.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveDevice {
+    pub id: String,
+    /// How long to wait for the guest to eject it [default: 10 000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `PUT /api/v1/vm.reboot` (the body is optional: none is a reset).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebootRequest {
+    /// Press the power button and boot the guest again once it has powered off, instead
+    /// of resetting it at once.
+    #[serde(default)]
+    pub acpi: bool,
+}
+
+/// `PUT /api/v1/vm.resize-disk`: grow a disk while the guest runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskResize {
+    /// The disk's device id (`blk0`, or the `id=` it was given).
+    pub id: String,
+    /// The new size, e.g. `"2G"` (or a number of bytes); never smaller than now.
+    /// (`desired_size`, Cloud Hypervisor's name for it, is taken too.)
+    #[serde(alias = "desired_size")]
+    pub size: ByteSize,
+}
+
 /// `PUT /api/v1/vm.snapshot` (Cloud Hypervisor's body: `ch-remote snapshot` sends it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmSnapshotConfig {

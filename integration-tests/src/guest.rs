@@ -136,6 +136,17 @@ wait
 iperf3 -c 10.0.2.1 -p 5201 -P 2 -R -t 2 > /dev/null 2>&1
 "#;
 
+/// Checks that `script`, as `sv.cmd64=` after the usual console options, fits the x86 kernel
+/// command line (2048 bytes with its NUL).
+pub fn assert_fits_command_line(script: &str) {
+    let line = format!("console=ttyS0 quiet sv.cmd64={}", base64(script.as_bytes()));
+    assert!(
+        line.len() <= 2047,
+        "the command line has {} bytes",
+        line.len()
+    );
+}
+
 /// `data` in standard base64 (for `sv.cmd64=` built on the Rust side).
 pub fn base64(data: &[u8]) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -4,7 +4,7 @@
 //! → domblkstat/domifstat → save/restore → snapshot-create-as on the running domain, more
 //! writes, snapshot-revert (disk and memory as at the snapshot; qemu-img lists it and checks
 //! the image clean) → shutdown (the ACPI power button; the guest powers off by itself) → start → a second,
-//! transient domain alongside → destroy both → undefine; `list`/`dominfo` after each step, and
+//! transient domain alongside, rebooted (ACPI) and reset in its own vmm → destroy both → undefine; `list`/`dominfo` after each step, and
 //! no live process or socket left at the end. The bridge lives in a network namespace of the
 //! job's own.
 //!
@@ -441,6 +441,24 @@ fn start_again_start_twice_and_a_second_domain_alongside() {
         );
     }
     assert_eq!(step("vmm-count").trim(), "2", "two vmm processes");
+}
+
+#[test]
+fn reboot_and_reset_boot_the_guest_again_in_the_same_vmm() {
+    let s = ok("reboot-vm2");
+    assert!(s.contains("Domain 'vm2' is being rebooted"), "{s}");
+    assert!(!s.contains("NO-"), "{s}");
+    let s = ok("reset-vm2");
+    assert!(s.contains("Domain 'vm2' was reset"), "{s}");
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("VM2-BOOTS "))
+        .unwrap_or_else(|| panic!("no boot count: {s}"));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    // three boots on the console; the vmm's PID the same before and after
+    assert_eq!(w.get(1), Some(&"3"), "{s}");
+    assert_eq!(w.get(3), w.get(4), "the vmm changed: {s}");
+    assert_ne!(w.get(3), Some(&"none"), "{s}");
 }
 
 #[test]

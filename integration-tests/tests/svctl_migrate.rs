@@ -75,11 +75,7 @@ fn counts_on(console: &str, last: u64) -> Vec<u64> {
 
 #[test]
 fn the_script_fits_the_kernel_command_line() {
-    let line = format!(
-        "console=ttyS0 quiet sv.cmd64={}",
-        guest::base64(GUEST.as_bytes())
-    );
-    assert!(line.len() <= 2047, "{} bytes", line.len());
+    guest::assert_fits_command_line(GUEST);
 }
 
 #[test]

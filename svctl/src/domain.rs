@@ -446,7 +446,12 @@ impl Runtime {
 pub fn vm_config(d: &Domain, rt: &Runtime) -> VmConfig {
     let mut devices = Vec::new();
     for (i, disk) in d.disks.iter().enumerate() {
-        devices.push(device(2, rt.disk_socket(i), disk.queues, None));
+        devices.push(device(
+            2,
+            rt.disk_socket(i),
+            disk.queues,
+            Some(rt.disk_control(i)),
+        ));
     }
     for (i, nic) in d.nics.iter().enumerate() {
         devices.push(device(1, rt.nic_socket(i), nic.queues, None));

@@ -238,6 +238,16 @@ pub fn shutdown(store: &Store, name: &str, timeout: Duration) -> Result<(), Stri
     }
 }
 
+/// Boot the guest again in the same vmm: `acpi` asks the guest (power button; its power-off
+/// is taken as a reboot), otherwise a hard reset.
+pub fn reboot(store: &Store, name: &str, acpi: bool) -> Result<(), String> {
+    require_running(store, name)?;
+    api(store, name)
+        .put("vm.reboot", Some(&serde_json::json!({"acpi": acpi})))
+        .map(drop)
+        .map_err(|e| format!("domain '{name}': {e}"))
+}
+
 /// SIGKILL a recorded process through its pidfd (never one that took over its PID).
 fn kill(id: Option<ProcessId>) {
     if let Some(p) = id.and_then(|id| Watched::adopt(id).ok()) {

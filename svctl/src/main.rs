@@ -7,6 +7,7 @@
 //! go to stderr as `svctl: error: …` with exit status 1 (2 for a bad command line).
 
 mod backend_restart;
+mod blockresize;
 mod console;
 mod define;
 mod edit;
@@ -97,6 +98,10 @@ enum Verb {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Ask the guest to reboot (ACPI power button; its power-off becomes a new boot).
+    Reboot { name: String },
+    /// Reset the domain at once (a hard reset; the guest boots again).
+    Reset { name: String },
     /// Stop a domain at once (its definition is kept).
     Destroy { name: String },
     /// Save a running domain's state (memory, devices) to DIR and stop it (virsh save).
@@ -167,6 +172,13 @@ enum Verb {
         count: u8,
         #[arg(long)]
         config: bool,
+    },
+    /// Grow a disk (vda, blk0 or its image's path) to SIZE, e.g. 20G: live, the guest sees
+    /// it at once; shut off, the image is grown. Never shrinks.
+    Blockresize {
+        name: String,
+        disk: String,
+        size: String,
     },
     /// List a domain's disks.
     Domblklist { name: String },
@@ -266,6 +278,16 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
             done(format!("Domain '{name}' resumed\n"), &name);
             Ok(())
         }
+        Verb::Reboot { name } => {
+            lifecycle::reboot(&store, &name, true)?;
+            done(format!("Domain '{name}' is being rebooted\n"), &name);
+            Ok(())
+        }
+        Verb::Reset { name } => {
+            lifecycle::reboot(&store, &name, false)?;
+            done(format!("Domain '{name}' was reset\n"), &name);
+            Ok(())
+        }
         Verb::Shutdown { name, timeout } => {
             lifecycle::shutdown(&store, &name, Duration::from_secs(timeout))?;
             let what = if timeout == 0 {
@@ -332,6 +354,9 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
             count,
             config,
         } => define::setvcpus(&store, &name, count, config, out),
+        Verb::Blockresize { name, disk, size } => {
+            blockresize::blockresize(&store, &name, &disk, &size, out)
+        }
         Verb::Domblklist { name } => info::domblklist(&store, &name, out),
         Verb::Domiflist { name } => info::domiflist(&store, &name, out),
         Verb::Domblkstat { name, device } => {

@@ -1,5 +1,6 @@
 //! How a VM ends, and the exit status `splitvisor` reports for it.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
 /// Why the VM stopped. The first reason reported wins, except that a reset gives way to any
@@ -43,10 +44,17 @@ pub struct ExitHandle {
     /// In-place reboots so far (a migration that sees one is refused: the kernel was loaded
     /// into RAM again, which no dirty log sees).
     resets: std::sync::atomic::AtomicU64,
+    /// `vm.reboot {"acpi": true}` pressed the power button: the guest's power-off is taken as
+    /// a reboot (libvirt's reboot of a guest without an agent).
+    power_off_reboots: std::sync::atomic::AtomicBool,
 }
 
 impl ExitHandle {
-    pub fn request(&self, exit: VmExit) {
+    pub fn request(&self, mut exit: VmExit) {
+        if exit == VmExit::PowerOff && self.power_off_reboots.swap(false, Ordering::SeqCst) {
+            tracing::info!("the guest powered off for a reboot: booting it again");
+            exit = VmExit::Reset;
+        }
         let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if reason.is_none() || (*reason == Some(VmExit::Reset) && exit != VmExit::Reset) {
             tracing::info!(?exit, "VM exit requested");
@@ -61,16 +69,21 @@ impl ExitHandle {
         let mut reason = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if *reason == Some(VmExit::Reset) {
             *reason = None;
-            self.resets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.resets.fetch_add(1, Ordering::Relaxed);
             return true;
         }
         false
     }
 
+    /// Whether the guest's next power-off is a reboot (set by an ACPI reboot request, cleared
+    /// by a shutdown request).
+    pub fn set_power_off_reboots(&self, reboot: bool) {
+        self.power_off_reboots.store(reboot, Ordering::SeqCst);
+    }
+
     /// How many times the VM was reset in place.
     pub fn resets(&self) -> u64 {
-        self.resets.load(std::sync::atomic::Ordering::Relaxed)
+        self.resets.load(Ordering::Relaxed)
     }
 
     pub fn requested(&self) -> bool {
@@ -85,5 +98,32 @@ impl ExitHandle {
             }
             reason = self.cond.wait(reason).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_power_off_after_an_acpi_reboot_request_is_a_reset_once() {
+        let exit = ExitHandle::default();
+        exit.set_power_off_reboots(true);
+        exit.request(VmExit::PowerOff);
+        assert_eq!(exit.wait(), VmExit::Reset);
+        assert!(exit.restart());
+        assert_eq!(exit.resets(), 1);
+        // taken once: the next power-off powers off
+        exit.request(VmExit::PowerOff);
+        assert_eq!(exit.wait(), VmExit::PowerOff);
+    }
+
+    #[test]
+    fn a_shutdown_request_after_a_reboot_request_powers_off() {
+        let exit = ExitHandle::default();
+        exit.set_power_off_reboots(true);
+        exit.set_power_off_reboots(false);
+        exit.request(VmExit::PowerOff);
+        assert_eq!(exit.wait(), VmExit::PowerOff);
     }
 }

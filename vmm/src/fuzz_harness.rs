@@ -59,7 +59,7 @@ pub fn virtio_pci_run(data: &[u8]) -> usize {
     let sizes: Vec<u16> = (0..queues).map(|_| input.le(2) as u16).collect();
     let (transport, activations, _, notify) = wired_transport(&sizes);
     let transport = Arc::new(Mutex::new(transport));
-    let mut bus = PciBus::new();
+    let bus = PciBus::new();
     let slot = bus.add(transport.clone()).expect("an empty bus has room") as u32;
     assert_eq!(slot, SLOT);
     bus.power_on_reset();
@@ -212,7 +212,10 @@ const PATHS: &[&str] = &[
     "vm.send-migration",
     "vm.cancel-migration",
     "vm.migration-info",
+    "vm.resize-disk",
     "vm.add-device",
+    "vm.remove-device",
+    "vm.reboot",
     "",
 ];
 
@@ -279,9 +282,10 @@ fn api_context() -> crate::api::server::ApiContext {
             exit.clone(),
         )),
         exit,
-        power_button: Arc::new(crate::devices::power_button::PowerButton::new(irq)),
+        ged: Arc::new(crate::devices::ged::Ged::new(irq)),
         devices: Vec::new(),
         snapshot: None,
+        hotplug: None,
     }
 }
 
@@ -325,6 +329,23 @@ pub fn api_bodies_seeds() -> Vec<(String, Vec<u8>)> {
             request(0, 8, "timeout_ms=18446744073709551615", ""),
         ),
         ("stop".into(), request(1, 6, "", "{}")),
+        (
+            "resize-disk".into(),
+            request(1, 13, "", r#"{"id":"blk0","size":"1G"}"#),
+        ),
+        (
+            "add-device".into(),
+            request(1, 14, "", r#"{"device":"vhost-user,type=blk,socket=/s"}"#),
+        ),
+        (
+            "remove-device".into(),
+            request(1, 15, "", r#"{"id":"blk1","timeout_ms":100}"#),
+        ),
+        ("reboot-acpi".into(), request(1, 16, "", r#"{"acpi":true}"#)),
+        (
+            "resize-disk-bad-size".into(),
+            request(1, 13, "", r#"{"id":"blk0","size":"1Q"}"#),
+        ),
     ]);
     seeds
 }
@@ -354,6 +375,12 @@ mod tests {
         assert_eq!(api_bodies_run(&seeds["balloon-target-huge"]), Some(400));
         // a valid target below the memory size gets past the body: no balloon device here
         assert_ne!(api_bodies_run(&seeds["balloon-target"]), Some(400));
+        // a well-formed resize names the missing disk; a bad size is refused before that
+        assert_eq!(api_bodies_run(&seeds["resize-disk"]), Some(404));
+        assert_eq!(api_bodies_run(&seeds["resize-disk-bad-size"]), Some(400));
+        // no VM to add devices to: refused with the reason
+        assert_eq!(api_bodies_run(&seeds["add-device"]), Some(409));
+        assert_eq!(api_bodies_run(&seeds["remove-device"]), Some(409));
         // the last path is no route
         assert_eq!(api_bodies_run(&[5, (PATHS.len() - 1) as u8, 0]), Some(404));
     }

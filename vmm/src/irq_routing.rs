@@ -7,7 +7,7 @@
 //! take `IRQCHIP_ROUTES` (40) of them; a GSI for an MSI interrupt is only handed out while its
 //! route still fits, so the pins' routes are always in the table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -73,6 +73,30 @@ impl IrqRouter {
             .allocate()
     }
 
+    /// Give back the GSIs of a device that is gone (their irqfds unregistered): their routes
+    /// leave the table and the GSIs are handed out again.
+    pub fn release(&self, gsis: &[u32]) -> Result<(), IrqRoutingError> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let had_routes = gsis.iter().any(|g| routes.msi.contains_key(g));
+        for g in gsis {
+            routes.msi.remove(g);
+        }
+        if had_routes {
+            let table = routes.table()?;
+            self.vm
+                .set_gsi_routing(&table)
+                .map_err(IrqRoutingError::Kvm)?;
+        }
+        routes.free(gsis);
+        Ok(())
+    }
+
+    /// GSIs handed out and not given back, and MSI routes in the table.
+    pub fn in_use(&self) -> (usize, usize) {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        (routes.handed_out(), routes.msi.len())
+    }
+
     /// Route `gsi` to `msg`, or nowhere (`None`: the interrupt is dropped, e.g. while masked).
     /// Returns true when `gsi` had no route before and has one now (a vector was unmasked).
     /// When KVM refuses the new table, the route stays as it was.
@@ -110,6 +134,8 @@ struct Routes {
     /// The most routes one table may hold (and the bound every GSI stays below).
     limit: usize,
     next_gsi: u32,
+    /// GSIs below `next_gsi` given back (a removed device's), handed out again first.
+    free: BTreeSet<u32>,
     msi: BTreeMap<u32, MsiMessage>,
 }
 
@@ -136,6 +162,7 @@ impl Routes {
         Routes {
             limit,
             next_gsi: IOAPIC_PINS,
+            free: BTreeSet::new(),
             msi: BTreeMap::new(),
         }
     }
@@ -143,6 +170,9 @@ impl Routes {
     /// The next GSI after the IOAPIC's pins, while the table can hold a route for each GSI
     /// handed out. The last one is `limit - 17` (below `limit`, as KVM requires).
     fn allocate(&mut self) -> Result<u32, IrqRoutingError> {
+        if let Some(gsi) = self.free.pop_first() {
+            return Ok(gsi);
+        }
         let handed_out = (self.next_gsi - IOAPIC_PINS) as usize;
         if IRQCHIP_ROUTES + handed_out >= self.limit {
             return Err(IrqRoutingError::Exhausted { limit: self.limit });
@@ -150,6 +180,18 @@ impl Routes {
         let gsi = self.next_gsi;
         self.next_gsi += 1;
         Ok(gsi)
+    }
+
+    /// Take `gsis` back (ours, handed out before; others are ignored).
+    fn free(&mut self, gsis: &[u32]) {
+        let ours = gsis
+            .iter()
+            .filter(|g| (IOAPIC_PINS..self.next_gsi).contains(*g));
+        self.free.extend(ours);
+    }
+
+    fn handed_out(&self) -> usize {
+        (self.next_gsi - IOAPIC_PINS) as usize - self.free.len()
     }
 
     fn set(&mut self, gsi: u32, msg: Option<MsiMessage>) -> Change {
@@ -354,6 +396,25 @@ mod tests {
         let table = routes.table().expect("a full table fits");
         assert_eq!(table.as_slice().len(), KVM_MAX_IRQ_ROUTES);
         assert_eq!(pins(table.as_slice()), all_pins());
+    }
+
+    #[test]
+    fn given_back_gsis_are_handed_out_again_first_and_lose_their_routes() {
+        let mut routes = Routes::new(KVM_MAX_IRQ_ROUTES);
+        let gsis: Vec<u32> = (0..4).map(|_| routes.allocate().unwrap()).collect();
+        assert_eq!(gsis, [24, 25, 26, 27]);
+        routes.set(25, Some(MSG));
+        routes.msi.remove(&25);
+        routes.free(&[25, 26, 3, 999]);
+        assert_eq!(
+            routes.handed_out(),
+            2,
+            "pins and unknown GSIs are not taken back"
+        );
+        assert_eq!(routes.allocate().unwrap(), 25);
+        assert_eq!(routes.allocate().unwrap(), 26);
+        assert_eq!(routes.allocate().unwrap(), 28);
+        assert_eq!(routes.handed_out(), 5);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! 0x0000_6040  PVH module list          0x0002_0000  kernel command line
 //! 0x0000_6100  PVH memory map           0x0009_fc00  end of low RAM (EBDA above)
 //! 0x000e_0000  ACPI tables (RSDP first)  0x0010_0000  kernel (1 MiB)
-//! RAM up to 3 GiB, then the 32-bit hole (PCI MMIO, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000),
+//! RAM up to 3 GiB, then the 32-bit hole (PCI MMIO, IOAPIC 0xfec0_0000, the vmm's platform
+//! registers 0xfed0_0000, LAPIC 0xfee0_0000),
 //! then the rest of RAM from 4 GiB.
 //! ```
 
@@ -37,10 +38,23 @@ pub const RAM_64BIT_START: u64 = MEM_32BIT_GAP_START + MEM_32BIT_GAP_SIZE;
 pub const PCI_MMIO_START: u64 = MEM_32BIT_GAP_START;
 pub const PCI_MMIO_END: u64 = 0xfec0_0000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// One page of the vmm's platform registers, outside the PCI window: the PCI hotplug
+/// controller (`\_SB_.PHPR`, 16 bytes) and the GED's event register (4 bytes).
+pub const PLATFORM_MMIO_START: u64 = 0xfed0_0000;
+pub const PLATFORM_MMIO_SIZE: u64 = 0x1000;
+pub const PCI_HOTPLUG_START: u64 = PLATFORM_MMIO_START;
+pub const GED_STATUS_START: u64 = PLATFORM_MMIO_START + 0x10;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM needs three pages for the TSS and one for the identity map, inside the hole.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// Where the BAR of the virtio-pci device in PCI slot `slot` (1..=31) is at power-on: one
+/// [`crate::virtio::pci::BAR_SIZE`] window per slot, so slots never overlap (a device added
+/// later gets its own even if the guest moved others).
+pub fn bar_for_slot(slot: usize) -> u64 {
+    PCI_MMIO_START + (slot.saturating_sub(1) as u64) * crate::virtio::pci::BAR_SIZE
+}
 
 /// The guest RAM ranges for `size` bytes of RAM: `(guest address, length)`.
 pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {

@@ -11,6 +11,7 @@ pub mod devices;
 pub mod exit;
 #[doc(hidden)]
 pub mod fuzz_harness;
+pub mod hotplug;
 pub mod irq_routing;
 pub mod layout;
 pub mod memory;

@@ -13,7 +13,7 @@ use crate::boot::{self, BootError};
 use crate::config::SerialConfig;
 use crate::config::{ConfigError, OnReboot, VmConfig};
 use crate::cpu::{self, CpuError};
-use crate::devices::power_button::{PowerButton, GED_IRQ};
+use crate::devices::ged::{Ged, GED_IRQ};
 use crate::devices::serial::{Console, SerialError, COM1_IRQ};
 use crate::devices::Devices;
 use crate::exit::{ExitHandle, VmExit};
@@ -190,12 +190,12 @@ impl Vm {
         let console = Console::new(&cfg.serial, irq)?;
         let button_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
         vm.register_irqfd(&button_irq, GED_IRQ)
-            .map_err(kvm_err("register the power button irqfd"))?;
-        let power_button = Arc::new(PowerButton::new(button_irq));
+            .map_err(kvm_err("register the GED irqfd"))?;
+        let ged = Arc::new(Ged::new(button_irq));
         let vm = Arc::new(vm);
         let mut api_devices = Vec::new();
         let router = Arc::new(IrqRouter::new(vm.clone()));
-        let mut pci = PciBus::new();
+        let pci = PciBus::new();
         let mut vhost_devices = Vec::new();
         let names = crate::config::device_ids(&cfg.devices);
         for (i, (dev, name)) in cfg.devices.iter().zip(names).enumerate() {
@@ -280,6 +280,8 @@ impl Vm {
             serial: console.clone(),
             pci,
             exit: exit.clone(),
+            ged: ged.clone(),
+            hotplug: Arc::default(),
         });
 
         let mut supported = kvm
@@ -359,15 +361,26 @@ impl Vm {
                 exit: exit.clone(),
                 progress: Arc::default(),
             });
+            // a restored VM's guest has the DSDT of the vmm that booted it
+            let hotplug = restore.is_none().then(|| {
+                Arc::new(crate::hotplug::Hotplug::new(
+                    devices.clone(),
+                    router.clone(),
+                    control.clone(),
+                    ram.memory().clone(),
+                    crate::config::device_ids(&cfg.devices),
+                ))
+            });
             let ctx = ApiContext {
                 cfg: cfg.clone(),
                 ram_pages: ram.pages(),
                 started: std::time::Instant::now(),
                 control: control.clone(),
                 exit: exit.clone(),
-                power_button,
+                ged,
                 devices: api_devices,
                 snapshot: snapshot.map(Arc::new),
+                hotplug,
             };
             api = Some((path.clone(), ctx));
         }
@@ -465,6 +478,8 @@ impl Vm {
     fn reboot(&mut self, vcpus: Vec<kvm_ioctls::VcpuFd>) -> Result<bool, VmError> {
         tracing::info!(name = %self.cfg.name, "guest rebooted: resetting the VM");
         self.devices.pci.power_on_reset();
+        self.devices.ged.power_on_reset();
+        self.devices.hotplug.power_on_reset();
         let kernel = boot::check_inputs(&self.cfg)?;
         let entry = boot::load(&self.ram, &self.cfg, kernel)?;
         self.power_on.restore_platform(&self.vm)?;

@@ -254,6 +254,26 @@ step list-two
 sv list
 step vmm-count
 live | grep -c '(splitvisor)' >> $S
+# vm2 reboots (ACPI: its power-off becomes a new boot) and is reset (at once): the same
+# vmm boots it again each time
+boots() { # boots N: vm2's console history shows N boots (bounded wait)
+    i=0
+    while [ $i -lt 120 ]; do
+        svctl console vm2 < /dev/null > $JOB/con-vm2.txt 2>&1
+        [ "$(grep -c SPLITVISOR-GUEST-READY $JOB/con-vm2.txt)" -ge $1 ] && return 0
+        sleep 1; i=$((i + 1))
+    done
+    return 1
+}
+step reboot-vm2
+boots 1 || echo "NO-BOOT-VM2" >> $S
+v2=$(cat /tmp/run/vm2/vmm.pid 2>/dev/null)
+sv reboot vm2
+boots 2 || echo "NO-REBOOT-VM2" >> $S
+step reset-vm2
+sv reset vm2
+boots 3 || echo "NO-RESET-VM2" >> $S
+echo "VM2-BOOTS $(grep -c SPLITVISOR-GUEST-READY $JOB/con-vm2.txt) VMM ${v2:-none} $(cat /tmp/run/vm2/vmm.pid 2>/dev/null)" >> $S
 step destroy-vm1
 sv destroy vm1
 # the running domain's snapshot, as qemu-img sees it; then deleted with the domain stopped

@@ -4,6 +4,8 @@
 //! configuration in `vm.config` and `vm.info` is [`api::config::VmConfig`], the very type the
 //! config file is parsed into. docs/api.md has an example per endpoint.
 
+mod backend_proxy;
+mod hotplug;
 pub mod server;
 pub mod waiting;
 

@@ -1,5 +1,5 @@
 //! The API server: an axum router on a current-thread tokio runtime, on a thread of its own.
-//! Handlers only read shared state or call into [`RunControl`], [`PowerButton`] and
+//! Handlers only read shared state or call into [`RunControl`], [`Ged`] and
 //! [`ExitHandle`]; nothing here touches a vCPU or a device's data path.
 
 use std::path::{Path, PathBuf};
@@ -7,23 +7,22 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::api::backend::balloon::control_request;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::{backend_proxy, hotplug};
 use crate::config::{DeviceConfig, VmConfig};
-use crate::devices::power_button::PowerButton;
+use crate::devices::ged::Ged;
 use crate::exit::{ExitHandle, VmExit};
 use crate::run_control::RunControl;
 use crate::virtio::pci::VirtioPciDevice;
-use crate::virtio::{STATUS_DEVICE_NEEDS_RESET, TYPE_BALLOON};
+use crate::virtio::STATUS_DEVICE_NEEDS_RESET;
 use ::api::types::{
-    ApiError, BackendLink, BalloonTarget, DeviceCounters, DeviceInfo, VmInfo, VmState,
+    ApiError, BackendLink, DeviceCounters, DeviceInfo, RebootRequest, VmInfo, VmState,
 };
 
 /// What the handlers can see of the VM.
@@ -34,11 +33,15 @@ pub struct ApiContext {
     pub started: Instant,
     pub control: Arc<RunControl>,
     pub exit: Arc<ExitHandle>,
-    pub power_button: Arc<PowerButton>,
+    /// The Generic Event Device: the power button, hotplug events.
+    pub ged: Arc<Ged>,
     pub devices: Vec<ApiDevice>,
     /// What `vm.snapshot` reads the VM through (`None`: an API without a VM behind it, the
     /// fuzz harness's).
     pub snapshot: Option<Arc<crate::snapshot::save::Handles>>,
+    /// Devices added and removed while the VM runs (`None`: a restored or migrated VM, or the
+    /// fuzz harness's API without a VM).
+    pub hotplug: Option<Arc<crate::hotplug::Hotplug>>,
 }
 
 pub struct ApiDevice {
@@ -67,9 +70,9 @@ pub enum ApiServerError {
     Thread(#[source] std::io::Error),
 }
 
-type Ctx = State<Arc<ApiContext>>;
+pub(super) type Ctx = State<Arc<ApiContext>>;
 
-fn fail(code: StatusCode, msg: impl Into<String>) -> Response {
+pub(super) fn fail(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(ApiError { error: msg.into() })).into_response()
 }
 
@@ -118,9 +121,16 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(&p("vm.pause"), put(pause))
         .route(&p("vm.resume"), put(resume))
         .route(&p("vm.shutdown"), put(shutdown))
+        .route(&p("vm.reboot"), put(reboot))
         .route(&p("vm.stop"), put(stop))
-        .route(&p("vm.balloon"), get(balloon_info).put(balloon_set))
-        .route(&p("vm.balloon-stats"), get(balloon_stats))
+        .route(
+            &p("vm.balloon"),
+            get(backend_proxy::balloon_info).put(backend_proxy::balloon_set),
+        )
+        .route(&p("vm.balloon-stats"), get(backend_proxy::balloon_stats))
+        .route(&p("vm.resize-disk"), put(backend_proxy::resize_disk))
+        .route(&p("vm.add-device"), put(hotplug::add_device))
+        .route(&p("vm.remove-device"), put(hotplug::remove_device))
         .route(&p("vm.snapshot"), put(snapshot))
         .route(&p("vm.send-migration"), put(send_migration))
         .route(&p("vm.cancel-migration"), put(cancel_migration))
@@ -193,8 +203,18 @@ async fn info(State(ctx): Ctx) -> Json<VmInfo> {
         cpus: ctx.cfg.cpus,
         memory_bytes: ctx.cfg.memory.size.0,
         ram_pages: ctx.ram_pages,
-        power_button_presses: ctx.power_button.presses(),
-        devices: ctx.devices.iter().map(device_info).collect(),
+        power_button_presses: ctx.ged.presses(),
+        devices: ctx
+            .devices
+            .iter()
+            .map(device_info)
+            .chain(
+                ctx.hotplug
+                    .iter()
+                    .flat_map(|h| h.api_devices())
+                    .map(|d| device_info(&d)),
+            )
+            .collect(),
         config: ctx.cfg.clone(),
     })
 }
@@ -233,6 +253,9 @@ async fn snapshot(
         Ok(b) => b,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
     };
+    if let Some(r) = refuse_with_added_devices(&ctx, "snapshotted") {
+        return r;
+    }
     let dir = match save::dir_of_url(&req.destination_url) {
         Ok(d) => d,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e.to_string()),
@@ -253,6 +276,19 @@ async fn snapshot(
     }
 }
 
+/// A VM with devices added while it runs is not snapshotted or migrated yet (its snapshot
+/// would not name them): 409.
+fn refuse_with_added_devices(ctx: &ApiContext, what: &str) -> Option<Response> {
+    let added = ctx.hotplug.as_ref().is_some_and(|h| h.has_added());
+    added.then(|| {
+        let why = format!(
+            "devices were added to this VM while it runs; it cannot be {what} until they are \
+             removed"
+        );
+        fail(StatusCode::CONFLICT, why)
+    })
+}
+
 /// Migrate the VM to the vmm waiting at `destination_url`; answered once the VM runs there,
 /// then this vmm exits (status 6). Blocking work: off the runtime thread.
 async fn send_migration(
@@ -268,6 +304,9 @@ async fn send_migration(
         Ok(u) => u,
         Err(e) => return fail(StatusCode::BAD_REQUEST, format!("{e}")),
     };
+    if let Some(r) = refuse_with_added_devices(&ctx, "migrated") {
+        return r;
+    }
     let Some(handles) = ctx.snapshot.clone() else {
         return fail(
             StatusCode::CONFLICT,
@@ -323,9 +362,41 @@ async fn shutdown(State(ctx): Ctx) -> Response {
             "the VM is paused: resume it first, a paused guest cannot see the power button",
         );
     }
-    match ctx.power_button.press() {
+    // a shutdown asked after an ACPI reboot: the power-off is one
+    ctx.exit.set_power_off_reboots(false);
+    match ctx.ged.press() {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `PUT vm.reboot`: reset the VM at once and boot it again in place (Cloud Hypervisor's
+/// `ch-remote reboot`). `{"acpi": true}` (ours): press the power button instead and boot
+/// the guest again once it has powered off (a clean reboot, libvirt's for a guest without
+/// an agent). With `--on-reboot exit` the vmm exits (status 3) instead of booting again.
+async fn reboot(State(ctx): Ctx, body: axum::body::Bytes) -> Response {
+    let req: RebootRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RebootRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return fail(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+        }
+    };
+    if ctx.control.paused() {
+        return fail(StatusCode::CONFLICT, "the VM is paused: resume it first");
+    }
+    if !req.acpi {
+        ctx.exit.request(VmExit::Reset);
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    ctx.exit.set_power_off_reboots(true);
+    match ctx.ged.press() {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            ctx.exit.set_power_off_reboots(false);
+            fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
@@ -337,140 +408,4 @@ async fn stop(State(ctx): Ctx) -> Response {
         exit.request(VmExit::Stopped);
     });
     StatusCode::NO_CONTENT.into_response()
-}
-
-fn balloon_control(ctx: &ApiContext) -> Result<PathBuf, Box<Response>> {
-    let dev = ctx
-        .cfg
-        .devices
-        .iter()
-        .find(|d| d.virtio_type == TYPE_BALLOON);
-    match dev {
-        None => Err(Box::new(fail(
-            StatusCode::NOT_FOUND,
-            "this VM has no balloon device",
-        ))),
-        Some(d) => d.control.clone().ok_or_else(|| {
-            Box::new(fail(
-                StatusCode::NOT_FOUND,
-                "the balloon device has no control socket (control=PATH in its --device)",
-            ))
-        }),
-    }
-}
-
-async fn proxy(path: PathBuf, req: Value, timeout: Duration) -> Response {
-    let reply = tokio::task::spawn_blocking(move || control_request(&path, &req, timeout)).await;
-    match reply {
-        Ok(Ok(v)) if v.get("ok") == Some(&Value::Bool(true)) => Json(v).into_response(),
-        Ok(Ok(v)) => {
-            let msg = v.get("error").and_then(Value::as_str).unwrap_or("failed");
-            fail(StatusCode::BAD_REQUEST, format!("balloon: {msg}"))
-        }
-        Ok(Err(e)) => fail(StatusCode::BAD_GATEWAY, e),
-        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn balloon_info(State(ctx): Ctx) -> Response {
-    match balloon_control(&ctx) {
-        Ok(path) => proxy(path, json!({"op": "info"}), Duration::from_secs(5)).await,
-        Err(r) => *r,
-    }
-}
-
-async fn balloon_set(
-    State(ctx): Ctx,
-    body: Result<Json<BalloonTarget>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(target) = match body {
-        Ok(b) => b,
-        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let max = ctx.cfg.memory.size;
-    if target.size > max {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "balloon target {} is above the VM's memory ({max})",
-                target.size
-            ),
-        );
-    }
-    let path = match balloon_control(&ctx) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let req = json!({"op": "set-target", "bytes": target.size.0});
-    proxy(path, req, Duration::from_secs(5)).await
-}
-
-#[derive(Deserialize)]
-struct StatsQuery {
-    timeout_ms: Option<u64>,
-}
-
-async fn balloon_stats(State(ctx): Ctx, Query(q): Query<StatsQuery>) -> Response {
-    let path = match balloon_control(&ctx) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let timeout_ms = q.timeout_ms.unwrap_or(2000).min(30_000);
-    let req = json!({"op": "stats", "timeout_ms": timeout_ms});
-    proxy(path, req, Duration::from_millis(timeout_ms + 5000)).await
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::os::unix::net::UnixListener;
-
-    use super::*;
-
-    /// A balloon control socket that answers each request with `reply`, sent in pieces of
-    /// `chunk` bytes every `pause`.
-    fn hostile_balloon(tag: &str, reply: Vec<u8>, chunk: usize, pause: Duration) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("vmm-balloon-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("control.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).unwrap();
-        std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            for piece in reply.chunks(chunk) {
-                if s.write_all(piece).is_err() {
-                    return;
-                }
-                std::thread::sleep(pause);
-            }
-        });
-        path
-    }
-
-    #[test]
-    fn a_balloon_backend_cannot_make_the_vmm_read_without_bound() {
-        let req = json!({"op": "info"});
-        // 1 MiB with no end of line: refused at 64 KiB, not read to the end
-        let path = hostile_balloon("long", vec![b'x'; 1 << 20], 1 << 20, Duration::ZERO);
-        let err = control_request(&path, &req, Duration::from_secs(5)).unwrap_err();
-        assert!(err.contains("balloon backend (control socket"), "{err}");
-        assert!(err.contains("longer than 65536 bytes"), "{err}");
-        // a byte every 50 ms: the whole reply has a deadline, not each read
-        let path = hostile_balloon("trickle", vec![b'y'; 100], 1, Duration::from_millis(50));
-        let start = std::time::Instant::now();
-        let err = control_request(&path, &req, Duration::from_millis(400)).unwrap_err();
-        assert!(
-            err.contains("did not finish its reply within 400 ms"),
-            "{err}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            start.elapsed()
-        );
-        // an answer that is not JSON
-        let path = hostile_balloon("garbage", b"nonsense\n".to_vec(), 64, Duration::ZERO);
-        let err = control_request(&path, &req, Duration::from_secs(5)).unwrap_err();
-        assert!(err.contains("answered badly"), "{err}");
-    }
 }

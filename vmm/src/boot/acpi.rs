@@ -16,8 +16,8 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::acpi_hotplug;
 use crate::devices::acpi_pm::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
-use crate::devices::power_button::GED_IRQ;
 use crate::devices::serial::{COM1_BASE, COM1_IRQ};
 use crate::layout::{ACPI_END, ACPI_START, APIC_START, IOAPIC_START, PCI_MMIO_END, PCI_MMIO_START};
 use crate::pci::bus::CONFIG_ADDRESS_PORT;
@@ -68,32 +68,22 @@ fn com1_device() -> Vec<u8> {
     ))
 }
 
-/// The power button `\_SB_.PWRB` and the Generic Event Device that notifies it (see
-/// `devices::power_button`).
-fn power_button_devices() -> Vec<u8> {
+/// The power button `\_SB_.PWRB`, the Generic Event Device that notifies it (see
+/// `devices::ged`) and the PCI hotplug controller (`acpi_hotplug`).
+fn event_devices() -> Vec<u8> {
     let pwrb_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
     let pwrb_uid = aml::Name::new("_UID".into(), &aml::ZERO);
     let mut out = bytes(&aml::Device::new(
         "_SB_.PWRB".into(),
         vec![&pwrb_hid, &pwrb_uid],
     ));
-    let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
-    let ged_uid = aml::Name::new("_UID".into(), &aml::ZERO);
-    let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
-    let crs = aml::ResourceTemplate::new(vec![&irq]);
-    let ged_crs = aml::Name::new("_CRS".into(), &crs);
-    let pwrb = aml::Path::new("\\_SB_.PWRB");
-    let notify = aml::Notify::new(&pwrb, &0x80u8);
-    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
-    out.extend(bytes(&aml::Device::new(
-        "_SB_.GED_".into(),
-        vec![&ged_hid, &ged_uid, &ged_crs, &evt],
-    )));
+    out.extend(acpi_hotplug::controller());
+    out.extend(acpi_hotplug::ged());
     out
 }
 
 /// The PCI host bridge `_SB_.PCI0` (PNP0A08): bus 0, config mechanism #1 ports, the I/O space
-/// and the 32-bit MMIO window where the vmm places device BARs.
+/// and the 32-bit MMIO window where the vmm places device BARs; its hotplug slots.
 fn pci_host_bridge() -> Vec<u8> {
     let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
     let cfg_io = aml::IO::new(CONFIG_ADDRESS_PORT, CONFIG_ADDRESS_PORT, 1, 8);
@@ -118,7 +108,9 @@ fn pci_host_bridge() -> Vec<u8> {
         aml::Name::new("_BBN".into(), &aml::ZERO),
         aml::Name::new("_CRS".into(), &crs),
     ];
-    let children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
+    let slots = acpi_hotplug::pci0_children_aml();
+    let mut children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
+    children.push(&slots);
     bytes(&aml::Device::new("_SB_.PCI0".into(), children))
 }
 
@@ -129,7 +121,7 @@ fn dsdt() -> Vec<u8> {
     dsdt.append_slice(&bytes(&s5));
     dsdt.append_slice(&com1_device());
     dsdt.append_slice(&pci_host_bridge());
-    dsdt.append_slice(&power_button_devices());
+    dsdt.append_slice(&event_devices());
     dsdt.as_slice().to_vec()
 }
 
@@ -229,8 +221,7 @@ mod tests {
         assert!(d.windows(4).any(|w| w == b"GED_"));
         assert!(d.windows(8).any(|w| w == b"ACPI0013"));
         assert!(d.windows(4).any(|w| w == b"_EVT"));
-        // Extended IRQ descriptor: consumer, edge, active-high, exclusive; one interrupt, GED_IRQ
-        let irq = [0x89, 6, 0, 0b0011, 1, GED_IRQ as u8, 0, 0, 0];
-        assert!(d.windows(irq.len()).any(|w| w == irq));
+        assert!(d.windows(4).any(|w| w == b"PHPR"));
+        assert!(d.windows(4).any(|w| w == b"S031"));
     }
 }

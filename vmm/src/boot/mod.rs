@@ -3,6 +3,7 @@
 //! at; the CPU state for it is set up in [`crate::cpu`].
 
 pub mod acpi;
+mod acpi_hotplug;
 pub mod params;
 mod reset_vector;
 

@@ -1,24 +1,45 @@
-//! Devices the vmm emulates itself: the legacy platform (serial, i8042, ACPI PM registers) and
-//! the PCI bus. Port and MMIO exits of the vCPUs are dispatched here; unknown ports and
-//! addresses read as all-ones and ignore writes.
+//! Devices the vmm emulates itself: the legacy platform (serial, i8042, ACPI PM registers),
+//! the platform registers page (the GED's events, the PCI hotplug controller) and the PCI
+//! bus. Port and MMIO exits of the vCPUs are dispatched here; unknown ports and addresses
+//! read as all-ones and ignore writes.
 
 pub mod acpi_pm;
+pub mod ged;
 pub mod i8042;
+pub mod pci_hotplug;
 pub mod persist;
-pub mod power_button;
 pub mod serial;
 mod terminal;
 
 use std::sync::Arc;
 
 use crate::exit::ExitHandle;
+use crate::layout::{GED_STATUS_START, PCI_HOTPLUG_START};
 use crate::pci::bus::PciBus;
+use ged::{Ged, GED_STATUS_SIZE};
+use pci_hotplug::{PciHotplug, PCI_HOTPLUG_SIZE};
 
 /// Every device the vCPUs can reach through exits.
 pub struct Devices {
     pub serial: Arc<serial::Console>,
     pub pci: PciBus,
     pub exit: Arc<ExitHandle>,
+    pub ged: Arc<Ged>,
+    pub hotplug: Arc<PciHotplug>,
+}
+
+/// Where `addr` falls in the platform registers page, if there.
+enum Platform {
+    Hotplug(u64),
+    Ged(u64),
+}
+
+fn platform(addr: u64) -> Option<Platform> {
+    let inside = |start: u64, size: u64| addr.checked_sub(start).filter(|o| *o < size);
+    if let Some(offset) = inside(PCI_HOTPLUG_START, PCI_HOTPLUG_SIZE) {
+        return Some(Platform::Hotplug(offset));
+    }
+    inside(GED_STATUS_START, GED_STATUS_SIZE).map(Platform::Ged)
 }
 
 impl Devices {
@@ -36,6 +57,11 @@ impl Devices {
     }
 
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match platform(addr) {
+            Some(Platform::Hotplug(offset)) => return self.hotplug.mmio_read(offset, data),
+            Some(Platform::Ged(offset)) => return self.ged.mmio_read(offset, data),
+            None => {}
+        }
         if !self.pci.mmio_read(addr, data) {
             tracing::trace!(addr, "read from unmapped MMIO");
             data.fill(0xff);
@@ -43,6 +69,18 @@ impl Devices {
     }
 
     pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        match platform(addr) {
+            Some(Platform::Hotplug(offset)) => {
+                // ejected: off the bus now; the remover tears the device down
+                let slots = self.hotplug.mmio_write(offset, data);
+                for slot in (1..crate::pci::bus::MAX_SLOTS).filter(|s| slots & (1 << s) != 0) {
+                    self.pci.remove(slot);
+                }
+                return self.hotplug.mark_ejected(slots);
+            }
+            Some(Platform::Ged(_)) => return,
+            None => {}
+        }
         if !self.pci.mmio_write(addr, data) {
             tracing::trace!(addr, "write to unmapped MMIO");
         }

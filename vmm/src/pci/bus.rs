@@ -17,11 +17,15 @@ pub type SharedDevice = Arc<Mutex<dyn PciDevice>>;
 pub enum BusError {
     #[error("PCI bus 0 is full ({MAX_SLOTS} slots)")]
     Full,
+    #[error("PCI slot {0} is taken or does not exist")]
+    SlotTaken(usize),
 }
 
+/// Bus 0's slots: a device in slot `n` is device `n`, function 0; slot 0 is the host bridge.
+/// Slots change at run time (hotplug): every access clones the device's `Arc` out of the
+/// table and locks the device after letting go of the table.
 pub struct PciBus {
-    /// Device `n` is in slot `n` (function 0); slot 0 is the host bridge.
-    devices: Vec<SharedDevice>,
+    slots: RwLock<Vec<Option<SharedDevice>>>,
     config_address: Mutex<u32>,
     /// Where each slot's BARs decode now: (BAR index, base, size), kept up to date on every
     /// config-space write, so that an MMIO exit finds its device without locking any other
@@ -46,28 +50,70 @@ fn lock(d: &SharedDevice) -> std::sync::MutexGuard<'_, dyn PciDevice + 'static> 
 
 impl PciBus {
     pub fn new() -> PciBus {
+        let mut slots: Vec<Option<SharedDevice>> = vec![None; MAX_SLOTS];
+        slots[0] = Some(Arc::new(Mutex::new(super::HostBridge::new())));
         PciBus {
-            devices: vec![Arc::new(Mutex::new(super::HostBridge::new()))],
+            slots: RwLock::new(slots),
             config_address: Mutex::new(0),
-            bar_map: RwLock::new(vec![Vec::new()]),
+            bar_map: RwLock::new(vec![Vec::new(); MAX_SLOTS]),
         }
     }
 
-    /// Plug a device into the next free slot; returns the slot.
-    pub fn add(&mut self, device: SharedDevice) -> Result<usize, BusError> {
-        if self.devices.len() >= MAX_SLOTS {
-            return Err(BusError::Full);
-        }
+    /// Plug a device into the lowest free slot; returns the slot.
+    pub fn add(&self, device: SharedDevice) -> Result<usize, BusError> {
+        let slot = self.free_slot().ok_or(BusError::Full)?;
+        self.add_at(slot, device)?;
+        Ok(slot)
+    }
+
+    /// The lowest slot without a device.
+    pub fn free_slot(&self) -> Option<usize> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots.iter().position(Option::is_none)
+    }
+
+    /// Plug a device into `slot` (free, 1..=31).
+    pub fn add_at(&self, slot: usize, device: SharedDevice) -> Result<(), BusError> {
         let bars = decoded_bars(&*lock(&device));
-        self.devices.push(device);
-        self.bar_map
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        match slots.get_mut(slot) {
+            Some(free @ None) if slot > 0 => *free = Some(device),
+            _ => return Err(BusError::SlotTaken(slot)),
+        }
+        self.bar_map.write().unwrap_or_else(|e| e.into_inner())[slot] = bars;
+        Ok(())
+    }
+
+    /// Take `slot`'s device off the bus (the guest ejected it); the host bridge stays.
+    pub fn remove(&self, slot: usize) -> Option<SharedDevice> {
+        if slot == 0 {
+            return None;
+        }
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        let device = slots.get_mut(slot)?.take();
+        if let Some(bars) = self
+            .bar_map
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .push(bars);
-        Ok(self.devices.len() - 1)
+            .get_mut(slot)
+        {
+            bars.clear();
+        }
+        device
     }
 
-    fn set_bars(&self, slot: usize, bars: Vec<(usize, u64, u64)>) {
+    /// The device in `slot`, if any.
+    pub fn device(&self, slot: usize) -> Option<SharedDevice> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots.get(slot).cloned().flatten()
+    }
+
+    /// Record where `device` (in `slot`) decodes now, unless it left the bus meanwhile.
+    fn set_bars(&self, slot: usize, device: &SharedDevice, bars: Vec<(usize, u64, u64)>) {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        if !matches!(slots.get(slot), Some(Some(d)) if Arc::ptr_eq(d, device)) {
+            return;
+        }
         if let Some(entry) = self
             .bar_map
             .write()
@@ -100,15 +146,26 @@ impl PciBus {
             .config_address
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = 0;
-        for (slot, d) in self.devices.iter().enumerate() {
-            let mut d = lock(d);
-            d.power_on_reset();
-            self.set_bars(slot, decoded_bars(&*d));
+        let devices: Vec<(usize, SharedDevice)> = {
+            let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+            slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| Some((i, d.clone()?)))
+                .collect()
+        };
+        for (slot, device) in devices {
+            let bars = {
+                let mut d = lock(&device);
+                d.power_on_reset();
+                decoded_bars(&*d)
+            };
+            self.set_bars(slot, &device, bars);
         }
     }
 
     /// The device addressed by the config address register, its slot and the register offset.
-    fn target(&self) -> Option<(&SharedDevice, usize, usize)> {
+    fn target(&self) -> Option<(SharedDevice, usize, usize)> {
         let a = *self
             .config_address
             .lock()
@@ -117,8 +174,7 @@ impl PciBus {
         if a & ENABLE == 0 || bus != 0 || func != 0 {
             return None;
         }
-        self.devices
-            .get(slot as usize)
+        self.device(slot as usize)
             .map(|d| (d, slot as usize, (a & 0xfc) as usize))
     }
 
@@ -134,7 +190,7 @@ impl PciBus {
             }
             CONFIG_DATA_PORT..=0xcff => match self.target() {
                 Some((dev, _, reg)) => {
-                    let v = lock(dev).config().read(reg);
+                    let v = lock(&dev).config().read(reg);
                     read_bytes(v, usize::from(port - CONFIG_DATA_PORT), data);
                 }
                 None => data.fill(0xff),
@@ -162,10 +218,10 @@ impl PciBus {
             CONFIG_DATA_PORT..=0xcff => {
                 if let Some((dev, slot, reg)) = self.target() {
                     let offset = reg + usize::from(port - CONFIG_DATA_PORT);
-                    let mut d = lock(dev);
+                    let mut d = lock(&dev);
                     d.config_mut().write(offset, data);
                     d.config_written(offset);
-                    self.set_bars(slot, decoded_bars(&*d));
+                    self.set_bars(slot, &dev, decoded_bars(&*d));
                 }
             }
             _ => return false,
@@ -173,21 +229,23 @@ impl PciBus {
         true
     }
 
-    fn find_bar(&self, addr: u64) -> Option<(&SharedDevice, usize, u64)> {
-        let map = self.bar_map.read().unwrap_or_else(|e| e.into_inner());
-        map.iter().enumerate().find_map(|(slot, bars)| {
-            bars.iter().find_map(|&(index, base, size)| {
-                (addr >= base && addr - base < size)
-                    .then(|| (&self.devices[slot], index, addr - base))
-            })
-        })
+    fn find_bar(&self, addr: u64) -> Option<(SharedDevice, usize, u64)> {
+        let (slot, index, offset) = {
+            let map = self.bar_map.read().unwrap_or_else(|e| e.into_inner());
+            map.iter().enumerate().find_map(|(slot, bars)| {
+                bars.iter().find_map(|&(index, base, size)| {
+                    (addr >= base && addr - base < size).then(|| (slot, index, addr - base))
+                })
+            })?
+        };
+        self.device(slot).map(|d| (d, index, offset))
     }
 
     /// MMIO reads; false if no BAR decodes `addr`.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find_bar(addr) {
             Some((dev, bar, offset)) => {
-                lock(dev).bar_read(bar, offset, data);
+                lock(&dev).bar_read(bar, offset, data);
                 true
             }
             None => false,
@@ -197,7 +255,7 @@ impl PciBus {
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find_bar(addr) {
             Some((dev, bar, offset)) => {
-                lock(dev).bar_write(bar, offset, data);
+                lock(&dev).bar_write(bar, offset, data);
                 true
             }
             None => false,
@@ -289,7 +347,7 @@ mod tests {
 
     #[test]
     fn an_access_to_one_device_does_not_wait_for_another() {
-        let mut bus = PciBus::new();
+        let bus = PciBus::new();
         let (a, b) = (tagged(0xe000_0000, 1), tagged(0xe000_1000, 2));
         bus.add(a.clone()).unwrap();
         bus.add(b.clone()).unwrap();

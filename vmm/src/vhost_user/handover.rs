@@ -30,6 +30,19 @@ impl VhostUserDevice {
         self.released
     }
 
+    /// The device left the VM (hot unplug): close the connection for good; the reconnect
+    /// thread ends instead of connecting again.
+    pub fn retire(&mut self) {
+        self.retired = true;
+        if self.link.is_up() {
+            self.close_connection();
+        }
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+
     /// The device's id (`blk0`, `net0` …).
     pub fn name(&self) -> &str {
         &self.name

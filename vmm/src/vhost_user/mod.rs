@@ -160,6 +160,8 @@ pub struct VhostUserDevice {
     /// Between [`Self::release`] and [`Self::reclaim`]: a migration's destination has the
     /// backend; the reconnect thread does not connect.
     released: bool,
+    /// The device was removed from the VM ([`Self::retire`]): never connected again.
+    retired: bool,
     /// During a migration's pre-copy: LOG_ALL is in the features sent (`dirty_log.rs`), and
     /// the log file (with its size) every new memory table is followed by.
     logging: bool,
@@ -360,6 +362,7 @@ impl VhostUserDevice {
             saved_state: None,
             suspended: false,
             released: false,
+            retired: false,
             logging: false,
             log: None,
         })

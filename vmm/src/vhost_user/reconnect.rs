@@ -151,6 +151,10 @@ impl VhostUserDevice {
         if let Some(closer) = self.channel_closer.take() {
             closer.close(); // its thread would wait on the dead backend for good
         }
+        if self.retired {
+            tracing::info!(device = %self.name, "backend connection closed: the device was removed");
+            return;
+        }
         if self.released {
             tracing::info!(device = %self.name, "backend handed over to a migration's destination");
             return;
@@ -291,6 +295,10 @@ impl VhostUserDevice {
             socket: socket.clone(),
             what,
         };
+        if self.retired {
+            // removed from the VM while this connection was being made
+            return Err(refused("the device was removed".into()));
+        }
         // what the guest may already rely on: the features it acked, or (before it did) the
         // ones it was offered
         let needed = match self.acked_features {
@@ -453,8 +461,8 @@ fn watch_handle(device: &Mutex<VhostUserDevice>) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(dup) })
 }
 
-/// Watch `device`'s backend connection and bring it back whenever it goes away, for as long
-/// as the vmm runs. `transport` is what a new backend request channel raises interrupts on.
+/// Watch `device`'s backend connection and bring it back whenever it goes away, until the
+/// device is retired (removed from the VM). `transport` is what a new backend request channel raises interrupts on.
 pub fn spawn(
     name: String,
     socket: PathBuf,
@@ -465,11 +473,18 @@ pub fn spawn(
     crate::threads::builder(format!("{name}-reconnect"))
         .spawn(move || loop {
             wait_for_hangup(&handle);
-            device
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .backend_gone();
+            {
+                let mut d = device.lock().unwrap_or_else(|e| e.into_inner());
+                d.backend_gone();
+                if d.is_retired() {
+                    tracing::debug!(device = %name, "removed: its reconnect thread ends");
+                    return;
+                }
+            }
             let channel = reconnect_until_up(&name, &socket, &device);
+            if device.lock().unwrap_or_else(|e| e.into_inner()).is_retired() {
+                return;
+            }
             if let Some(channel) = channel {
                 if let Err(e) = channel.spawn(transport.clone()) {
                     tracing::error!(device = %name, error = %e, "cannot serve the backend's requests");
@@ -498,11 +513,14 @@ fn reconnect_until_up(
     loop {
         std::thread::sleep(delay);
         delay = (delay * 2).clamp(Duration::from_millis(1), MAX_BACKOFF);
-        if device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_released()
-        {
+        let (released, retired) = {
+            let d = device.lock().unwrap_or_else(|e| e.into_inner());
+            (d.is_released(), d.is_retired())
+        };
+        if retired {
+            return None;
+        }
+        if released {
             // a migration's destination has the backend: connect only once it is reclaimed
             delay = super::handover::RECLAIM_POLL;
             continue;

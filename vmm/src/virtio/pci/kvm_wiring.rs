@@ -54,7 +54,10 @@ pub struct KvmWiring {
     router: Arc<IrqRouter>,
     queues: Vec<QueueEventFds>,
     config_evt: EventFd,
-    config_gsi: u32,
+    /// The config-change interrupt's GSI (none only while [`KvmWiring::new`] builds it).
+    config_gsi: Option<u32>,
+    /// [`TransportWiring::teardown`] ran.
+    torn_down: bool,
 }
 
 fn eventfd() -> Result<EventFd, KvmWiringError> {
@@ -72,40 +75,44 @@ impl KvmWiring {
     ) -> Result<KvmWiring, KvmWiringError> {
         let kvm = |what| move |source| KvmWiringError::Kvm { what, source };
         let no_gsi = |what| move |source| KvmWiringError::Gsi { what, source };
-        let mut queues = Vec::new();
+        // built as it is registered: on an error, dropping it gives back what was taken
+        let mut wiring = KvmWiring {
+            name: name.to_string(),
+            router: router.clone(),
+            queues: Vec::new(),
+            config_evt: eventfd()?,
+            config_gsi: None,
+            torn_down: false,
+        };
         for addr in notify_addresses {
             let (kick, call) = (eventfd()?, eventfd()?);
-            router
-                .vm()
-                .register_ioevent(&kick, &IoEventAddress::Mmio(*addr), NoDatamatch)
-                .map_err(kvm("a queue notification ioeventfd"))?;
             let gsi = router.allocate().map_err(no_gsi("a queue interrupt"))?;
-            router
-                .vm()
-                .register_irqfd(&call, gsi)
-                .map_err(kvm("a queue interrupt irqfd"))?;
-            queues.push(QueueEventFds {
+            let at = IoEventAddress::Mmio(*addr);
+            if let Err(e) = router.vm().register_ioevent(&kick, &at, NoDatamatch) {
+                let _ = router.release(&[gsi]);
+                return Err(kvm("a queue notification ioeventfd")(e));
+            }
+            if let Err(e) = router.vm().register_irqfd(&call, gsi) {
+                let _ = router.vm().unregister_ioevent(&kick, &at, NoDatamatch);
+                let _ = router.release(&[gsi]);
+                return Err(kvm("a queue interrupt irqfd")(e));
+            }
+            wiring.queues.push(QueueEventFds {
                 kick,
                 notify_at: Some(*addr),
                 call,
                 gsi,
             });
         }
-        let config_evt = eventfd()?;
         let config_gsi = router
             .allocate()
             .map_err(no_gsi("the config-change interrupt"))?;
-        router
-            .vm()
-            .register_irqfd(&config_evt, config_gsi)
-            .map_err(kvm("the config-change irqfd"))?;
-        Ok(KvmWiring {
-            name: name.to_string(),
-            router,
-            queues,
-            config_evt,
-            config_gsi,
-        })
+        if let Err(e) = router.vm().register_irqfd(&wiring.config_evt, config_gsi) {
+            let _ = router.release(&[config_gsi]);
+            return Err(kvm("the config-change irqfd")(e));
+        }
+        wiring.config_gsi = Some(config_gsi);
+        Ok(wiring)
     }
 
     /// Route `gsi` to `vector`'s message (nowhere while it is masked or unset). True when the
@@ -164,15 +171,54 @@ impl TransportWiring for KvmWiring {
         }
     }
 
+    fn teardown(&mut self) {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return;
+        }
+        self.move_notifications(None);
+        let vm = self.router.vm();
+        let irqfds = self
+            .queues
+            .iter()
+            .map(|q| (&q.call, q.gsi))
+            .chain(self.config_gsi.map(|gsi| (&self.config_evt, gsi)));
+        // a GSI whose irqfd KVM still has stays out of use: reused, it would cross interrupts
+        let mut free = Vec::new();
+        for (evt, gsi) in irqfds {
+            match vm.unregister_irqfd(evt, gsi) {
+                Ok(()) => free.push(gsi),
+                Err(e) => {
+                    tracing::error!(device = %self.name, gsi, error = %e, "cannot unregister an irqfd")
+                }
+            }
+        }
+        if let Err(e) = self.router.release(&free) {
+            let error = crate::error_chain(&e);
+            tracing::error!(device = %self.name, %error, "cannot give back the device's GSIs");
+        }
+        tracing::debug!(device = %self.name, gsis = free.len(), "KVM wiring given back");
+    }
+
     fn update_routes(&self, msix: &Msix, config: InterruptSource, queues: &[InterruptSource]) {
-        if self.route(msix, self.config_gsi, config.vector) && config.may_be_pending {
-            let _ = self.config_evt.write(1);
+        if self.torn_down {
+            return; // the GSIs may be another device's by now
+        }
+        if let Some(gsi) = self.config_gsi {
+            if self.route(msix, gsi, config.vector) && config.may_be_pending {
+                let _ = self.config_evt.write(1);
+            }
         }
         for (q, source) in self.queues.iter().zip(queues) {
             if self.route(msix, q.gsi, source.vector) && source.may_be_pending {
                 let _ = q.call.write(1);
             }
         }
+    }
+}
+
+impl Drop for KvmWiring {
+    fn drop(&mut self) {
+        self.teardown();
     }
 }
 
@@ -211,6 +257,26 @@ mod tests {
         assert!(none(&old) && none(&new), "nowhere");
         wiring.move_notifications(Some(&old));
         assert!(all(&old) && none(&new), "back");
+    }
+
+    #[test]
+    fn a_torn_down_wiring_gives_back_its_addresses_and_gsis() {
+        let vm = vm_with_an_irqchip();
+        let router = Arc::new(IrqRouter::new(vm.clone()));
+        let addrs = [0xe001_3000, 0xe001_3004];
+        for round in 0..100 {
+            let mut wiring = KvmWiring::new("blk1", router.clone(), &addrs)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(router.in_use().0, 3, "two queues and the config change");
+            wiring.teardown();
+            assert_eq!(router.in_use(), (0, 0), "round {round}");
+            wiring.teardown(); // twice: nothing more
+            drop(wiring);
+        }
+        // the addresses are free again: a new ioeventfd fits there
+        let probe = EventFd::new(0).expect("eventfd");
+        vm.register_ioevent(&probe, &IoEventAddress::Mmio(addrs[0]), NoDatamatch)
+            .expect("the address was given back");
     }
 
     /// Named for the filter `irq_routing`: the wiring's side of the GSI limit.

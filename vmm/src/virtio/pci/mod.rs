@@ -86,6 +86,9 @@ pub trait TransportWiring: Send {
     /// Route every interrupt to its MSI-X vector as `msix` says now: `config` for the
     /// configuration change, `queues` one per queue.
     fn update_routes(&self, msix: &Msix, config: InterruptSource, queues: &[InterruptSource]);
+    /// The device is gone: give back every KVM resource (ioeventfds, irqfds, GSIs). Nothing
+    /// works afterwards; a second call does nothing.
+    fn teardown(&mut self) {}
 }
 
 /// Per-device counters: how often the guest reached the vmm instead of the backend.
@@ -306,6 +309,14 @@ impl VirtioPciDevice {
         self.wiring.raise_config_interrupt();
     }
 
+    /// The guest ejected the device (hot unplug): stop it (its backend gives back the rings)
+    /// and give back every KVM resource its wiring holds.
+    pub fn unplug(&mut self) {
+        self.reset("unplug");
+        self.wiring.teardown();
+        self.notify_bar = None;
+    }
+
     /// Reset the transport and stop the device; `cause` is for the log.
     fn reset(&mut self, cause: &str) {
         if self.activated {
@@ -518,7 +529,7 @@ mod tests {
         assert_eq!(*notify.lock().unwrap(), at(0xe000_0000));
         // the guest writes config space through the bus, as a vCPU does
         let t = Arc::new(Mutex::new(t));
-        let mut bus = PciBus::new();
+        let bus = PciBus::new();
         let slot = bus.add(t.clone()).unwrap() as u32;
         let config_write = |reg: u32, value: u32| {
             let address = 1 << 31 | slot << 11 | reg;

@@ -1,0 +1,91 @@
+//! `vm.add-device` and `vm.remove-device` ([`crate::hotplug`] does the work, off the
+//! runtime thread: connecting to a backend and waiting for the guest's eject both block).
+
+use std::time::Duration;
+
+use ::api::types::{AddDevice, PciDeviceInfo, RemoveDevice};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::server::{fail, Ctx};
+use crate::hotplug::HotplugError;
+
+/// How long `vm.remove-device` waits for the guest's eject unless told.
+const EJECT_WAIT: Duration = Duration::from_secs(10);
+/// The longest wait a request may ask for.
+const MAX_EJECT_WAIT: Duration = Duration::from_secs(300);
+
+fn status(e: &HotplugError) -> StatusCode {
+    match e {
+        HotplugError::BadDevice { .. } => StatusCode::BAD_REQUEST,
+        HotplugError::NotFound { .. } => StatusCode::NOT_FOUND,
+        HotplugError::Conflict(_) | HotplugError::NotEjected { .. } => StatusCode::CONFLICT,
+        HotplugError::Backend { .. } => StatusCode::BAD_GATEWAY,
+        HotplugError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn no_hotplug() -> Response {
+    fail(
+        StatusCode::CONFLICT,
+        "this VM cannot add or remove devices (it was restored or migrated here)",
+    )
+}
+
+pub(super) async fn add_device(
+    State(ctx): Ctx,
+    body: Result<Json<AddDevice>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(hotplug) = ctx.hotplug.clone() else {
+        return no_hotplug();
+    };
+    blocking(
+        move || hotplug.add(&req.device),
+        |p| {
+            let bdf = p.bdf();
+            Json(PciDeviceInfo { id: p.id, bdf }).into_response()
+        },
+    )
+    .await
+}
+
+/// Run `work` off the runtime thread; answer with `ok` of its result, or its error.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, HotplugError> + Send + 'static,
+    ok: impl FnOnce(T) -> Response,
+) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => ok(v),
+        Ok(Err(e)) => fail(status(&e), e.to_string()),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub(super) async fn remove_device(
+    State(ctx): Ctx,
+    body: Result<Json<RemoveDevice>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(hotplug) = ctx.hotplug.clone() else {
+        return no_hotplug();
+    };
+    let wait = req
+        .timeout_ms
+        .map_or(EJECT_WAIT, Duration::from_millis)
+        .min(MAX_EJECT_WAIT);
+    blocking(
+        move || hotplug.remove(&req.id, wait),
+        |()| StatusCode::NO_CONTENT.into_response(),
+    )
+    .await
+}
