@@ -114,11 +114,6 @@ impl Hotplug {
         self.added().values().map(|a| a.api.clone()).collect()
     }
 
-    /// GSIs handed out and MSI routes in KVM's table (a leak check: flat across cycles).
-    pub fn gsis_in_use(&self) -> (usize, usize) {
-        self.router.in_use()
-    }
-
     /// Hold off snapshots, migrations, pauses for the operation; one at a time.
     fn exclusive(&self) -> Result<Exclusive<'_>, HotplugError> {
         let busy = match self.busy.try_lock() {
@@ -179,8 +174,10 @@ impl Hotplug {
         }
         // free on the bus, and not a slot whose ejected device is still to be torn down
         let held: Vec<usize> = self.added().values().map(|a| a.slot).collect();
-        let slot = (1..crate::pci::bus::MAX_SLOTS)
-            .find(|s| self.devices.pci.device(*s).is_none() && !held.contains(s))
+        let slot = self
+            .devices
+            .pci
+            .free_slot_where(|s| !held.contains(&s))
             .ok_or_else(|| HotplugError::Conflict("every PCI slot is taken".into()))?;
         let internal = |why: String| HotplugError::Internal {
             id: id.clone(),

@@ -38,17 +38,18 @@ fn balloon_control(ctx: &ApiContext) -> Result<PathBuf, Box<Response>> {
 }
 
 async fn proxy(path: PathBuf, req: Value, timeout: Duration) -> Response {
-    proxy_for("balloon", path, req, timeout).await
+    proxy_for("balloon", "balloon", path, req, timeout).await
 }
 
-/// Pass `req` to a backend's control socket at `path` and answer with its reply; its errors
-/// are named after `device`.
-async fn proxy_for(device: &str, path: PathBuf, req: Value, timeout: Duration) -> Response {
-    let backend = if device == "balloon" {
-        "balloon"
-    } else {
-        "blk"
-    };
+/// Pass `req` to the control socket at `path` of a `backend` (its kind: `blk`, `balloon`)
+/// and answer with its reply; its errors are named after `device`.
+async fn proxy_for(
+    backend: &'static str,
+    device: &str,
+    path: PathBuf,
+    req: Value,
+    timeout: Duration,
+) -> Response {
     let reply =
         tokio::task::spawn_blocking(move || control_request(backend, &path, &req, timeout)).await;
     match reply {
@@ -134,7 +135,7 @@ pub(super) async fn resize_disk(
         return fail(StatusCode::CONFLICT, msg);
     };
     let op = json!({"op": "resize", "size": req.size.0});
-    let reply = proxy_for(&req.id, path, op, Duration::from_secs(60)).await;
+    let reply = proxy_for("blk", &req.id, path, op, Duration::from_secs(60)).await;
     if reply.status() == StatusCode::OK {
         tracing::info!("{} grown to {}", req.id, req.size);
     }

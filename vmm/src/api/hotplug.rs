@@ -1,6 +1,7 @@
 //! `vm.add-device` and `vm.remove-device` ([`crate::hotplug`] does the work, off the
 //! runtime thread: connecting to a backend and waiting for the guest's eject both block).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::api::types::{AddDevice, PciDeviceInfo, RemoveDevice};
@@ -10,8 +11,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::server::{fail, Ctx};
-use crate::hotplug::HotplugError;
+use super::server::{fail, ApiContext, Ctx};
+use crate::hotplug::{Hotplug, HotplugError};
 
 /// How long `vm.remove-device` waits for the guest's eject unless told.
 const EJECT_WAIT: Duration = Duration::from_secs(10);
@@ -28,23 +29,28 @@ fn status(e: &HotplugError) -> StatusCode {
     }
 }
 
-fn no_hotplug() -> Response {
-    fail(
-        StatusCode::CONFLICT,
-        "this VM cannot add or remove devices (it was restored or migrated here)",
-    )
+/// The request's body and the VM's hotplug, or the answer why not.
+fn take<B>(
+    ctx: &ApiContext,
+    body: Result<Json<B>, JsonRejection>,
+) -> Result<(Arc<Hotplug>, B), Box<Response>> {
+    let Json(req) = body.map_err(|e| Box::new(fail(StatusCode::BAD_REQUEST, e.body_text())))?;
+    let hotplug = ctx.hotplug.clone().ok_or_else(|| {
+        Box::new(fail(
+            StatusCode::CONFLICT,
+            "this VM cannot add or remove devices (it was restored or migrated here)",
+        ))
+    })?;
+    Ok((hotplug, req))
 }
 
 pub(super) async fn add_device(
     State(ctx): Ctx,
     body: Result<Json<AddDevice>, JsonRejection>,
 ) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let Some(hotplug) = ctx.hotplug.clone() else {
-        return no_hotplug();
+    let (hotplug, req) = match take(&ctx, body) {
+        Ok(t) => t,
+        Err(r) => return *r,
     };
     blocking(
         move || hotplug.add(&req.device),
@@ -72,12 +78,9 @@ pub(super) async fn remove_device(
     State(ctx): Ctx,
     body: Result<Json<RemoveDevice>, JsonRejection>,
 ) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return fail(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let Some(hotplug) = ctx.hotplug.clone() else {
-        return no_hotplug();
+    let (hotplug, req) = match take(&ctx, body) {
+        Ok(t) => t,
+        Err(r) => return *r,
     };
     let wait = req
         .timeout_ms

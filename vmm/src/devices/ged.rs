@@ -59,11 +59,6 @@ impl Ged {
         self.presses.load(Ordering::Relaxed)
     }
 
-    /// Events raised and not read by the guest yet.
-    pub fn pending(&self) -> u32 {
-        self.pending.load(Ordering::SeqCst)
-    }
-
     /// Forget every event (the machine resets).
     pub fn power_on_reset(&self) {
         self.pending.store(0, Ordering::SeqCst);

@@ -61,15 +61,15 @@ impl PciBus {
 
     /// Plug a device into the lowest free slot; returns the slot.
     pub fn add(&self, device: SharedDevice) -> Result<usize, BusError> {
-        let slot = self.free_slot().ok_or(BusError::Full)?;
+        let slot = self.free_slot_where(|_| true).ok_or(BusError::Full)?;
         self.add_at(slot, device)?;
         Ok(slot)
     }
 
-    /// The lowest slot without a device.
-    pub fn free_slot(&self) -> Option<usize> {
+    /// The lowest slot without a device that `usable` accepts.
+    pub fn free_slot_where(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
-        slots.iter().position(Option::is_none)
+        (0..slots.len()).find(|&s| slots[s].is_none() && usable(s))
     }
 
     /// Plug a device into `slot` (free, 1..=31).
@@ -343,6 +343,28 @@ mod tests {
         });
         config.add_bar64(0, addr, 0x1000).unwrap();
         Arc::new(Mutex::new(Tagged { config, tag }))
+    }
+
+    #[test]
+    fn slots_are_taken_and_given_back_at_run_time() {
+        let bus = PciBus::new();
+        assert_eq!(bus.add(tagged(0xe000_0000, 1)).unwrap(), 1);
+        assert_eq!(bus.free_slot_where(|_| true), Some(2));
+        assert_eq!(bus.free_slot_where(|s| s != 2), Some(3));
+        assert!(bus.add_at(1, tagged(0xe000_1000, 2)).is_err(), "taken");
+        assert!(
+            bus.add_at(0, tagged(0xe000_1000, 2)).is_err(),
+            "the host bridge's"
+        );
+        bus.add_at(5, tagged(0xe000_5000, 5)).unwrap();
+        select(&bus, 5, 4);
+        bus.pio_write(CONFIG_DATA_PORT, &[0x06, 0]);
+        let mut d = [0u8; 4];
+        assert!(bus.mmio_read(0xe000_5000, &mut d));
+        assert!(bus.remove(5).is_some());
+        assert!(!bus.mmio_read(0xe000_5000, &mut d), "its BAR left with it");
+        assert!(bus.remove(0).is_none(), "the host bridge stays");
+        assert_eq!(bus.free_slot_where(|s| s > 4), Some(5));
     }
 
     #[test]
