@@ -20,6 +20,17 @@ pub struct VmInfo {
     pub power_button_presses: u64,
     pub devices: Vec<DeviceInfo>,
     pub config: VmConfig,
+    /// The interrupt resources the devices hold (a VM that can hotplug; added and removed
+    /// devices give theirs back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupts: Option<InterruptUse>,
+}
+
+/// GSIs handed out to devices' MSI-X vectors, and routes in KVM's MSI routing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterruptUse {
+    pub gsis: usize,
+    pub msi_routes: usize,
 }
 
 /// The pages behind guest RAM: 2 MiB transparent huge pages, 2 MiB hugetlbfs pages the

@@ -59,7 +59,8 @@ fn link(store: &Store, name: &str, device: &str) -> Option<(bool, u64, Option<u6
 
 pub fn backend_restart(store: &Store, name: &str, device: &str, out: &Out) -> Result<(), String> {
     let d = store.load(name)?;
-    let backend = backend_name(&d, device)?;
+    let backend = backend_name(&d, device)
+        .or_else(|e| crate::attach::attached_backend(store, name, device).ok_or(e))?;
     require_running(store, name)?;
     if store.supervisor(name).is_none() {
         return Err(format!(
@@ -75,6 +76,7 @@ pub fn backend_restart(store: &Store, name: &str, device: &str, out: &Out) -> Re
     let report = match control::request(&socket, &req, REPLY_LIMIT) {
         Ok(Reply::Restarted(r)) => r,
         Ok(Reply::Error(e)) => return Err(format!("domain '{name}': {e}")),
+        Ok(r) => return Err(format!("domain '{name}': unexpected answer {r:?}")),
         Err(e) => return Err(format!("domain '{name}': {}", api::error_chain(&e))),
     };
     // the vmm's side: connected again after one more reconnect (bounded)

@@ -216,6 +216,7 @@ pub fn install(store: &Store, a: InstallArgs, out: &Out) -> Result<(), String> {
         autostart: false,
         seccomp: Default::default(),
         backend_user: None,
+        vcpupin: Default::default(),
     };
     d.validate().map_err(|e| e.to_string())?;
     d.record_detected_formats();

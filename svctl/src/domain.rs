@@ -3,6 +3,7 @@
 //! configuration (the `api::backend` types the backends parse their command line and
 //! `--config` file into) and the vmm's own [`VmConfig`] (the API/config-file schema).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use api::backend::balloon::BalloonBackendConfig;
@@ -47,6 +48,9 @@ pub struct Domain {
     /// non-root svctl's backends stay its user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_user: Option<String>,
+    /// Host CPUs per vCPU (`{"0": "0-1"}`), applied at every start (`svctl vcpupin --config`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vcpupin: BTreeMap<u32, String>,
 }
 
 fn one() -> u8 {
@@ -181,6 +185,16 @@ impl Domain {
                 self.memory
             )));
         }
+        for (vcpu, list) in &self.vcpupin {
+            if *vcpu >= u32::from(self.vcpus) {
+                return Err(bad(format!(
+                    "vcpupin: no vCPU {vcpu} (vcpus {})",
+                    self.vcpus
+                )));
+            }
+            crate::cpulist::parse_cpulist(list, libc::CPU_SETSIZE as usize)
+                .map_err(|e| bad(format!("vcpupin of vCPU {vcpu}: {e}")))?;
+        }
         let units = 1..=api::config::MAX_QUEUE_UNITS;
         for d in &self.disks {
             if !units.contains(&d.queues) {
@@ -228,7 +242,12 @@ impl Domain {
     /// The name of the tap a NIC uses (created on its bridge by the supervisor, or the given one):
     /// `sv` + the uuid's first 8 hex digits + `n` + the NIC's index.
     pub fn tap_name(&self, i: usize) -> String {
-        match &self.nics[i].tap {
+        self.tap_name_for(&self.nics[i], i)
+    }
+
+    /// [`Domain::tap_name`] of `nic` as the domain's NIC `i` (one added while it runs too).
+    pub fn tap_name_for(&self, nic: &Nic, i: usize) -> String {
+        match &nic.tap {
             Some(t) => t.clone(),
             None => {
                 let b = self.uuid_bytes();
@@ -249,7 +268,11 @@ impl Domain {
 
     /// The configuration of disk `i`'s `splitvisor-blk`.
     pub fn blk_backend(&self, i: usize, rt: &Runtime) -> BlkBackendConfig {
-        let disk = &self.disks[i];
+        self.blk_backend_for(&self.disks[i], i, rt)
+    }
+
+    /// [`Domain::blk_backend`] of `disk` as the domain's disk `i` (one added while it runs too).
+    pub fn blk_backend_for(&self, disk: &Disk, i: usize, rt: &Runtime) -> BlkBackendConfig {
         BlkBackendConfig {
             daemon: rt.daemon(rt.disk_socket(i), Some(rt.disk_stats(i)), self),
             image: Some(disk.path.clone()),
@@ -266,17 +289,21 @@ impl Domain {
 
     /// The configuration of NIC `i`'s `splitvisor-net`.
     pub fn net_backend(&self, i: usize, rt: &Runtime) -> NetBackendConfig {
-        let nic = &self.nics[i];
+        self.net_backend_for(&self.nics[i], i, rt)
+    }
+
+    /// [`Domain::net_backend`] of `nic` as the domain's NIC `i` (one added while it runs too).
+    pub fn net_backend_for(&self, nic: &Nic, i: usize, rt: &Runtime) -> NetBackendConfig {
         let (tap, create_tap) = match &nic.bridge {
-            Some(_) => (None, Some(self.tap_name(i))),
-            None => (Some(self.tap_name(i)), None),
+            Some(_) => (None, Some(self.tap_name_for(nic, i))),
+            None => (Some(self.tap_name_for(nic, i)), None),
         };
         NetBackendConfig {
             daemon: rt.daemon(rt.nic_socket(i), Some(rt.nic_stats(i)), self),
             tap,
             create_tap,
             bridge: nic.bridge.clone(),
-            mac: self.mac(i).parse().ok(),
+            mac: self.mac_for(nic, i).parse().ok(),
             queues: nic.queues.into(),
             ..NetBackendConfig::default()
         }
@@ -297,7 +324,12 @@ impl Domain {
     /// NIC `i`'s MAC: the domain file's as written, else `52` (locally administered, unicast)
     /// and the uuid's first 40 bits, the last byte xor the NIC's index.
     pub fn mac(&self, i: usize) -> String {
-        match &self.nics[i].mac {
+        self.mac_for(&self.nics[i], i)
+    }
+
+    /// [`Domain::mac`] of `nic` as the domain's NIC `i` (one added while it runs too).
+    pub fn mac_for(&self, nic: &Nic, i: usize) -> String {
+        match &nic.mac {
             Some(m) => m.clone(),
             None => {
                 let b = self.uuid_bytes();
@@ -397,11 +429,23 @@ impl Runtime {
     pub fn disk_control(&self, i: usize) -> PathBuf {
         self.dir.join(format!("blk{i}-ctl.sock"))
     }
+    /// The configuration file of backend `what` (`blk0`, `net1`, `balloon`).
+    pub fn backend_config(&self, what: &str) -> PathBuf {
+        self.dir.join(format!("{what}.json"))
+    }
+    /// The domain as it runs: as it started, with the devices added since (`live.rs`).
+    pub fn live(&self) -> PathBuf {
+        self.dir.join("live.json")
+    }
     pub fn disk_stats(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("blk{i}-stats.sock"))
+        self.stats(&format!("blk{i}"))
     }
     pub fn nic_stats(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("net{i}-stats.sock"))
+        self.stats(&format!("net{i}"))
+    }
+    /// Backend `what`'s counters socket.
+    pub fn stats(&self, what: &str) -> PathBuf {
+        self.dir.join(format!("{what}-stats.sock"))
     }
     pub fn nic_socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("net{i}.sock"))

@@ -4,6 +4,7 @@
 use api::config::ByteSize;
 use serde_json::{json, Value};
 
+use crate::attach::{disk_rows, nic_rows, Row};
 use crate::domain::Domain;
 use crate::lifecycle::{api, require_running, state};
 use crate::record::Record;
@@ -210,8 +211,12 @@ pub fn domblklist(store: &Store, name: &str, out: &Out) -> Result<(), String> {
     let d = store.load(name)?;
     let mut text = format!(" {:<8} {}\n{}\n", "Target", "Source", "-".repeat(40));
     let mut rows = Vec::new();
-    for (i, disk) in d.disks.iter().enumerate() {
-        let target = disk_target(i);
+    for Row {
+        name: target,
+        device: disk,
+        ..
+    } in disk_rows(store, &d)
+    {
         text += &format!(" {target:<8} {}\n", disk.path.display());
         rows.push(json!({"target": target, "source": disk.path, "format": disk.format, "readonly": disk.readonly}));
     }
@@ -231,13 +236,17 @@ pub fn domiflist(store: &Store, name: &str, out: &Out) -> Result<(), String> {
         "-".repeat(64)
     );
     let mut rows = Vec::new();
-    for (i, nic) in d.nics.iter().enumerate() {
+    for Row {
+        name: iface,
+        device: (mac, nic),
+        ..
+    } in nic_rows(store, &d)
+    {
         let (kind, source) = match (&nic.bridge, &nic.tap) {
             (Some(b), _) => ("bridge", b.clone()),
             (_, Some(t)) => ("ethernet", t.clone()),
             _ => ("-", "-".into()),
         };
-        let (iface, mac) = (d.tap_name(i), d.mac(i));
         text += &format!(
             " {iface:<14} {kind:<8} {source:<12} {:<8} {mac}\n",
             "virtio"
@@ -389,8 +398,9 @@ pub fn domblkstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> R
     let d = store.load(name)?;
     require_running(store, name)?;
     let rt = store.runtime(name);
-    let disks = (0..d.disks.len())
-        .map(|i| (disk_target(i), rt.disk_stats(i)))
+    let disks = disk_rows(store, &d)
+        .into_iter()
+        .map(|r| (r.name, rt.stats(&r.backend)))
         .collect();
     device_stats(
         name,
@@ -416,8 +426,9 @@ pub fn domifstat(store: &Store, name: &str, only: Option<&str>, out: &Out) -> Re
     let d = store.load(name)?;
     require_running(store, name)?;
     let rt = store.runtime(name);
-    let nics = (0..d.nics.len())
-        .map(|i| (d.tap_name(i), rt.nic_stats(i)))
+    let nics = nic_rows(store, &d)
+        .into_iter()
+        .map(|r| (r.name, rt.stats(&r.backend)))
         .collect();
     device_stats(
         name,

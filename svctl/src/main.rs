@@ -6,6 +6,7 @@
 //! Output is for people; `--json` gives one JSON document per command for scripts. Errors
 //! go to stderr as `svctl: error: …` with exit status 1 (2 for a bad command line).
 
+mod attach;
 mod backend_restart;
 mod blockresize;
 mod console;
@@ -15,6 +16,7 @@ mod external_snapshot;
 mod identity;
 mod info;
 mod lifecycle;
+mod live;
 mod migrate;
 mod process;
 mod record;
@@ -24,6 +26,7 @@ mod snapshot;
 mod store;
 mod supervise;
 mod systemd;
+mod vcpus;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -173,12 +176,74 @@ enum Verb {
         #[arg(long)]
         config: bool,
     },
+    /// Each vCPU of a running domain: the host CPU it last ran on, its state, CPU time and
+    /// affinity (virsh vcpuinfo).
+    Vcpuinfo { name: String },
+    /// Show the vCPUs' pinning, or pin vCPU VCPU to host CPUS (e.g. 0-2,4): the running
+    /// domain's thread, the definition (--config, applied at every start), or both.
+    Vcpupin {
+        name: String,
+        vcpu: Option<u32>,
+        cpus: Option<String>,
+        #[arg(long)]
+        live: bool,
+        #[arg(long)]
+        config: bool,
+    },
+    /// The CPU time a running domain's processes used: the vmm (and its vCPU threads) and
+    /// each backend, and the total (virsh cpu-stats --total).
+    CpuStats { name: String },
     /// Grow a disk (vda, blk0 or its image's path) to SIZE, e.g. 20G: live, the guest sees
     /// it at once; shut off, the image is grown. Never shrinks.
     Blockresize {
         name: String,
         disk: String,
         size: String,
+    },
+    /// Attach a disk image (raw or qcow2) as TARGET (vdb…): to the running domain (the guest
+    /// sees it at once), to its definition (--config), or both (--persistent).
+    AttachDisk {
+        name: String,
+        source: PathBuf,
+        target: String,
+        /// raw or qcow2 [default: a raw image is raw, a qcow2 one is probed].
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<String>,
+        #[arg(long)]
+        readonly: bool,
+        #[command(flatten)]
+        scope: attach::ScopeFlags,
+    },
+    /// Detach disk TARGET (vdb, its backend's name or its image's path) once the guest has
+    /// let go of it.
+    DetachDisk {
+        name: String,
+        target: String,
+        #[command(flatten)]
+        scope: attach::ScopeFlags,
+    },
+    /// Attach a network interface: TYPE `bridge` (a new tap on bridge SOURCE) or `ethernet`
+    /// (the existing tap SOURCE).
+    AttachInterface {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        source: String,
+        /// Its MAC [default: made from the domain's UUID].
+        #[arg(long)]
+        mac: Option<String>,
+        #[command(flatten)]
+        scope: attach::ScopeFlags,
+    },
+    /// Detach the network interface of TYPE (with MAC, if the domain has several).
+    DetachInterface {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        #[arg(long)]
+        mac: Option<String>,
+        #[command(flatten)]
+        scope: attach::ScopeFlags,
     },
     /// List a domain's disks.
     Domblklist { name: String },
@@ -354,9 +419,59 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
             count,
             config,
         } => define::setvcpus(&store, &name, count, config, out),
+        Verb::Vcpuinfo { name } => vcpus::vcpuinfo(&store, &name, out),
+        Verb::Vcpupin {
+            name,
+            vcpu,
+            cpus,
+            live,
+            config,
+        } => {
+            let pin = match (vcpu, cpus.as_deref()) {
+                (Some(v), Some(c)) => Some((v, c)),
+                (None, None) => None,
+                _ => return Err("vcpupin: give both VCPU and CPUS, or neither".into()),
+            };
+            vcpus::vcpupin(&store, &name, pin, vcpus::PinScope { live, config }, out)
+        }
+        Verb::CpuStats { name } => vcpus::cpu_stats(&store, &name, out),
         Verb::Blockresize { name, disk, size } => {
             blockresize::blockresize(&store, &name, &disk, &size, out)
         }
+        Verb::AttachDisk {
+            name,
+            source,
+            target,
+            format,
+            readonly,
+            scope,
+        } => {
+            let a = attach::DiskArgs {
+                source: &source,
+                target: &target,
+                format: format.as_deref(),
+                readonly,
+            };
+            attach::attach_disk(&store, &name, &a, scope, out)
+        }
+        Verb::DetachDisk {
+            name,
+            target,
+            scope,
+        } => attach::detach_disk(&store, &name, &target, scope, out),
+        Verb::AttachInterface {
+            name,
+            kind,
+            source,
+            mac,
+            scope,
+        } => attach::attach_interface(&store, &name, &kind, &source, mac.as_deref(), scope, out),
+        Verb::DetachInterface {
+            name,
+            kind,
+            mac,
+            scope,
+        } => attach::detach_interface(&store, &name, &kind, mac.as_deref(), scope, out),
         Verb::Domblklist { name } => info::domblklist(&store, &name, out),
         Verb::Domiflist { name } => info::domiflist(&store, &name, out),
         Verb::Domblkstat { name, device } => {

@@ -82,6 +82,11 @@ pub struct Hotplug {
 }
 
 impl Hotplug {
+    /// GSIs handed out and MSI routes in KVM's table (the VM's, boot devices included).
+    pub fn interrupts(&self) -> (usize, usize) {
+        self.router.in_use()
+    }
+
     pub fn new(
         devices: Arc<Devices>,
         router: Arc<IrqRouter>,

@@ -5,12 +5,13 @@
 use std::path::Path;
 
 use super::tap_maker::TapSpec;
-use crate::domain::{vm_config, Domain, Runtime};
+use crate::domain::{vm_config, Domain, Nic, Runtime};
 
 /// NIC `i`'s backend as the supervisor starts it: the tap comes from the supervisor as
 /// descriptors (`--tap-fd`, added at each start), so the file names none.
 pub(super) fn net_backend_without_tap(
     d: &Domain,
+    nic: &Nic,
     i: usize,
     rt: &Runtime,
 ) -> api::backend::net::NetBackendConfig {
@@ -18,7 +19,7 @@ pub(super) fn net_backend_without_tap(
         tap: None,
         create_tap: None,
         bridge: None,
-        ..d.net_backend(i, rt)
+        ..d.net_backend_for(nic, i, rt)
     }
 }
 
@@ -36,7 +37,7 @@ fn backend_configs(
     }
     for i in 0..d.nics.len() {
         let cfg = json(serde_json::to_string_pretty(&net_backend_without_tap(
-            d, i, rt,
+            d, &d.nics[i], i, rt,
         )))?;
         out.push((format!("net{i}"), "splitvisor-net", cfg));
     }
@@ -48,7 +49,7 @@ fn backend_configs(
 }
 
 /// A program's arguments: `--config` and its configuration file.
-fn config_args(path: &Path) -> Vec<String> {
+pub(super) fn config_args(path: &Path) -> Vec<String> {
     vec!["--config".to_string(), path.display().to_string()]
 }
 
@@ -77,7 +78,7 @@ pub(super) fn write_backend_configs(
 ) -> Result<Vec<BackendCommand>, String> {
     let mut configs = Vec::new();
     for (what, program, cfg) in backend_configs(d, rt)? {
-        let cfg_path = rt.dir.join(format!("{what}.json"));
+        let cfg_path = rt.backend_config(&what);
         std::fs::write(&cfg_path, cfg)
             .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
         let tap = tap_specs(d)
@@ -98,7 +99,7 @@ pub(super) fn write_backend_configs(
 
 /// The directory the disks' backends make external snapshots' overlays in (and are confined
 /// to for that): it must exist, private, and belong to the user they run as.
-fn overlay_dir(d: &Domain, rt: &Runtime) -> Result<(), String> {
+pub(super) fn overlay_dir(d: &Domain, rt: &Runtime) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = &rt.overlays;
     let err = |e: std::io::Error| format!("cannot create {}: {e}", dir.display());
@@ -194,7 +195,7 @@ mod tests {
             assert_eq!(blk, d.blk_backend(i, rt), "blk{i}");
         }
         let net: NetBackendConfig = read(config_path(&started[2].args));
-        assert_eq!(net, net_backend_without_tap(&d, 0, rt));
+        assert_eq!(net, net_backend_without_tap(&d, &d.nics[0], 0, rt));
         let balloon: BalloonBackendConfig = read(config_path(&started[3].args));
         assert_eq!(Some(balloon), d.balloon_backend(rt));
     }

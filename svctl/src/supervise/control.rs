@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{Disk, Nic};
+
 /// How long the supervisor waits for a client's whole request line.
 const REQUEST_LIMIT: Duration = Duration::from_secs(2);
 /// The longest request or reply line (real ones are under 1 KiB).
@@ -36,12 +38,35 @@ pub enum ControlError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verb", rename_all = "snake_case")]
 pub enum Request {
     /// Stop a backend (SIGTERM: it finishes its in-flight requests), start it again with the
     /// same arguments on the same socket.
     BackendRestart { device: String },
+    /// Start the backend of a disk being attached (`target` is its name for people) and add
+    /// it to the live definition; the vmm is told by `svctl` (`vm.add-device`).
+    AttachDisk { target: String, disk: Disk },
+    /// Make the tap of a NIC being attached, start its backend, add it to the live definition.
+    AttachNic { nic: Nic },
+    /// Stop the backend of an attached device the guest has let go of (or that the vmm could
+    /// not add) and drop it from the live definition.
+    Detach { backend: String },
+}
+
+/// A device's backend, started for `attach-disk` / `attach-interface`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    /// Its name in the runtime dir and its id in the vmm (`blk1`).
+    pub backend: String,
+    pub pid: u32,
+    /// What `vm.add-device` is given.
+    pub device: String,
+    /// A NIC's tap and MAC.
+    #[serde(default)]
+    pub tap: Option<String>,
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// What a planned restart did.
@@ -63,6 +88,9 @@ pub struct RestartReport {
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     Restarted(RestartReport),
+    Attached(Attached),
+    /// The backend of a detached device has ended (its PID).
+    Detached(u32),
     Error(String),
 }
 

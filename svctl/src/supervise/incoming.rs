@@ -144,7 +144,13 @@ pub fn start_incoming(
             Err(e) => tracing::warn!("{e}: the domain stays transient here"),
         }
     }
-    Ok(watch(rt, vmm, backends, me))
+    Ok(watch(
+        rt,
+        vmm,
+        backends,
+        me,
+        Some(crate::live::Live::new(t.domain)),
+    ))
 }
 
 /// Whether backend `what` of `d` serves an image whose metadata the source may still change

@@ -13,6 +13,7 @@
 //! recorded vmm still runs adopts it: it watches the vmm and the backends it did not start by
 //! their pidfds and takes over restarting them.
 
+mod attach;
 mod backend;
 mod config_files;
 pub mod control;
@@ -31,6 +32,7 @@ pub use lock::SupervisorLock;
 use tap_maker::{TapMaker, TapSpec};
 
 use crate::domain::{Domain, Runtime};
+use crate::live::Live;
 use crate::process::{poll_readable, Exit, ProcessError, ProcessId, Signaller, Watched};
 use crate::record::Record;
 use crate::store::Store;
@@ -129,7 +131,16 @@ pub fn supervise(store: &Store, name: &str) -> Result<Exit, String> {
         },
     };
     let result = match (running_vmm, record) {
-        (Some(vmm), Some(rec)) => Ok(adopt(&rt, &rec, vmm, me, taps_of(store, name))),
+        (Some(vmm), Some(rec)) => {
+            let live = Live::read(&rt).or_else(|| match store.load(name) {
+                Ok(d) => Some(Live::new(d)),
+                Err(e) => {
+                    tracing::warn!("{e}: no device can be attached or detached");
+                    None
+                }
+            });
+            Ok(adopt(&rt, &rec, vmm, me, live))
+        }
         (_, rec) => {
             // a domain whose vmm ended while no supervisor ran: its backends go first
             if let Some(rec) = rec {
@@ -222,30 +233,31 @@ fn start_afresh(store: &Store, name: &str, rt: &Runtime, me: ProcessId) -> Resul
         Err(e) => return give_up(backends, e),
     };
     let _ = std::fs::write(rt.vmm_pid(), format!("{}\n", vmm.pid()));
-    Ok(watch(rt, vmm, backends, me))
+    crate::vcpus::apply_pins(&d, vmm.pid());
+    let live = Live::new(d);
+    Ok(watch(rt, vmm, backends, me, Some(live)))
 }
 
-/// The taps of domain `name`'s NICs (by backend name), which an adopting supervisor makes
-/// again when their backend next starts.
-fn taps_of(store: &Store, name: &str) -> Vec<(String, TapSpec)> {
-    match store.load(name) {
-        Ok(d) => config_files::tap_specs(&d),
-        Err(e) => {
-            tracing::warn!("{e}: a net backend that dies cannot be given its tap again");
-            Vec::new()
-        }
+/// The taps of the running domain's NICs (by backend name), the attached ones included, which
+/// an adopting supervisor makes again when their backend next starts.
+fn taps_of(live: Option<&Live>) -> Vec<(String, TapSpec)> {
+    let Some(live) = live else {
+        tracing::warn!("the domain is unknown: a net backend that dies cannot get its tap again");
+        return Vec::new();
+    };
+    let d = &live.domain;
+    let mut taps = config_files::tap_specs(d);
+    for n in &live.nics {
+        let i = n.backend.trim_start_matches("net").parse().unwrap_or(0);
+        taps.push((n.backend.clone(), TapSpec::for_nic(d, &n.nic, i)));
     }
+    taps
 }
 
 /// Take over a running domain: its vmm and the recorded backends (those that ended meanwhile
-/// are started again); `taps`: what [`taps_of`] found.
-fn adopt(
-    rt: &Runtime,
-    rec: &Record,
-    vmm: Watched,
-    me: ProcessId,
-    mut taps: Vec<(String, TapSpec)>,
-) -> Exit {
+/// are started again); `live`: its live definition, if known.
+fn adopt(rt: &Runtime, rec: &Record, vmm: Watched, me: ProcessId, live: Option<Live>) -> Exit {
+    let mut taps = taps_of(live.as_ref());
     tracing::warn!(
         vmm = vmm.pid(),
         previous = ?rec.supervisor.map(|s| s.pid),
@@ -262,7 +274,7 @@ fn adopt(
             Backend::adopt(what, b, tap)
         })
         .collect();
-    watch(rt, vmm, backends, me)
+    watch(rt, vmm, backends, me, live)
 }
 
 fn write_record(rt: &Runtime, me: ProcessId, vmm: Option<ProcessId>, backends: &[Backend]) {
@@ -280,8 +292,20 @@ fn write_record(rt: &Runtime, me: ProcessId, vmm: Option<ProcessId>, backends: &
 }
 
 /// Watch the vmm until it ends; meanwhile restart backends that die and serve the control
-/// socket. Then stop the backends.
-fn watch(rt: &Runtime, mut vmm: Watched, mut backends: Vec<Backend>, me: ProcessId) -> Exit {
+/// socket (attached devices change `live`, the domain's live definition, written here first).
+/// Then stop the backends.
+fn watch(
+    rt: &Runtime,
+    mut vmm: Watched,
+    mut backends: Vec<Backend>,
+    me: ProcessId,
+    mut live: Option<Live>,
+) -> Exit {
+    if let Some(l) = &live {
+        if let Err(e) = l.write(rt) {
+            tracing::warn!("{e}: devices attached now are not known to the next supervisor");
+        }
+    }
     let vmm_id = vmm.id;
     match vmm.signaller().map(forward_stop_signals) {
         Ok(Ok(())) => {}
@@ -302,7 +326,7 @@ fn watch(rt: &Runtime, mut vmm: Watched, mut backends: Vec<Backend>, me: Process
             changed |= b.tick(rt, now);
         }
         if let Some((stream, req)) = control.as_ref().and_then(ControlSocket::next) {
-            control::answer(stream, &handle(rt, &mut backends, req));
+            control::answer(stream, &handle(rt, &mut backends, live.as_mut(), req));
             changed = true;
         }
         if changed {
@@ -328,8 +352,27 @@ fn watch(rt: &Runtime, mut vmm: Watched, mut backends: Vec<Backend>, me: Process
     exit
 }
 
-fn handle(rt: &Runtime, backends: &mut [Backend], req: Request) -> Reply {
+fn handle(
+    rt: &Runtime,
+    backends: &mut Vec<Backend>,
+    live: Option<&mut Live>,
+    req: Request,
+) -> Reply {
+    let no_live =
+        || Reply::Error("the supervisor does not know the running domain's definition".into());
     match req {
+        Request::AttachDisk { target, disk } => match live {
+            Some(live) => attach::attach_disk(rt, backends, live, target, disk),
+            None => no_live(),
+        },
+        Request::AttachNic { nic } => match live {
+            Some(live) => attach::attach_nic(rt, backends, live, nic),
+            None => no_live(),
+        },
+        Request::Detach { backend } => match live {
+            Some(live) => attach::detach(rt, backends, live, &backend),
+            None => no_live(),
+        },
         Request::BackendRestart { device } => {
             let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
             let names = names.join(", ");

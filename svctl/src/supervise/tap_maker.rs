@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use crate::domain::Domain;
+use crate::domain::{Domain, Nic};
 
 /// What tap NIC `i` of a domain uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +21,13 @@ pub struct TapSpec {
 
 impl TapSpec {
     pub fn of_nic(d: &Domain, i: usize) -> TapSpec {
-        let nic = &d.nics[i];
+        TapSpec::for_nic(d, &d.nics[i], i)
+    }
+
+    /// [`TapSpec::of_nic`] of `nic` as the domain's NIC `i` (one added while it runs too).
+    pub fn for_nic(d: &Domain, nic: &Nic, i: usize) -> TapSpec {
         TapSpec {
-            name: d.tap_name(i),
+            name: d.tap_name_for(nic, i),
             create: nic.bridge.is_some(),
             bridge: nic.bridge.clone(),
             queues: nic.queues.into(),

@@ -74,7 +74,7 @@ fn an_adopted_domain_is_watched_its_backends_restarted_and_stopped_when_the_vmm_
     std::thread::scope(|s| {
         let watching = s.spawn(|| {
             let vmm = Watched::adopt(vmm).expect("the vmm is adopted");
-            adopt(rt, &rec, vmm, me, Vec::new())
+            adopt(rt, &rec, vmm, me, None)
         });
         let first = record_until(rt, "the record names the new supervisor", |r| {
             r.supervisor == Some(me) && r.vmm == Some(vmm)

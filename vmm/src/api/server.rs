@@ -22,7 +22,7 @@ use crate::run_control::RunControl;
 use crate::virtio::pci::VirtioPciDevice;
 use crate::virtio::STATUS_DEVICE_NEEDS_RESET;
 use ::api::types::{
-    ApiError, BackendLink, DeviceCounters, DeviceInfo, RebootRequest, VmInfo, VmState,
+    ApiError, BackendLink, DeviceCounters, DeviceInfo, InterruptUse, RebootRequest, VmInfo, VmState,
 };
 
 /// What the handlers can see of the VM.
@@ -216,6 +216,10 @@ async fn info(State(ctx): Ctx) -> Json<VmInfo> {
             )
             .collect(),
         config: ctx.cfg.clone(),
+        interrupts: ctx.hotplug.as_ref().map(|h| {
+            let (gsis, msi_routes) = h.interrupts();
+            InterruptUse { gsis, msi_routes }
+        }),
     })
 }
 
