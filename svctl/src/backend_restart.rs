@@ -60,7 +60,7 @@ fn link(store: &Store, name: &str, device: &str) -> Option<(bool, u64, Option<u6
 pub fn backend_restart(store: &Store, name: &str, device: &str, out: &Out) -> Result<(), String> {
     let d = store.load(name)?;
     let backend = backend_name(&d, device)
-        .or_else(|e| crate::attach::attached_backend(store, name, device).ok_or(e))?;
+        .or_else(|e| crate::live::attached_backend(store, name, device).ok_or(e))?;
     require_running(store, name)?;
     if store.supervisor(name).is_none() {
         return Err(format!(

@@ -4,9 +4,9 @@
 use api::config::ByteSize;
 use serde_json::{json, Value};
 
-use crate::attach::{disk_rows, nic_rows, Row};
 use crate::domain::Domain;
 use crate::lifecycle::{api, require_running, state};
+use crate::live::{disk_rows, nic_rows, Row};
 use crate::record::Record;
 use crate::store::{DomState, Store};
 use crate::Out;

@@ -3,7 +3,8 @@
 //! each with the name of its backend. The supervisor writes it (atomically) when it starts the
 //! domain and at every attach and detach; an adopting supervisor reads it back (the added
 //! devices' backends and taps are its to keep), and the verbs that show a running domain's
-//! devices read it. The domain file in the store is the *persistent* definition: what the next
+//! devices read it ([`disk_rows`], [`nic_rows`]: the running domain's, else the definition's).
+//! The domain file in the store is the *persistent* definition: what the next
 //! start boots; `--config` changes that one.
 
 use std::path::Path;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Disk, Domain, Nic, Runtime};
 use crate::info::disk_target;
+use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Live {
@@ -130,6 +132,76 @@ impl Live {
             .find(|n| !used.contains(&format!("{prefix}{n}").as_str()))
             .unwrap_or(boot)
     }
+}
+
+/// A device to show: its name for people, its backend's name (`blk1`), what it is.
+pub struct Row<T> {
+    pub name: String,
+    pub backend: String,
+    pub device: T,
+}
+
+/// The disks to show for a domain: the running one's (attached ones included) or the
+/// definition's.
+pub fn disk_rows(store: &Store, d: &Domain) -> Vec<Row<Disk>> {
+    match running_live(store, &d.name) {
+        Some(live) => live
+            .disk_views()
+            .into_iter()
+            .map(|v| Row {
+                name: v.target,
+                backend: v.backend,
+                device: v.disk,
+            })
+            .collect(),
+        None => (0..d.disks.len())
+            .map(|i| Row {
+                name: disk_target(i),
+                backend: format!("blk{i}"),
+                device: d.disks[i].clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The NICs to show (named by their tap, with their MAC): the running domain's or the
+/// definition's.
+pub fn nic_rows(store: &Store, d: &Domain) -> Vec<Row<(String, Nic)>> {
+    match running_live(store, &d.name) {
+        Some(live) => live
+            .nic_views()
+            .into_iter()
+            .map(|v| Row {
+                name: v.tap,
+                backend: v.backend,
+                device: (v.mac, v.nic),
+            })
+            .collect(),
+        None => (0..d.nics.len())
+            .map(|i| Row {
+                name: d.tap_name(i),
+                backend: format!("net{i}"),
+                device: (d.mac(i), d.nics[i].clone()),
+            })
+            .collect(),
+    }
+}
+
+fn running_live(store: &Store, name: &str) -> Option<Live> {
+    store.vmm(name)?;
+    Live::read(&store.runtime(name))
+}
+
+/// The backend of an attached device of the running domain, named by its target (disks) or
+/// its tap (NICs).
+pub fn attached_backend(store: &Store, name: &str, device: &str) -> Option<String> {
+    let live = running_live(store, name)?;
+    let disks = live.disks.iter().map(|d| (&d.target, &d.backend));
+    let nics = live.nics.iter().map(|n| (&n.tap, &n.backend));
+    disks
+        .chain(nics)
+        .find(|(alias, backend)| *alias == device || *backend == device)
+        .map(|(_, backend)| backend.clone())
 }
 
 fn write_atomically<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
