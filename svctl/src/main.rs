@@ -20,6 +20,7 @@ mod live;
 mod migrate;
 mod process;
 mod record;
+mod remote;
 mod save;
 mod shell;
 mod snapshot;
@@ -48,6 +49,9 @@ struct Args {
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     json: bool,
+    /// Run on another host: ssh://[user@]host[:port] (virsh's -c; default $SVCTL_DEFAULT_URI).
+    #[arg(short = 'c', long = "connect", global = true, value_name = "URI")]
+    connect: Option<String>,
     /// The verb; without one, an interactive shell (a script on stdin when it is not a
     /// terminal).
     #[command(subcommand)]
@@ -494,12 +498,27 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
 fn main() -> ExitCode {
     api::unix_socket::restrict_umask();
     let args = Args::parse();
+    let uri = args
+        .connect
+        .clone()
+        .or_else(|| std::env::var("SVCTL_DEFAULT_URI").ok());
+    let remote = match uri.as_deref().map(remote::parse_uri).transpose() {
+        Ok(r) => r.flatten(),
+        Err(e) => {
+            report(&e, &Out { json: args.json });
+            return ExitCode::from(2);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(r) = remote {
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        return remote::run(&r, &remote::strip_connect(&argv), args.json);
+    }
     let Some(verb) = args.verb else {
         return shell::run(args.json);
     };

@@ -108,8 +108,15 @@ fn line(text: &str, json: bool) -> Line {
     let argv = std::iter::once("svctl".to_string()).chain(words);
     match Args::try_parse_from(argv) {
         Ok(Args {
+            connect: Some(_), ..
+        }) => {
+            eprintln!("svctl: error: -c works for the whole shell: start it as `svctl -c URI`");
+            Line::Ran(false)
+        }
+        Ok(Args {
             verb: Some(verb),
             json: asked,
+            connect: None,
         }) => {
             let out = Out {
                 json: json || asked,
