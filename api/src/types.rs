@@ -12,7 +12,11 @@ pub struct VmInfo {
     pub state: VmState,
     pub pid: u32,
     pub uptime_ms: u64,
+    /// The vCPUs it has now (`vm.resize` changes it).
     pub cpus: u8,
+    /// The most it may have.
+    #[serde(default)]
+    pub max_cpus: u8,
     pub memory_bytes: u64,
     /// The page size guest RAM got (docs/architecture.md, "Guest RAM").
     pub ram_pages: RamPages,
@@ -142,6 +146,24 @@ pub struct PciDeviceInfo {
 pub struct RemoveDevice {
     pub id: String,
     /// How long to wait for the guest to eject it [default: 10 000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `PUT /api/v1/vm.resize`: Cloud Hypervisor's body (`desired_vcpus`), `cpus` taken too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmResize {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_vcpus: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u8>,
+    /// Memory hotplug is not there yet: a request for it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_ram: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_balloon: Option<u64>,
+    /// How long to wait for the guest to give up each vCPU removed [default: 10 000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
 }

@@ -221,6 +221,30 @@ fn vcpus_are_shown_pinned_and_their_cpu_time_counted() {
 }
 
 #[test]
+fn setvcpus_live_adds_and_removes_vcpus() {
+    let s = ok("setvcpus-4");
+    assert!(s.contains("Domain 'vm1': 4 vCPU(s) now"), "{s}");
+    let cpus = |step: &str| {
+        let s = ok(step);
+        s.lines()
+            .find(|l| l.starts_with("CPU(s):"))
+            .map(|l| l.split_whitespace().last().unwrap_or_default().to_string())
+            .unwrap_or_else(|| panic!("no CPU(s) line: {s}"))
+    };
+    assert_eq!(cpus("dominfo-4"), "4");
+    let v = ok("vcpuinfo-4");
+    assert_eq!(v.matches("VCPU:").count(), 4, "{v}");
+    ok("setvcpus-2");
+    assert_eq!(cpus("dominfo-2"), "2");
+    let s = step("setvcpus-past-max");
+    assert!(
+        s.contains("rc=1") && s.contains("this VM has 1 to 4"),
+        "{s}"
+    );
+    ok("setvcpus-back-to-1");
+}
+
+#[test]
 fn attach_detach_cycles_leak_nothing() {
     let steps = file("steps.txt");
     assert!(

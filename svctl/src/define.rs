@@ -59,24 +59,78 @@ pub fn undefine(store: &Store, name: &str, out: &Out) -> Result<(), String> {
     Ok(())
 }
 
-pub fn setvcpus(store: &Store, name: &str, n: u8, config: bool, out: &Out) -> Result<(), String> {
+/// What `setvcpus`' flags said.
+pub struct VcpuScope {
+    pub live: bool,
+    pub config: bool,
+    /// The most vCPUs (`max_vcpus`), not the count.
+    pub maximum: bool,
+}
+
+/// `setvcpus NAME N`: the running domain's vCPUs (vCPU hotplug, up to its `max_vcpus`), its
+/// definition's (`--config`), or the definition's maximum (`--maximum --config`).
+pub fn setvcpus(
+    store: &Store,
+    name: &str,
+    n: u8,
+    scope: VcpuScope,
+    out: &Out,
+) -> Result<(), String> {
     let mut d = store.load(name)?;
-    if !config {
+    let running = crate::lifecycle::state(store, name) != crate::store::DomState::ShutOff;
+    let (live, config) = match (scope.live, scope.config) {
+        (false, false) => (running && !scope.maximum, !running || scope.maximum),
+        s => s,
+    };
+    if config && !store.persistent(name) {
         return Err(format!(
-            "domain '{name}': changing the vCPUs of a running VM is not supported; use --config (next boot)"
+            "domain '{name}' is transient: it has no definition to change"
         ));
     }
-    if !store.persistent(name) {
-        return Err(format!(
-            "domain '{name}' is transient: it has no config to change"
-        ));
+    if scope.maximum {
+        if live {
+            return Err(format!(
+                "domain '{name}': the maximum is for the next start (--config)"
+            ));
+        }
+        if n < d.vcpus {
+            return Err(format!(
+                "domain '{name}': a maximum of {n} is below its {} vCPU(s)",
+                d.vcpus
+            ));
+        }
+        d.max_vcpus = Some(n);
+        d.validate().map_err(|e| e.to_string())?;
+        store.save(&d)?;
+        out.print(
+            format!("Domain '{name}': at most {n} vCPU(s) from the next start\n"),
+            json!({"name": name, "max_vcpus": n}),
+        );
+        return Ok(());
     }
-    d.vcpus = n;
-    d.validate().map_err(|e| e.to_string())?;
-    store.save(&d)?;
+    if live {
+        if !running {
+            return Err(format!("domain '{name}' is not running (use --config)"));
+        }
+        let body = json!({"desired_vcpus": n, "timeout_ms": 20_000});
+        crate::lifecycle::api(store, name)
+            .with_timeout(std::time::Duration::from_secs(120))
+            .put("vm.resize", Some(&body))
+            .map_err(|e| format!("domain '{name}': {e}"))?;
+    }
+    if config {
+        d.vcpus = n;
+        d.validate().map_err(|e| e.to_string())?;
+        store.save(&d)?;
+    }
+    let when = match (live, config) {
+        (true, true) => "now and from the next start",
+        (true, false) => "now",
+        _ => "from the next start",
+    };
     out.print(
-        format!("Domain '{name}': {n} vCPU(s) from the next start\n"),
-        json!({"name": name, "vcpus": n}),
+        format!("Domain '{name}': {n} vCPU(s) {when}\n"),
+        json!({"name": name, "vcpus": n, "live": live, "config": config}),
     );
     Ok(())
 }
@@ -111,6 +165,9 @@ pub struct InstallArgs {
     pub memory: String,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,
+    /// The most vCPUs `setvcpus --live` may give it [default: --vcpus].
+    #[arg(long, value_name = "N")]
+    pub max_vcpus: Option<u8>,
     /// path=IMG[,format=raw|qcow2|auto][,readonly=on][,queues=N]; repeatable.
     #[arg(long = "disk")]
     pub disks: Vec<String>,
@@ -202,6 +259,7 @@ pub fn install(store: &Store, a: InstallArgs, out: &Out) -> Result<(), String> {
         name: a.name.clone(),
         uuid: domain::new_uuid(),
         vcpus: a.vcpus,
+        max_vcpus: a.max_vcpus,
         memory,
         kernel: a.kernel,
         initramfs: a.initramfs,

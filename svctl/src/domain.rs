@@ -24,6 +24,9 @@ pub struct Domain {
     pub uuid: String,
     #[serde(default = "one")]
     pub vcpus: u8,
+    /// The most vCPUs `setvcpus --live` may give it (vCPU hotplug); none: `vcpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u8>,
     pub memory: ByteSize,
     pub kernel: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +187,14 @@ impl Domain {
                 "memory {} is below the minimum of 64M",
                 self.memory
             )));
+        }
+        if let Some(max) = self.max_vcpus {
+            if max < self.vcpus || max > api::config::MAX_CPUS {
+                return Err(bad(format!(
+                    "vcpus {} is out of range for max_vcpus {max} (1-{max}; max_vcpus up to 254)",
+                    self.vcpus
+                )));
+            }
         }
         for (vcpu, list) in &self.vcpupin {
             if *vcpu >= u32::from(self.vcpus) {
@@ -514,6 +525,7 @@ pub fn vm_config(d: &Domain, rt: &Runtime) -> VmConfig {
         initramfs: d.initramfs.clone(),
         cmdline: d.cmdline.clone(),
         cpus: d.vcpus,
+        max_cpus: d.max_vcpus,
         memory: MemoryConfig {
             size: d.memory,
             ..MemoryConfig::default()

@@ -83,6 +83,8 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
         _ => api(store, name).get::<api::types::VmInfo>("vm.info").ok(),
     };
     let ram_pages = info.as_ref().map(|i| i.ram_pages.to_string());
+    // running: the vCPUs it has now (setvcpus --live)
+    let vcpus = info.as_ref().map_or(d.vcpus, |i| i.cpus);
     let devices: Vec<api::types::DeviceInfo> = info.map(|i| i.devices).unwrap_or_default();
     let backends: Vec<Value> = devices
         .iter()
@@ -99,7 +101,7 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
     };
     let processes = backend_processes(record.as_ref(), supervisor.is_some());
     let j = json!({
-        "id": pid, "name": d.name, "uuid": d.uuid, "state": st.to_string(), "vcpus": d.vcpus,
+        "id": pid, "name": d.name, "uuid": d.uuid, "state": st.to_string(), "vcpus": vcpus,
         "cpu_time_s": cpu, "max_memory_kib": max_kib, "used_memory_kib": used_kib,
         "ram_pages": ram_pages,
         "persistent": persistent, "autostart": d.autostart, "supervisor": supervisor,
@@ -117,7 +119,7 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
         ("UUID", d.uuid.clone()),
         ("OS Type", "hvm".into()),
         ("State", st.to_string()),
-        ("CPU(s)", d.vcpus.to_string()),
+        ("CPU(s)", vcpus.to_string()),
         ("CPU time", cpu.map_or("-".into(), |c| format!("{c:.1}s"))),
         ("Max memory", format!("{max_kib} KiB")),
         ("Used memory", format!("{used_kib} KiB")),

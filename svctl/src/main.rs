@@ -173,12 +173,20 @@ enum Verb {
     Setmem { name: String, size: String },
     /// Memory statistics of a running guest (from its balloon).
     Dommemstat { name: String },
-    /// Set the number of vCPUs for the next start.
+    /// Set the number of vCPUs: of the running domain (--live, the default while it runs), of
+    /// its definition (--config), or its maximum (--maximum --config).
     Setvcpus {
         name: String,
         count: u8,
+        /// The running domain (vCPU hotplug, up to its maximum).
+        #[arg(long)]
+        live: bool,
+        /// The definition (the next start).
         #[arg(long)]
         config: bool,
+        /// Set the most vCPUs it may have (with --config; `max_vcpus`).
+        #[arg(long)]
+        maximum: bool,
     },
     /// Each vCPU of a running domain: the host CPU it last ran on, its state, CPU time and
     /// affinity (virsh vcpuinfo).
@@ -421,8 +429,17 @@ fn run(verb: Verb, out: &Out) -> Result<(), String> {
         Verb::Setvcpus {
             name,
             count,
+            live,
             config,
-        } => define::setvcpus(&store, &name, count, config, out),
+            maximum,
+        } => {
+            let scope = define::VcpuScope {
+                live,
+                config,
+                maximum,
+            };
+            define::setvcpus(&store, &name, count, scope, out)
+        }
         Verb::Vcpuinfo { name } => vcpus::vcpuinfo(&store, &name, out),
         Verb::Vcpupin {
             name,

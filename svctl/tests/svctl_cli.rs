@@ -176,15 +176,35 @@ fn start_names_the_missing_file() {
 fn setvcpus_autostart_and_install_options() {
     let s = Store::new("config");
     s.svctl(&["define", &s.domain("app", "")]);
-    fails_with(&s.svctl(&["setvcpus", "app", "4"]), "use --config");
+    // shut off: --live is refused, the default is the definition
+    fails_with(
+        &s.svctl(&["setvcpus", "app", "4", "--live"]),
+        "is not running (use --config)",
+    );
     fails_with(
         &s.svctl(&["setvcpus", "app", "0", "--config"]),
         "out of range",
+    );
+    assert!(s.svctl(&["setvcpus", "app", "2"]).status.success());
+    // the maximum (vCPU hotplug's limit) is never below the count
+    assert!(s
+        .svctl(&["setvcpus", "app", "6", "--maximum", "--config"])
+        .status
+        .success());
+    fails_with(
+        &s.svctl(&["setvcpus", "app", "1", "--maximum", "--config"]),
+        "a maximum of 1 is below its 2 vCPU(s)",
+    );
+    fails_with(
+        &s.svctl(&["setvcpus", "app", "7", "--config"]),
+        "vcpus 7 is out of range",
     );
     assert!(s
         .svctl(&["setvcpus", "app", "4", "--config"])
         .status
         .success());
+    let def = stdout(&s.svctl(&["dumpconfig", "app"]));
+    assert!(def.contains("\"max_vcpus\": 6"), "{def}");
     assert!(s.svctl(&["autostart", "app"]).status.success());
     let info = stdout(&s.svctl(&["dominfo", "app"]));
     assert!(

@@ -216,6 +216,7 @@ const PATHS: &[&str] = &[
     "vm.add-device",
     "vm.remove-device",
     "vm.reboot",
+    "vm.resize",
     "",
 ];
 

@@ -25,6 +25,7 @@ use crate::devices::Devices;
 use crate::irq_routing::IrqRouter;
 use crate::layout::bar_for_slot;
 use crate::run_control::RunControl;
+use crate::vcpu_hotplug::{VcpuHotplug, VcpuHotplugError};
 use crate::vhost_user::reconnect::{self, SharedVhostUser};
 use crate::vhost_user::VhostUserDevice;
 use crate::virtio::device_type::QueueUnits;
@@ -46,6 +47,8 @@ pub enum HotplugError {
     Internal { id: String, why: String },
     #[error("the guest did not eject {id} within {}s (it stays; ask again to wait longer)", .timeout.as_secs())]
     NotEjected { id: String, timeout: Duration },
+    #[error(transparent)]
+    Vcpus(#[from] VcpuHotplugError),
 }
 
 /// A device added while the VM runs.
@@ -77,6 +80,8 @@ pub struct Hotplug {
     /// The ids of the devices the VM booted with.
     boot_ids: Vec<String>,
     added: Mutex<BTreeMap<String, Added>>,
+    /// Its vCPUs (`vm.resize`).
+    vcpus: Arc<VcpuHotplug>,
     /// One addition or removal at a time.
     busy: Mutex<()>,
 }
@@ -93,6 +98,7 @@ impl Hotplug {
         control: Arc<RunControl>,
         mem: GuestMemoryMmap,
         boot_ids: Vec<String>,
+        vcpus: Arc<VcpuHotplug>,
     ) -> Hotplug {
         Hotplug {
             devices,
@@ -101,6 +107,7 @@ impl Hotplug {
             mem,
             boot_ids,
             added: Mutex::default(),
+            vcpus,
             busy: Mutex::default(),
         }
     }
@@ -109,9 +116,20 @@ impl Hotplug {
         self.added.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether any device was added (and is still there).
+    /// Whether any device or vCPU was added (and is still there).
     pub fn has_added(&self) -> bool {
-        !self.added().is_empty()
+        !self.added().is_empty() || self.vcpus.has_added()
+    }
+
+    /// Add or remove vCPUs until the VM has `want`; the count it has.
+    pub fn resize_vcpus(&self, want: u8, eject_wait: Duration) -> Result<u8, HotplugError> {
+        let _op = self.exclusive()?;
+        Ok(self.vcpus.resize(want, eject_wait)?)
+    }
+
+    /// The vCPUs the VM has now.
+    pub fn vcpu_count(&self) -> u8 {
+        self.vcpus.count()
     }
 
     /// The added devices, for `vm.info`.

@@ -44,6 +44,8 @@ pub const PLATFORM_MMIO_START: u64 = 0xfed0_0000;
 pub const PLATFORM_MMIO_SIZE: u64 = 0x1000;
 pub const PCI_HOTPLUG_START: u64 = PLATFORM_MMIO_START;
 pub const GED_STATUS_START: u64 = PLATFORM_MMIO_START + 0x10;
+/// The CPU hotplug controller's registers (`devices::cpu_hotplug`).
+pub const CPU_HOTPLUG_START: u64 = PLATFORM_MMIO_START + 0x20;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM needs three pages for the TSS and one for the identity map, inside the hole.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;

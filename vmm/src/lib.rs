@@ -23,6 +23,7 @@ pub mod signals;
 pub mod snapshot;
 pub mod threads;
 pub mod vcpu;
+pub mod vcpu_hotplug;
 pub mod vhost_user;
 pub mod virtio;
 pub mod vm;

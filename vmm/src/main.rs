@@ -36,6 +36,10 @@ struct Args {
     /// Number of vCPUs (1-254) [default: 1].
     #[arg(long, value_name = "N")]
     cpus: Option<u8>,
+    /// The most vCPUs the VM may have: `vm.resize` adds (and removes) vCPUs up to it while
+    /// the guest runs [default: --cpus, no vCPU hotplug].
+    #[arg(long, value_name = "N")]
+    max_cpus: Option<u8>,
     /// Guest RAM: SIZE[,hugepages=on|off][,shared=off][,mergeable=on], e.g. 512M or
     /// 2G,hugepages=on [default: 512M in 2 MiB pages where the host allows, see vm.info's
     /// ram_pages]; shared=off (private RAM, no devices) is what mergeable=on (KSM) needs.
@@ -71,7 +75,7 @@ struct Args {
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["config", "kernel", "initramfs", "cmdline", "cpus", "memory"]
+        conflicts_with_all = ["config", "kernel", "initramfs", "cmdline", "cpus", "max_cpus", "memory"]
     )]
     restore: Option<String>,
     /// With --restore: leave the vCPUs paused (`vm.resume` starts them).
@@ -84,7 +88,7 @@ struct Args {
     #[arg(
         long,
         value_name = "URL",
-        conflicts_with_all = ["config", "kernel", "initramfs", "cmdline", "cpus", "memory", "restore"]
+        conflicts_with_all = ["config", "kernel", "initramfs", "cmdline", "cpus", "max_cpus", "memory", "restore"]
     )]
     incoming: Option<String>,
 }
@@ -104,6 +108,7 @@ fn config_from(mut args: Args) -> anyhow::Result<VmConfig> {
     cfg.initramfs = args.initramfs.or(cfg.initramfs);
     cfg.cmdline = args.cmdline.or(cfg.cmdline);
     cfg.cpus = args.cpus.unwrap_or(cfg.cpus);
+    cfg.max_cpus = args.max_cpus.or(cfg.max_cpus);
     cfg.memory = args.memory.unwrap_or(cfg.memory);
     for spec in &args.devices {
         let device: DeviceConfig = spec.parse()?;

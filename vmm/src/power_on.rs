@@ -35,7 +35,9 @@ fn err(what: impl Into<String>) -> impl FnOnce(kvm_ioctls::Error) -> PowerOnErro
     move |source| PowerOnError { what, source }
 }
 
-struct VcpuState {
+/// One vCPU's power-on state (a vCPU added while the guest runs keeps its own: it is reset
+/// with it when it is added again).
+pub struct VcpuState {
     regs: kvm_regs,
     sregs: kvm_sregs,
     fpu: kvm_fpu,
@@ -44,58 +46,24 @@ struct VcpuState {
     events: kvm_vcpu_events,
 }
 
-/// Everything KVM holds about the machine outside guest memory, as it was at power-on.
-pub struct PowerOnState {
-    chips: Vec<kvm_irqchip>,
-    pit: kvm_pit_state2,
-    vcpus: Vec<VcpuState>,
-}
-
-impl PowerOnState {
-    /// Save the interrupt controllers and the PIT (call right after creating them).
-    pub fn save_platform(vm: &VmFd) -> Result<PowerOnState, PowerOnError> {
-        let chips = crate::snapshot::platform::read_irqchips(vm)
-            .map_err(err("save the interrupt controllers"))?;
-        let pit = vm.get_pit2().map_err(err("save the PIT"))?;
-        Ok(PowerOnState {
-            chips,
-            pit,
-            vcpus: Vec::new(),
-        })
-    }
-
-    /// Save the next vCPU (ids in order), after its CPUID is set and before it is configured.
-    pub fn save_vcpu(&mut self, vcpu: &VcpuFd) -> Result<(), PowerOnError> {
-        let id = self.vcpus.len();
+impl VcpuState {
+    /// vCPU `id`'s state now (after its CPUID is set and before it is configured).
+    pub fn save(id: usize, vcpu: &VcpuFd) -> Result<VcpuState, PowerOnError> {
         let e = |what: &str| err(format!("save {what} of vCPU {id}"));
-        self.vcpus.push(VcpuState {
+        Ok(VcpuState {
             regs: vcpu.get_regs().map_err(e("the registers"))?,
             sregs: vcpu.get_sregs().map_err(e("the segment registers"))?,
             fpu: vcpu.get_fpu().map_err(e("the FPU"))?,
             lapic: vcpu.get_lapic().map_err(e("the LAPIC"))?,
             mp_state: vcpu.get_mp_state().map_err(e("the MP state"))?,
             events: vcpu.get_vcpu_events().map_err(e("the pending events"))?,
-        });
-        Ok(())
+        })
     }
 
-    pub fn restore_platform(&self, vm: &VmFd) -> Result<(), PowerOnError> {
-        for chip in &self.chips {
-            vm.set_irqchip(chip)
-                .map_err(err("reset the interrupt controllers"))?;
-        }
-        vm.set_pit2(&self.pit).map_err(err("reset the PIT"))
-    }
-
-    /// Put vCPU `id` back to its power-on state; the caller then configures it for boot again.
-    pub fn restore_vcpu(&self, id: usize, vcpu: &VcpuFd) -> Result<(), PowerOnError> {
+    /// Put vCPU `id` back to this state; the caller then configures it for boot again.
+    pub fn restore(&self, id: usize, vcpu: &VcpuFd) -> Result<(), PowerOnError> {
         let e = |what: &str| err(format!("reset {what} of vCPU {id}"));
-        let Some(s) = self.vcpus.get(id) else {
-            return Err(PowerOnError {
-                what: format!("find the power-on state of vCPU {id}"),
-                source: kvm_ioctls::Error::new(libc::ENOENT),
-            });
-        };
+        let s = self;
         // the APIC base (in sregs) first: it decides how the LAPIC registers are read
         vcpu.set_sregs(&s.sregs)
             .map_err(e("the segment registers"))?;
@@ -120,5 +88,52 @@ impl PowerOnState {
             }
         }
         Ok(())
+    }
+}
+
+/// Everything KVM holds about the machine outside guest memory, as it was at power-on.
+pub struct PowerOnState {
+    chips: Vec<kvm_irqchip>,
+    pit: kvm_pit_state2,
+    vcpus: Vec<VcpuState>,
+}
+
+impl PowerOnState {
+    /// Save the interrupt controllers and the PIT (call right after creating them).
+    pub fn save_platform(vm: &VmFd) -> Result<PowerOnState, PowerOnError> {
+        let chips = crate::snapshot::platform::read_irqchips(vm)
+            .map_err(err("save the interrupt controllers"))?;
+        let pit = vm.get_pit2().map_err(err("save the PIT"))?;
+        Ok(PowerOnState {
+            chips,
+            pit,
+            vcpus: Vec::new(),
+        })
+    }
+
+    /// Save the next vCPU (ids in order), after its CPUID is set and before it is configured.
+    pub fn save_vcpu(&mut self, vcpu: &VcpuFd) -> Result<(), PowerOnError> {
+        let state = VcpuState::save(self.vcpus.len(), vcpu)?;
+        self.vcpus.push(state);
+        Ok(())
+    }
+
+    pub fn restore_platform(&self, vm: &VmFd) -> Result<(), PowerOnError> {
+        for chip in &self.chips {
+            vm.set_irqchip(chip)
+                .map_err(err("reset the interrupt controllers"))?;
+        }
+        vm.set_pit2(&self.pit).map_err(err("reset the PIT"))
+    }
+
+    /// Put vCPU `id` back to its power-on state; the caller then configures it for boot again.
+    pub fn restore_vcpu(&self, id: usize, vcpu: &VcpuFd) -> Result<(), PowerOnError> {
+        let Some(s) = self.vcpus.get(id) else {
+            return Err(PowerOnError {
+                what: format!("find the power-on state of vCPU {id}"),
+                source: kvm_ioctls::Error::new(libc::ENOENT),
+            });
+        };
+        s.restore(id, vcpu)
     }
 }

@@ -93,6 +93,16 @@ impl RunControl {
         self.lock().threads = threads;
     }
 
+    /// A vCPU thread added while the guest runs (never while paused: `vcpu_hotplug.rs`).
+    pub fn add_thread(&self, thread: libc::pthread_t) {
+        self.lock().threads.push(thread);
+    }
+
+    /// A vCPU thread about to end (before it does: a pause must not wait for it).
+    pub fn remove_thread(&self, thread: libc::pthread_t) {
+        self.lock().threads.retain(|&t| t != thread);
+    }
+
     pub fn paused(&self) -> bool {
         self.lock().paused
     }

@@ -1,6 +1,7 @@
 //! One thread per vCPU: run it and route its exits (port I/O to the legacy devices, system
 //! events to the VM's exit).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -44,13 +45,15 @@ pub fn stop_all(
 }
 
 /// Start vCPU `id`'s thread; it confines itself further (`seccomp`, the vCPU filter of
-/// `confinement.rs`) before it first runs guest code.
+/// `confinement.rs`) before it first runs guest code. It ends when the VM exits, or when
+/// `stop` is set and it is kicked (a vCPU the guest gave up, `vcpu_hotplug.rs`).
 pub fn spawn(
     id: u8,
     vcpu: VcpuFd,
     devices: Arc<Devices>,
     control: Arc<RunControl>,
     seccomp: crate::config::SeccompMode,
+    stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<VcpuFd>> {
     crate::threads::builder(format!("vcpu{id}")).spawn(move || {
         if let Err(e) = crate::confinement::install_vcpu(id, seccomp) {
@@ -58,13 +61,19 @@ pub fn spawn(
             devices.exit.request(VmExit::Crash(why));
             return vcpu;
         }
-        run(id, vcpu, devices, control)
+        run(id, vcpu, devices, control, stop)
     })
 }
 
-fn run(id: u8, mut vcpu: VcpuFd, devices: Arc<Devices>, control: Arc<RunControl>) -> VcpuFd {
+fn run(
+    id: u8,
+    mut vcpu: VcpuFd,
+    devices: Arc<Devices>,
+    control: Arc<RunControl>,
+    stop: Arc<AtomicBool>,
+) -> VcpuFd {
     let exit = devices.exit.clone();
-    while !exit.requested() {
+    while !exit.requested() && !stop.load(Ordering::Acquire) {
         control.park_while_paused(id, &mut vcpu);
         if exit.requested() {
             break;

@@ -13,6 +13,7 @@ use crate::boot::{self, BootError};
 use crate::config::SerialConfig;
 use crate::config::{ConfigError, OnReboot, VmConfig};
 use crate::cpu::{self, CpuError};
+use crate::devices::cpu_hotplug::CpuHotplugRegs;
 use crate::devices::ged::{Ged, GED_IRQ};
 use crate::devices::serial::{Console, SerialError, COM1_IRQ};
 use crate::devices::Devices;
@@ -26,6 +27,7 @@ use crate::power_on::{PowerOnError, PowerOnState};
 use crate::run_control::RunControl;
 use crate::snapshot::caps::KvmCaps;
 use crate::snapshot::restore::{Restore, RestoreError};
+use crate::vcpu_hotplug::VcpuHotplug;
 use crate::vhost_user::reconnect::{self, SharedVhostUser};
 use crate::vhost_user::VhostUserDevice;
 use crate::virtio::absent_device::AbsentDevice;
@@ -119,6 +121,8 @@ pub struct Vm {
     control: Arc<RunControl>,
     power_on: PowerOnState,
     vcpu_threads: Vec<std::thread::JoinHandle<kvm_ioctls::VcpuFd>>,
+    /// The vCPUs added while the guest runs.
+    vcpu_hotplug: Arc<VcpuHotplug>,
 }
 
 impl Vm {
@@ -282,6 +286,7 @@ impl Vm {
             exit: exit.clone(),
             ged: ged.clone(),
             hotplug: Arc::default(),
+            cpu_hotplug: Arc::new(CpuHotplugRegs::new(cfg.cpus, cfg.max_vcpus())),
         });
 
         let mut supported = kvm
@@ -295,7 +300,7 @@ impl Vm {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("create a vCPU"))?;
-            cpu::set_cpuid(&vcpu, &supported, id, cfg.cpus)?;
+            cpu::set_cpuid(&vcpu, &supported, id, cfg.max_vcpus())?;
             if let (Some(r), 0) = (restore, id) {
                 // what a vCPU here really shows (PVM shows more than it calls supported)
                 let here = vcpu
@@ -328,6 +333,15 @@ impl Vm {
         signals::spawn_handler(exit.clone()).map_err(VmError::Thread)?;
         signals::install_vcpu_kick_handler().map_err(VmError::Thread)?;
         let control = Arc::new(RunControl::new(vm.clone(), exit.clone()));
+        let vcpu_hotplug = Arc::new(VcpuHotplug::new(
+            vm.clone(),
+            supported.clone(),
+            (cfg.cpus, cfg.max_vcpus()),
+            ram.memory().clone(),
+            devices.clone(),
+            control.clone(),
+            cfg.seccomp,
+        ));
         if let (Some(clock), Some(true)) = (restored_clock, restore.map(|r| r.paused)) {
             control.start_paused(clock);
         }
@@ -369,6 +383,7 @@ impl Vm {
                     control.clone(),
                     ram.memory().clone(),
                     crate::config::device_ids(&cfg.devices),
+                    vcpu_hotplug.clone(),
                 ))
             });
             let ctx = ApiContext {
@@ -394,6 +409,7 @@ impl Vm {
             control,
             power_on,
             vcpu_threads: Vec::new(),
+            vcpu_hotplug,
         };
         vm.spawn_vcpus(vcpus)?;
         // the API last: whatever it is asked (a pause, a snapshot) finds every vCPU running
@@ -423,6 +439,7 @@ impl Vm {
                 self.devices.clone(),
                 self.control.clone(),
                 self.cfg.seccomp,
+                Arc::default(),
             );
             self.vcpu_threads.push(thread.map_err(VmError::Thread)?);
         }
@@ -441,6 +458,7 @@ impl Vm {
             self.control.set_threads(Vec::new());
             let threads = std::mem::take(&mut self.vcpu_threads);
             let vcpus = vcpu::stop_all(threads, std::time::Duration::from_secs(2));
+            self.vcpu_hotplug.stop_all();
             if exit == VmExit::Reset && self.cfg.on_reboot == OnReboot::Restart {
                 match vcpus {
                     Some(vcpus) => match self.reboot(vcpus) {
@@ -480,6 +498,8 @@ impl Vm {
         self.devices.pci.power_on_reset();
         self.devices.ged.power_on_reset();
         self.devices.hotplug.power_on_reset();
+        // back to the boot vCPUs (the added ones are parked: `vm.resize` adds them again)
+        self.devices.cpu_hotplug.power_on_reset();
         let kernel = boot::check_inputs(&self.cfg)?;
         let entry = boot::load(&self.ram, &self.cfg, kernel)?;
         self.power_on.restore_platform(&self.vm)?;

@@ -74,6 +74,10 @@ pub enum ConfigError {
     NoKernel,
     #[error("--cpus {0} is out of range: a VM has 1 to {MAX_CPUS} vCPUs")]
     CpuCount(u8),
+    #[error(
+        "--max-cpus {max} is out of range: it is at least --cpus ({cpus}) and at most {MAX_CPUS}"
+    )]
+    MaxCpus { max: u8, cpus: u8 },
     #[error("--memory {0} is too small: a Linux guest needs at least {min} MiB", min = MIN_MEMORY >> 20)]
     MemoryTooSmall(ByteSize),
     #[error("--memory shared=off does not go with {0}")]
@@ -305,6 +309,10 @@ pub struct VmConfig {
     pub cmdline: Option<String>,
     #[serde(default = "default_cpus")]
     pub cpus: u8,
+    /// The most vCPUs the VM may have (`vm.resize` adds and removes vCPUs up to it while the
+    /// guest runs; docs/hotplug.md); none: `cpus`, and no vCPU hotplug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<u8>,
     #[serde(default)]
     pub memory: MemoryConfig,
     #[serde(default)]
@@ -336,6 +344,7 @@ impl Default for VmConfig {
             initramfs: None,
             cmdline: None,
             cpus: default_cpus(),
+            max_cpus: None,
             memory: MemoryConfig::default(),
             serial: SerialConfig::default(),
             devices: Vec::new(),
@@ -347,6 +356,11 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
+    /// The most vCPUs the VM may have.
+    pub fn max_vcpus(&self) -> u8 {
+        self.max_cpus.unwrap_or(self.cpus).max(self.cpus)
+    }
+
     /// Checks that need no host access (files and host memory are checked when used).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.kernel.is_none() {
@@ -354,6 +368,14 @@ impl VmConfig {
         }
         if self.cpus == 0 || self.cpus > MAX_CPUS {
             return Err(ConfigError::CpuCount(self.cpus));
+        }
+        if let Some(max) = self.max_cpus {
+            if max < self.cpus || max > MAX_CPUS {
+                return Err(ConfigError::MaxCpus {
+                    max,
+                    cpus: self.cpus,
+                });
+            }
         }
         if self.memory.size.0 < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(self.memory.size));

@@ -34,7 +34,7 @@ truncate -s 16M $W/cycle.raw
 qemu-img create -q -f qcow2 $W/data.qcow2 64M
 
 step install
-sv install --name vm1 --memory 256M --no-balloon --disk path=$W/boot.raw,format=raw \
+sv install --name vm1 --memory 256M --no-balloon --max-vcpus 4 --disk path=$W/boot.raw,format=raw \
     --kernel $L2_KERNEL --initramfs $KIT/l2/initramfs.cpio.gz \
     --cmdline "console=ttyS0 quiet sv.cmd64=$GUEST64"
 wait_console con-up.txt GUEST-UP 300
@@ -97,6 +97,21 @@ step vcpupin-no-such-vcpu
 sv vcpupin vm1 2 0
 step cpu-stats
 sv --json cpu-stats vm1
+# vCPU hotplug through svctl (the guest leaves the new vCPUs offline: it gives them up anyway)
+step setvcpus-4
+sv setvcpus vm1 4 --live
+step dominfo-4
+sv dominfo vm1
+step vcpuinfo-4
+sv vcpuinfo vm1
+step setvcpus-2
+sv setvcpus vm1 2
+step dominfo-2
+sv dominfo vm1
+step setvcpus-past-max
+sv setvcpus vm1 5 --live
+step setvcpus-back-to-1
+sv setvcpus vm1 1
 # cycles: the vmm's descriptors, threads, GSIs and MSI routes after each
 VMM=$(cat /tmp/run/vm1/vmm.pid)
 interrupts() {

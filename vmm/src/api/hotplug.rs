@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::api::types::{AddDevice, PciDeviceInfo, RemoveDevice};
+use ::api::types::{AddDevice, PciDeviceInfo, RemoveDevice, VmResize};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,6 +13,7 @@ use axum::Json;
 
 use super::server::{fail, ApiContext, Ctx};
 use crate::hotplug::{Hotplug, HotplugError};
+use crate::vcpu_hotplug::VcpuHotplugError;
 
 /// How long `vm.remove-device` waits for the guest's eject unless told.
 const EJECT_WAIT: Duration = Duration::from_secs(10);
@@ -26,6 +27,13 @@ fn status(e: &HotplugError) -> StatusCode {
         HotplugError::Conflict(_) | HotplugError::NotEjected { .. } => StatusCode::CONFLICT,
         HotplugError::Backend { .. } => StatusCode::BAD_GATEWAY,
         HotplugError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        HotplugError::Vcpus(e) => match e {
+            VcpuHotplugError::OutOfRange { .. } => StatusCode::BAD_REQUEST,
+            VcpuHotplugError::NotEjected { .. } => StatusCode::CONFLICT,
+            VcpuHotplugError::Add { .. } | VcpuHotplugError::Stuck { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        },
     }
 }
 
@@ -89,6 +97,36 @@ pub(super) async fn remove_device(
     blocking(
         move || hotplug.remove(&req.id, wait),
         |()| StatusCode::NO_CONTENT.into_response(),
+    )
+    .await
+}
+
+/// `vm.resize`: the vCPUs (`desired_vcpus`, or `cpus`) added or removed until the VM has
+/// that many; 204 once it has (each removal waits for the guest's eject).
+pub(super) async fn resize(
+    State(ctx): Ctx,
+    body: Result<Json<VmResize>, JsonRejection>,
+) -> Response {
+    let (hotplug, req) = match take(&ctx, body) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    if req.desired_ram.is_some() || req.desired_balloon.is_some() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "only desired_vcpus can be resized (memory: the balloon, vm.balloon)",
+        );
+    }
+    let Some(want) = req.desired_vcpus.or(req.cpus) else {
+        return fail(StatusCode::BAD_REQUEST, "give desired_vcpus");
+    };
+    let wait = req
+        .timeout_ms
+        .map_or(EJECT_WAIT, Duration::from_millis)
+        .min(MAX_EJECT_WAIT);
+    blocking(
+        move || hotplug.resize_vcpus(want, wait),
+        |_| StatusCode::NO_CONTENT.into_response(),
     )
     .await
 }

@@ -131,6 +131,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(&p("vm.resize-disk"), put(backend_proxy::resize_disk))
         .route(&p("vm.add-device"), put(hotplug::add_device))
         .route(&p("vm.remove-device"), put(hotplug::remove_device))
+        .route(&p("vm.resize"), put(hotplug::resize))
         .route(&p("vm.snapshot"), put(snapshot))
         .route(&p("vm.send-migration"), put(send_migration))
         .route(&p("vm.cancel-migration"), put(cancel_migration))
@@ -200,7 +201,11 @@ async fn info(State(ctx): Ctx) -> Json<VmInfo> {
         },
         pid: std::process::id(),
         uptime_ms: ctx.started.elapsed().as_millis() as u64,
-        cpus: ctx.cfg.cpus,
+        cpus: ctx
+            .hotplug
+            .as_ref()
+            .map_or(ctx.cfg.cpus, |h| h.vcpu_count()),
+        max_cpus: ctx.cfg.max_vcpus(),
         memory_bytes: ctx.cfg.memory.size.0,
         ram_pages: ctx.ram_pages,
         power_button_presses: ctx.ged.presses(),
@@ -286,8 +291,8 @@ fn refuse_with_added_devices(ctx: &ApiContext, what: &str) -> Option<Response> {
     let added = ctx.hotplug.as_ref().is_some_and(|h| h.has_added());
     added.then(|| {
         let why = format!(
-            "devices were added to this VM while it runs; it cannot be {what} until they are \
-             removed"
+            "devices or vCPUs were added to this VM while it runs; it cannot be {what} until \
+             they are removed"
         );
         fail(StatusCode::CONFLICT, why)
     })

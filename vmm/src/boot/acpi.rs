@@ -16,7 +16,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::acpi_hotplug;
+use super::{acpi_cpus, acpi_hotplug};
 use crate::devices::acpi_pm::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ};
 use crate::layout::{ACPI_END, ACPI_START, APIC_START, IOAPIC_START, PCI_MMIO_END, PCI_MMIO_START};
@@ -69,8 +69,9 @@ fn com1_device() -> Vec<u8> {
 }
 
 /// The power button `\_SB_.PWRB`, the Generic Event Device that notifies it (see
-/// `devices::ged`) and the PCI hotplug controller (`acpi_hotplug`).
-fn event_devices() -> Vec<u8> {
+/// `devices::ged`), the PCI hotplug controller (`acpi_hotplug`) and, with `cpu_hotplug`, the
+/// vCPUs' devices and their controller (`acpi_cpus`, `max` vCPUs).
+fn event_devices(cpu_hotplug: Option<u8>) -> Vec<u8> {
     let pwrb_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
     let pwrb_uid = aml::Name::new("_UID".into(), &aml::ZERO);
     let mut out = bytes(&aml::Device::new(
@@ -78,7 +79,11 @@ fn event_devices() -> Vec<u8> {
         vec![&pwrb_hid, &pwrb_uid],
     ));
     out.extend(acpi_hotplug::controller());
-    out.extend(acpi_hotplug::ged());
+    out.extend(acpi_hotplug::ged(cpu_hotplug.is_some()));
+    if let Some(max) = cpu_hotplug {
+        out.extend(acpi_cpus::controller());
+        out.extend(acpi_cpus::cpus(max));
+    }
     out
 }
 
@@ -114,14 +119,14 @@ fn pci_host_bridge() -> Vec<u8> {
     bytes(&aml::Device::new("_SB_.PCI0".into(), children))
 }
 
-fn dsdt() -> Vec<u8> {
+fn dsdt(cpu_hotplug: Option<u8>) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"SVDSDT  ", 1);
     // Name (_S5, Package () { 5 }): SLP_TYP 5 for the soft-off state.
     let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8]));
     dsdt.append_slice(&bytes(&s5));
     dsdt.append_slice(&com1_device());
     dsdt.append_slice(&pci_host_bridge());
-    dsdt.append_slice(&event_devices());
+    dsdt.append_slice(&event_devices(cpu_hotplug));
     dsdt.as_slice().to_vec()
 }
 
@@ -141,30 +146,37 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     bytes(&fadt.finalize())
 }
 
-fn madt(cpus: u8) -> Vec<u8> {
+/// A local APIC per possible vCPU: the `cpus` present at boot enabled, the others up to `max`
+/// "online capable" (they may come later, `acpi_cpus`).
+fn madt(cpus: u8, max: u8) -> Vec<u8> {
     let mut madt = MADT::new(
         OEM_ID,
         *b"SVMADT  ",
         1,
         LocalInterruptController::Address(APIC_START as u32),
     );
-    for id in 0..cpus {
-        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    for id in 0..max.max(cpus) {
+        let status = match id < cpus {
+            true => EnabledStatus::Enabled,
+            false => EnabledStatus::DisabledOnlineCapable,
+        };
+        madt.add_structure(ProcessorLocalApic::new(id, id, status));
     }
     madt.add_structure(IoApic::new(0, IOAPIC_START as u32, 0));
     bytes(&madt)
 }
 
-/// Write the tables at [`ACPI_START`]; returns the RSDP's guest address.
-pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, AcpiError> {
+/// Write the tables at [`ACPI_START`] for `cpus` vCPUs present of `max`; returns the RSDP's
+/// guest address.
+pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, max: u8) -> Result<u64, AcpiError> {
     let align = |a: u64| (a + 15) & !15;
     let rsdp_addr = ACPI_START;
     let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
-    let dsdt = dsdt();
+    let dsdt = dsdt((max > cpus).then_some(max));
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align(fadt_addr + fadt.len() as u64);
-    let madt = madt(cpus);
+    let madt = madt(cpus, max);
     let xsdt_addr = align(madt_addr + madt.len() as u64);
     let mut xsdt = XSDT::new(OEM_ID, *b"SVXSDT  ", 1);
     xsdt.add_entry(fadt_addr);
@@ -198,7 +210,13 @@ mod tests {
 
     #[test]
     fn tables_have_valid_checksums_and_lengths() {
-        for t in [dsdt(), fadt(0x1234), madt(4)] {
+        for t in [
+            dsdt(None),
+            dsdt(Some(8)),
+            fadt(0x1234),
+            madt(4, 4),
+            madt(2, 8),
+        ] {
             assert!(checksum_ok(&t), "bad checksum in {:?}", &t[..4]);
             assert_eq!(
                 u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
@@ -206,9 +224,20 @@ mod tests {
             );
         }
         // 4 local APICs (8 bytes each) + 1 IOAPIC (12) after the 44-byte header
-        assert_eq!(madt(4).len(), 44 + 4 * 8 + 12);
+        assert_eq!(madt(4, 4).len(), 44 + 4 * 8 + 12);
+        // 8 possible, 2 present: the 6 others online capable (flags 2)
+        let m = madt(2, 8);
+        assert_eq!(m.len(), 44 + 8 * 8 + 12);
+        let flags =
+            |i: usize| u32::from_le_bytes(m[44 + i * 8 + 4..44 + i * 8 + 8].try_into().unwrap());
+        assert_eq!((flags(1), flags(2), flags(7)), (1, 2, 2));
         // the DSDT carries \_S5 with SLP_TYP 5, and COM1
-        let d = dsdt();
+        assert!(
+            !dsdt(None).windows(4).any(|w| w == b"CPUS"),
+            "no vCPU hotplug, no CPUS"
+        );
+        assert!(dsdt(Some(8)).windows(4).any(|w| w == b"CPUS"));
+        let d = dsdt(None);
         assert!(d.windows(4).any(|w| w == b"_S5_"));
         assert!(d.windows(4).any(|w| w == b"COM1"));
         assert!(d.windows(4).any(|w| w == b"PCI0"));
@@ -216,7 +245,12 @@ mod tests {
 
     #[test]
     fn the_power_button_sits_behind_a_generic_event_device() {
-        let d = dsdt();
+        assert!(
+            !dsdt(None).windows(4).any(|w| w == b"CPUS"),
+            "no vCPU hotplug, no CPUS"
+        );
+        assert!(dsdt(Some(8)).windows(4).any(|w| w == b"CPUS"));
+        let d = dsdt(None);
         assert!(d.windows(4).any(|w| w == b"PWRB"));
         assert!(d.windows(4).any(|w| w == b"GED_"));
         assert!(d.windows(8).any(|w| w == b"ACPI0013"));

@@ -40,13 +40,13 @@
 
 use acpi_tables::{aml, Aml, AmlSink};
 
-use crate::devices::ged::{EVENT_PCI, EVENT_POWER_BUTTON, GED_IRQ, GED_STATUS_SIZE};
+use crate::devices::ged::{EVENT_CPU, EVENT_PCI, EVENT_POWER_BUTTON, GED_IRQ, GED_STATUS_SIZE};
 use crate::devices::pci_hotplug::PCI_HOTPLUG_SIZE;
 use crate::layout::{GED_STATUS_START, PCI_HOTPLUG_START};
 use crate::pci::bus::MAX_SLOTS;
 
 /// AML already encoded, as a child of a device built here.
-struct Raw(Vec<u8>);
+pub(super) struct Raw(pub Vec<u8>);
 
 impl Aml for Raw {
     fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
@@ -54,7 +54,7 @@ impl Aml for Raw {
     }
 }
 
-fn bytes(table: &dyn Aml) -> Vec<u8> {
+pub(super) fn bytes(table: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
     table.to_aml_bytes(&mut v);
     v
@@ -172,8 +172,9 @@ pub fn pci0_children() -> Vec<u8> {
     out
 }
 
-/// `\_SB_.GED_`: its interrupt, its event register and `_EVT`.
-pub fn ged() -> Vec<u8> {
+/// `\_SB_.GED_`: its interrupt, its event register and `_EVT` (which scans the vCPUs when
+/// `cpu_hotplug`: the VM has `\_SB_.CPUS`).
+pub fn ged(cpu_hotplug: bool) -> Vec<u8> {
     let hid = aml::Name::new("_HID".into(), &"ACPI0013");
     let uid = aml::Name::new("_UID".into(), &aml::ZERO);
     let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
@@ -200,7 +201,16 @@ pub fn ged() -> Vec<u8> {
     let pwrb = aml::Path::new("\\_SB_.PWRB");
     let notify = aml::Notify::new(&pwrb, &0x80u8);
     let on_button = aml::If::new(&button_set, vec![&notify]);
-    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_pci, &on_button]);
+    let cpu = EVENT_CPU;
+    let cpu_bit = aml::And::new(&aml::ZERO, &local, &cpu);
+    let cpu_set = aml::Equal::new(&cpu_bit, &cpu);
+    let cscn = aml::MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![]);
+    let on_cpu = aml::If::new(&cpu_set, vec![&cscn]);
+    let mut body: Vec<&dyn Aml> = vec![&read, &on_pci, &on_button];
+    if cpu_hotplug {
+        body.push(&on_cpu);
+    }
+    let evt = aml::Method::new("_EVT".into(), 1, true, body);
     bytes(&aml::Device::new(
         "_SB_.GED_".into(),
         vec![&hid, &uid, &crs, &region, &field, &evt],
@@ -247,9 +257,11 @@ mod tests {
 
     #[test]
     fn the_ged_reads_its_events_before_acting() {
-        let g = ged();
+        let g = ged(false);
         assert!(has(&g, b"GDAT") && has(&g, b"GDST") && has(&g, b"_EVT") && has(&g, b"PWRB"));
         assert!(has(&g, b"PSCN"));
+        assert!(!has(&g, b"CSCN"), "no vCPU hotplug: no CPU scan");
+        assert!(has(&ged(true), b"CSCN"));
         // Extended IRQ descriptor: consumer, edge, active-high, exclusive; one interrupt, GED_IRQ
         let irq = [0x89, 6, 0, 0b0011, 1, GED_IRQ as u8, 0, 0, 0];
         assert!(has(&g, &irq));

@@ -3,6 +3,7 @@
 //! at; the CPU state for it is set up in [`crate::cpu`].
 
 pub mod acpi;
+mod acpi_cpus;
 mod acpi_hotplug;
 pub mod params;
 mod reset_vector;
@@ -152,7 +153,7 @@ pub fn load(ram: &GuestRam, cfg: &VmConfig, kernel: Kernel) -> Result<EntryPoint
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
 
-    let rsdp = acpi::write_tables(mem, cfg.cpus)?;
+    let rsdp = acpi::write_tables(mem, cfg.cpus, cfg.max_vcpus())?;
     reset_vector::write(mem).map_err(BootError::ResetVector)?;
     let layout = BootLayout {
         low_ram_end: ram.low_ram_end(),

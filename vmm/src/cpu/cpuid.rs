@@ -21,6 +21,8 @@ fn id_bits(n: u32) -> u32 {
     32 - n.saturating_sub(1).leading_zeros()
 }
 
+/// vCPU `id`'s CPUID; `count`: the most vCPUs the VM may have (the topology must leave room
+/// for the vCPUs added later: a running vCPU's CPUID cannot change).
 pub fn for_vcpu(supported: &CpuId, id: u8, count: u8) -> CpuId {
     let mut cpuid = supported.clone();
     consistent_xsave(&mut cpuid);
@@ -37,8 +39,8 @@ pub fn for_vcpu(supported: &CpuId, id: u8, count: u8) -> CpuId {
                 }
             }
             LEAF_CACHE_PARAMS => {
-                // cores per package - 1 in EAX[31:26]; one thread per core
-                e.eax = (e.eax & 0x03ff_c3ff) | ((count - 1) << 26);
+                // cores per package - 1 in EAX[31:26] (6 bits); one thread per core
+                e.eax = (e.eax & 0x03ff_c3ff) | ((count.min(64) - 1) << 26);
             }
             LEAF_EXT_TOPOLOGY => {
                 // level 0: SMT (1 thread per core), level 1: cores (all vCPUs in one package)

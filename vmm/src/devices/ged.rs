@@ -18,6 +18,8 @@ pub use crate::layout::GED_STATUS_START;
 
 /// The GED's interrupt: an ISA pin no other device uses (COM1 has 4).
 pub const GED_IRQ: u32 = 5;
+/// `GDAT` bit: a vCPU was added or is to be removed (`\_SB_.CPUS.CSCN`).
+pub const EVENT_CPU: u32 = 1 << 0;
 /// `GDAT` bit: a PCI slot changed (`\_SB_.PHPR.PSCN`).
 pub const EVENT_PCI: u32 = 1 << 2;
 /// `GDAT` bit: the power button was pressed.

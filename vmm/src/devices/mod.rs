@@ -1,9 +1,10 @@
 //! Devices the vmm emulates itself: the legacy platform (serial, i8042, ACPI PM registers),
-//! the platform registers page (the GED's events, the PCI hotplug controller) and the PCI
+//! the platform registers page (the GED's events, the PCI and CPU hotplug controllers) and the PCI
 //! bus. Port and MMIO exits of the vCPUs are dispatched here; unknown ports and addresses
 //! read as all-ones and ignore writes.
 
 pub mod acpi_pm;
+pub mod cpu_hotplug;
 pub mod ged;
 pub mod i8042;
 pub mod pci_hotplug;
@@ -14,8 +15,9 @@ mod terminal;
 use std::sync::Arc;
 
 use crate::exit::ExitHandle;
-use crate::layout::{GED_STATUS_START, PCI_HOTPLUG_START};
+use crate::layout::{CPU_HOTPLUG_START, GED_STATUS_START, PCI_HOTPLUG_START};
 use crate::pci::bus::PciBus;
+use cpu_hotplug::{CpuHotplugRegs, CPU_HOTPLUG_SIZE};
 use ged::{Ged, GED_STATUS_SIZE};
 use pci_hotplug::{PciHotplug, PCI_HOTPLUG_SIZE};
 
@@ -26,18 +28,23 @@ pub struct Devices {
     pub exit: Arc<ExitHandle>,
     pub ged: Arc<Ged>,
     pub hotplug: Arc<PciHotplug>,
+    pub cpu_hotplug: Arc<CpuHotplugRegs>,
 }
 
 /// Where `addr` falls in the platform registers page, if there.
 enum Platform {
     Hotplug(u64),
     Ged(u64),
+    Cpu(u64),
 }
 
 fn platform(addr: u64) -> Option<Platform> {
     let inside = |start: u64, size: u64| addr.checked_sub(start).filter(|o| *o < size);
     if let Some(offset) = inside(PCI_HOTPLUG_START, PCI_HOTPLUG_SIZE) {
         return Some(Platform::Hotplug(offset));
+    }
+    if let Some(offset) = inside(CPU_HOTPLUG_START, CPU_HOTPLUG_SIZE) {
+        return Some(Platform::Cpu(offset));
     }
     inside(GED_STATUS_START, GED_STATUS_SIZE).map(Platform::Ged)
 }
@@ -60,6 +67,7 @@ impl Devices {
         match platform(addr) {
             Some(Platform::Hotplug(offset)) => return self.hotplug.mmio_read(offset, data),
             Some(Platform::Ged(offset)) => return self.ged.mmio_read(offset, data),
+            Some(Platform::Cpu(offset)) => return self.cpu_hotplug.mmio_read(offset, data),
             None => {}
         }
         if !self.pci.mmio_read(addr, data) {
@@ -79,6 +87,11 @@ impl Devices {
                 return self.hotplug.mark_ejected(slots);
             }
             Some(Platform::Ged(_)) => return,
+            // an eject only marks the vCPU: the remover stops its thread
+            Some(Platform::Cpu(offset)) => {
+                self.cpu_hotplug.mmio_write(offset, data);
+                return;
+            }
             None => {}
         }
         if !self.pci.mmio_write(addr, data) {
