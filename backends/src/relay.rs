@@ -295,9 +295,11 @@ fn frontend_to_backend(
         }
         Ok(())
     })();
-    // either side gone: make sure both see it
+    // either side gone: the backend sees it now; the frontend once the other thread has passed
+    // on every reply the backend wrote before it went (shutting the frontend's socket for
+    // writing here lost the NACK of a request that ended the connection, now and then)
     let _ = back.shutdown(std::net::Shutdown::Both);
-    let _ = front.shutdown(std::net::Shutdown::Both);
+    let _ = front.shutdown(std::net::Shutdown::Read);
     result
 }
 
