@@ -78,12 +78,7 @@ fn scope(store: &Store, name: &str, f: ScopeFlags) -> Result<Scope, String> {
 
 /// The running domain's live definition.
 fn live_of(store: &Store, name: &str) -> Result<Live, String> {
-    if store.supervisor(name).is_none() {
-        return Err(format!(
-            "domain '{name}' has no supervisor (it died): `svctl start {name}` adopts the \
-             running domain, then try again"
-        ));
-    }
+    crate::lifecycle::require_supervisor(store, name, "try again")?;
     Live::read(&store.runtime(name)).ok_or_else(|| {
         format!("domain '{name}' has no live definition (it was started by an older svctl)")
     })

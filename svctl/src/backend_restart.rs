@@ -62,12 +62,7 @@ pub fn backend_restart(store: &Store, name: &str, device: &str, out: &Out) -> Re
     let backend = backend_name(&d, device)
         .or_else(|e| crate::live::attached_backend(store, name, device).ok_or(e))?;
     require_running(store, name)?;
-    if store.supervisor(name).is_none() {
-        return Err(format!(
-            "domain '{name}' has no supervisor (it died): `svctl start {name}` adopts the \
-             running domain, then restart the backend"
-        ));
-    }
+    crate::lifecycle::require_supervisor(store, name, "restart the backend")?;
     let before = link(store, name, &backend);
     let req = Request::BackendRestart {
         device: backend.clone(),

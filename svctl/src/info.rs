@@ -15,16 +15,6 @@ fn vmm_pid(store: &Store, name: &str) -> Option<u32> {
     store.vmm(name).map(|v| v.pid)
 }
 
-/// Seconds of CPU the vmm process has used (all its threads, vCPUs included).
-fn cpu_time(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks as f64 / hz)
-}
-
 /// The balloon backend's view (through the vmm): ram, target, balloon size.
 fn balloon_info(store: &Store, name: &str) -> Option<Value> {
     api(store, name).get::<Value>("vm.balloon").ok()
@@ -63,7 +53,10 @@ pub fn dominfo(store: &Store, name: &str, out: &Out) -> Result<(), String> {
     let d = store.load(name)?;
     let st = state(store, name);
     let pid = vmm_pid(store, name);
-    let cpu = pid.and_then(cpu_time);
+    // seconds of CPU the vmm has used (all its threads, vCPUs included)
+    let cpu = pid
+        .and_then(|p| crate::vcpus::TaskStat::read(&format!("/proc/{p}/stat")))
+        .map(|s| s.cpu_s());
     let max_kib = d.memory.0 >> 10;
     let used_kib = match (st, balloon_info(store, name)) {
         (DomState::ShutOff, _) | (_, None) => max_kib,

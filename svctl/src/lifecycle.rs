@@ -40,6 +40,18 @@ pub fn require_running(store: &Store, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A running domain's supervisor must be there for what only it can do (`then`: what to do
+/// once it has adopted the domain again).
+pub fn require_supervisor(store: &Store, name: &str, then: &str) -> Result<(), String> {
+    match store.supervisor(name) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "domain '{name}' has no supervisor (it died): `svctl start {name}` adopts the \
+             running domain, then {then}"
+        )),
+    }
+}
+
 /// Checks that need no process: no MAC twice on a bridge, the files the domain names exist.
 fn preflight(store: &Store, d: &Domain) -> Result<(), String> {
     d.validate().map_err(|e| e.to_string())?;

@@ -14,8 +14,8 @@ const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 
-/// Kick every vCPU thread out of `KVM_RUN` until it has seen the exit and ended, and give
-/// back the vCPUs in id order. Bounded: if a thread does not end within `limit` it is left
+/// Kick every vCPU thread out of `KVM_RUN` until it has seen the exit (or its stop flag) and
+/// ended, and give back the vCPUs in id order. Bounded: if a thread does not end within `limit` it is left
 /// behind and `None` is returned (the VM cannot run again; the process exits anyway).
 pub fn stop_all(
     threads: Vec<std::thread::JoinHandle<VcpuFd>>,

@@ -18,7 +18,7 @@ use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -232,7 +232,10 @@ impl VcpuHotplug {
         };
         self.control.remove_thread(thread.as_pthread_t());
         stop.store(true, Ordering::Release);
-        let vcpu = stop_thread(thread).ok_or(VcpuHotplugError::Stuck { id })?;
+        // kicked out of KVM_RUN until it sees `stop`, as the VM's exit stops the boot vCPUs
+        let vcpu = crate::vcpu::stop_all(vec![thread], STOP_LIMIT)
+            .and_then(|mut v| v.pop())
+            .ok_or(VcpuHotplugError::Stuck { id })?;
         self.slots().insert(id, Slot::Parked { vcpu, power_on });
         Ok(())
     }
@@ -245,19 +248,4 @@ impl VcpuHotplug {
             }
         }
     }
-}
-
-/// Kick `thread` out of KVM_RUN until it ends (a kick just before its KVM_RUN is lost, so
-/// again and again), bounded; its vCPU.
-fn stop_thread(thread: JoinHandle<VcpuFd>) -> Option<VcpuFd> {
-    use vmm_sys_util::signal::Killable;
-    let start = Instant::now();
-    while !thread.is_finished() {
-        if start.elapsed() > STOP_LIMIT {
-            return None;
-        }
-        let _ = thread.kill(crate::signals::vcpu_kick_signal());
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    thread.join().ok()
 }

@@ -13,11 +13,6 @@ use super::{bin, teardown};
 use crate::domain::{Disk, Nic, Runtime};
 use crate::live::{Live, LiveDisk, LiveNic};
 
-/// Why an attach or detach was refused (the supervisor's answer).
-fn refuse(e: String) -> Reply {
-    Reply::Error(e)
-}
-
 fn used_names(backends: &[Backend]) -> Vec<&str> {
     backends.iter().map(|b| b.name.as_str()).collect()
 }
@@ -47,17 +42,17 @@ pub(super) fn attach_disk(
 ) -> Reply {
     let d = &live.domain;
     if let Some(v) = live.disk_views().iter().find(|v| v.target == target) {
-        return refuse(format!("target {target} is taken (by {})", v.backend));
+        return Reply::Error(format!("target {target} is taken (by {})", v.backend));
     }
     let i = Live::free_index("blk", d.disks.len(), &used_names(backends));
     let what = format!("blk{i}");
     if let Err(e) = overlay_dir(d, rt) {
-        return refuse(e);
+        return Reply::Error(e);
     }
     let config = serde_json::to_string_pretty(&d.blk_backend_for(&disk, i, rt));
     let backend = match start(rt, &what, "splitvisor-blk", config, None) {
         Ok(b) => b,
-        Err(e) => return refuse(format!("disk {}: {e}", disk.path.display())),
+        Err(e) => return Reply::Error(format!("disk {}: {e}", disk.path.display())),
     };
     let device = format!(
         "vhost-user,type=blk,id={what},socket={},control={},queues={}",
@@ -96,12 +91,12 @@ pub(super) fn attach_nic(
     let what = format!("net{i}");
     let mac = d.mac_for(&nic, i);
     if let Some(v) = live.nic_views().iter().find(|v| v.mac == mac) {
-        return refuse(format!("MAC {mac} is taken (by {})", v.backend));
+        return Reply::Error(format!("MAC {mac} is taken (by {})", v.backend));
     }
     nic.mac = Some(mac.clone());
     let tap = d.tap_name_for(&nic, i);
     if let Some(v) = live.nic_views().iter().find(|v| v.tap == tap) {
-        return refuse(format!("tap {tap} is taken (by {})", v.backend));
+        return Reply::Error(format!("tap {tap} is taken (by {})", v.backend));
     }
     let spec = TapSpec::for_nic(d, &nic, i);
     let config = serde_json::to_string_pretty(&net_backend_without_tap(d, &nic, i, rt));
@@ -113,7 +108,7 @@ pub(super) fn attach_nic(
         Some(TapMaker::new(spec)),
     ) {
         Ok(b) => b,
-        Err(e) => return refuse(format!("interface {tap}: {e}")),
+        Err(e) => return Reply::Error(format!("interface {tap}: {e}")),
     };
     let device = format!(
         "vhost-user,type=net,id={what},socket={},queues={}",
@@ -149,7 +144,7 @@ pub(super) fn detach(
     let attached =
         live.disks.iter().any(|d| d.backend == what) || live.nics.iter().any(|n| n.backend == what);
     if !attached {
-        return refuse(format!("{what} is not an attached device of the domain"));
+        return Reply::Error(format!("{what} is not an attached device of the domain"));
     }
     live.disks.retain(|d| d.backend != what);
     live.nics.retain(|n| n.backend != what);
